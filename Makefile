@@ -1,0 +1,38 @@
+# Set-up and main entry points. Everything installs into .venv in the repository root.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.fairseq-srupp-installed
+DATA ?=
+DEMO_DIR ?= demo_out
+
+.PHONY: install test demo bench clean-demo
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first (the local CPU wheel), then numpy + cython, then fairseq compiled against them
+# without build isolation, then this package with its test extra. The stamp makes reruns no-ops.
+$(STAMP): setup.py | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	$(PY) -c "import numpy, Cython" 2>/dev/null || $(PIP) install numpy cython
+	$(PY) -c "import fairseq" 2>/dev/null || { \
+	  if $(PY) -c "import sys; sys.exit(sys.version_info < (3, 11))"; then \
+	    $(PIP) install --no-build-isolation "fairseq-fixed==0.12.3.1"; \
+	  else \
+	    $(PIP) install --no-build-isolation "fairseq>=0.12.2"; \
+	  fi; }
+	$(PIP) install --no-build-isolation -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) -m fairseq_srupp.demo --out $(DEMO_DIR) $(if $(DATA),--data $(DATA),)
+
+bench: $(STAMP)
+	$(PY) benchmarks/recurrence_cpu.py

@@ -1,0 +1,164 @@
+"""The SRU++ stack: a drop-in for ``sru.SRUpp`` (unidirectional, as used for language modelling)."""
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .srupp_layer import SRUppLayer
+from .transforms import SRUppAttention, SRUppProjectedLinear
+
+
+def layer_has_attention(layer_index: int, attention_every_n_layers: int) -> bool:
+    """Layer i (0-based) attends iff (i+1) % n == 0: n=5 with 10 layers → layers 5 and 10."""
+    return (layer_index + 1) % attention_every_n_layers == 0
+
+
+class SRUpp(nn.Module):
+    """A stack of SRU++ layers (spec §1–2).
+
+    Constructor arguments and parameter names match ``sru.SRUpp`` (3.0.0.dev6), so
+    ``SRUpp(...).load_state_dict(sru_model.state_dict())`` works unchanged.
+
+    Args:
+        input_size: width of the input features.
+        hidden_size: d, width of every layer's h and c.
+        proj_size: p, attention / projection width.
+        num_layers: depth.
+        dropout: variational dropout of every layer but the last, and dropout before W3 / W2.
+        attn_dropout: dropout on attention probabilities.
+        num_heads: attention heads.
+        layer_norm: LayerNorm in each layer (pre-norm unless ``normalize_after``).
+        normalize_after: post-norm layers.
+        attn_layer_norm: LayerNorm inside the attention / projection block.
+        highway_bias: initial reset-gate bias.
+        attention_every_n_layers: layer i attends iff (i+1) % n == 0, others project only.
+        weight_c_init: range of the uniform initialisation of v_f, v_r.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        proj_size: int,
+        num_layers: int = 2,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        num_heads: int = 1,
+        layer_norm: bool = False,
+        normalize_after: bool = False,
+        attn_layer_norm: bool = True,
+        highway_bias: float = -2.0,
+        attention_every_n_layers: int = 1,
+        weight_c_init: float = 1.0,
+    ):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError("num_layers must be >= 1, got {}".format(num_layers))
+        if attention_every_n_layers < 1:
+            raise ValueError("attention_every_n_layers must be >= 1, got {}".format(attention_every_n_layers))
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.output_size = hidden_size
+        self.proj_size = proj_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.attention_every_n_layers = attention_every_n_layers
+        self.rnn_lst = nn.ModuleList()
+        for i in range(num_layers):
+            in_features = input_size if i == 0 else hidden_size
+            out_features = hidden_size * (3 if in_features == hidden_size else 4)
+            if layer_has_attention(i, attention_every_n_layers):
+                transform = SRUppAttention(
+                    in_features,
+                    out_features,
+                    proj_size,
+                    num_heads=num_heads,
+                    dropout=dropout,
+                    attn_dropout=attn_dropout,
+                    layer_norm=attn_layer_norm,
+                )
+            else:
+                transform = SRUppProjectedLinear(
+                    in_features, out_features, proj_size, dropout=dropout, layer_norm=attn_layer_norm
+                )
+            self.rnn_lst.append(
+                SRUppLayer(
+                    in_features,
+                    hidden_size,
+                    transform,
+                    dropout=dropout if i + 1 != num_layers else 0.0,
+                    layer_norm=layer_norm,
+                    normalize_after=normalize_after,
+                    highway_bias=highway_bias,
+                    weight_c_init=weight_c_init,
+                )
+            )
+
+    def __getitem__(self, n: int) -> SRUppLayer:
+        return self.rnn_lst[n]
+
+    def reset_parameters(self):
+        for layer in self.rnn_lst:
+            layer.reset_parameters()
+
+    def forward(
+        self,
+        input: Tensor,
+        c0: Optional[Tensor] = None,
+        mask_pad: Optional[Tensor] = None,
+        attn_mask: Optional[Tensor] = None,
+        memory: Optional[List[Optional[Tensor]]] = None,
+        memory_mask_pad: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tensor, List[Tensor]]:
+        """
+        Args:
+            input: (L, B, input_size).
+            c0: optional (num_layers, B, d) initial cell states.
+            mask_pad: optional (L, B) bool, True at padding.
+            attn_mask: optional additive (L, M+L) float mask (M = memory length, 0 without memory).
+            memory: optional list of num_layers tensors (M, B, d_in of that layer) or Nones: the
+                raw inputs of each layer from the previous segment.
+            memory_mask_pad: optional (M, B) bool padding of the memory.
+        Returns:
+            h: (L, B, d) top-layer output,
+            c: (num_layers, B, d) last cell state of every layer,
+            saved_inputs: list of num_layers raw layer inputs (L, B, d_in), the next memory.
+        """
+        if input.dim() != 3:
+            raise ValueError("input must be (L, B, input_size), got {}".format(tuple(input.shape)))
+        length, batch, width = input.shape
+        if width != self.input_size:
+            raise ValueError(
+                "input has size (*, *, {}) but expect a last dimension of {}".format(width, self.input_size)
+            )
+        if c0 is not None and tuple(c0.shape) != (self.num_layers, batch, self.hidden_size):
+            raise ValueError(
+                "c0 has size {} but expect {}".format(list(c0.shape), [self.num_layers, batch, self.hidden_size])
+            )
+        if mask_pad is not None and tuple(mask_pad.shape) != (length, batch):
+            raise ValueError("mask_pad has size {} but expect {}".format(list(mask_pad.shape), [length, batch]))
+        if memory is not None and (not isinstance(memory, (list, tuple)) or len(memory) != self.num_layers):
+            raise ValueError(
+                "memory must be a list of {} tensors (one per layer), got {}".format(
+                    self.num_layers, type(memory).__name__ if not isinstance(memory, (list, tuple)) else len(memory)
+                )
+            )
+        if mask_pad is not None:
+            mask_pad = mask_pad.bool()
+
+        x = input
+        saved_inputs: List[Tensor] = []
+        last_c: List[Tensor] = []
+        for i, layer in enumerate(self.rnn_lst):
+            saved_inputs.append(x)
+            x, c = layer(
+                x,
+                None if c0 is None else c0[i],
+                mask_pad=mask_pad,
+                attn_mask=attn_mask,
+                memory=None if memory is None else memory[i],
+                memory_mask_pad=memory_mask_pad,
+            )
+            last_c.append(c)
+        return x, torch.stack(last_c), saved_inputs

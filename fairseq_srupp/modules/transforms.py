@@ -1,0 +1,222 @@
+"""The two transforms that compute an SRU++ layer's U (spec §1.2).
+
+Both take the layer's (normalised) input x̃ (L, B, d_in) and return U (L, B, k*d). Parameter
+names follow ``sru.SRUpp`` (``linear1``, ``linear2``, ``linear3``, ``alpha``, ``layer_norm``)
+so its state dicts and the paper's released checkpoints load without renaming.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from fairseq.modules import LayerNorm
+from torch import Tensor, nn
+
+
+def _linear(in_features: int, out_features: int) -> nn.Linear:
+    # Initialised by the owner's reset_parameters (xavier-uniform).
+    return nn.Linear(in_features, out_features, bias=False)
+
+
+def attention_bias(
+    attn_mask: Optional[Tensor],
+    key_padding: Optional[Tensor],
+    tgt_len: int,
+    src_len: int,
+    dtype: torch.dtype,
+) -> Optional[Tensor]:
+    """Combine an additive (tgt, src) mask and a (src, B) key padding mask.
+
+    Returns None, a (tgt, src) tensor, or a (B, 1, tgt, src) tensor to add to attention scores.
+    Padded keys get the dtype's lowest finite value (not -inf) so a query that sees only padding
+    yields a finite uniform distribution instead of NaN.
+    """
+    bias = None
+    if attn_mask is not None:
+        if tuple(attn_mask.shape) != (tgt_len, src_len):
+            raise ValueError(
+                "attn_mask has size {} but expect {}".format(list(attn_mask.shape), [tgt_len, src_len])
+            )
+        bias = attn_mask.to(dtype)
+    if key_padding is not None:
+        if key_padding.shape[0] != src_len:
+            raise ValueError(
+                "key padding mask covers {} positions but attention sees {}".format(
+                    key_padding.shape[0], src_len
+                )
+            )
+        base = bias if bias is not None else key_padding.new_zeros((tgt_len, src_len), dtype=dtype)
+        pad = key_padding.t().bool().view(-1, 1, 1, src_len)  # (B, 1, 1, src)
+        bias = base.view(1, 1, tgt_len, src_len).masked_fill(pad, torch.finfo(dtype).min)
+    return bias
+
+
+class SRUppAttention(nn.Module):
+    """Single-projection attention transform of an SRU++ layer.
+
+    z = W1·[memory; x̃] (d_in → p); q = z at current positions; k, v = split(W2·z) (p → 2p);
+    o = α·softmax(q·kᵀ/√(p/heads) + mask)·v + z_current; o = LN(o); U = W3·dropout(o) (p → out).
+
+    Args:
+        in_features: d_in, width of the layer input (and of its memory).
+        out_features: k*d, width of U.
+        proj_features: p, the attention width; must be divisible by ``num_heads``.
+        num_heads: attention heads splitting p.
+        dropout: dropout before W3 (W3 is scaled by √(1−dropout) at init).
+        attn_dropout: dropout on the attention probabilities.
+        rezero_init_alpha: initial α (ReZero; 0 in the paper).
+        layer_norm: apply LayerNorm(p) inside the block.
+        normalize_after: LN after the residual (paper) instead of before the attention.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        proj_features: int,
+        num_heads: int = 1,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        rezero_init_alpha: float = 0.0,
+        layer_norm: bool = True,
+        normalize_after: bool = True,
+    ):
+        super().__init__()
+        if proj_features % num_heads != 0:
+            raise ValueError(
+                "proj_features ({}) must be divisible by num_heads ({})".format(proj_features, num_heads)
+            )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.proj_features = proj_features
+        self.num_heads = num_heads
+        self.attn_dropout = float(attn_dropout)
+        self.rezero_init_alpha = float(rezero_init_alpha)
+        self.normalize_after = normalize_after
+        self.dropout = nn.Dropout(dropout)
+        self.linear1 = _linear(in_features, proj_features)
+        self.linear2 = _linear(proj_features, 2 * proj_features)
+        self.linear3 = _linear(proj_features, out_features)
+        self.alpha = nn.Parameter(torch.full((1,), self.rezero_init_alpha))
+        self.layer_norm = LayerNorm(proj_features) if layer_norm else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for layer in (self.linear1, self.linear2, self.linear3):
+            nn.init.xavier_uniform_(layer.weight)
+        with torch.no_grad():
+            self.linear3.weight.mul_((1 - self.dropout.p) ** 0.5)
+            self.alpha.fill_(self.rezero_init_alpha)
+        if self.layer_norm is not None:
+            self.layer_norm.reset_parameters()
+
+    def forward(
+        self,
+        input: Tensor,
+        mask_pad: Optional[Tensor] = None,
+        attn_mask: Optional[Tensor] = None,
+        memory: Optional[Tensor] = None,
+        memory_mask_pad: Optional[Tensor] = None,
+    ) -> Tensor:
+        """
+        Args:
+            input: (L, B, d_in) normalised layer input.
+            mask_pad: optional (L, B) bool, True at padding (masked as keys).
+            attn_mask: optional additive (L, M+L) float mask.
+            memory: optional (M, B, d_in) previous-segment layer inputs.
+            memory_mask_pad: optional (M, B) bool padding of the memory.
+        Returns:
+            U: (L, B, out_features).
+        """
+        tgt_len, bsz, in_dim = input.shape
+        mem_len = 0
+        kv_input = input
+        if memory is not None:
+            if memory.dim() != 3 or tuple(memory.shape[1:]) != (bsz, in_dim):
+                raise ValueError(
+                    "memory has size {} but expect {}".format(list(memory.shape), ["*", bsz, in_dim])
+                )
+            mem_len = memory.shape[0]
+            kv_input = torch.cat([memory.to(input.dtype), input], dim=0)  # (M+L, B, d_in)
+        src_len = mem_len + tgt_len
+
+        z = self.linear1(kv_input)  # (M+L, B, p)
+        residual = z[mem_len:]
+        if self.layer_norm is not None and not self.normalize_after:
+            z = self.layer_norm(z)
+        heads, head_dim = self.num_heads, self.proj_features // self.num_heads
+        q = z[mem_len:].reshape(tgt_len, bsz, heads, head_dim).permute(1, 2, 0, 3)  # (B, H, L, hd)
+        k, v = self.linear2(z).chunk(2, dim=-1)
+        k = k.reshape(src_len, bsz, heads, head_dim).permute(1, 2, 0, 3)  # (B, H, M+L, hd)
+        v = v.reshape(src_len, bsz, heads, head_dim).permute(1, 2, 0, 3)  # (B, H, M+L, hd)
+
+        key_padding = None
+        if mask_pad is not None or memory_mask_pad is not None:
+            cur = mask_pad if mask_pad is not None else input.new_zeros(tgt_len, bsz, dtype=torch.bool)
+            if mem_len > 0:
+                mem = (
+                    memory_mask_pad
+                    if memory_mask_pad is not None
+                    else input.new_zeros(mem_len, bsz, dtype=torch.bool)
+                )
+                cur = torch.cat([mem.bool(), cur.bool()], dim=0)
+            key_padding = cur  # (M+L, B)
+        bias = attention_bias(attn_mask, key_padding, tgt_len, src_len, q.dtype)
+
+        attn = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.attn_dropout if self.training else 0.0
+        )  # (B, H, L, hd)
+        attn = attn.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.proj_features)  # (L, B, p)
+        out = attn * self.alpha + residual
+        if self.layer_norm is not None and self.normalize_after:
+            out = self.layer_norm(out)
+        return self.linear3(self.dropout(out))  # (L, B, k*d)
+
+    def extra_repr(self) -> str:
+        return "heads={}, attn_dropout={}".format(self.num_heads, self.attn_dropout)
+
+
+class SRUppProjectedLinear(nn.Module):
+    """Projection-only transform of an SRU++ layer without attention: U = W2·dropout(LN(W1·x̃)).
+
+    Args mirror :class:`SRUppAttention` (in_features → proj_features → out_features).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        proj_features: int,
+        dropout: float = 0.0,
+        layer_norm: bool = True,
+    ):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.proj_features = proj_features
+        self.dropout = nn.Dropout(dropout)
+        self.linear1 = _linear(in_features, proj_features)
+        self.linear2 = _linear(proj_features, out_features)
+        self.layer_norm = LayerNorm(proj_features) if layer_norm else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.xavier_uniform_(self.linear1.weight)
+        nn.init.xavier_uniform_(self.linear2.weight)
+        with torch.no_grad():
+            self.linear2.weight.mul_((1 - self.dropout.p) ** 0.5)
+        if self.layer_norm is not None:
+            self.layer_norm.reset_parameters()
+
+    def forward(
+        self,
+        input: Tensor,
+        mask_pad: Optional[Tensor] = None,
+        attn_mask: Optional[Tensor] = None,
+        memory: Optional[Tensor] = None,
+        memory_mask_pad: Optional[Tensor] = None,
+    ) -> Tensor:
+        """input (L, B, d_in) → U (L, B, out_features); the mask and memory arguments are unused."""
+        z = self.linear1(input)  # (L, B, p)
+        if self.layer_norm is not None:
+            z = self.layer_norm(z)
+        return self.linear2(self.dropout(z))

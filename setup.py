@@ -1,0 +1,38 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+README = Path(__file__).with_name("README.md")
+
+setup(
+    name="fairseq-srupp",
+    version="0.1.0",
+    description="SRU++ (Lei 2021, 'When Attention Meets Fast Recurrence') as a fairseq plugin",
+    long_description=README.read_text() if README.exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.8",
+    packages=find_packages(include=["fairseq_srupp", "fairseq_srupp.*"]),
+    package_data={"fairseq_srupp": ["ops/recurrence/*.cpp", "ops/recurrence/*.cu"]},
+    install_requires=[
+        "torch>=2.0",
+        "numpy",
+        # Official fairseq 0.12.2 does not import on Python >= 3.11; fairseq-fixed ships the same
+        # `fairseq` package with the fixes. Both need `--no-build-isolation` (see Makefile).
+        "fairseq>=0.12.2; python_version < '3.11'",
+        "fairseq-fixed==0.12.3.1; python_version >= '3.11'",
+        "hydra-core>=1.0.7",
+        "omegaconf",
+        "sacremoses",
+        # The fast CPU recurrence is compiled on first use with torch.utils.cpp_extension.
+        "ninja",
+    ],
+    extras_require={
+        "cuda12": ["cupy-cuda12x"],
+        "cuda13": ["cupy-cuda13x"],
+        "plot": ["matplotlib"],
+        "test": ["pytest", "sru==3.0.0.dev6"],
+    },
+    entry_points={
+        "console_scripts": ["srupp-convert=fairseq_srupp.convert.__main__:main"],
+    },
+)
