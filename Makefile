@@ -13,6 +13,7 @@ install: $(STAMP)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
 
 # torch first (the local CPU wheel), then numpy + cython, then fairseq compiled against them
 # without build isolation, then this package with its test extra. The stamp makes reruns no-ops.

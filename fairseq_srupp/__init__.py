@@ -1,0 +1,8 @@
+"""fairseq-srupp: SRU++ (Lei 2021) as a fairseq plugin (``--user-dir fairseq_srupp``).
+
+Importing the package registers its fairseq components; the op and module packages import
+nothing from fairseq's registries and can be used alone.
+"""
+from . import models  # noqa: F401  (registers srupp_lm and its architectures)
+
+__version__ = "0.1.0"

@@ -27,7 +27,7 @@ def load_cpu_extension():
         from torch.utils.cpp_extension import load
 
         try:
-            logger.info("compiling the SRU++ CPU recurrence (first use only)")
+            logger.info("loading the SRU++ CPU recurrence extension (compiled on first use)")
             _extension = load(
                 name="fairseq_srupp_recurrence_cpu",
                 sources=[str(_SOURCE)],
