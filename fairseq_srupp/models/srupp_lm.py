@@ -38,9 +38,12 @@ class SRUppLMConfig(FairseqDataclass):
     )
     dropout: float = field(default=0.22, metadata={"help": "dropout of embeddings, outputs, sub-layers and the variational mask"})
     attn_dropout: float = field(default=0.22, metadata={"help": "dropout on attention probabilities"})
-    layer_norm: bool = field(default=True, metadata={"help": "LayerNorm in every SRU++ layer"})
+    # Booleans default to False because fairseq turns a True default into a store_false flag.
+    no_layer_norm: bool = field(default=False, metadata={"help": "no LayerNorm in the SRU++ layers (on in every preset)"})
     normalize_after: bool = field(default=False, metadata={"help": "post-norm layers instead of pre-norm"})
-    attn_layer_norm: bool = field(default=True, metadata={"help": "LayerNorm inside the attention / projection block"})
+    no_attn_layer_norm: bool = field(
+        default=False, metadata={"help": "no LayerNorm inside the attention / projection block"}
+    )
     highway_bias: float = field(default=-2.0, metadata={"help": "initial bias of the reset (highway) gate"})
     weight_c_init: float = field(default=1.0, metadata={"help": "v_f, v_r ~ U(-x, x) at init"})
 
@@ -87,9 +90,9 @@ class SRUppDecoder(FairseqIncrementalDecoder):
             dropout=cfg.dropout,
             attn_dropout=cfg.attn_dropout,
             num_heads=cfg.num_heads,
-            layer_norm=cfg.layer_norm,
+            layer_norm=not cfg.no_layer_norm,
             normalize_after=cfg.normalize_after,
-            attn_layer_norm=cfg.attn_layer_norm,
+            attn_layer_norm=not cfg.no_attn_layer_norm,
             highway_bias=cfg.highway_bias,
             attention_every_n_layers=cfg.attention_every_n_layers,
             weight_c_init=cfg.weight_c_init,
@@ -183,9 +186,9 @@ def srupp_lm_enwik8_base(args):
         attention_every_n_layers=1,
         dropout=0.22,
         attn_dropout=0.22,
-        layer_norm=True,
+        no_layer_norm=False,
         normalize_after=False,
-        attn_layer_norm=True,
+        no_attn_layer_norm=False,
         highway_bias=-2.0,
         weight_c_init=1.0,
     )

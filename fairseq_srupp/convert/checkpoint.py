@@ -1,0 +1,57 @@
+"""Write a converted state dict as a fairseq checkpoint that fairseq's tools load."""
+import argparse
+from pathlib import Path
+from typing import Dict, Sequence
+
+import torch
+from torch import Tensor
+
+
+def build_cfg(data_dir: Path, arch: str, overrides: Dict[str, object], extra_args: Sequence[str] = ()):
+    """The training config a ``fairseq-train DATA --user-dir fairseq_srupp --arch ARCH`` run would have."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    import fairseq_srupp
+
+    user_dir = str(Path(fairseq_srupp.__file__).parent)
+    argv = [str(data_dir), "--user-dir", user_dir, "--task", "language_modeling", "--arch", arch, "--cpu"]
+    for name, value in overrides.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):  # every boolean option is a store_true flag
+            if value:
+                argv.append(flag)
+        else:
+            argv += [flag, str(value)]
+    argv += list(extra_args)
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, argv)
+    cfg = convert_namespace_to_omegaconf(args)
+    cfg.common.user_dir = None  # the loader passes --user-dir itself; do not pin this machine's path
+    return cfg
+
+
+def save_fairseq_checkpoint(path: Path, cfg, model_state: Dict[str, Tensor]) -> None:
+    """Save in the layout ``fairseq.checkpoint_utils.load_checkpoint_to_cpu`` expects.
+
+    The config is stored as plain containers, as fairseq's trainer does: torch.load's default
+    ``weights_only=True`` refuses OmegaConf objects.
+    """
+    from omegaconf import OmegaConf
+
+    state = {
+        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "model": model_state,
+        "optimizer_history": [
+            {
+                "criterion_name": "CrossEntropyCriterion",
+                "optimizer_name": "converted",
+                "lr_scheduler_state": {"best": None},
+                "num_updates": 0,
+            }
+        ],
+        "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
+        "last_optimizer_state": None,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, str(path))

@@ -1,0 +1,128 @@
+"""Convert the paper's enwik8 ``Model`` state dict (spec §5) into an ``srupp_lm`` state dict.
+
+The paper's vocabulary is the sorted list of distinct bytes of the whole corpus (205 for enwik8,
+newline included); a fairseq dictionary instead holds 4 special symbols and the byte tokens seen
+in the training split, with the newline byte as ``</s>``. Rows of the embedding and of the output
+layer are therefore re-indexed symbol by symbol:
+
+    paper row of byte b  →  fairseq row of symbol str(b)   (b = 10 → ``</s>``)
+
+fairseq symbols without a paper byte (``<s>``, ``<pad>``, ``<unk>``, bytes the paper never saw) get
+a zero embedding, zero output weights and an output bias of ``NO_PROBABILITY``, so they take no
+probability mass and the log-probabilities of real bytes equal the paper model's.
+"""
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from fairseq_srupp.data.char_level import NEWLINE
+
+logger = logging.getLogger(__name__)
+
+# exp(-1e4) underflows to 0 in fp32, and -1e4 still fits in fp16.
+NO_PROBABILITY = -10000.0
+
+PAPER_PREFIXES = {
+    "embedding_layer.": "decoder.embed_tokens.",
+    "rnn.": "decoder.srupp.",
+    "output_layer.": "decoder.output_projection.",
+}
+
+
+def corpus_vocabulary(corpus: Union[str, Path]) -> List[int]:
+    """The paper's vocabulary: sorted distinct bytes of the whole corpus file."""
+    counts = torch.bincount(torch.frombuffer(bytearray(Path(corpus).read_bytes()), dtype=torch.uint8).long(), minlength=256)
+    return [b for b in range(256) if counts[b] > 0]
+
+
+def symbol_to_byte(symbol: str) -> Optional[int]:
+    """fairseq symbol of a byte-level dictionary → byte value (None for other specials)."""
+    if symbol == "</s>":
+        return NEWLINE
+    if symbol.isdigit() and int(symbol) < 256:
+        return int(symbol)
+    return None
+
+
+def strip_wrappers(state: Dict) -> Dict[str, Tensor]:
+    """Accept a bare state dict, {'model': sd} / {'state_dict': sd}, and DDP's 'module.' prefixes."""
+    for key in ("model", "state_dict"):
+        if key in state and isinstance(state[key], dict):
+            state = state[key]
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def infer_model_config(paper_state: Dict[str, Tensor]) -> Dict[str, object]:
+    """Read sizes and flags of an ``srupp_lm`` off a paper state dict."""
+    emb = paper_state["embedding_layer.weight"]
+    layers = sorted({int(k.split(".")[2]) for k in paper_state if k.startswith("rnn.rnn_lst.")})
+    if layers != list(range(len(layers))) or not layers:
+        raise ValueError("state dict has no consecutive rnn.rnn_lst.{i} layers")
+    attention = [("rnn.rnn_lst.{}.transform_module.linear3.weight".format(i) in paper_state) for i in layers]
+    every = attention.index(True) + 1 if any(attention) else len(layers) + 1
+    expected = [(i + 1) % every == 0 for i in layers]
+    if attention != expected:
+        raise ValueError(
+            "attention layers {} do not follow an every-n-layers pattern".format(
+                [i for i, a in enumerate(attention) if a]
+            )
+        )
+    return dict(
+        hidden_size=emb.shape[1],
+        proj_size=paper_state["rnn.rnn_lst.0.transform_module.linear1.weight"].shape[0],
+        num_layers=len(layers),
+        attention_every_n_layers=every,
+        no_layer_norm="rnn.rnn_lst.0.layer_norm.weight" not in paper_state,
+        no_attn_layer_norm="rnn.rnn_lst.0.transform_module.layer_norm.weight" not in paper_state,
+    )
+
+
+def remap_rows(
+    paper_state: Dict[str, Tensor],
+    vocabulary: Sequence[int],
+    symbols: Sequence[str],
+    allow_missing: bool = False,
+) -> Dict[str, Tensor]:
+    """Rename keys to ``srupp_lm``'s and re-index vocabulary rows for the fairseq ``symbols``."""
+    emb = paper_state["embedding_layer.weight"]
+    out_w = paper_state["output_layer.weight"]
+    out_b = paper_state["output_layer.bias"]
+    if emb.shape[0] != len(vocabulary) or out_w.shape[0] != len(vocabulary):
+        raise ValueError(
+            "the state dict has {} vocabulary rows but the paper vocabulary given has {} bytes: "
+            "pass the corpus the model was trained on (--corpus)".format(emb.shape[0], len(vocabulary))
+        )
+    paper_row = {b: i for i, b in enumerate(vocabulary)}
+    fairseq_bytes = [symbol_to_byte(s) for s in symbols]
+    missing = sorted(set(vocabulary) - {b for b in fairseq_bytes if b is not None})
+    if missing and not allow_missing:
+        raise ValueError(
+            "the fairseq dictionary lacks {} byte(s) of the paper vocabulary ({}): their probability "
+            "would be lost. Build dict.txt from the whole corpus, or pass --allow-missing".format(
+                len(missing), missing[:20]
+            )
+        )
+    rows = torch.tensor([paper_row.get(b, -1) if b is not None else -1 for b in fairseq_bytes])
+    present = rows >= 0
+    new_emb = emb.new_zeros(len(symbols), emb.shape[1])
+    new_out_w = out_w.new_zeros(len(symbols), out_w.shape[1])
+    new_out_b = out_b.new_full((len(symbols),), NO_PROBABILITY)
+    new_emb[present] = emb[rows[present]]
+    new_out_w[present] = out_w[rows[present]]
+    new_out_b[present] = out_b[rows[present]]
+    unused = [s for s, p in zip(symbols, present.tolist()) if not p]
+    logger.info("symbols with no paper byte (zero probability): %s", unused)
+
+    state = {}
+    for key, value in paper_state.items():
+        prefix = next((p for p in PAPER_PREFIXES if key.startswith(p)), None)
+        if prefix is None:
+            raise ValueError("unexpected key in the paper state dict: {}".format(key))
+        state[PAPER_PREFIXES[prefix] + key[len(prefix):]] = value
+    state["decoder.embed_tokens.weight"] = new_emb
+    state["decoder.output_projection.weight"] = new_out_w
+    state["decoder.output_projection.bias"] = new_out_b
+    return state

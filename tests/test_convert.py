@@ -1,0 +1,92 @@
+"""Converting the paper's enwik8 Model state dict gives a fairseq model with the same log-probs."""
+import random
+
+import pytest
+import sru
+import torch
+from conftest import assert_close
+from fairseq import checkpoint_utils
+from torch import nn
+
+from fairseq_srupp.convert import convert_enwik8, corpus_vocabulary
+from fairseq_srupp.convert.__main__ import main as convert_main
+from fairseq_srupp.models.srupp_lm import causal_mask
+from test_srupp_parity import randomize_
+
+
+class PaperEnwik8Model(nn.Module):
+    """The paper's char-level model as spec §3/§5 describe it (reference for the converter)."""
+
+    def __init__(self, vocab_size, d, proj, layers, every):
+        super().__init__()
+        self.embedding_layer = nn.Embedding(vocab_size, d)
+        self.rnn = sru.SRUpp(d, d, proj, num_layers=layers, layer_norm=True, attn_layer_norm=True,
+                             attention_every_n_layers=every, highway_bias=-2)
+        self.output_layer = nn.Linear(d, vocab_size)
+
+    def log_probs(self, ids):  # ids (L, B) → (L, B, V)
+        h, _, _ = self.rnn(self.embedding_layer(ids), attn_mask=causal_mask(ids.shape[0]))
+        return torch.log_softmax(self.output_layer(h), dim=-1)
+
+
+@pytest.fixture
+def corpus_and_dict(tmp_path):
+    rng = random.Random(0)
+    alphabet = b"abcdefgh ij.\n\xc3\xa9"
+    corpus = bytes(rng.choice(alphabet) for _ in range(3000))
+    (tmp_path / "corpus.raw").write_bytes(corpus)
+    symbols = ["{}".format(b) for b in sorted(set(corpus)) if b != 10]
+    rng.shuffle(symbols)  # a fairseq dict is ordered by frequency, not by byte value
+    symbols.append("200")  # a byte the paper model never saw
+    (tmp_path / "dict.txt").write_text("".join("{} {}\n".format(s, 100 - i) for i, s in enumerate(symbols)))
+    return tmp_path, corpus
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_converted_model_matches_paper_log_probs(corpus_and_dict, every):
+    tmp_path, corpus = corpus_and_dict
+    vocab = corpus_vocabulary(tmp_path / "corpus.raw")
+    assert vocab == sorted(set(corpus))
+    paper = PaperEnwik8Model(len(vocab), 16, 8, 3, every)
+    randomize_(paper.rnn)
+    torch.save(paper.state_dict(), str(tmp_path / "paper.pt"))
+    out = convert_enwik8(tmp_path / "paper.pt", tmp_path / "dict.txt", tmp_path / "converted.pt",
+                         corpus=tmp_path / "corpus.raw")
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(out)], arg_overrides={"data": str(tmp_path)})
+    model = models[0].eval()
+    dictionary = task.target_dictionary
+    text = corpus[100:160]
+    paper_ids = torch.tensor([vocab.index(b) for b in text]).view(-1, 1)
+    fairseq_ids = torch.tensor([dictionary.eos() if b == 10 else dictionary.index(str(b)) for b in text]).view(1, -1)
+    assert dictionary.unk() not in fairseq_ids
+    with torch.no_grad():
+        ref = paper.eval().log_probs(paper_ids)[:, 0]  # (L, V_paper)
+        mine = model.get_normalized_probs(model(fairseq_ids), log_probs=True)[0]  # (L, V_fairseq)
+    columns = torch.tensor([dictionary.eos() if b == 10 else dictionary.index(str(b)) for b in vocab])
+    assert_close("log-probs of every paper byte", mine[:, columns], ref, 1e-5)
+    others = [i for i in range(len(dictionary)) if i not in set(columns.tolist())]
+    assert mine[:, others].exp().max() < 1e-30  # specials and unseen bytes take no probability
+
+
+def test_missing_bytes_are_reported(corpus_and_dict):
+    tmp_path, corpus = corpus_and_dict
+    vocab = sorted(set(corpus))
+    paper = PaperEnwik8Model(len(vocab), 16, 8, 2, 1)
+    torch.save(paper.state_dict(), str(tmp_path / "paper.pt"))
+    lines = (tmp_path / "dict.txt").read_text().splitlines()
+    (tmp_path / "dict.txt").write_text("\n".join(l for l in lines if not l.startswith("97 ")) + "\n")
+    rc = convert_main(["enwik8", "--paper-checkpoint", str(tmp_path / "paper.pt"), "--dict", str(tmp_path / "dict.txt"),
+                       "--out", str(tmp_path / "c.pt"), "--corpus", str(tmp_path / "corpus.raw")])
+    assert rc == 2 and not (tmp_path / "c.pt").exists()
+    with pytest.raises(ValueError, match=r"lacks 1 byte\(s\).*\[97\]"):
+        convert_enwik8(tmp_path / "paper.pt", tmp_path / "dict.txt", tmp_path / "c.pt", vocabulary=vocab)
+
+
+def test_wrong_vocabulary_size_is_reported(corpus_and_dict):
+    tmp_path, corpus = corpus_and_dict
+    vocab = sorted(set(corpus))
+    paper = PaperEnwik8Model(len(vocab), 16, 8, 2, 1)
+    torch.save(paper.state_dict(), str(tmp_path / "paper.pt"))
+    with pytest.raises(ValueError, match="vocabulary rows"):
+        convert_enwik8(tmp_path / "paper.pt", tmp_path / "dict.txt", tmp_path / "c.pt", vocabulary=vocab[:-1])
