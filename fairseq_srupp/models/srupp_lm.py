@@ -203,6 +203,6 @@ def srupp_lm_enwik8_large(args):
 
 @register_model_architecture("srupp_lm", "srupp_lm_tiny")
 def srupp_lm_tiny(args):
-    """CPU-sized preset for demos and tests: n_d 256, n_proj 64, 4 layers (about 1.3M params)."""
-    _set_defaults(args, hidden_size=256, proj_size=64, num_layers=4, dropout=0.1, attn_dropout=0.1)
+    """CPU-sized preset for demos and tests: n_d 256, n_proj 128, 4 layers (about 0.7M params)."""
+    _set_defaults(args, hidden_size=256, proj_size=128, num_layers=4, dropout=0.1, attn_dropout=0.1)
     srupp_lm_enwik8_base(args)

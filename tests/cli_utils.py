@@ -1,0 +1,58 @@
+"""Helpers for tests that drive fairseq's command-line tools in subprocesses."""
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from fairseq_srupp.data.char_level import write_byte_tokens
+
+BIN = Path(sys.executable).parent
+USER_DIR = str(Path(__file__).resolve().parents[1] / "fairseq_srupp")
+TRAIN_LOSS = re.compile(r"\| train_inner \|.* loss=([0-9.]+)")
+VALID_LOSS = re.compile(r"\| valid \|.*\| loss ([0-9.]+)")
+EVAL_LOSS = re.compile(r"Loss \(base 2\): ([0-9.]+)")
+
+
+def run_tool(name, *args, cwd=None, timeout=600):
+    """Run a fairseq console script; fail with its output if it exits non-zero."""
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([str(BIN / name), *map(str, args)], cwd=cwd, env=env, timeout=timeout,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.returncode == 0, "{} failed ({}):\n{}".format(name, proc.returncode, proc.stdout[-6000:])
+    return proc.stdout
+
+
+def synthetic_text(n_chars, seed=0):
+    """Sentences from a small grammar: learnable within a few dozen updates."""
+    rng = random.Random(seed)
+    subjects = ["the cat", "a dog", "my friend", "the old man", "a bird"]
+    verbs = ["sees", "likes", "eats", "follows", "hears"]
+    objects = ["the fish", "a ball", "the moon", "some bread", "the river"]
+    out = []
+    while sum(map(len, out)) < n_chars:
+        out.append("{} {} {}.\n".format(rng.choice(subjects), rng.choice(verbs), rng.choice(objects)))
+    return "".join(out).encode()
+
+
+def make_char_data(root: Path, n_train=40000, n_valid=4000):
+    """Write byte-token splits and binarize them with fairseq-preprocess; return the data dir."""
+    text = synthetic_text(n_train + 2 * n_valid)
+    splits = {"train": text[:n_train], "valid": text[n_train:n_train + n_valid], "test": text[n_train + n_valid:]}
+    for name, data in splits.items():
+        write_byte_tokens(data, root / "{}.txt".format(name))
+    data_bin = root / "data-bin"
+    run_tool("fairseq-preprocess", "--only-source", "--trainpref", root / "train.txt", "--validpref", root / "valid.txt",
+             "--testpref", root / "test.txt", "--destdir", data_bin, "--workers", 1)
+    return data_bin
+
+
+TINY_TRAIN_ARGS = [
+    "--user-dir", USER_DIR, "--task", "language_modeling", "--arch", "srupp_lm_tiny", "--cpu",
+    "--hidden-size", 64, "--proj-size", 32, "--num-layers", 2, "--dropout", 0.0, "--attn-dropout", 0.0,
+    "--tokens-per-sample", 64, "--sample-break-mode", "none", "--batch-size", 8,
+    "--optimizer", "adam", "--lr", 0.01, "--lr-scheduler", "fixed", "--clip-norm", 1.0,
+    "--log-format", "simple", "--log-interval", 5, "--seed", 1, "--num-workers", 0,
+    "--no-epoch-checkpoints",
+]

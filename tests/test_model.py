@@ -1,0 +1,93 @@
+"""srupp_lm presets, config validation, and the model's fairseq-facing behaviour."""
+from argparse import Namespace
+
+import pytest
+import torch
+from conftest import assert_close
+from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
+
+import fairseq_srupp  # noqa: F401  (registers the model)
+from fairseq_srupp.models.srupp_lm import SRUppDecoder, SRUppLMConfig
+
+
+class ByteDictionary(list):
+    """Just enough of fairseq's Dictionary for building a decoder of a given vocabulary size."""
+
+    def pad(self):
+        return 1
+
+
+def preset_config(arch, **overrides):
+    args = Namespace(**overrides)
+    ARCH_CONFIG_REGISTRY[arch](args)
+    return SRUppLMConfig.from_namespace(args)
+
+
+def count_parameters_on_meta(cfg, vocab_size):
+    with torch.device("meta"):
+        decoder = SRUppDecoder(cfg, ByteDictionary(range(vocab_size)))
+    return sum(p.numel() for p in decoder.parameters())
+
+
+@pytest.mark.parametrize(
+    "arch,expected_millions",
+    [("srupp_lm", 107.6), ("srupp_lm_large", 190.7)],
+)
+def test_preset_parameter_counts_match_the_paper(arch, expected_millions):
+    assert ARCH_MODEL_REGISTRY[arch].__name__ == "SRUppLanguageModel"
+    n = count_parameters_on_meta(preset_config(arch), 205)  # enwik8 has 205 distinct bytes
+    print("{}: {:.2f}M".format(arch, n / 1e6))
+    assert abs(n / 1e6 - expected_millions) / expected_millions < 0.005
+
+
+def test_tiny_preset_is_small_and_overridable():
+    cfg = preset_config("srupp_lm_tiny")
+    assert (cfg.hidden_size, cfg.proj_size, cfg.num_layers) == (256, 128, 4)
+    assert preset_config("srupp_lm_tiny", hidden_size=64).hidden_size == 64
+    assert count_parameters_on_meta(cfg, 208) < 1.5e6
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(proj_size=30, num_heads=4), "divisible by --num-heads"),
+        (dict(hidden_size=0), "--hidden-size must be a positive"),
+        (dict(dropout=1.0), "--dropout must be in"),
+        (dict(attention_every_n_layers=0), "--attention-every-n-layers"),
+    ],
+)
+def test_impossible_configs_are_rejected(overrides, message):
+    cfg = preset_config("srupp_lm_tiny", **overrides)
+    with pytest.raises(ValueError, match=message):
+        SRUppDecoder(cfg, ByteDictionary(range(20)))
+
+
+def test_initialisation_follows_the_spec():
+    cfg = preset_config("srupp_lm_tiny", hidden_size=48, proj_size=16, num_layers=2)
+    decoder = SRUppDecoder(cfg, ByteDictionary(range(30)))
+    bound = (3.0 / 48) ** 0.5
+    for w in (decoder.embed_tokens.weight, decoder.output_projection.weight):
+        assert w.abs().max() <= bound and w.abs().max() > 0.8 * bound
+    assert torch.all(decoder.output_projection.bias == 0)
+    layer = decoder.srupp.rnn_lst[0]
+    assert torch.all(layer.bias[:48] == 0) and torch.all(layer.bias[48:] == -2.0)
+    assert layer.transform_module.alpha.item() == 0.0
+
+
+def test_batched_padded_forward_equals_single_sequences():
+    cfg = preset_config("srupp_lm_tiny", hidden_size=32, proj_size=16, num_layers=2, dropout=0.0, attn_dropout=0.0)
+    decoder = SRUppDecoder(cfg, ByteDictionary(range(20))).eval()
+    with torch.no_grad():
+        for p in decoder.srupp.parameters():
+            if p.numel() == 1:
+                p.fill_(0.7)  # non-zero ReZero alpha so attention matters
+    a = torch.randint(4, 20, (1, 9))
+    b = torch.randint(4, 20, (1, 5))
+    batch = torch.full((2, 9), 1)
+    batch[0], batch[1, :5] = a[0], b[0]
+    with torch.no_grad():
+        out, _ = decoder(batch)
+        out_a, _ = decoder(a)
+        out_b, _ = decoder(b)
+    assert_close("long sequence", out[0], out_a[0], 1e-5)
+    assert_close("right-padded short sequence", out[1, :5], out_b[0], 1e-5)
