@@ -4,8 +4,11 @@ A newline byte becomes a line break, which fairseq turns into ``</s>``; so ``</s
 newline symbol of every char-level model here (as in the paper's enwik8 vocabulary, where the
 newline byte is an ordinary symbol). Example: ``b"Hi\\nyo"`` → lines ``"72 105"`` and ``"121 111"``.
 """
+import shlex
+import subprocess
+import sys
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator, List, Tuple, Union
 
 NEWLINE = 10
 
@@ -41,3 +44,52 @@ def tokens_to_bytes(tokens: Iterable[str]) -> bytes:
         elif tok.isdigit() and int(tok) < 256:
             out.append(int(tok))
     return bytes(out)
+
+
+def split_bytes(data: bytes, valid_fraction: float = 0.05, test_fraction: float = 0.05) -> Tuple[bytes, bytes, bytes]:
+    """Contiguous train/valid/test split of a corpus, cut at a line boundary near each cut point."""
+    n = len(data)
+    if n < 2000:
+        raise ValueError("the corpus has {} bytes; at least 2000 are needed to split it".format(n))
+    if not (0 < valid_fraction < 0.5 and 0 < test_fraction < 0.5):
+        raise ValueError("valid and test fractions must be in (0, 0.5)")
+
+    def cut(pos):
+        nl = data.rfind(b"\n", 0, pos)
+        return nl + 1 if nl > pos - 2000 else pos
+
+    a = cut(int(n * (1 - valid_fraction - test_fraction)))
+    b = cut(int(n * (1 - test_fraction)))
+    return data[:a], data[a:b], data[b:]
+
+
+def run_streaming(module: str, args: List[object]) -> str:
+    """Run ``python -m module args``, echoing its output live; return the output, raise on failure."""
+    cmd = [sys.executable, "-m", module] + [str(a) for a in args]
+    print("\n$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    lines = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line)
+    if proc.returncode != 0:
+        raise RuntimeError("{} failed with exit code {}".format(module, proc.returncode))
+    return "".join(lines)
+
+
+def binarize_char_corpus(data: bytes, out_dir: Union[str, Path], valid_fraction=0.05, test_fraction=0.05,
+                         workers: int = 2) -> Path:
+    """Split ``data``, write byte tokens to ``out_dir/{train,valid,test}.tokens`` and run
+    ``fairseq-preprocess --only-source`` into ``out_dir/data-bin``; return that directory."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = ("train", "valid", "test")
+    for name, part in zip(names, split_bytes(data, valid_fraction, test_fraction)):
+        write_byte_tokens(part, out_dir / "{}.tokens".format(name))
+    data_bin = out_dir / "data-bin"
+    run_streaming("fairseq_cli.preprocess", [
+        "--only-source", "--trainpref", out_dir / "train.tokens", "--validpref", out_dir / "valid.tokens",
+        "--testpref", out_dir / "test.tokens", "--destdir", data_bin, "--workers", workers,
+    ])
+    return data_bin
