@@ -63,9 +63,28 @@ def check_config(cfg) -> None:
 
 
 def causal_mask(length: int, mem_len: int = 0, device=None, dtype=torch.float32) -> Tensor:
-    """Additive (L, M+L) mask: query t sees all M memory positions and current positions <= t."""
+    """Additive (L, M+L) training mask: query t sees all M memory positions and current positions <= t."""
     ones = torch.ones(length, mem_len + length, device=device, dtype=dtype)
     return torch.triu(ones, diagonal=1 + mem_len) * MASKED_SCORE
+
+
+def same_length_mask(length: int, mem_len: int, window: int, device=None, dtype=torch.float32) -> Tensor:
+    """Additive (L, M+L) evaluation mask: the query at absolute position p = M+t sees positions
+    p-window … p, i.e. itself and the ``window`` positions before it, whatever t is. This is the
+    paper's ``triu(diagonal=1) + tril(diagonal=-1-window)`` mask, which spans window+1 positions."""
+    rows = torch.arange(length, device=device).unsqueeze(1) + mem_len
+    cols = torch.arange(mem_len + length, device=device).unsqueeze(0)
+    visible = (cols <= rows) & (cols >= rows - window)
+    return (~visible).to(dtype) * MASKED_SCORE
+
+
+@dataclass
+class CarriedState:
+    """What one stream batch hands to its next segment, detached from the graph."""
+
+    c: Tensor  # (num_layers, B, d)
+    memory: List[Tensor]  # num_layers × (M, B, d_in): raw layer inputs of the previous segment
+    memory_pad: Optional[Tensor]  # (M, B) bool or None
 
 
 class SRUppDecoder(FairseqIncrementalDecoder):
@@ -99,6 +118,16 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         )
         self.output_projection = nn.Linear(d, len(dictionary))
         self.reset_head_parameters()
+        # Per carry key ("train", "valid", ...): state handed from one segment to the next. A plain
+        # attribute, so it is neither a parameter nor part of the checkpoint.
+        self.carried: Dict[str, CarriedState] = {}
+
+    def reset_carried_state(self, key: Optional[str] = None):
+        """Forget the carried state of ``key`` (all keys when None)."""
+        if key is None:
+            self.carried.clear()
+        else:
+            self.carried.pop(key, None)
 
     def reset_head_parameters(self):
         bound = (3.0 / self.cfg.hidden_size) ** 0.5
@@ -113,26 +142,60 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         src_lengths: Optional[Tensor] = None,
         incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
         features_only: bool = False,
+        carry: Optional[Dict] = None,
         **kwargs,
     ):
-        """prev_output_tokens (B, T) → (logits (B, T, V) or features (B, T, d), extra dict)."""
-        x, extra = self.extract_features(prev_output_tokens, incremental_state=incremental_state)
+        """prev_output_tokens (B, T) → (logits (B, T, V) or features (B, T, d), extra dict).
+
+        ``carry`` (set by the ``srupp_language_modeling`` task) continues the previous segment of
+        the same streams: ``{"key": str, "reset": bool, "enabled": bool, "mask": "causal" |
+        "same_length", "window": int}``. Without it every call starts from zero state.
+        """
+        x, extra = self.extract_features(prev_output_tokens, incremental_state=incremental_state, carry=carry)
         if not features_only:
             x = self.output_layer(x)
         return x, extra
 
-    def extract_features(self, prev_output_tokens: Tensor, incremental_state=None, **kwargs):
+    def extract_features(self, prev_output_tokens: Tensor, incremental_state=None, carry=None, **kwargs):
         if incremental_state is not None:
             raise NotImplementedError("incremental decoding of srupp_lm is not implemented yet")
         tokens = prev_output_tokens
         if tokens.dim() != 2:
             raise ValueError("expected tokens of shape (batch, length), got {}".format(tuple(tokens.shape)))
-        length = tokens.shape[1]
+        batch, length = tokens.shape
         x = self.dropout_module(self.embed_tokens(tokens)).transpose(0, 1)  # (T, B, d)
         pad = tokens.eq(self.padding_idx)
         mask_pad = pad.t() if pad.any() else None  # (T, B)
-        attn_mask = causal_mask(length, device=x.device, dtype=x.dtype)
-        h, _, _ = self.srupp(x, mask_pad=mask_pad, attn_mask=attn_mask)
+
+        carrying = carry is not None and carry.get("enabled", True)
+        state = None
+        if carrying:
+            if carry.get("reset", False):
+                self.reset_carried_state(carry["key"])
+            state = self.carried.get(carry["key"])
+            if state is not None and state.c.shape[1] != batch:
+                raise ValueError(
+                    "carried state of '{}' has {} streams but this segment has {}".format(
+                        carry["key"], state.c.shape[1], batch
+                    )
+                )
+        mem_len = state.memory[0].shape[0] if state is not None else 0
+        if carry is not None and carry.get("mask") == "same_length":
+            attn_mask = same_length_mask(length, mem_len, carry["window"], device=x.device, dtype=x.dtype)
+        else:
+            attn_mask = causal_mask(length, mem_len, device=x.device, dtype=x.dtype)
+        h, c, saved_inputs = self.srupp(
+            x,
+            c0=None if state is None else state.c,
+            mask_pad=mask_pad,
+            attn_mask=attn_mask,
+            memory=None if state is None else state.memory,
+            memory_mask_pad=None if state is None else state.memory_pad,
+        )
+        if carrying:
+            self.carried[carry["key"]] = CarriedState(
+                c.detach(), [m.detach() for m in saved_inputs], None if mask_pad is None else mask_pad.detach()
+            )
         h = self.dropout_module(h).transpose(0, 1)  # (B, T, d)
         return h, {"attn": [None], "inner_states": None}
 

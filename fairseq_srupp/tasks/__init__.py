@@ -1,0 +1,1 @@
+from .srupp_language_modeling import SRUppLanguageModelingConfig, SRUppLanguageModelingTask  # noqa: F401
