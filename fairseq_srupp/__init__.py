@@ -4,6 +4,7 @@ Importing the package registers its fairseq components; the op and module packag
 nothing from fairseq's registries and can be used alone.
 """
 from . import models  # noqa: F401  (registers srupp_lm and its architectures)
+from . import optim  # noqa: F401  (registers radam and srupp_cosine)
 from . import tasks  # noqa: F401  (registers srupp_language_modeling)
 
 __version__ = "0.1.0"

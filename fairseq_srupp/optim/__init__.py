@@ -1,0 +1,2 @@
+from .radam import FairseqRAdam  # noqa: F401  (registers --optimizer radam)
+from .warmup_cosine import SRUppCosineSchedule, paper_learning_rate  # noqa: F401  (--lr-scheduler srupp_cosine)

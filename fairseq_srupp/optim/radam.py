@@ -1,0 +1,47 @@
+"""``--optimizer radam``: RAdam with decoupled weight decay, as used by the paper.
+
+The update is torch's ``torch.optim.RAdam(decoupled_weight_decay=True)``: p ← p·(1 − lr·wd), then
+the rectified Adam step when the variance estimate is tractable (ρ_t > 5) and a bias-corrected
+momentum (SGD-like) step before that — the behaviour of the paper's ``radam.RAdam`` with
+``degenerated_to_sgd=True``.
+"""
+from dataclasses import dataclass, field
+from typing import Any, List
+
+import torch
+from fairseq.dataclass import FairseqDataclass
+from fairseq.optim import FairseqOptimizer, register_optimizer
+from omegaconf import II
+
+from .config_values import first_value
+
+
+@dataclass
+class FairseqRAdamConfig(FairseqDataclass):
+    radam_betas: Any = field(default=(0.9, 0.999), metadata={"help": "betas for RAdam"})
+    radam_eps: float = field(default=1e-8, metadata={"help": "epsilon for RAdam"})
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay (paper: 0.1)"})
+    lr: List[float] = II("optimization.lr")
+
+
+@register_optimizer("radam", dataclass=FairseqRAdamConfig)
+class FairseqRAdam(FairseqOptimizer):
+    def __init__(self, cfg: FairseqRAdamConfig, params):
+        super().__init__(cfg)
+        self._optimizer = torch.optim.RAdam(params, decoupled_weight_decay=True, **self.optimizer_config)
+
+    @property
+    def optimizer_config(self):
+        betas = self.cfg.radam_betas
+        if isinstance(betas, str):
+            betas = eval(betas, {}, {})  # fairseq passes tuples on the command line as "(0.9, 0.999)"
+        return {
+            "lr": first_value(self.cfg.lr),
+            "betas": tuple(betas),
+            "eps": self.cfg.radam_eps,
+            "weight_decay": self.cfg.weight_decay,
+        }
+
+    @property
+    def supports_flat_params(self):
+        return True

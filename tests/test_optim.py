@@ -1,0 +1,82 @@
+"""radam and srupp_cosine against the paper's optimizer equations and training loop."""
+import math
+from argparse import Namespace
+
+import pytest
+import torch
+from conftest import assert_close
+from fairseq.optim import build_optimizer
+from fairseq.optim.lr_scheduler import build_lr_scheduler
+from omegaconf import OmegaConf
+
+import fairseq_srupp  # noqa: F401
+from fairseq_srupp.optim import paper_learning_rate
+
+
+def paper_radam_step(p, grad, state, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1):
+    """RAdam of the paper's radam.py (degenerated_to_sgd=True), written from its equations."""
+    beta1, beta2 = betas
+    state["step"] += 1
+    t = state["step"]
+    state["m"] = beta1 * state["m"] + (1 - beta1) * grad
+    state["v"] = beta2 * state["v"] + (1 - beta2) * grad * grad
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * t * beta2 ** t / (1 - beta2 ** t)
+    p = p - weight_decay * lr * p
+    if rho_t > 5:
+        rect = math.sqrt((1 - beta2 ** t) * (rho_t - 4) / (rho_inf - 4) * (rho_t - 2) / rho_t * rho_inf / (rho_inf - 2))
+        return p - lr * rect / (1 - beta1 ** t) * state["m"] / (state["v"].sqrt() + eps)
+    return p - lr / (1 - beta1 ** t) * state["m"]
+
+
+def test_radam_matches_the_paper_update_rule():
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(7, 3, dtype=torch.float64))
+    cfg = OmegaConf.create({"_name": "radam", "lr": [0.01], "weight_decay": 0.1, "radam_betas": "(0.9, 0.999)", "radam_eps": 1e-8})
+    optimizer = build_optimizer(cfg, [param])
+    expected = param.detach().clone()
+    state = {"step": 0, "m": torch.zeros_like(expected), "v": torch.zeros_like(expected)}
+    for step in range(12):  # rho_t > 5 from step 6 on: covers both regimes
+        grad = torch.randn_like(expected)
+        param.grad = grad.clone()
+        optimizer.step()
+        expected = paper_radam_step(expected, grad, state, lr=0.01)
+        assert_close("param after step {}".format(step + 1), param.detach(), expected, 1e-12)
+
+
+def replay_paper_schedule(peak_lr, warmup, max_iter):
+    """The paper's loop: warm-up overwrite, then optimizer step and CosineAnnealingLR step."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak_lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max_iter)
+    used = []
+    for niter in range(max_iter):
+        if niter < warmup:
+            opt.param_groups[0]["lr"] = peak_lr * (niter + 1) / warmup
+        used.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return used
+
+
+def test_srupp_cosine_reproduces_the_paper_loop():
+    peak, warmup, max_update = 3e-4, 16, 200
+    cfg = OmegaConf.create({"_name": "srupp_cosine", "warmup_updates": warmup, "lr": [peak], "max_update": max_update})
+    opt_cfg = OmegaConf.create({"_name": "radam", "lr": [peak], "weight_decay": 0.0, "radam_betas": "(0.9, 0.999)", "radam_eps": 1e-8})
+    optimizer = build_optimizer(opt_cfg, [torch.nn.Parameter(torch.zeros(1))])
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    ours = [optimizer.get_lr()]  # rate of update 0, set at construction
+    for num_updates in range(1, max_update):
+        ours.append(scheduler.step_update(num_updates))  # the trainer calls this after each update
+    paper = replay_paper_schedule(peak, warmup, max_update)
+    worst = max(abs(a - b) for a, b in zip(ours, paper))
+    print("max |srupp_cosine - paper| = {:.3e}".format(worst))
+    assert worst < 1e-9 * peak
+    assert ours[0] == pytest.approx(peak / warmup) and ours[warmup - 1] == pytest.approx(peak)
+    assert paper_learning_rate(max_update, peak, warmup, max_update) == pytest.approx(0.0, abs=1e-15)
+
+
+def test_srupp_cosine_rejects_impossible_settings():
+    opt_cfg = OmegaConf.create({"_name": "radam", "lr": [1e-3], "weight_decay": 0.0, "radam_betas": "(0.9, 0.999)", "radam_eps": 1e-8})
+    optimizer = build_optimizer(opt_cfg, [torch.nn.Parameter(torch.zeros(1))])
+    with pytest.raises(ValueError, match="--warmup-updates"):
+        build_lr_scheduler(OmegaConf.create({"_name": "srupp_cosine", "warmup_updates": 50, "lr": [1e-3], "max_update": 50}), optimizer)
