@@ -17,7 +17,7 @@ EVAL_LOSS = re.compile(r"Loss \(base 2\): ([0-9.]+)")
 
 def run_tool(name, *args, cwd=None, timeout=600):
     """Run a fairseq console script; fail with its output if it exits non-zero."""
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run([str(BIN / name), *map(str, args)], cwd=cwd, env=env, timeout=timeout,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.returncode == 0, "{} failed ({}):\n{}".format(name, proc.returncode, proc.stdout[-6000:])
@@ -55,4 +55,37 @@ TINY_TRAIN_ARGS = [
     "--optimizer", "adam", "--lr", 0.01, "--lr-scheduler", "fixed", "--clip-norm", 1.0,
     "--log-format", "simple", "--log-interval", 5, "--seed", 1, "--num-workers", 0,
     "--no-epoch-checkpoints",
+]
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_distributed_train(world_size, *args, timeout=600):
+    """fairseq-train with one CPU process per rank (gloo, legacy_ddp); return rank 0's output."""
+    port = free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    procs = []
+    for rank in range(world_size):
+        cmd = [str(BIN / "fairseq-train"), *map(str, args), "--distributed-world-size", str(world_size),
+               "--distributed-rank", str(rank), "--distributed-init-method", "tcp://127.0.0.1:{}".format(port),
+               "--distributed-no-spawn", "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for rank, (proc, out) in enumerate(zip(procs, outputs)):
+        assert proc.returncode == 0, "rank {} failed:\n{}".format(rank, out[-6000:])
+    return outputs[0]
+
+
+STATEFUL_TRAIN_ARGS = [
+    "--user-dir", USER_DIR, "--task", "srupp_language_modeling", "--arch", "srupp_lm_tiny", "--cpu",
+    "--hidden-size", 48, "--proj-size", 24, "--num-layers", 2, "--dropout", 0.0, "--attn-dropout", 0.0,
+    "--tokens-per-sample", 32, "--optimizer", "radam", "--weight-decay", 0.01, "--lr", 0.005,
+    "--lr-scheduler", "fixed", "--clip-norm", 1.0, "--log-format", "simple", "--log-interval", 1,
+    "--seed", 1, "--num-workers", 0, "--no-epoch-checkpoints",
 ]
