@@ -31,7 +31,10 @@ def load_cpu_extension():
             _extension = load(
                 name="fairseq_srupp_recurrence_cpu",
                 sources=[str(_SOURCE)],
-                extra_cflags=["-O3"],
+                # OpenMP: at::parallel_for is serial without it. -ffast-math lets the compiler use
+                # vectorised expf for the gates; the build happens on the machine that runs it.
+                extra_cflags=["-O3", "-std=c++20", "-fopenmp", "-ffast-math", "-march=native"],
+                extra_ldflags=["-fopenmp"],
                 verbose=False,
             )
         except Exception as err:  # compiler, ninja or headers missing

@@ -1,114 +1,164 @@
 // Fused CPU forward and backward of the SRU++ elementwise recurrence (spec §1.4).
 //
 // Layout: U is (L, B, d, k) contiguous, every other per-position tensor is (L, B, d).
-// A "column" is one (batch, hidden unit) pair; columns are independent, so threads
-// split the B*d columns and each walks time with its own running state. Within a
-// thread the time loop is outer and the column loop inner, so memory is streamed
-// row by row instead of striding through L rows per column.
+// Work is split into (batch row, chunk of hidden units) tiles; tiles are independent, so
+// threads take tiles and walk time with their own running state. Inside a tile the time loop
+// is outer and the unit loop inner: memory streams row by row, padding is a per-row branch
+// outside the inner loop, and the inner loop is branch-free so the compiler can vectorise it.
+// k, padding and dropout are template parameters for the same reason.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
 namespace {
+
+constexpr int64_t kChunk = 256;  // hidden units per tile
 
 template <typename T>
 inline T sigmoid(T v) {
   return T(1) / (T(1) + std::exp(-v));
 }
 
-template <typename T>
-void forward_impl(const T* U, const T* x, const T* weight_c, const T* bias, const T* c0,
-                  const T* mask_c, const bool* mask_pad, T* h, T* c_all,
-                  int64_t L, int64_t B, int64_t d, int64_t k) {
-  const int64_t cols = B * d;
-  at::parallel_for(0, cols, 64, [&](int64_t begin, int64_t end) {
-    std::vector<T> c(c0 + begin, c0 + end);
-    for (int64_t t = 0; t < L; ++t) {
-      const int64_t row = t * cols;
-      for (int64_t col = begin; col < end; ++col) {
-        const int64_t idx = row + col;
-        const int64_t j = col % d;
-        T& c_run = c[col - begin];
-        if (mask_pad != nullptr && mask_pad[t * B + col / d]) {
-          h[idx] = T(0);
-          c_all[idx] = c_run;
+struct Shape {
+  int64_t L, B, d;
+  int64_t tiles_per_row() const { return (d + kChunk - 1) / kChunk; }
+};
+
+template <typename T, int K, bool PAD, bool DROP>
+void forward_impl(const T* __restrict__ U, const T* __restrict__ x, const T* __restrict__ weight_c,
+                  const T* __restrict__ bias, const T* __restrict__ c0, const T* __restrict__ mask_c,
+                  const bool* __restrict__ mask_pad, T* __restrict__ h, T* __restrict__ c_all, Shape s) {
+  const int64_t tiles = s.B * s.tiles_per_row();
+  at::parallel_for(0, tiles, 1, [&](int64_t tile_begin, int64_t tile_end) {
+    std::vector<T> c_buf(kChunk);
+    T* __restrict__ c = c_buf.data();
+    for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+      const int64_t b = tile / s.tiles_per_row();
+      const int64_t j0 = (tile % s.tiles_per_row()) * kChunk;
+      const int64_t n = std::min(kChunk, s.d - j0);
+      const T* vf = weight_c + j0;
+      const T* vr = weight_c + s.d + j0;
+      const T* bf = bias + j0;
+      const T* br = bias + s.d + j0;
+      const T* m = DROP ? mask_c + b * s.d + j0 : nullptr;
+      for (int64_t j = 0; j < n; ++j) c[j] = c0[b * s.d + j0 + j];
+      for (int64_t t = 0; t < s.L; ++t) {
+        const int64_t row = (t * s.B + b) * s.d + j0;
+        T* __restrict__ h_row = h + row;
+        T* __restrict__ c_row = c_all + row;
+        if (PAD && mask_pad[t * s.B + b]) {
+          for (int64_t j = 0; j < n; ++j) {
+            h_row[j] = T(0);
+            c_row[j] = c[j];
+          }
           continue;
         }
-        const T* u = U + idx * k;
-        const T f = sigmoid(u[1] + weight_c[j] * c_run + bias[j]);
-        const T r = sigmoid(u[2] + weight_c[d + j] * c_run + bias[d + j]);
-        c_run = u[0] + (c_run - u[0]) * f;
-        const T s = (k == 3) ? x[idx] : u[3];
-        const T m = (mask_c != nullptr) ? mask_c[col] : T(1);
-        h[idx] = s + (c_run - s) * m * r;
-        c_all[idx] = c_run;
+        const T* __restrict__ u = U + row * K;
+        const T* __restrict__ x_row = (K == 3) ? x + row : nullptr;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) {
+          const T u0 = u[j * K], u1 = u[j * K + 1], u2 = u[j * K + 2];
+          const T f = sigmoid(u1 + vf[j] * c[j] + bf[j]);
+          const T r = sigmoid(u2 + vr[j] * c[j] + br[j]);
+          const T c_new = u0 + (c[j] - u0) * f;
+          const T skip = (K == 3) ? x_row[j] : u[j * K + 3];
+          const T gate = DROP ? m[j] * r : r;
+          h_row[j] = skip + (c_new - skip) * gate;
+          c_row[j] = c_new;
+          c[j] = c_new;
+        }
       }
     }
   });
 }
 
-// grad_wc and grad_bias are per column, (2, B, d): the caller sums over B.
-template <typename T>
-void backward_impl(const T* U, const T* x, const T* weight_c, const T* bias, const T* c0,
-                   const T* mask_c, const bool* mask_pad, const T* c_all,
-                   const T* grad_h, const T* grad_c_last,
-                   T* grad_U, T* grad_x, T* grad_wc, T* grad_bias, T* grad_c0,
-                   int64_t L, int64_t B, int64_t d, int64_t k) {
-  const int64_t cols = B * d;
-  at::parallel_for(0, cols, 64, [&](int64_t begin, int64_t end) {
-    const int64_t n = end - begin;
-    std::vector<T> gc(grad_c_last + begin, grad_c_last + end);
-    std::vector<T> g_vf(n, T(0)), g_vr(n, T(0)), g_bf(n, T(0)), g_br(n, T(0));
-    for (int64_t t = L - 1; t >= 0; --t) {
-      const int64_t row = t * cols;
-      for (int64_t col = begin; col < end; ++col) {
-        const int64_t idx = row + col;
-        const int64_t i = col - begin;
-        const int64_t j = col % d;
-        T* gu = grad_U + idx * k;
-        if (mask_pad != nullptr && mask_pad[t * B + col / d]) {
+// grad_wc and grad_bias are per batch row, (2, B, d): the caller sums over B.
+template <typename T, int K, bool PAD, bool DROP>
+void backward_impl(const T* __restrict__ U, const T* __restrict__ x, const T* __restrict__ weight_c,
+                   const T* __restrict__ bias, const T* __restrict__ c0, const T* __restrict__ mask_c,
+                   const bool* __restrict__ mask_pad, const T* __restrict__ c_all,
+                   const T* __restrict__ grad_h, const T* __restrict__ grad_c_last,
+                   T* __restrict__ grad_U, T* __restrict__ grad_x, T* __restrict__ grad_wc,
+                   T* __restrict__ grad_bias, T* __restrict__ grad_c0, Shape s) {
+  const int64_t tiles = s.B * s.tiles_per_row();
+  const int64_t cols = s.B * s.d;
+  at::parallel_for(0, tiles, 1, [&](int64_t tile_begin, int64_t tile_end) {
+    std::vector<T> buf(5 * kChunk);
+    T* __restrict__ gc = buf.data();
+    T* __restrict__ g_vf = gc + kChunk;
+    T* __restrict__ g_vr = g_vf + kChunk;
+    T* __restrict__ g_bf = g_vr + kChunk;
+    T* __restrict__ g_br = g_bf + kChunk;
+    for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+      const int64_t b = tile / s.tiles_per_row();
+      const int64_t j0 = (tile % s.tiles_per_row()) * kChunk;
+      const int64_t n = std::min(kChunk, s.d - j0);
+      const int64_t col0 = b * s.d + j0;
+      const T* vf = weight_c + j0;
+      const T* vr = weight_c + s.d + j0;
+      const T* bf = bias + j0;
+      const T* br = bias + s.d + j0;
+      const T* m = DROP ? mask_c + col0 : nullptr;
+      for (int64_t j = 0; j < n; ++j) {
+        gc[j] = grad_c_last[col0 + j];
+        g_vf[j] = g_vr[j] = g_bf[j] = g_br[j] = T(0);
+      }
+      for (int64_t t = s.L - 1; t >= 0; --t) {
+        const int64_t row = (t * s.B + b) * s.d + j0;
+        T* __restrict__ gu = grad_U + row * K;
+        if (PAD && mask_pad[t * s.B + b]) {
           // c_t = c_{t-1} and h_t = 0: the state gradient passes through untouched.
-          for (int64_t q = 0; q < k; ++q) gu[q] = T(0);
-          if (k == 3) grad_x[idx] = T(0);
+          for (int64_t q = 0; q < n * K; ++q) gu[q] = T(0);
+          if (K == 3) {
+            for (int64_t j = 0; j < n; ++j) grad_x[row + j] = T(0);
+          }
           continue;
         }
-        const T* u = U + idx * k;
-        const T c_prev = (t > 0) ? c_all[idx - cols] : c0[col];
-        const T vf = weight_c[j], vr = weight_c[d + j];
-        const T f = sigmoid(u[1] + vf * c_prev + bias[j]);
-        const T r = sigmoid(u[2] + vr * c_prev + bias[d + j]);
-        const T c = c_all[idx];
-        const T s = (k == 3) ? x[idx] : u[3];
-        const T m = (mask_c != nullptr) ? mask_c[col] : T(1);
-        const T gh = grad_h[idx];
-        const T mr = m * r;
-        const T gc_total = gc[i] + gh * mr;
-        const T g_pre_f = gc_total * (c_prev - u[0]) * f * (T(1) - f);
-        const T g_pre_r = gh * (c - s) * m * r * (T(1) - r);
-        gu[0] = gc_total * (T(1) - f);
-        gu[1] = g_pre_f;
-        gu[2] = g_pre_r;
-        const T g_skip = gh * (T(1) - mr);
-        if (k == 3) {
-          grad_x[idx] = g_skip;
-        } else {
-          gu[3] = g_skip;
+        const T* __restrict__ u = U + row * K;
+        const T* __restrict__ c_prev = (t > 0) ? c_all + row - cols : c0 + col0;
+        const T* __restrict__ c_row = c_all + row;
+        const T* __restrict__ gh_row = grad_h + row;
+        const T* __restrict__ x_row = (K == 3) ? x + row : nullptr;
+        T* __restrict__ gx_row = (K == 3) ? grad_x + row : nullptr;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) {
+          const T u0 = u[j * K], u1 = u[j * K + 1], u2 = u[j * K + 2];
+          const T cp = c_prev[j];
+          const T f = sigmoid(u1 + vf[j] * cp + bf[j]);
+          const T r = sigmoid(u2 + vr[j] * cp + br[j]);
+          const T skip = (K == 3) ? x_row[j] : u[j * K + 3];
+          const T mj = DROP ? m[j] : T(1);
+          const T gh = gh_row[j];
+          const T mr = mj * r;
+          const T gc_total = gc[j] + gh * mr;
+          const T g_pre_f = gc_total * (cp - u0) * f * (T(1) - f);
+          const T g_pre_r = gh * (c_row[j] - skip) * mj * r * (T(1) - r);
+          gu[j * K] = gc_total * (T(1) - f);
+          gu[j * K + 1] = g_pre_f;
+          gu[j * K + 2] = g_pre_r;
+          const T g_skip = gh * (T(1) - mr);
+          if (K == 3) {
+            gx_row[j] = g_skip;
+          } else {
+            gu[j * K + 3] = g_skip;
+          }
+          g_vf[j] += g_pre_f * cp;
+          g_vr[j] += g_pre_r * cp;
+          g_bf[j] += g_pre_f;
+          g_br[j] += g_pre_r;
+          gc[j] = gc_total * f + g_pre_f * vf[j] + g_pre_r * vr[j];
         }
-        g_vf[i] += g_pre_f * c_prev;
-        g_vr[i] += g_pre_r * c_prev;
-        g_bf[i] += g_pre_f;
-        g_br[i] += g_pre_r;
-        gc[i] = gc_total * f + g_pre_f * vf + g_pre_r * vr;
       }
-    }
-    for (int64_t i = 0; i < n; ++i) {
-      grad_c0[begin + i] = gc[i];
-      grad_wc[begin + i] = g_vf[i];
-      grad_wc[cols + begin + i] = g_vr[i];
-      grad_bias[begin + i] = g_bf[i];
-      grad_bias[cols + begin + i] = g_br[i];
+      for (int64_t j = 0; j < n; ++j) {
+        grad_c0[col0 + j] = gc[j];
+        grad_wc[col0 + j] = g_vf[j];
+        grad_wc[cols + col0 + j] = g_vr[j];
+        grad_bias[col0 + j] = g_bf[j];
+        grad_bias[cols + col0 + j] = g_br[j];
+      }
     }
   });
 }
@@ -122,19 +172,41 @@ const bool* pad_or_null(const c10::optional<torch::Tensor>& t) {
   return (t.has_value() && t->defined()) ? t->data_ptr<bool>() : nullptr;
 }
 
+// Calls fn.template operator()<K, PAD, DROP>() with the runtime flags turned into template arguments.
+template <typename Fn>
+void dispatch_variant(int64_t k, bool pad, bool drop, Fn&& fn) {
+  TORCH_CHECK(k == 3 || k == 4, "k must be 3 or 4, got ", k);
+  if (k == 3) {
+    if (pad) {
+      drop ? fn.template operator()<3, true, true>() : fn.template operator()<3, true, false>();
+    } else {
+      drop ? fn.template operator()<3, false, true>() : fn.template operator()<3, false, false>();
+    }
+  } else {
+    if (pad) {
+      drop ? fn.template operator()<4, true, true>() : fn.template operator()<4, true, false>();
+    } else {
+      drop ? fn.template operator()<4, false, true>() : fn.template operator()<4, false, false>();
+    }
+  }
+}
+
 std::vector<torch::Tensor> forward(torch::Tensor U, c10::optional<torch::Tensor> x,
                                    torch::Tensor weight_c, torch::Tensor bias, torch::Tensor c0,
                                    c10::optional<torch::Tensor> mask_c,
                                    c10::optional<torch::Tensor> mask_pad, int64_t k) {
-  const int64_t L = U.size(0), B = U.size(1), d = c0.size(-1);
-  auto h = torch::empty({L, B, d}, U.options());
-  auto c_all = torch::empty({L, B, d}, U.options());
+  const Shape s{U.size(0), U.size(1), c0.size(-1)};
+  auto h = torch::empty({s.L, s.B, s.d}, U.options());
+  auto c_all = torch::empty({s.L, s.B, s.d}, U.options());
+  const bool* pad = pad_or_null(mask_pad);
   AT_DISPATCH_FLOATING_TYPES(U.scalar_type(), "srupp_recurrence_forward", [&] {
-    forward_impl<scalar_t>(U.data_ptr<scalar_t>(), data_or_null<scalar_t>(x),
-                           weight_c.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
-                           c0.data_ptr<scalar_t>(), data_or_null<scalar_t>(mask_c),
-                           pad_or_null(mask_pad), h.data_ptr<scalar_t>(),
-                           c_all.data_ptr<scalar_t>(), L, B, d, k);
+    const scalar_t* m = data_or_null<scalar_t>(mask_c);
+    dispatch_variant(k, pad != nullptr, m != nullptr, [&]<int K, bool PAD, bool DROP>() {
+      forward_impl<scalar_t, K, PAD, DROP>(U.data_ptr<scalar_t>(), data_or_null<scalar_t>(x),
+                                           weight_c.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
+                                           c0.data_ptr<scalar_t>(), m, pad, h.data_ptr<scalar_t>(),
+                                           c_all.data_ptr<scalar_t>(), s);
+    });
   });
   return {h, c_all};
 }
@@ -144,22 +216,25 @@ std::vector<torch::Tensor> backward(torch::Tensor U, c10::optional<torch::Tensor
                                     c10::optional<torch::Tensor> mask_c,
                                     c10::optional<torch::Tensor> mask_pad, torch::Tensor c_all,
                                     torch::Tensor grad_h, torch::Tensor grad_c_last, int64_t k) {
-  const int64_t L = U.size(0), B = U.size(1), d = c0.size(-1);
+  const Shape s{U.size(0), U.size(1), c0.size(-1)};
   auto grad_U = torch::empty_like(U);
-  auto grad_x = (k == 3) ? torch::empty({L, B, d}, U.options()) : torch::Tensor();
-  auto grad_wc = torch::empty({2, B, d}, U.options());
-  auto grad_bias = torch::empty({2, B, d}, U.options());
-  auto grad_c0 = torch::empty({B, d}, U.options());
+  auto grad_x = (k == 3) ? torch::empty({s.L, s.B, s.d}, U.options()) : torch::Tensor();
+  auto grad_wc = torch::empty({2, s.B, s.d}, U.options());
+  auto grad_bias = torch::empty({2, s.B, s.d}, U.options());
+  auto grad_c0 = torch::empty({s.B, s.d}, U.options());
+  const bool* pad = pad_or_null(mask_pad);
   AT_DISPATCH_FLOATING_TYPES(U.scalar_type(), "srupp_recurrence_backward", [&] {
-    backward_impl<scalar_t>(
-        U.data_ptr<scalar_t>(), data_or_null<scalar_t>(x), weight_c.data_ptr<scalar_t>(),
-        bias.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(), data_or_null<scalar_t>(mask_c),
-        pad_or_null(mask_pad), c_all.data_ptr<scalar_t>(), grad_h.data_ptr<scalar_t>(),
-        grad_c_last.data_ptr<scalar_t>(), grad_U.data_ptr<scalar_t>(),
-        (k == 3) ? grad_x.data_ptr<scalar_t>() : nullptr, grad_wc.data_ptr<scalar_t>(),
-        grad_bias.data_ptr<scalar_t>(), grad_c0.data_ptr<scalar_t>(), L, B, d, k);
+    const scalar_t* m = data_or_null<scalar_t>(mask_c);
+    dispatch_variant(k, pad != nullptr, m != nullptr, [&]<int K, bool PAD, bool DROP>() {
+      backward_impl<scalar_t, K, PAD, DROP>(
+          U.data_ptr<scalar_t>(), data_or_null<scalar_t>(x), weight_c.data_ptr<scalar_t>(),
+          bias.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(), m, pad, c_all.data_ptr<scalar_t>(),
+          grad_h.data_ptr<scalar_t>(), grad_c_last.data_ptr<scalar_t>(), grad_U.data_ptr<scalar_t>(),
+          (K == 3) ? grad_x.data_ptr<scalar_t>() : nullptr, grad_wc.data_ptr<scalar_t>(),
+          grad_bias.data_ptr<scalar_t>(), grad_c0.data_ptr<scalar_t>(), s);
+    });
   });
-  return {grad_U, grad_x, grad_wc.sum(1).view({2 * d}), grad_bias.sum(1).view({2 * d}), grad_c0};
+  return {grad_U, grad_x, grad_wc.sum(1).view({2 * s.d}), grad_bias.sum(1).view({2 * s.d}), grad_c0};
 }
 
 }  // namespace
