@@ -42,50 +42,21 @@ The first run may compile the C++ extension (about a minute, cached afterwards);
 before anything is timed.
 """
 import argparse
-import ctypes
-import ctypes.util
 import logging
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 logging.basicConfig(level=logging.WARNING)  # before fairseq's imports, which log at INFO
 
+from bench_timing import Timer, default_threads, tune_malloc  # noqa: E402
 from fairseq_srupp.ops.recurrence import (  # noqa: E402
     elementwise_recurrence_cpu,
     elementwise_recurrence_ref,
 )
 from fairseq_srupp.ops.recurrence.cpu import load_cpu_extension  # noqa: E402
-
-
-def tune_malloc() -> bool:
-    """Make glibc keep freed multi-MB buffers for reuse instead of returning them to the kernel.
-
-    By default glibc serves large blocks with mmap and gives freed heap tops back to the OS, so
-    code that allocates many multi-MB temporaries (autograd of a Python time loop) may touch
-    fresh pages on every call; on some (virtualised) machines that made single calls 10-100x
-    slower and timings erratic. A fixed 32 MB mmap threshold and a 1 GB trim threshold keep
-    such buffers on the heap. Applied to both implementations alike; returns False where it
-    could not be applied (not glibc).
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1
-        return libc.mallopt(m_trim_threshold, 1 << 30) == 1 and ok
-    except (OSError, AttributeError):
-        return False
-
-
-def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def parse_args(argv=None):
@@ -149,53 +120,18 @@ def step(fn, tensors, mask_c, grads):
     torch.autograd.backward([h, c_last], [grads["h"], grads["c_last"]])
 
 
-def spread_notes(rows, limit=1.5):
-    """Lines flagging timings whose median is far above their minimum (a noisy machine)."""
-    return [
-        "note: {} varied a lot (median/min = {:.1f}); the machine may be busy, consider rerunning".format(
-            name, med / mn)
-        for name, med, mn in rows
-        if med > limit * mn
-    ] + [
-        "note: a measurement stopped after {} of {} repeats (--time-budget)".format(done, asked)
-        for done, asked in CUT_SHORT
-    ]
+def time_path(timer, fn, tensors, mask_c, grads, warmup, repeats):
+    return timer.time_fn(lambda: step(fn, tensors, mask_c, grads), warmup, repeats)
 
 
-# Wall-clock cap per timed measurement (warm-up included), set from --time-budget in main():
-# on a slow or busy machine fewer repeats are taken (never fewer than 3) instead of running long.
-TIME_BUDGET_S = float("inf")
-CUT_SHORT = []  # (done, asked) of measurements that hit the cap
-
-
-def time_fn(fn, warmup, repeats):
-    """(median, min) seconds of ``repeats`` timed calls after ``warmup`` untimed ones."""
-    start = time.perf_counter()
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 3 and time.perf_counter() - start > TIME_BUDGET_S and len(times) < repeats:
-            CUT_SHORT.append((len(times), repeats))
-            break
-    return statistics.median(times), min(times)
-
-
-def time_path(fn, tensors, mask_c, grads, warmup, repeats):
-    return time_fn(lambda: step(fn, tensors, mask_c, grads), warmup, repeats)
-
-
-def kernel_breakdown(inputs, mask_c, grads, k, warmup, repeats):
+def kernel_breakdown(timer, inputs, mask_c, grads, k, warmup, repeats):
     """Median/min seconds of the C++ forward and backward kernels alone (no autograd, no copies)."""
     ext = load_cpu_extension()
     U, x, wc, b, c0 = (inputs[n] for n in ("U", "x", "weight_c", "bias", "c0"))
     x = x if k == 3 else None
     _, c_all = ext.forward(U, x, wc, b, c0, mask_c, None, k)
-    fwd = time_fn(lambda: ext.forward(U, x, wc, b, c0, mask_c, None, k), warmup, repeats)
-    bwd = time_fn(
+    fwd = timer.time_fn(lambda: ext.forward(U, x, wc, b, c0, mask_c, None, k), warmup, repeats)
+    bwd = timer.time_fn(
         lambda: ext.backward(U, x, wc, b, c0, mask_c, None, c_all, grads["h"], grads["c_last"], k),
         warmup, repeats,
     )
@@ -214,8 +150,7 @@ def traffic_bytes(L, B, d, k, elem):
 def main(argv=None):
     args = parse_args(argv)
     malloc_tuned = False if args.no_malloc_tuning else tune_malloc()
-    global TIME_BUDGET_S
-    TIME_BUDGET_S = args.time_budget
+    timer = Timer(args.time_budget)
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     L, B, d, k = args.length, args.batch, args.d, args.k
@@ -232,16 +167,18 @@ def main(argv=None):
         (fast_t[n].grad - ref_t[n].grad).abs().max().item() for n in fast_t if fast_t[n] is not None
     )
 
-    fast_med, fast_min = time_path(elementwise_recurrence_cpu, fast_t, mask_c, grads, args.warmup, args.repeats)
-    ref_med, ref_min = time_path(elementwise_recurrence_ref, ref_t, mask_c, grads, args.ref_warmup,
+    fast_med, fast_min = time_path(timer, elementwise_recurrence_cpu, fast_t, mask_c, grads, args.warmup,
+                                   args.repeats)
+    ref_med, ref_min = time_path(timer, elementwise_recurrence_ref, ref_t, mask_c, grads, args.ref_warmup,
                                  args.ref_repeats)
     (fwd_med, fwd_min), (bwd_med, bwd_min) = kernel_breakdown(
-        inputs, mask_c, grads, k, args.warmup, args.repeats
+        timer, inputs, mask_c, grads, k, args.warmup, args.repeats
     )
     one_thread = None
     if args.threads > 1:  # does the fast path actually scale with threads?
         torch.set_num_threads(1)
-        one_thread = time_path(elementwise_recurrence_cpu, fast_t, mask_c, grads, args.warmup, args.repeats)
+        one_thread = time_path(timer, elementwise_recurrence_cpu, fast_t, mask_c, grads, args.warmup,
+                               args.repeats)
         torch.set_num_threads(args.threads)
 
     elem = torch.empty((), dtype=dtype).element_size()
@@ -274,7 +211,7 @@ def main(argv=None):
             total / 1e6, fwd_b / 1e6, bwd_b / 1e6, total / fast_med / 1e9
         )
     )
-    for line in spread_notes([("fast (cpu)", fast_med, fast_min), ("reference", ref_med, ref_min)]):
+    for line in timer.notes([("fast (cpu)", fast_med, fast_min), ("reference", ref_med, ref_min)]):
         print(line)
     print("fast / reference speed-up: {:.1f}x".format(ref_med / fast_med))
 

@@ -28,13 +28,9 @@ How to run (glibc malloc thresholds are tuned first, see tune_malloc / --no-mall
     .venv/bin/python benchmarks/train_cpu.py --threads 1 --profile
 """
 import argparse
-import ctypes
-import ctypes.util
 import logging
 import os
-import statistics
 import sys
-import time
 import warnings
 
 import torch
@@ -51,37 +47,12 @@ with warnings.catch_warnings():
 # sru warns on every CPU forward with grad enabled; that is exactly what is benchmarked here.
 warnings.filterwarnings("ignore", message="Running SRU on CPU with grad_enabled=True")
 
+from bench_timing import Timer, default_threads, tune_malloc  # noqa: E402
 from fairseq_srupp.models.srupp_lm import causal_mask  # noqa: E402
 from fairseq_srupp.modules import SRUpp  # noqa: E402
 from fairseq_srupp.ops.recurrence.cpu import load_cpu_extension  # noqa: E402
 
 ENV = "FAIRSEQ_SRUPP_RECURRENCE"
-
-
-def tune_malloc() -> bool:
-    """Make glibc keep freed multi-MB buffers for reuse instead of returning them to the kernel.
-
-    By default glibc serves large blocks with mmap and gives freed heap tops back to the OS, so
-    code that allocates many multi-MB temporaries (autograd of a Python time loop) may touch
-    fresh pages on every call; on some (virtualised) machines that made single calls 10-100x
-    slower and timings erratic. A fixed 32 MB mmap threshold and a 1 GB trim threshold keep
-    such buffers on the heap. Applied to both implementations alike; returns False where it
-    could not be applied (not glibc).
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1
-        return libc.mallopt(m_trim_threshold, 1 << 30) == 1 and ok
-    except (OSError, AttributeError):
-        return False
-
-
-def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def parse_args(argv=None):
@@ -154,41 +125,6 @@ def build_models(args):
     return mine, ref
 
 
-def spread_notes(rows, limit=1.5):
-    """Lines flagging timings whose median is far above their minimum (a noisy machine)."""
-    return [
-        "note: {} varied a lot (median/min = {:.1f}); the machine may be busy, consider rerunning".format(
-            name, med / mn)
-        for name, med, mn in rows
-        if med > limit * mn
-    ] + [
-        "note: a measurement stopped after {} of {} repeats (--time-budget)".format(done, asked)
-        for done, asked in CUT_SHORT
-    ]
-
-
-# Wall-clock cap per timed measurement (warm-up included), set from --time-budget in main():
-# on a slow or busy machine fewer repeats are taken (never fewer than 3) instead of running long.
-TIME_BUDGET_S = float("inf")
-CUT_SHORT = []  # (done, asked) of measurements that hit the cap
-
-
-def time_fn(fn, warmup, repeats):
-    """(median, min) seconds of ``repeats`` timed calls after ``warmup`` untimed ones."""
-    start = time.perf_counter()
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 3 and time.perf_counter() - start > TIME_BUDGET_S and len(times) < repeats:
-            CUT_SHORT.append((len(times), repeats))
-            break
-    return statistics.median(times), min(times)
-
-
 def make_train_step(model, inputs, targets, attn_mask, lr):
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
@@ -239,8 +175,7 @@ class recurrence_env:
 def main(argv=None):
     args = parse_args(argv)
     malloc_tuned = False if args.no_malloc_tuning else tune_malloc()
-    global TIME_BUDGET_S
-    TIME_BUDGET_S = args.time_budget
+    timer = Timer(args.time_budget)
     torch.set_num_threads(args.threads)
     L, B, V = args.length, args.batch, args.vocab
     tokens_per_step = L * B
@@ -261,10 +196,10 @@ def main(argv=None):
         ]
 
     with recurrence_env(None):
-        mine_med, mine_min = time_fn(make_train_step(mine, inputs, targets, attn_mask, args.lr),
-                                     args.warmup, args.repeats)
-    ref_med, ref_min = time_fn(make_train_step(ref, inputs, targets, attn_mask, args.lr),
-                               args.warmup, args.sru_repeats)
+        mine_med, mine_min = timer.time_fn(make_train_step(mine, inputs, targets, attn_mask, args.lr),
+                                           args.warmup, args.repeats)
+    ref_med, ref_min = timer.time_fn(make_train_step(ref, inputs, targets, attn_mask, args.lr),
+                                     args.warmup, args.sru_repeats)
 
     breakdown = []
     if not args.no_breakdown:
@@ -276,7 +211,7 @@ def main(argv=None):
             ("sru.SRUpp", ref.srupp, None, args.sru_repeats),
         ):
             with recurrence_env(env):
-                med, mn = time_fn(make_stack_step(stack, x, grad_h, attn_mask), args.warmup, reps)
+                med, mn = timer.time_fn(make_stack_step(stack, x, grad_h, attn_mask), args.warmup, reps)
             breakdown.append((name, med, mn))
 
     print("CPU training step of a tiny SRU++ LM: fairseq_srupp.modules.SRUpp vs sru.SRUpp")
@@ -304,8 +239,8 @@ def main(argv=None):
         for name, med, mn in breakdown:
             print("{:<34} {:>12.1f} {:>12.1f} {:>11.0f}%".format(name, med * 1e3, mn * 1e3, 100 * med / mine_med))
     print()
-    notes = spread_notes([("fairseq_srupp step", mine_med, mine_min), ("sru.SRUpp step", ref_med, ref_min)]
-                         + [(name, med, mn) for name, med, mn in breakdown])
+    notes = timer.notes([("fairseq_srupp step", mine_med, mine_min), ("sru.SRUpp step", ref_med, ref_min)]
+                        + [(name, med, mn) for name, med, mn in breakdown])
     for line in notes:
         print(line)
     if breakdown:
