@@ -6,8 +6,10 @@ text file instead. Steps, each a fairseq command run in a subprocess (printed be
 
 1. split the bytes 90/5/5 into train/valid/test and write one token per byte;
 2. ``fairseq-preprocess --only-source`` → ``OUT/data-bin``;
-3. ``fairseq-train --arch srupp_lm_tiny`` on CPU → ``OUT/checkpoints``;
-4. ``fairseq-eval-lm`` on valid and test → bits per byte (BPC).
+3. ``fairseq-train --task srupp_language_modeling --arch srupp_lm_tiny`` on CPU with the paper's
+   recipe scaled down (contiguous streams with carried state, RAdam, warm-up + cosine) →
+   ``OUT/checkpoints``;
+4. ``fairseq-eval-lm`` with the same task on valid and test → bits per byte (BPC).
 """
 import argparse
 import re
@@ -20,6 +22,7 @@ from fairseq_srupp.data.char_level import binarize_char_corpus, run_streaming, s
 USER_DIR = str(Path(__file__).resolve().parent)
 EVAL_LOSS = re.compile(r"Loss \(base 2\): ([0-9.]+)")
 TRAIN_WPS = re.compile(r"\| train \|.*\| wps ([0-9.]+)")
+EVAL_STREAMS = 4
 
 
 def builtin_corpus() -> bytes:
@@ -35,8 +38,9 @@ def main(argv=None):
     parser.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     parser.add_argument("--arch", default="srupp_lm_tiny")
     parser.add_argument("--max-update", type=int, default=1200)
-    parser.add_argument("--tokens-per-sample", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--tokens-per-sample", type=int, default=256, help="training unroll length")
+    parser.add_argument("--eval-unroll-size", type=int, default=512, help="evaluation attention window")
+    parser.add_argument("--batch-size", type=int, default=16, help="training streams")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
@@ -59,11 +63,12 @@ def main(argv=None):
     data_bin = binarize_char_corpus(corpus, out)
     save_dir = out / "checkpoints"
     train_log = run_streaming("fairseq_cli.train", [
-        data_bin, "--user-dir", USER_DIR, "--task", "language_modeling", "--arch", args.arch, "--cpu",
-        "--tokens-per-sample", args.tokens_per_sample, "--sample-break-mode", "none",
-        "--batch-size", args.batch_size, "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
-        "--weight-decay", 0.01, "--lr", args.lr, "--lr-scheduler", "cosine", "--warmup-updates", 100,
-        "--warmup-init-lr", 1e-7, "--max-update", args.max_update, "--clip-norm", 1.0,
+        data_bin, "--user-dir", USER_DIR, "--task", "srupp_language_modeling", "--arch", args.arch, "--cpu",
+        "--tokens-per-sample", args.tokens_per_sample, "--eval-unroll-size", args.eval_unroll_size,
+        "--batch-size", args.batch_size, "--batch-size-valid", EVAL_STREAMS,
+        "--optimizer", "radam", "--weight-decay", 0.1, "--lr", args.lr,
+        "--lr-scheduler", "srupp_cosine", "--warmup-updates", 100,
+        "--max-update", args.max_update, "--clip-norm", 1.0,
         "--stop-time-hours", 0.12, "--validate-interval-updates", 400, "--save-interval-updates", 400,
         "--keep-interval-updates", 1, "--no-epoch-checkpoints", "--log-interval", 50,
         "--num-workers", 0, "--seed", args.seed, "--save-dir", save_dir,
@@ -73,9 +78,10 @@ def main(argv=None):
     bpc = {}
     for split in ("valid", "test"):
         log = run_streaming("fairseq_cli.eval_lm", [
-            data_bin, "--user-dir", USER_DIR, "--path", save_dir / "checkpoint_best.pt", "--cpu",
-            "--gen-subset", split, "--tokens-per-sample", args.tokens_per_sample, "--batch-size", 16,
-            "--num-workers", 0,
+            data_bin, "--user-dir", USER_DIR, "--task", "srupp_language_modeling",
+            "--path", save_dir / "checkpoint_best.pt", "--cpu", "--gen-subset", split,
+            "--tokens-per-sample", args.tokens_per_sample, "--eval-unroll-size", args.eval_unroll_size,
+            "--batch-size", EVAL_STREAMS, "--num-workers", 0,
         ])
         bpc[split] = float(EVAL_LOSS.findall(log)[-1])
     wps = TRAIN_WPS.findall(train_log)
