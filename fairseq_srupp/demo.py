@@ -6,8 +6,10 @@ text file instead. Steps, each a fairseq command run in a subprocess (printed be
 
 1. split the bytes 90/5/5 into train/valid/test and write one token per byte;
 2. ``fairseq-preprocess --only-source`` → ``OUT/data-bin``;
-3. ``fairseq-train --task srupp_language_modeling --arch srupp_lm_tiny`` on CPU with the paper's
-   recipe scaled down (contiguous streams with carried state, RAdam, warm-up + cosine) →
+3. ``fairseq-train --task srupp_language_modeling --arch srupp_lm_tiny`` on CPU: contiguous streams
+   with carried state as in the paper, but Adam (0.9, 0.98) with a short warm-up and cosine decay,
+   which learns faster in a 1200-update run than the paper's RAdam + 16k-update warm-up recipe
+   (made for 400k updates; ``--optimizer radam --lr-scheduler srupp_cosine`` reproduces it) →
    ``OUT/checkpoints``;
 4. ``fairseq-eval-lm`` with the same task on valid and test → bits per byte (BPC).
 """
@@ -66,8 +68,8 @@ def main(argv=None):
         data_bin, "--user-dir", USER_DIR, "--task", "srupp_language_modeling", "--arch", args.arch, "--cpu",
         "--tokens-per-sample", args.tokens_per_sample, "--eval-unroll-size", args.eval_unroll_size,
         "--batch-size", args.batch_size, "--batch-size-valid", EVAL_STREAMS,
-        "--optimizer", "radam", "--weight-decay", 0.1, "--lr", args.lr,
-        "--lr-scheduler", "srupp_cosine", "--warmup-updates", 100,
+        "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--weight-decay", 0.01, "--lr", args.lr,
+        "--lr-scheduler", "cosine", "--warmup-updates", 100, "--warmup-init-lr", 1e-7,
         "--max-update", args.max_update, "--clip-norm", 1.0,
         "--stop-time-hours", 0.12, "--validate-interval-updates", 400, "--save-interval-updates", 400,
         "--keep-interval-updates", 1, "--no-epoch-checkpoints", "--log-interval", 50,
