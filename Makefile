@@ -26,7 +26,7 @@ $(STAMP): setup.py | $(PY)
 	  else \
 	    $(PIP) install --no-build-isolation "fairseq>=0.12.2"; \
 	  fi; }
-	$(PIP) install --no-build-isolation -e ".[test]"
+	$(PIP) install --no-build-isolation -e ".[test,compile-check]"
 	touch $(STAMP)
 
 test: $(STAMP)

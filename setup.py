@@ -13,6 +13,7 @@ setup(
     python_requires=">=3.8",
     packages=find_packages(include=["fairseq_srupp", "fairseq_srupp.*"]),
     package_data={"fairseq_srupp": ["ops/recurrence/*.cpp", "ops/recurrence/*.cu"]},
+    include_package_data=True,
     install_requires=[
         "torch>=2.0",
         "numpy",
@@ -31,6 +32,9 @@ setup(
         "cuda13": ["cupy-cuda13x"],
         "plot": ["matplotlib"],
         "test": ["pytest", "sru==3.0.0.dev6"],
+        # Compiles the CUDA kernel source with NVRTC on machines without a GPU (tests only). Kept out
+        # of "test" so a GPU machine with cupy-cuda13x does not get a second CuPy.
+        "compile-check": ["cupy-cuda12x", "nvidia-cuda-nvrtc-cu12"],
     },
     entry_points={
         "console_scripts": ["srupp-convert=fairseq_srupp.convert.__main__:main"],

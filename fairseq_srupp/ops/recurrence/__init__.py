@@ -4,27 +4,58 @@
 
 * ``reference``: :func:`elementwise_recurrence_ref`, a pure-PyTorch time loop (autograd).
 * ``cpu``: :func:`elementwise_recurrence_cpu`, a fused C++ loop with a hand-written backward.
-* CUDA tensors currently take the reference path; a fused CUDA kernel slots in here.
+* ``cuda``: :func:`elementwise_recurrence_cuda`, fused CUDA kernels compiled by NVRTC via CuPy.
 
-The environment variable ``FAIRSEQ_SRUPP_RECURRENCE`` (``auto`` | ``reference`` | ``cpu``)
-forces a choice, e.g. for debugging.
+Automatic choice (:func:`choose_implementation`): CUDA tensors take the CUDA kernel when CuPy is
+installed, else the reference with a one-time warning saying how to install CuPy; CPU tensors take
+the fused C++ path. The environment variable ``FAIRSEQ_SRUPP_RECURRENCE`` (``auto`` |
+``reference`` | ``cpu`` | ``cuda``) forces a choice, e.g. for debugging.
 """
 import os
+import warnings
 from typing import Optional, Tuple
 
+import torch
 from torch import Tensor
 
 from .cpu import elementwise_recurrence_cpu
+from .cupy_kernel import KERNEL_DTYPES, cupy_available, elementwise_recurrence_cuda
 from .reference import elementwise_recurrence_ref
 
 __all__ = [
     "elementwise_recurrence",
     "elementwise_recurrence_cpu",
+    "elementwise_recurrence_cuda",
     "elementwise_recurrence_ref",
     "check_recurrence_inputs",
+    "choose_implementation",
 ]
 
-IMPLEMENTATIONS = ("auto", "reference", "cpu")
+IMPLEMENTATIONS = ("auto", "reference", "cpu", "cuda")
+NO_CUPY_WARNING = (
+    "CuPy is not installed, so the SRU++ recurrence runs as a slow PyTorch loop on the GPU. "
+    "Install the fused CUDA kernel with `pip install -e .[cuda12]` (or `[cuda13]`)."
+)
+_warned_no_cupy = False
+
+
+def choose_implementation(choice: str, is_cuda: bool, dtype: torch.dtype, has_cupy: bool) -> Tuple[str, Optional[str]]:
+    """(implementation, warning or None) for a requested ``choice`` and the tensors at hand."""
+    if choice not in IMPLEMENTATIONS:
+        raise ValueError("unknown recurrence implementation {!r}; choose one of {}".format(choice, IMPLEMENTATIONS))
+    if choice == "reference":
+        return "reference", None
+    if choice == "cpu" and is_cuda or choice == "cuda" and not is_cuda:
+        raise ValueError("the {!r} recurrence implementation needs {} tensors".format(choice, choice.upper()))
+    if not is_cuda:
+        return "cpu", None
+    if not has_cupy:
+        if choice == "cuda":
+            raise RuntimeError(NO_CUPY_WARNING)
+        return "reference", NO_CUPY_WARNING
+    if dtype not in KERNEL_DTYPES:  # float64 on the GPU: the reference handles it
+        return "reference", None
+    return "cuda", None
 
 
 def check_recurrence_inputs(U, x, weight_c, bias, c0, mask_c=None, mask_pad=None) -> int:
@@ -74,14 +105,16 @@ def elementwise_recurrence(
     weight_c and bias (2d,), c0 (B, d), mask_c (B, d), mask_pad (L, B) bool. Returns
     h (L, B, d) and the last cell state (B, d).
     """
+    global _warned_no_cupy
     check_recurrence_inputs(U, x, weight_c, bias, c0, mask_c, mask_pad)
     choice = implementation or os.environ.get("FAIRSEQ_SRUPP_RECURRENCE", "auto")
-    if choice not in IMPLEMENTATIONS:
-        raise ValueError(
-            "unknown recurrence implementation {!r}; choose one of {}".format(choice, IMPLEMENTATIONS)
-        )
-    if choice == "reference" or (choice == "auto" and U.is_cuda):
-        return elementwise_recurrence_ref(U, x, weight_c, bias, c0, mask_c, mask_pad)
-    if U.is_cuda:
-        raise ValueError("the 'cpu' recurrence implementation needs CPU tensors")
-    return elementwise_recurrence_cpu(U, x, weight_c, bias, c0, mask_c, mask_pad)
+    chosen, warning = choose_implementation(choice, U.is_cuda, U.dtype, U.is_cuda and cupy_available())
+    if warning is not None and not _warned_no_cupy:
+        warnings.warn(warning)
+        _warned_no_cupy = True
+    run = {
+        "reference": elementwise_recurrence_ref,
+        "cpu": elementwise_recurrence_cpu,
+        "cuda": elementwise_recurrence_cuda,
+    }[chosen]
+    return run(U, x, weight_c, bias, c0, mask_c, mask_pad)

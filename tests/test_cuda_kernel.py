@@ -1,0 +1,135 @@
+"""The CUDA recurrence kernel.
+
+* NVRTC compile check of ``recurrence_cuda.cu`` for sm_80 and sm_90 — runs without a GPU (CuPy's
+  NVRTC bindings + the NVRTC wheel, installed by ``make test`` through the ``compile-check`` extra).
+* The dispatch decision, as a pure function.
+* Parity with the reference and fairseq-train --fp16/--bf16 — need a CUDA GPU and CuPy, skipped
+  otherwise (run them on a GPU machine with ``pytest tests/test_cuda_kernel.py``).
+"""
+import itertools
+
+import pytest
+import torch
+from cli_utils import TINY_TRAIN_ARGS, TRAIN_LOSS, make_char_data, run_tool
+from conftest import max_diff
+
+from fairseq_srupp.ops.recurrence import (NO_CUPY_WARNING, choose_implementation, elementwise_recurrence,
+                                          elementwise_recurrence_cuda, elementwise_recurrence_ref)
+from fairseq_srupp.ops.recurrence.cupy_kernel import KERNEL_DTYPES, NVRTC_OPTIONS, SOURCE, cupy_available, kernel_name
+
+GPU = torch.cuda.is_available() and cupy_available()
+needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU and CuPy")
+
+
+def nvrtc_compile(source, arch):
+    """PTX of ``source`` for ``arch``; raises RuntimeError with NVRTC's log on a compile error."""
+    from cupy_backends.cuda.libs import nvrtc
+
+    program = nvrtc.createProgram(source, SOURCE.name, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(program, ["--gpu-architecture=" + arch, *NVRTC_OPTIONS])
+        except nvrtc.NVRTCError as err:
+            raise RuntimeError("{}\n{}".format(err, nvrtc.getProgramLog(program)))
+        ptx = nvrtc.getPTX(program)
+        return ptx.decode() if isinstance(ptx, bytes) else ptx
+    finally:
+        nvrtc.destroyProgram(program)
+
+
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+def test_kernel_source_compiles_for_every_dtype_and_k(arch):
+    ptx = nvrtc_compile(SOURCE.read_text(), arch)
+    for direction, dtype, k in itertools.product(("forward", "backward"), KERNEL_DTYPES, (3, 4)):
+        assert ".entry {}(".format(kernel_name(direction, dtype, k)) in ptx
+
+
+def test_compile_check_catches_errors():
+    broken = SOURCE.read_text().replace("c = cur.u0 + (c - cur.u0) * f;", "c = cur.u0 + (c - cur.u0) * f_undefined;")
+    with pytest.raises(RuntimeError, match="f_undefined"):
+        nvrtc_compile(broken, "compute_90")
+
+
+@pytest.mark.parametrize(
+    "choice,is_cuda,dtype,has_cupy,expected",
+    [
+        ("auto", False, torch.float32, False, ("cpu", None)),
+        ("auto", True, torch.float16, True, ("cuda", None)),
+        ("auto", True, torch.bfloat16, True, ("cuda", None)),
+        ("auto", True, torch.float32, False, ("reference", NO_CUPY_WARNING)),
+        ("auto", True, torch.float64, True, ("reference", None)),
+        ("reference", True, torch.float32, True, ("reference", None)),
+        ("cuda", True, torch.float32, True, ("cuda", None)),
+    ],
+)
+def test_dispatch_choice(choice, is_cuda, dtype, has_cupy, expected):
+    assert choose_implementation(choice, is_cuda, dtype, has_cupy) == expected
+
+
+def test_dispatch_refuses_impossible_requests():
+    with pytest.raises(ValueError, match="needs CPU tensors"):
+        choose_implementation("cpu", True, torch.float32, True)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        choose_implementation("cuda", False, torch.float32, True)
+    with pytest.raises(RuntimeError, match=r"pip install -e \.\[cuda12\]"):
+        choose_implementation("cuda", True, torch.float32, False)
+
+
+TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 8e-2}  # relative to max |ref|
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", list(KERNEL_DTYPES))
+@pytest.mark.parametrize("k", [3, 4])
+@pytest.mark.parametrize("pad,dropout", [(False, False), (True, True)])
+@pytest.mark.parametrize("L,B,d", [(1, 1, 5), (63, 3, 37), (1000, 2, 130), (10000, 1, 33)])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_kernel_matches_reference(dtype, k, pad, dropout, L, B, d, contiguous):
+    dev = torch.device("cuda")
+    U = torch.randn(L, B, d * k, device=dev)
+    if not contiguous:  # same values through a transposed view
+        U = U.transpose(0, 1).contiguous().transpose(0, 1)
+    inputs = dict(
+        U=U.to(dtype), x=torch.randn(L, B, d, device=dev).to(dtype),
+        weight_c=torch.empty(2 * d, device=dev).uniform_(-1, 1), bias=torch.randn(2 * d, device=dev),
+        c0=torch.randn(B, d, device=dev),
+        mask_c=(torch.rand(B, d, device=dev) > 0.2).float() / 0.8 if dropout else None,
+        mask_pad=(torch.rand(L, B, device=dev) < 0.2) if pad else None,
+    )
+    grad_h, grad_c = torch.randn(L, B, d, device=dev), torch.randn(B, d, device=dev)
+    results = []
+    for fn in (elementwise_recurrence_cuda, elementwise_recurrence_ref):
+        leaves = {n: (t.detach().clone().requires_grad_(n in ("U", "x", "weight_c", "bias", "c0")) if t is not None and t.is_floating_point() else t)
+                  for n, t in inputs.items()}
+        h, c = fn(**leaves)
+        (h.float() * grad_h).sum().add_((c.float() * grad_c).sum()).backward()
+        grads = {n: leaves[n].grad for n in ("U", "x", "weight_c", "bias", "c0")}
+        results.append((h.float(), c.float(), grads))
+    (h, c, g), (h_ref, c_ref, g_ref) = results
+    tol = TOLERANCE[dtype]
+    for name, a, b in [("h", h, h_ref), ("c", c, c_ref)] + [("grad " + n, g[n], g_ref[n]) for n in g]:
+        if k == 4 and name == "grad x":
+            assert a is None and b is None
+            continue
+        scale = b.detach().abs().max().item() + 1.0
+        print("{} {}: max diff {:.3e} (scale {:.2e})".format(dtype, name, max_diff(a, b), scale))
+        assert max_diff(a, b) <= tol * scale, name
+
+
+@needs_gpu
+def test_dispatch_uses_the_kernel_on_gpu():
+    U = torch.randn(4, 2, 12, device="cuda", requires_grad=True)
+    args = (U, torch.randn(4, 2, 4, device="cuda"), torch.randn(8, device="cuda"), torch.randn(8, device="cuda"),
+            torch.zeros(2, 4, device="cuda"))
+    h, _ = elementwise_recurrence(*args)
+    assert h.grad_fn.name() == "ElementwiseRecurrenceCUDABackward"
+
+
+@needs_gpu
+@pytest.mark.parametrize("precision", ["--fp16", "--bf16"])
+def test_fairseq_train_on_gpu_with_half_precision(tmp_path, precision):
+    data_bin = make_char_data(tmp_path)
+    args = [a for a in TINY_TRAIN_ARGS if a != "--cpu"]
+    log = run_tool("fairseq-train", data_bin, *args, precision, "--max-update", 30, "--save-dir", tmp_path / "ckpt")
+    losses = [float(v) for v in TRAIN_LOSS.findall(log)]
+    assert losses[-1] < losses[0] - 1.0
