@@ -15,6 +15,8 @@ text file instead. Steps, each a fairseq command run in a subprocess (printed be
 """
 import argparse
 import re
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +25,10 @@ from fairseq_srupp.data.char_level import binarize_char_corpus, run_streaming, s
 
 USER_DIR = str(Path(__file__).resolve().parent)
 EVAL_LOSS = re.compile(r"Loss \(base 2\): ([0-9.]+)")
-TRAIN_WPS = re.compile(r"\| train \|.*\| wps ([0-9.]+)")
+# Patterns for fairseq's --log-file, which holds the messages without the logger prefix.
+TRAIN_WPS = re.compile(r"epoch \d+ \| loss [0-9.]+ \|.*\| wps ([0-9.]+)")
+VALID_POINT = re.compile(r"valid on '\w+' subset \| loss ([0-9.]+) \|.*\| num_updates (\d+)")
+TRAIN_POINT = re.compile(r"epoch \d+ \| loss ([0-9.]+) \|.*\| num_updates (\d+)")
 EVAL_STREAMS = 4
 
 
@@ -32,6 +37,39 @@ def builtin_corpus() -> bytes:
     from pydoc_data.topics import topics
 
     return "\n".join(topics[key] for key in sorted(topics)).encode("utf-8")
+
+
+def run_attached(module, args):
+    """Run ``python -m module args`` on this terminal, so fairseq shows its own progress bar."""
+    cmd = [sys.executable, "-m", module] + [str(a) for a in args]
+    print("\n$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise SystemExit("error: {} failed".format(module))
+
+
+def plot_learning_curve(train_log: str, path: Path) -> bool:
+    """Validation (and per-epoch training) bits per byte against updates; False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for pattern, label in ((TRAIN_POINT, "train (epoch average)"), (VALID_POINT, "valid")):
+        points = sorted({int(u): float(loss) for loss, u in pattern.findall(train_log)}.items())
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3, label=label)
+    ax.set_xlabel("updates")
+    ax.set_ylabel("bits per byte")
+    ax.set_title("SRU++ demo learning curve")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def main(argv=None):
@@ -64,7 +102,11 @@ def main(argv=None):
     print("corpus: {} — {:,} bytes (train {:,} / valid {:,} / test {:,})".format(corpus_name, len(corpus), *sizes))
     data_bin = binarize_char_corpus(corpus, out)
     save_dir = out / "checkpoints"
-    train_log = run_streaming("fairseq_cli.train", [
+    log_file = save_dir / "train.log"
+    save_dir.mkdir(parents=True, exist_ok=True)
+    if log_file.exists():
+        log_file.unlink()
+    run_attached("fairseq_cli.train", [
         data_bin, "--user-dir", USER_DIR, "--task", "srupp_language_modeling", "--arch", args.arch, "--cpu",
         "--tokens-per-sample", args.tokens_per_sample, "--eval-unroll-size", args.eval_unroll_size,
         "--batch-size", args.batch_size, "--batch-size-valid", EVAL_STREAMS,
@@ -73,9 +115,12 @@ def main(argv=None):
         "--max-update", args.max_update, "--clip-norm", 1.0,
         "--stop-time-hours", 0.12, "--validate-interval-updates", 400, "--save-interval-updates", 400,
         "--keep-interval-updates", 1, "--no-epoch-checkpoints", "--log-interval", 50,
-        "--num-workers", 0, "--seed", args.seed, "--save-dir", save_dir,
+        "--num-workers", 0, "--seed", args.seed, "--save-dir", save_dir, "--log-file", log_file,
     ])
     train_end = time.time()
+    train_log = log_file.read_text()
+    curve = save_dir / "learning_curve.png"
+    has_curve = plot_learning_curve(train_log, curve)
 
     bpc = {}
     for split in ("valid", "test"):
@@ -96,6 +141,14 @@ def main(argv=None):
     print("valid BPC        {:.3f} bits per byte".format(bpc["valid"]))
     print("test  BPC        {:.3f} bits per byte".format(bpc["test"]))
     print("wall time        {:.0f} s (training {:.0f} s)".format(time.time() - start, train_end - start))
+    print("\nwritten:")
+    print("  data             {}".format(data_bin))
+    print("  checkpoints      {}".format(save_dir))
+    print("  training log     {}".format(log_file))
+    if has_curve:
+        print("  learning curve   {}".format(curve))
+    else:
+        print("  learning curve   skipped (pip install matplotlib)")
     return 0
 
 

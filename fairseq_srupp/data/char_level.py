@@ -5,6 +5,7 @@ newline symbol of every char-level model here (as in the paper's enwik8 vocabula
 newline byte is an ordinary symbol). Example: ``b"Hi\\nyo"`` → lines ``"72 105"`` and ``"121 111"``.
 """
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,8 @@ def binarize_char_corpus(data: bytes, out_dir: Union[str, Path], valid_fraction=
     for name, part in zip(names, split_bytes(data, valid_fraction, test_fraction)):
         write_byte_tokens(part, out_dir / "{}.tokens".format(name))
     data_bin = out_dir / "data-bin"
+    if data_bin.exists():  # our own output from an earlier run: fairseq-preprocess refuses to overwrite it
+        shutil.rmtree(data_bin)
     run_streaming("fairseq_cli.preprocess", [
         "--only-source", "--trainpref", out_dir / "train.tokens", "--validpref", out_dir / "valid.tokens",
         "--testpref", out_dir / "test.tokens", "--destdir", data_bin, "--workers", workers,

@@ -1,0 +1,236 @@
+"""Quality per compute: ``srupp_lm`` against fairseq's ``transformer_lm``, side by side.
+
+Both models of about the same parameter count are trained with ``fairseq-train`` itself, one after
+the other, on the same byte-level binarized corpus, with the same tokens per update (B streams or
+blocks × T tokens), the same optimizer (Adam 0.9/0.98, weight decay 0.01, clipping 1.0) and the
+same schedule (linear warm-up then inverse square root: it needs no run length, so a wall-clock
+budget can stop it anywhere):
+
+* **equal wall clock**: each trains for ``--seconds`` of training time (fairseq's
+  ``--stop-time-hours``, which excludes validation);
+* **equal FLOPs**: each trains for the same number of training FLOPs (``--flops``, default the
+  FLOPs SRU++ spent in its wall-clock run), counted analytically (:mod:`fairseq_srupp.bench.flops`).
+
+Each model is validated with its own protocol every ``--validate-every`` updates: SRU++ through
+``srupp_language_modeling`` (state carried across segments, attention window T), the Transformer
+through ``language_modeling`` (independent blocks of T tokens). Losses are bits per byte.
+
+Writes to ``--out``: ``results.json`` (every validation point against training seconds, tokens and
+FLOPs, for every run), ``results.md`` (final BPC, tokens/s, peak memory, the compute ratio) and
+``curves.png``. The last line printed is the ratio users care about: how much training compute the
+Transformer needs to reach SRU++'s final validation loss, relative to SRU++.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from fairseq_srupp.bench.flops import srupp_flops_per_token, transformer_flops_per_token
+from fairseq_srupp.bench.quality_curves import CurveRecorder, compute_ratio, finite
+from fairseq_srupp.data.char_level import binarize_char_corpus
+
+USER_DIR = str(Path(__file__).resolve().parents[1])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="text file (default: Python's built-in documentation text)")
+    p.add_argument("--out", default="quality_out")
+    p.add_argument("--seconds", type=float, default=300, help="training seconds per model (equal wall clock)")
+    p.add_argument("--flops", type=float, default=0, help="training FLOPs per model (0: what SRU++ used in its wall-clock run)")
+    p.add_argument("--skip-flops-runs", action="store_true")
+    p.add_argument("--tokens-per-sample", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup-updates", type=int, default=100)
+    p.add_argument("--validate-every", type=int, default=100, help="updates between validations")
+    p.add_argument("--srupp", default="256,128,4", help="SRU++ hidden,proj,layers (default: srupp_lm_tiny)")
+    p.add_argument("--transformer", default="128,448,4,4",
+                   help="transformer dim,ffn,layers,heads (default: about srupp_lm_tiny's parameter count)")
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--cpu", action="store_true", default=True, help=argparse.SUPPRESS)
+    p.add_argument("--gpu", action="store_true", help="train on the GPU instead of the CPU")
+    return p.parse_args(argv)
+
+
+def run_training(name, cmd, recorder, log_path, threads):
+    """Run fairseq-train, echoing and recording its output; return the child's peak RSS in MiB."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    print("\n[{}] $ {}".format(name, " ".join(map(str, cmd))), flush=True)
+    with open(log_path, "w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                      text=True, env=env, bufsize=1) as proc:
+        for line in proc.stdout:
+            log.write(line)
+            recorder.feed(line)
+            if "| valid |" in line or "| train |" in line or "Error" in line:
+                sys.stdout.write("[{}] {}".format(name, line))
+                sys.stdout.flush()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError("{} training failed (exit {}); see {}".format(name, proc.returncode, log_path))
+    if not recorder.points:
+        raise RuntimeError("{} training logged no validation; lower --validate-every".format(name))
+    return usage.ru_maxrss / 1024.0
+
+
+def model_specs(args, vocab):
+    d, p, n = (int(v) for v in args.srupp.split(","))
+    dim, ffn, layers, heads = (int(v) for v in args.transformer.split(","))
+    T, B = args.tokens_per_sample, args.batch_size
+    common = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--weight-decay", 0.01, "--clip-norm", 1.0,
+              "--lr", args.lr, "--lr-scheduler", "inverse_sqrt", "--warmup-updates", args.warmup_updates,
+              "--warmup-init-lr", 1e-7, "--tokens-per-sample", T, "--batch-size", B, "--batch-size-valid", 4,
+              "--validate-interval-updates", args.validate_every, "--validate-interval", 10 ** 6,
+              "--no-save", "--log-format", "simple", "--log-interval", args.validate_every, "--num-workers", 0,
+              "--seed", 1, "--dropout", args.dropout]
+    if not args.gpu:
+        common.append("--cpu")
+    return {
+        "srupp_lm": dict(
+            flops_per_token=srupp_flops_per_token(d, p, n, vocab, T),
+            args=["--user-dir", USER_DIR, "--task", "srupp_language_modeling", "--arch", "srupp_lm_tiny",
+                  "--hidden-size", d, "--proj-size", p, "--num-layers", n, "--attn-dropout", args.dropout,
+                  "--eval-unroll-size", T] + common,
+        ),
+        "transformer_lm": dict(
+            flops_per_token=transformer_flops_per_token(dim, ffn, layers, vocab, T),
+            args=["--task", "language_modeling", "--sample-break-mode", "none", "--arch", "transformer_lm",
+                  "--decoder-embed-dim", dim, "--decoder-input-dim", dim, "--decoder-output-dim", dim,
+                  "--decoder-ffn-embed-dim", ffn, "--decoder-layers", layers,
+                  "--decoder-attention-heads", heads] + common,
+        ),
+    }
+
+
+def train_pair(args, data_bin, out, specs, budget):
+    """Train both models under one budget; return {model: run record}."""
+    runs = {}
+    tokens_per_update = args.batch_size * args.tokens_per_sample
+    for name, spec in specs.items():
+        if budget["kind"] == "seconds":
+            limit = ["--stop-time-hours", budget["value"] / 3600.0, "--max-update", 10 ** 9]
+        else:
+            updates = max(1, int(budget["value"] // (spec["flops_per_token"] * tokens_per_update)))
+            limit = ["--max-update", updates]
+        recorder = CurveRecorder(tokens_per_update, spec["flops_per_token"])
+        cmd = [sys.executable, "-m", "fairseq_cli.train", data_bin] + spec["args"] + limit
+        peak = run_training(name, [str(c) for c in cmd], recorder,
+                            out / "{}_{}.log".format(name, budget["kind"]), args.threads)
+        last = recorder.points[-1]
+        runs[name] = {
+            "params": recorder.params,
+            "flops_per_token": spec["flops_per_token"],
+            "tokens_per_second": last["tokens"] / last["seconds"] if last["seconds"] > 0 else None,
+            "peak_rss_mib": peak,
+            "final_loss": last["loss"],
+            "points": recorder.points,
+        }
+    return runs
+
+
+def markdown(results):
+    lines = ["# Quality per compute: srupp_lm vs transformer_lm", "",
+             "corpus: {corpus} · tokens per update: {tokens_per_update} · device: {device}".format(**results["setup"]), ""]
+    for run_name, runs in results["runs"].items():
+        lines += ["## {} ({})".format(run_name, results["budgets"][run_name]), "",
+                  "| model | parameters | final valid BPC | training tokens/s | peak memory (MiB) | updates | training FLOPs |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for model, r in runs.items():
+            last = r["points"][-1]
+            lines.append("| {} | {:,} | {:.3f} | {:,.0f} | {:,.0f} | {} | {:.3g} |".format(
+                model, r["params"] or 0, r["final_loss"], r["tokens_per_second"] or 0, r["peak_rss_mib"],
+                last["updates"], last["flops"]))
+        lines.append("")
+    lines += ["## Compute the Transformer needs to reach SRU++'s final loss (SRU++'s wall-clock run)", ""]
+    for axis, ratio in results["ratios"].items():
+        lines.append("- {}: {}".format(axis, describe_ratio(ratio)))
+    return "\n".join(lines) + "\n"
+
+
+def describe_ratio(ratio):
+    if ratio["ratio"] is not None:
+        return "{:.2f}x SRU++'s (target loss {:.3f})".format(ratio["ratio"], ratio["target_loss"])
+    return "more than {:.2f}x SRU++'s: the Transformer never reached loss {:.3f}".format(
+        ratio["lower_bound"], ratio["target_loss"])
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes_names = [("seconds", "training seconds"), ("tokens", "training tokens"), ("flops", "training FLOPs")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    styles = {"equal_wall_clock": "-", "equal_flops": "--"}
+    colors = {"srupp_lm": "tab:red", "transformer_lm": "tab:blue"}
+    for run_name, runs in results["runs"].items():
+        for model, r in runs.items():
+            for ax, (axis, label) in zip(axes, axes_names):
+                ax.plot([p[axis] for p in r["points"]], [p["loss"] for p in r["points"]], styles[run_name],
+                        color=colors[model], marker="o", markersize=3, label="{} ({})".format(model, run_name))
+                ax.set_xlabel(label)
+                ax.set_ylabel("validation bits per byte")
+                ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("SRU++ vs Transformer: validation loss against training compute")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.data:
+        if not Path(args.data).is_file():
+            raise SystemExit("error: --data {} is not a file".format(args.data))
+        corpus, corpus_name = Path(args.data).read_bytes(), args.data
+    else:
+        from fairseq_srupp.demo import builtin_corpus
+
+        corpus, corpus_name = builtin_corpus(), "pydoc_data.topics (built in)"
+    data_bin = binarize_char_corpus(corpus, out / "data")
+    if not args.gpu:
+        # Compile the CPU recurrence now: a first-use build inside fairseq-train would count
+        # against SRU++'s training-time budget.
+        from fairseq_srupp.ops.recurrence.cpu import load_cpu_extension
+
+        load_cpu_extension()
+    vocab = sum(1 for _ in open(data_bin / "dict.txt")) + 4
+    specs = model_specs(args, vocab)
+
+    results = {
+        "setup": {"corpus": corpus_name, "tokens_per_update": args.batch_size * args.tokens_per_sample,
+                  "device": "GPU" if args.gpu else "CPU ({} threads)".format(args.threads), "vocab": vocab,
+                  "flops_per_token": {m: s["flops_per_token"] for m, s in specs.items()}},
+        "budgets": {"equal_wall_clock": "{:.0f} training seconds each".format(args.seconds)},
+        "runs": {},
+    }
+    results["runs"]["equal_wall_clock"] = train_pair(args, data_bin, out, specs, {"kind": "seconds", "value": args.seconds})
+    if not args.skip_flops_runs:
+        flops = args.flops or results["runs"]["equal_wall_clock"]["srupp_lm"]["points"][-1]["flops"]
+        results["budgets"]["equal_flops"] = "{:.3g} training FLOPs each".format(flops)
+        results["runs"]["equal_flops"] = train_pair(args, data_bin, out, specs, {"kind": "flops", "value": flops})
+    srupp_curve = results["runs"]["equal_wall_clock"]["srupp_lm"]["points"]
+    transformer_curves = [runs["transformer_lm"]["points"] for runs in results["runs"].values()]
+    results["ratios"] = {axis: compute_ratio(srupp_curve, transformer_curves, axis)
+                         for axis in ("flops", "seconds", "tokens")}
+
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown(results))
+    plot(results, out / "curves.png")
+    print("\n" + markdown(results))
+    print("wrote {}, {} and {}".format(out / "results.json", out / "results.md", out / "curves.png"))
+    print("Training FLOPs the Transformer needs to reach SRU++'s final validation loss: {}".format(
+        describe_ratio(results["ratios"]["flops"])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
