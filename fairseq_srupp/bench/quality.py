@@ -148,7 +148,18 @@ def markdown(results):
     lines += ["## Compute the Transformer needs to reach SRU++'s final loss (SRU++'s wall-clock run)", ""]
     for axis, ratio in results["ratios"].items():
         lines.append("- {}: {}".format(axis, describe_ratio(ratio)))
+    lines += ["", "## Compute SRU++ needs to reach the Transformer's final loss, as a fraction of the Transformer's", ""]
+    for axis, ratio in results["srupp_fraction"].items():
+        lines.append("- {}: {}".format(axis, describe_fraction(ratio)))
     return "\n".join(lines) + "\n"
+
+
+def describe_fraction(ratio):
+    if ratio["ratio"] is not None:
+        return "{:.2f} of the Transformer's (1/{:.1f}; target loss {:.3f})".format(
+            ratio["ratio"], 1 / ratio["ratio"], ratio["target_loss"])
+    return "more than {:.2f} of the Transformer's: SRU++ never reached loss {:.3f}".format(
+        ratio["lower_bound"], ratio["target_loss"])
 
 
 def describe_ratio(ratio):
@@ -159,8 +170,11 @@ def describe_ratio(ratio):
 
 
 def plot(results, path):
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -221,12 +235,20 @@ def main(argv=None):
     transformer_curves = [runs["transformer_lm"]["points"] for runs in results["runs"].values()]
     results["ratios"] = {axis: compute_ratio(srupp_curve, transformer_curves, axis)
                          for axis in ("flops", "seconds", "tokens")}
+    # The converse (the brief's target): SRU++'s compute to reach the Transformer's final loss, as a
+    # fraction of the Transformer's.
+    transformer_curve = results["runs"]["equal_wall_clock"]["transformer_lm"]["points"]
+    srupp_curves = [runs["srupp_lm"]["points"] for runs in results["runs"].values()]
+    results["srupp_fraction"] = {axis: compute_ratio(transformer_curve, srupp_curves, axis)
+                                 for axis in ("flops", "seconds", "tokens")}
 
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results))
     plot(results, out / "curves.png")
     print("\n" + markdown(results))
     print("wrote {}, {} and {}".format(out / "results.json", out / "results.md", out / "curves.png"))
+    print("Training FLOPs SRU++ needs to reach the Transformer's final validation loss: {}".format(
+        describe_fraction(results["srupp_fraction"]["flops"])))
     print("Training FLOPs the Transformer needs to reach SRU++'s final validation loss: {}".format(
         describe_ratio(results["ratios"]["flops"])))
     return 0
