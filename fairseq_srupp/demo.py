@@ -16,6 +16,7 @@ text file instead. Steps, each a fairseq command run in a subprocess (printed be
 import argparse
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -103,9 +104,9 @@ def main(argv=None):
     data_bin = binarize_char_corpus(corpus, out)
     save_dir = out / "checkpoints"
     log_file = save_dir / "train.log"
-    save_dir.mkdir(parents=True, exist_ok=True)
-    if log_file.exists():
-        log_file.unlink()
+    if save_dir.exists():  # the demo's own output: a rerun trains afresh instead of resuming
+        shutil.rmtree(save_dir)
+    save_dir.mkdir(parents=True)
     run_attached("fairseq_cli.train", [
         data_bin, "--user-dir", USER_DIR, "--task", "srupp_language_modeling", "--arch", args.arch, "--cpu",
         "--tokens-per-sample", args.tokens_per_sample, "--eval-unroll-size", args.eval_unroll_size,
