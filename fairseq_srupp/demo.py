@@ -15,14 +15,13 @@ text file instead. Steps, each a fairseq command run in a subprocess (printed be
 """
 import argparse
 import re
-import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from fairseq_srupp.data.char_level import binarize_char_corpus, run_streaming, split_bytes
+from fairseq_srupp.data.char_level import binarize_char_corpus, module_command, run_streaming
 
 USER_DIR = str(Path(__file__).resolve().parent)
 EVAL_LOSS = re.compile(r"Loss \(base 2\): ([0-9.]+)")
@@ -42,9 +41,7 @@ def builtin_corpus() -> bytes:
 
 def run_attached(module, args):
     """Run ``python -m module args`` on this terminal, so fairseq shows its own progress bar."""
-    cmd = [sys.executable, "-m", module] + [str(a) for a in args]
-    print("\n$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-    if subprocess.run(cmd).returncode != 0:
+    if subprocess.run(module_command(module, args)).returncode != 0:
         raise SystemExit("error: {} failed".format(module))
 
 
@@ -96,12 +93,11 @@ def main(argv=None):
         corpus, corpus_name = path.read_bytes(), str(path)
     else:
         corpus, corpus_name = builtin_corpus(), "Python's built-in documentation (pydoc_data.topics)"
+    print("corpus: {}".format(corpus_name))
     try:
-        sizes = [len(part) for part in split_bytes(corpus)]
+        data_bin = binarize_char_corpus(corpus, out)
     except ValueError as err:
         raise SystemExit("error: {}".format(err))
-    print("corpus: {} — {:,} bytes (train {:,} / valid {:,} / test {:,})".format(corpus_name, len(corpus), *sizes))
-    data_bin = binarize_char_corpus(corpus, out)
     save_dir = out / "checkpoints"
     log_file = save_dir / "train.log"
     if save_dir.exists():  # the demo's own output: a rerun trains afresh instead of resuming

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from fairseq_srupp.bench.flops import srupp_flops_per_token, transformer_flops_per_token
 from fairseq_srupp.bench.quality_curves import CurveRecorder, compute_ratio, finite
-from fairseq_srupp.data.char_level import binarize_char_corpus
+from fairseq_srupp.data.char_level import binarize_char_corpus, module_command
 
 USER_DIR = str(Path(__file__).resolve().parents[1])
 
@@ -51,15 +51,15 @@ def parse_args(argv=None):
                    help="transformer dim,ffn,layers,heads (default: about srupp_lm_tiny's parameter count)")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--cpu", action="store_true", default=True, help=argparse.SUPPRESS)
     p.add_argument("--gpu", action="store_true", help="train on the GPU instead of the CPU")
     return p.parse_args(argv)
 
 
-def run_training(name, cmd, recorder, log_path, threads):
+def run_training(name, train_args, recorder, log_path, threads):
     """Run fairseq-train, echoing and recording its output; return the child's peak RSS in MiB."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    print("\n[{}] $ {}".format(name, " ".join(map(str, cmd))), flush=True)
+    print("\n[{}]".format(name), end="")
+    cmd = module_command("fairseq_cli.train", train_args)
     with open(log_path, "w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                       text=True, env=env, bufsize=1) as proc:
         for line in proc.stdout:
@@ -117,8 +117,7 @@ def train_pair(args, data_bin, out, specs, budget):
             updates = max(1, int(budget["value"] // (spec["flops_per_token"] * tokens_per_update)))
             limit = ["--max-update", updates]
         recorder = CurveRecorder(tokens_per_update, spec["flops_per_token"])
-        cmd = [sys.executable, "-m", "fairseq_cli.train", data_bin] + spec["args"] + limit
-        peak = run_training(name, [str(c) for c in cmd], recorder,
+        peak = run_training(name, [data_bin] + spec["args"] + limit, recorder,
                             out / "{}_{}.log".format(name, budget["kind"]), args.threads)
         last = recorder.points[-1]
         runs[name] = {

@@ -7,7 +7,6 @@ from typing import Dict, List, Optional
 VALID = re.compile(r"\| valid \|.*\| loss ([0-9.]+) \|.*\| num_updates (\d+)")
 BEGIN_VALID = re.compile(r"begin validation on")
 START_TRAINING = re.compile(r"Start iterating over samples")
-TRAIN_WPS = re.compile(r"\| train \|.*\| wps ([0-9.]+)")
 PARAMS = re.compile(r"num\. shared model params: ([0-9,]+)")
 
 
@@ -27,7 +26,6 @@ class CurveRecorder:
         self._valid_started: Optional[float] = None
         self.points: List[Dict[str, float]] = []
         self.params: Optional[int] = None
-        self.wps: Optional[float] = None
 
     def feed(self, line: str) -> None:
         now = time.perf_counter()
@@ -50,10 +48,9 @@ class CurveRecorder:
                 "flops": tokens * self.flops_per_token,
                 "loss": float(match.group(1)),
             })
-        if PARAMS.search(line):
-            self.params = int(PARAMS.search(line).group(1).replace(",", ""))
-        if TRAIN_WPS.search(line):
-            self.wps = float(TRAIN_WPS.search(line).group(1))
+        params = PARAMS.search(line)
+        if params:
+            self.params = int(params.group(1).replace(",", ""))
 
 
 def first_reaching(points: List[Dict[str, float]], target: float, axis: str) -> Optional[float]:

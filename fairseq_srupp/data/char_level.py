@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator, List, Tuple, Union
+from typing import Iterator, List, Tuple, Union
 
 NEWLINE = 10
 
@@ -33,20 +33,6 @@ def write_byte_tokens(data: bytes, path: Union[str, Path]) -> int:
     return n
 
 
-def tokens_to_bytes(tokens: Iterable[str]) -> bytes:
-    """Inverse of the encoding for a stream of symbols: decimal strings and ``</s>`` (newline).
-
-    Other special symbols (``<unk>``, ``<pad>``, ``<s>``) are dropped.
-    """
-    out = bytearray()
-    for tok in tokens:
-        if tok == "</s>":
-            out.append(NEWLINE)
-        elif tok.isdigit() and int(tok) < 256:
-            out.append(int(tok))
-    return bytes(out)
-
-
 def split_bytes(data: bytes, valid_fraction: float = 0.05, test_fraction: float = 0.05) -> Tuple[bytes, bytes, bytes]:
     """Contiguous train/valid/test split of a corpus, cut at a line boundary near each cut point."""
     n = len(data)
@@ -64,10 +50,16 @@ def split_bytes(data: bytes, valid_fraction: float = 0.05, test_fraction: float 
     return data[:a], data[a:b], data[b:]
 
 
-def run_streaming(module: str, args: List[object]) -> str:
-    """Run ``python -m module args``, echoing its output live; return the output, raise on failure."""
+def module_command(module: str, args: List[object]) -> List[str]:
+    """``python -m module args`` with this interpreter, printed as a copy-pasteable shell line."""
     cmd = [sys.executable, "-m", module] + [str(a) for a in args]
     print("\n$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    return cmd
+
+
+def run_streaming(module: str, args: List[object]) -> str:
+    """Run ``python -m module args``, echoing its output live; return the output, raise on failure."""
+    cmd = module_command(module, args)
     lines = []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
         for line in proc.stdout:
@@ -85,8 +77,9 @@ def binarize_char_corpus(data: bytes, out_dir: Union[str, Path], valid_fraction=
     ``fairseq-preprocess --only-source`` into ``out_dir/data-bin``; return that directory."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = ("train", "valid", "test")
-    for name, part in zip(names, split_bytes(data, valid_fraction, test_fraction)):
+    parts = split_bytes(data, valid_fraction, test_fraction)
+    print("{:,} bytes: train {:,} / valid {:,} / test {:,}".format(len(data), *(len(p) for p in parts)))
+    for name, part in zip(("train", "valid", "test"), parts):
         write_byte_tokens(part, out_dir / "{}.tokens".format(name))
     data_bin = out_dir / "data-bin"
     if data_bin.exists():  # our own output from an earlier run: fairseq-preprocess refuses to overwrite it
