@@ -2,10 +2,21 @@
 
 Char-level head (spec §3): Embedding(V, d) → dropout → SRU++ stack → dropout → Linear(d, V),
 embedding and output weights untied and initialised U(±√(3/d)), output bias 0.
+
+Word-level head (``--adaptive-softmax-cutoff``): projected adaptive input → dropout → SRU++ stack →
+dropout → projected adaptive log-softmax, input tables tied to the softmax tables
+(:class:`~fairseq_srupp.modules.adaptive_softmax.ProjectedAdaptiveSoftmax`). The decoder then
+returns features (B, T, d) instead of logits; ``get_normalized_probs`` and
+``target_log_probs`` turn them into exact log-probabilities.
+
+Incremental decoding keeps, per layer, the cell state c and the attention keys/values of the last
+``eval_window`` positions, so time and memory per generated token are bounded.
 """
 import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
+
+import torch.nn.functional as F
 
 import torch
 from fairseq.dataclass import FairseqDataclass
@@ -19,12 +30,10 @@ from fairseq.utils import safe_getattr
 from torch import Tensor, nn
 
 from fairseq_srupp.modules import SRUpp
+from fairseq_srupp.modules.adaptive_softmax import ProjectedAdaptiveSoftmax
+from fairseq_srupp.modules.attention_masks import MASKED_SCORE, causal_mask, same_length_mask  # noqa: F401
 
 logger = logging.getLogger(__name__)
-
-# Added to attention scores of masked positions, as the paper's scripts do.
-MASKED_SCORE = -10000.0
-
 
 @dataclass
 class SRUppLMConfig(FairseqDataclass):
@@ -46,6 +55,24 @@ class SRUppLMConfig(FairseqDataclass):
     )
     highway_bias: float = field(default=-2.0, metadata={"help": "initial bias of the reset (highway) gate"})
     weight_c_init: float = field(default=1.0, metadata={"help": "v_f, v_r ~ U(-x, x) at init"})
+    adaptive_softmax_cutoff: Optional[str] = field(
+        default=None,
+        metadata={"help": "comma-separated cluster boundaries of the projected adaptive input/softmax "
+                  "(word level; wt103 19997,39997,199997, lm1b 59998,159998); unset: char-level Linear head"},
+    )
+    adaptive_embed_dim: int = field(default=1024, metadata={"help": "n_e: width of the head cluster's embeddings"})
+    adaptive_div_value: float = field(default=4.0, metadata={"help": "cluster i has width n_e // div_value**i"})
+    untie_adaptive_proj: bool = field(
+        default=False, metadata={"help": "separate input and output cluster projections (the paper's lm1b)"}
+    )
+    emb_dropout: float = field(
+        default=0.0, metadata={"help": "dropout on adaptive cluster embeddings and projected hidden states"}
+    )
+    eval_window: int = field(
+        default=3072,
+        metadata={"help": "attention window W of incremental generation: each token attends to itself and the W "
+                  "tokens before it (the paper's evaluation window: enwik8 3072, wt103 2560, lm1b 96)"},
+    )
 
 
 def check_config(cfg) -> None:
@@ -57,25 +84,11 @@ def check_config(cfg) -> None:
         raise ValueError(
             "--proj-size ({}) must be divisible by --num-heads ({})".format(cfg.proj_size, cfg.num_heads)
         )
-    for name in ("dropout", "attn_dropout"):
+    if cfg.eval_window < 1:
+        raise ValueError("--eval-window must be a positive integer, got {}".format(cfg.eval_window))
+    for name in ("dropout", "attn_dropout", "emb_dropout"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
             raise ValueError("--{} must be in [0, 1), got {}".format(name.replace("_", "-"), getattr(cfg, name)))
-
-
-def causal_mask(length: int, mem_len: int = 0, device=None, dtype=torch.float32) -> Tensor:
-    """Additive (L, M+L) training mask: query t sees all M memory positions and current positions <= t."""
-    ones = torch.ones(length, mem_len + length, device=device, dtype=dtype)
-    return torch.triu(ones, diagonal=1 + mem_len) * MASKED_SCORE
-
-
-def same_length_mask(length: int, mem_len: int, window: int, device=None, dtype=torch.float32) -> Tensor:
-    """Additive (L, M+L) evaluation mask: the query at absolute position p = M+t sees positions
-    p-window … p, i.e. itself and the ``window`` positions before it, whatever t is. This is the
-    paper's ``triu(diagonal=1) + tril(diagonal=-1-window)`` mask, which spans window+1 positions."""
-    rows = torch.arange(length, device=device).unsqueeze(1) + mem_len
-    cols = torch.arange(mem_len + length, device=device).unsqueeze(0)
-    visible = (cols <= rows) & (cols >= rows - window)
-    return (~visible).to(dtype) * MASKED_SCORE
 
 
 @dataclass
@@ -88,9 +101,10 @@ class CarriedState:
 
 
 class SRUppDecoder(FairseqIncrementalDecoder):
-    """Char-level SRU++ decoder.
+    """SRU++ decoder.
 
-    Input tokens (B, T) → logits (B, T, V). Internally time-major: (T, B, d).
+    Input tokens (B, T) → logits (B, T, V) (char level) or features (B, T, d) (adaptive softmax).
+    Internally time-major: (T, B, d).
     """
 
     def __init__(self, cfg: SRUppLMConfig, dictionary):
@@ -99,7 +113,24 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         self.cfg = cfg
         d = cfg.hidden_size
         self.padding_idx = dictionary.pad()
-        self.embed_tokens = nn.Embedding(len(dictionary), d, padding_idx=self.padding_idx)
+        self.embed_tokens = None
+        self.output_projection = None
+        self.adaptive_softmax = None
+        if cfg.adaptive_softmax_cutoff:
+            self.adaptive_softmax = ProjectedAdaptiveSoftmax(
+                len(dictionary),
+                d,
+                cfg.adaptive_embed_dim,
+                cfg.adaptive_softmax_cutoff,
+                div_value=cfg.adaptive_div_value,
+                dropout=cfg.emb_dropout,
+                untie_projections=cfg.untie_adaptive_proj,
+                # The paper scales the adaptive input by √d when the layers have no LayerNorm.
+                embed_scale=d ** 0.5 if cfg.no_layer_norm else 1.0,
+            )
+        else:
+            self.embed_tokens = nn.Embedding(len(dictionary), d, padding_idx=self.padding_idx)
+            self.output_projection = nn.Linear(d, len(dictionary))
         self.dropout_module = nn.Dropout(cfg.dropout)
         self.srupp = SRUpp(
             d,
@@ -116,7 +147,6 @@ class SRUppDecoder(FairseqIncrementalDecoder):
             attention_every_n_layers=cfg.attention_every_n_layers,
             weight_c_init=cfg.weight_c_init,
         )
-        self.output_projection = nn.Linear(d, len(dictionary))
         self.reset_head_parameters()
         # Per carry key ("train", "valid", ...): state handed from one segment to the next. A plain
         # attribute, so it is neither a parameter nor part of the checkpoint.
@@ -130,11 +160,24 @@ class SRUppDecoder(FairseqIncrementalDecoder):
             self.carried.pop(key, None)
 
     def reset_head_parameters(self):
+        if self.adaptive_softmax is not None:
+            self.adaptive_softmax.reset_parameters()
+            return
         bound = (3.0 / self.cfg.hidden_size) ** 0.5
         with torch.no_grad():
             self.embed_tokens.weight.uniform_(-bound, bound)
             self.output_projection.weight.uniform_(-bound, bound)
             self.output_projection.bias.zero_()
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """tokens (B, T) → dropout(embeddings) (T, B, d)."""
+        if tokens.dim() != 2:
+            raise ValueError("expected tokens of shape (batch, length), got {}".format(tuple(tokens.shape)))
+        if self.adaptive_softmax is not None:
+            x = self.adaptive_softmax.embed(tokens)
+        else:
+            x = self.embed_tokens(tokens)
+        return self.dropout_module(x).transpose(0, 1)
 
     def forward(
         self,
@@ -147,9 +190,15 @@ class SRUppDecoder(FairseqIncrementalDecoder):
     ):
         """prev_output_tokens (B, T) → (logits (B, T, V) or features (B, T, d), extra dict).
 
+        With the adaptive softmax the "logits" are the features: use ``get_normalized_probs`` or
+        ``target_log_probs``.
+
         ``carry`` (set by the ``srupp_language_modeling`` task) continues the previous segment of
         the same streams: ``{"key": str, "reset": bool, "enabled": bool, "mask": "causal" |
         "same_length", "window": int}``. Without it every call starts from zero state.
+
+        ``incremental_state`` (generation): the tokens not seen yet are consumed — the new suffix
+        when the whole prefix is passed (fairseq's generators), or the last token.
         """
         x, extra = self.extract_features(prev_output_tokens, incremental_state=incremental_state, carry=carry)
         if not features_only:
@@ -158,12 +207,10 @@ class SRUppDecoder(FairseqIncrementalDecoder):
 
     def extract_features(self, prev_output_tokens: Tensor, incremental_state=None, carry=None, **kwargs):
         if incremental_state is not None:
-            raise NotImplementedError("incremental decoding of srupp_lm is not implemented yet")
+            return self._extract_features_incremental(prev_output_tokens, incremental_state)
         tokens = prev_output_tokens
-        if tokens.dim() != 2:
-            raise ValueError("expected tokens of shape (batch, length), got {}".format(tuple(tokens.shape)))
-        batch, length = tokens.shape
-        x = self.dropout_module(self.embed_tokens(tokens)).transpose(0, 1)  # (T, B, d)
+        x = self.embed(tokens)  # (T, B, d)
+        length, batch = x.shape[:2]
         pad = tokens.eq(self.padding_idx)
         mask_pad = pad.t() if pad.any() else None  # (T, B)
 
@@ -199,15 +246,81 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         h = self.dropout_module(h).transpose(0, 1)  # (B, T, d)
         return h, {"attn": [None], "inner_states": None}
 
+    # --------------------------------------------------------------------- incremental decoding
+    # The incremental state holds batch-first tensors only (so reordering is one index_select
+    # each): "c" (B, layers, d), per attention layer i "key_i"/"value_i" (B, H, M, hd) and
+    # "pad_i" (B, M) with M <= window, and "consumed" (1,), the number of tokens seen.
+
+    def generation_window(self) -> int:
+        return self.cfg.eval_window
+
+    def _extract_features_incremental(self, tokens: Tensor, incremental_state):
+        state = self.get_incremental_state(incremental_state, "srupp_state") or {}
+        consumed = int(state["consumed"].item()) if "consumed" in state else 0
+        new_tokens = tokens[:, consumed:] if tokens.shape[1] > consumed else tokens[:, -1:]
+        x = self.embed(new_tokens)  # (L, B, d)
+        pad = new_tokens.eq(self.padding_idx)
+        caches: List[Dict[str, Tensor]] = []
+        for i in range(self.cfg.num_layers):
+            caches.append({k: state[k + "_" + str(i)] for k in ("key", "value", "pad") if k + "_" + str(i) in state})
+        c0 = state["c"].transpose(0, 1) if "c" in state else None  # (layers, B, d)
+        h, c, _ = self.srupp(
+            x,
+            c0=c0,
+            mask_pad=pad.t() if pad.any() else None,
+            caches=caches,
+            window=self.generation_window(),
+        )
+        new_state: Dict[str, Optional[Tensor]] = {"c": c.transpose(0, 1)}
+        for i, cache in enumerate(caches):
+            for k, v in cache.items():
+                new_state[k + "_" + str(i)] = v
+        new_state["consumed"] = torch.tensor([consumed + new_tokens.shape[1]])
+        self.set_incremental_state(incremental_state, "srupp_state", new_state)
+        return self.dropout_module(h).transpose(0, 1), {"attn": [None], "inner_states": None}
+
+    def reorder_incremental_state(self, incremental_state, new_order: Tensor):
+        state = self.get_incremental_state(incremental_state, "srupp_state")
+        if state is None:
+            return
+        for key, value in state.items():
+            if value is not None and key != "consumed":
+                state[key] = value.index_select(0, new_order)
+        self.set_incremental_state(incremental_state, "srupp_state", state)
+
+    # ------------------------------------------------------------------------------- outputs
     def output_layer(self, features: Tensor, **kwargs) -> Tensor:
+        if self.adaptive_softmax is not None:
+            return features
         return self.output_projection(features)
+
+    def get_normalized_probs(self, net_output, log_probs: bool, sample=None):
+        """Full distribution (B, T, V), exact also for the adaptive softmax."""
+        if self.adaptive_softmax is None:
+            return super().get_normalized_probs(net_output, log_probs, sample)
+        out = self.adaptive_softmax.log_prob(net_output[0])
+        return out if log_probs else out.exp()
+
+    def target_log_probs(self, net_output, target: Tensor) -> Tensor:
+        """log p(target) (B, T) in float32, without materialising the vocabulary when adaptive."""
+        if self.adaptive_softmax is not None:
+            return self.adaptive_softmax.target_log_prob(net_output[0], target)
+        lprobs = F.log_softmax(net_output[0].float(), dim=-1)
+        return lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
 
     def max_positions(self) -> int:
         # Recurrence + attention over the segment: no positional limit of its own.
         return int(1e9)
 
-    def reorder_incremental_state(self, incremental_state, new_order):
-        raise NotImplementedError("incremental decoding of srupp_lm is not implemented yet")
+
+def checkpoint_vocab_size(state_dict) -> Optional[int]:
+    """Dictionary size a srupp_lm state dict was trained with (None if it cannot tell)."""
+    if "decoder.embed_tokens.weight" in state_dict:
+        return state_dict["decoder.embed_tokens.weight"].shape[0]
+    prefix = "decoder.adaptive_softmax."
+    rows = [v.shape[0] for k, v in state_dict.items() if k.startswith(prefix) and k.endswith(".weight")
+            and (k.startswith(prefix + "head.") or k.startswith(prefix + "tails."))]
+    return sum(rows) if rows else None
 
 
 @register_model("srupp_lm", dataclass=SRUppLMConfig)
@@ -219,13 +332,19 @@ class SRUppLanguageModel(FairseqLanguageModel):
         return cls(SRUppDecoder(cfg, task.target_dictionary))
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        own = self.decoder.embed_tokens.weight.shape[0]
-        key = "decoder.embed_tokens.weight"
-        if key in state_dict and state_dict[key].shape[0] != own:
+        own = len(self.decoder.dictionary)
+        theirs = checkpoint_vocab_size(state_dict)
+        if theirs is not None and theirs != own:
             raise ValueError(
                 "the checkpoint was trained with a dictionary of {} symbols but the task's dictionary "
-                "has {}: point the data directory at the dict.txt the model was trained with".format(
-                    state_dict[key].shape[0], own
+                "has {}: point the data directory at the dict.txt the model was trained with".format(theirs, own)
+            )
+        if (self.decoder.adaptive_softmax is None) != ("decoder.embed_tokens.weight" in state_dict):
+            raise ValueError(
+                "the checkpoint's output layer ({}) does not match this model's ({}): build the model "
+                "with the checkpoint's own configuration".format(
+                    "Linear" if "decoder.embed_tokens.weight" in state_dict else "adaptive softmax",
+                    "adaptive softmax" if self.decoder.adaptive_softmax is not None else "Linear",
                 )
             )
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
@@ -237,9 +356,11 @@ def _set_defaults(args, **defaults):
 
 
 # `--arch srupp_lm` is registered by register_model itself and takes SRUppLMConfig's defaults,
-# which are the enwik8 base preset; the presets below fill what they do not set from here.
+# which are the enwik8 base preset. Every preset fills only what is still unset (command-line
+# values win) and then falls back to the enwik8 base values. Parameter counts are those of the
+# spec's table (§4) with the dataset's vocabulary: enwik8 205, wt103 267,735, lm1b 793,471.
 def srupp_lm_enwik8_base(args):
-    """enwik8 base: n_d 3072, n_proj 768, 10 layers, attention everywhere (107.6M params, V=205)."""
+    """enwik8 base: n_d 3072, n_proj 768, 10 layers, attention everywhere (107.6M params)."""
     _set_defaults(
         args,
         hidden_size=3072,
@@ -254,18 +375,104 @@ def srupp_lm_enwik8_base(args):
         no_attn_layer_norm=False,
         highway_bias=-2.0,
         weight_c_init=1.0,
+        adaptive_softmax_cutoff=None,
+        adaptive_embed_dim=1024,
+        adaptive_div_value=4.0,
+        untie_adaptive_proj=False,
+        emb_dropout=0.0,
+        eval_window=3072,
     )
+
+
+@register_model_architecture("srupp_lm", "srupp_lm_enwik8_base")
+def srupp_lm_enwik8_base_alias(args):
+    """Same as ``--arch srupp_lm``."""
+    srupp_lm_enwik8_base(args)
 
 
 @register_model_architecture("srupp_lm", "srupp_lm_large")
 def srupp_lm_enwik8_large(args):
-    """enwik8 large as trained by the paper's command: n_d 4096, n_proj 1024 (190.7M, V=205)."""
+    """enwik8 large as trained by the paper's command: n_d 4096, n_proj 1024 (190.7M)."""
     _set_defaults(args, hidden_size=4096, proj_size=1024, dropout=0.32, attn_dropout=0.32)
     srupp_lm_enwik8_base(args)
+
+
+@register_model_architecture("srupp_lm", "srupp_lm_enwik8_large")
+def srupp_lm_enwik8_large_alias(args):
+    """Same as ``--arch srupp_lm_large``."""
+    srupp_lm_enwik8_large(args)
+
+
+@register_model_architecture("srupp_lm", "srupp_lm_enwik8_large_ratio8")
+def srupp_lm_enwik8_large_ratio8(args):
+    """enwik8 large with n_d / n_proj = 8: 6016 / 752 (195.1M; paper: 0.953 BPC)."""
+    _set_defaults(args, hidden_size=6016, proj_size=752)
+    srupp_lm_enwik8_large(args)
+
+
+@register_model_architecture("srupp_lm", "srupp_lm_wt103_base")
+def srupp_lm_wt103_base(args):
+    """WikiText-103 base: 3072 / 768, projected adaptive input/softmax with tied projections (147.7M)."""
+    _set_defaults(
+        args,
+        adaptive_softmax_cutoff="19997,39997,199997",
+        dropout=0.15,
+        attn_dropout=0.15,
+        emb_dropout=0.15,
+        eval_window=2560,
+    )
+    srupp_lm_enwik8_base(args)
+
+
+@register_model_architecture("srupp_lm", "srupp_lm_wt103_large")
+def srupp_lm_wt103_large(args):
+    """WikiText-103 large as trained by the paper's command: 4096 / 1024 (231.8M)."""
+    _set_defaults(args, hidden_size=4096, proj_size=1024, dropout=0.2, attn_dropout=0.2, emb_dropout=0.2)
+    srupp_lm_wt103_base(args)
+
+
+@register_model_architecture("srupp_lm", "srupp_lm_wt103_large_ratio8")
+def srupp_lm_wt103_large_ratio8(args):
+    """WikiText-103 large with n_d / n_proj = 8: 5952 / 744 (233.9M; paper: 17.1 PPL)."""
+    _set_defaults(args, hidden_size=5952, proj_size=744)
+    srupp_lm_wt103_large(args)
+
+
+@register_model_architecture("srupp_lm", "srupp_lm_wt103_large_ratio8_k5")
+def srupp_lm_wt103_large_ratio8_k5(args):
+    """As ratio 8 with attention in layers 5 and 10 only (225.0M; paper: 17.3 PPL)."""
+    _set_defaults(args, attention_every_n_layers=5)
+    srupp_lm_wt103_large_ratio8(args)
+
+
+@register_model_architecture("srupp_lm", "srupp_lm_lm1b_base")
+def srupp_lm_lm1b_base(args):
+    """Billion Word base: 4096 / 1024, adaptive softmax with untied projections (328.4M; 25.1 PPL)."""
+    _set_defaults(
+        args,
+        hidden_size=4096,
+        proj_size=1024,
+        adaptive_softmax_cutoff="59998,159998",
+        untie_adaptive_proj=True,
+        dropout=0.05,
+        attn_dropout=0.0,
+        emb_dropout=0.0,
+        eval_window=96,
+    )
+    srupp_lm_enwik8_base(args)
+
+
+@register_model_architecture("srupp_lm", "srupp_lm_lm1b_large_k5")
+def srupp_lm_lm1b_large_k5(args):
+    """Billion Word large: 7616 / 1024, attention in layers 5 and 10 (465.4M; 23.5 PPL)."""
+    _set_defaults(args, hidden_size=7616, attention_every_n_layers=5)
+    srupp_lm_lm1b_base(args)
 
 
 @register_model_architecture("srupp_lm", "srupp_lm_tiny")
 def srupp_lm_tiny(args):
     """CPU-sized preset for demos and tests: n_d 256, n_proj 128, 4 layers (about 0.7M params)."""
-    _set_defaults(args, hidden_size=256, proj_size=128, num_layers=4, dropout=0.1, attn_dropout=0.1)
+    _set_defaults(
+        args, hidden_size=256, proj_size=128, num_layers=4, dropout=0.1, attn_dropout=0.1, eval_window=256
+    )
     srupp_lm_enwik8_base(args)

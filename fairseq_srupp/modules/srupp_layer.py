@@ -1,5 +1,5 @@
 """One SRU++ layer: optional pre-norm, a transform producing U, the elementwise recurrence."""
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from fairseq.modules import LayerNorm
@@ -74,6 +74,8 @@ class SRUppLayer(nn.Module):
         attn_mask: Optional[Tensor] = None,
         memory: Optional[Tensor] = None,
         memory_mask_pad: Optional[Tensor] = None,
+        cache: Optional[Dict[str, Tensor]] = None,
+        window: Optional[int] = None,
     ) -> Tuple[Tensor, Tensor]:
         """
         Args:
@@ -83,6 +85,10 @@ class SRUppLayer(nn.Module):
             attn_mask: optional additive (L, M+L) attention mask.
             memory: optional (M, B, d_in) raw inputs of this layer from the previous segment.
             memory_mask_pad: optional (M, B) bool.
+            cache: incremental decoding (instead of attn_mask / memory): the attention's rolling
+                key/value cache of earlier positions, updated in place (see
+                :meth:`SRUppAttention.forward_incremental`); layers without attention ignore it.
+            window: attention window of incremental decoding.
         Returns:
             h: (L, B, d) and the last cell state c: (B, d).
         """
@@ -101,9 +107,14 @@ class SRUppLayer(nn.Module):
             mask_c = self.bias.new_empty(batch, self.hidden_size).bernoulli_(1 - self.dropout)
             mask_c.div_(1 - self.dropout)
 
-        U = self.transform_module(
-            input, mask_pad=mask_pad, attn_mask=attn_mask, memory=memory, memory_mask_pad=memory_mask_pad
-        )  # (L, B, k*d)
+        if cache is not None and hasattr(self.transform_module, "forward_incremental"):
+            if attn_mask is not None or memory is not None:
+                raise ValueError("incremental decoding takes a cache instead of attn_mask / memory")
+            U = self.transform_module.forward_incremental(input, cache, window, mask_pad=mask_pad)
+        else:
+            U = self.transform_module(
+                input, mask_pad=mask_pad, attn_mask=attn_mask, memory=memory, memory_mask_pad=memory_mask_pad
+            )  # (L, B, k*d)
         expected = self.num_matrices * self.hidden_size
         if U.shape[-1] != expected:
             raise ValueError(

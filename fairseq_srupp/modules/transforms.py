@@ -4,12 +4,14 @@ Both take the layer's (normalised) input x̃ (L, B, d_in) and return U (L, B, k*
 names follow ``sru.SRUpp`` (``linear1``, ``linear2``, ``linear3``, ``alpha``, ``layer_norm``)
 so its state dicts and the paper's released checkpoints load without renaming.
 """
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from fairseq.modules import LayerNorm
 from torch import Tensor, nn
+
+from .attention_masks import same_length_mask
 
 
 def _linear(in_features: int, out_features: int) -> nn.Linear:
@@ -143,11 +145,8 @@ class SRUppAttention(nn.Module):
         residual = z[mem_len:]
         if self.layer_norm is not None and not self.normalize_after:
             z = self.layer_norm(z)
-        heads, head_dim = self.num_heads, self.proj_features // self.num_heads
-        q = z[mem_len:].reshape(tgt_len, bsz, heads, head_dim).permute(1, 2, 0, 3)  # (B, H, L, hd)
-        k, v = self.linear2(z).chunk(2, dim=-1)
-        k = k.reshape(src_len, bsz, heads, head_dim).permute(1, 2, 0, 3)  # (B, H, M+L, hd)
-        v = v.reshape(src_len, bsz, heads, head_dim).permute(1, 2, 0, 3)  # (B, H, M+L, hd)
+        q = self._split_heads(z[mem_len:])  # (B, H, L, hd)
+        k, v = (self._split_heads(t) for t in self.linear2(z).chunk(2, dim=-1))  # (B, H, M+L, hd)
 
         key_padding = None
         if mask_pad is not None or memory_mask_pad is not None:
@@ -161,7 +160,52 @@ class SRUppAttention(nn.Module):
                 cur = torch.cat([mem.bool(), cur.bool()], dim=0)
             key_padding = cur  # (M+L, B)
         bias = attention_bias(attn_mask, key_padding, tgt_len, src_len, q.dtype)
+        return self._attend_and_project(q, k, v, bias, residual)
 
+    def forward_incremental(
+        self, input: Tensor, cache: Dict[str, Tensor], window: int, mask_pad: Optional[Tensor] = None
+    ) -> Tensor:
+        """Attention over the cached keys/values of the last ``window`` positions plus ``input``.
+
+        Args:
+            input: (L, B, d_in) normalised layer input of the new positions.
+            cache: ``{"key", "value": (B, H, M, hd), "pad": (B, M) bool}`` of earlier positions, or
+                empty; updated in place to hold the last ``window`` positions (M ≤ window).
+            window: each query sees itself and the ``window`` positions before it.
+            mask_pad: optional (L, B) bool, True at padding.
+        Returns:
+            U: (L, B, out_features), equal to :meth:`forward` over the whole sequence with the
+            same-length mask of this window (keys depend only on their own position).
+        """
+        tgt_len, bsz, _ = input.shape
+        z = self.linear1(input)  # (L, B, p)
+        residual = z
+        if self.layer_norm is not None and not self.normalize_after:
+            z = self.layer_norm(z)
+        q = self._split_heads(z)  # (B, H, L, hd)
+        k, v = (self._split_heads(t) for t in self.linear2(z).chunk(2, dim=-1))  # (B, H, L, hd)
+        pad = mask_pad.t().bool() if mask_pad is not None else input.new_zeros(bsz, tgt_len, dtype=torch.bool)
+        mem_len = 0
+        if "key" in cache:
+            mem_len = cache["key"].shape[2]
+            k = torch.cat([cache["key"], k], dim=2)  # (B, H, M+L, hd)
+            v = torch.cat([cache["value"], v], dim=2)
+            pad = torch.cat([cache["pad"], pad], dim=1)  # (B, M+L)
+        mask = same_length_mask(tgt_len, mem_len, window, device=input.device, dtype=q.dtype)
+        bias = attention_bias(mask, pad.t() if pad.any() else None, tgt_len, mem_len + tgt_len, q.dtype)
+        keep = max(0, k.shape[2] - window)
+        cache["key"], cache["value"], cache["pad"] = k[:, :, keep:], v[:, :, keep:], pad[:, keep:]
+        return self._attend_and_project(q, k, v, bias, residual)
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        """(S, B, p) → (B, H, S, hd)."""
+        length, bsz, _ = x.shape
+        heads = self.num_heads
+        return x.reshape(length, bsz, heads, self.proj_features // heads).permute(1, 2, 0, 3)
+
+    def _attend_and_project(self, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], residual: Tensor):
+        """q (B, H, L, hd), k/v (B, H, S, hd), residual z (L, B, p) → U (L, B, out_features)."""
+        bsz, _, tgt_len, _ = q.shape
         attn = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.attn_dropout if self.training else 0.0
         )  # (B, H, L, hd)
