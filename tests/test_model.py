@@ -29,13 +29,27 @@ def count_parameters_on_meta(cfg, vocab_size):
     return sum(p.numel() for p in decoder.parameters())
 
 
+ENWIK8_VOCAB, WT103_VOCAB, LM1B_VOCAB = 205, 267735, 793471
+
+
+# Spec §4: every row of the paper's preset table, at full size with the dataset's vocabulary.
 @pytest.mark.parametrize(
-    "arch,expected_millions",
-    [("srupp_lm", 107.6), ("srupp_lm_large", 190.7)],
+    "arch,vocab_size,expected_millions",
+    [
+        ("srupp_lm", ENWIK8_VOCAB, 107.6),
+        ("srupp_lm_large", ENWIK8_VOCAB, 190.7),
+        ("srupp_lm_enwik8_large_ratio8", ENWIK8_VOCAB, 195.1),
+        ("srupp_lm_wt103_base", WT103_VOCAB, 147.7),
+        ("srupp_lm_wt103_large", WT103_VOCAB, 231.8),
+        ("srupp_lm_wt103_large_ratio8", WT103_VOCAB, 233.9),
+        ("srupp_lm_wt103_large_ratio8_k5", WT103_VOCAB, 225.0),
+        ("srupp_lm_lm1b_base", LM1B_VOCAB, 328.4),
+        ("srupp_lm_lm1b_large_k5", LM1B_VOCAB, 465.4),
+    ],
 )
-def test_preset_parameter_counts_match_the_paper(arch, expected_millions):
+def test_preset_parameter_counts_match_the_paper(arch, vocab_size, expected_millions):
     assert ARCH_MODEL_REGISTRY[arch].__name__ == "SRUppLanguageModel"
-    n = count_parameters_on_meta(preset_config(arch), 205)  # enwik8 has 205 distinct bytes
+    n = count_parameters_on_meta(preset_config(arch), vocab_size)
     print("{}: {:.2f}M".format(arch, n / 1e6))
     assert abs(n / 1e6 - expected_millions) / expected_millions < 0.005
 
@@ -54,6 +68,12 @@ def test_tiny_preset_is_small_and_overridable():
         (dict(hidden_size=0), "--hidden-size must be a positive"),
         (dict(dropout=1.0), "--dropout must be in"),
         (dict(attention_every_n_layers=0), "--attention-every-n-layers"),
+        (dict(adaptive_softmax_cutoff="5,25"), "smaller than the dictionary size"),
+        (dict(adaptive_softmax_cutoff="8,5"), "positive and increasing"),
+        (dict(adaptive_softmax_cutoff="5;8"), "comma-separated integers"),
+        (dict(adaptive_softmax_cutoff="5,8", adaptive_embed_dim=8, adaptive_div_value=4), "width >= 1"),
+        (dict(emb_dropout=-0.1), "--emb-dropout must be in"),
+        (dict(eval_window=0), "--eval-window must be a positive"),
     ],
 )
 def test_impossible_configs_are_rejected(overrides, message):

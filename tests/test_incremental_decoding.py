@@ -1,0 +1,129 @@
+"""Incremental decoding: token by token (or in chunks) equals one full forward pass over the prefix.
+
+The full pass uses the same-length mask of the generation window W (each token sees itself and
+the W tokens before it), which for prefixes no longer than W is the plain causal mask.
+"""
+from argparse import Namespace
+
+import pytest
+import torch
+from conftest import assert_close
+from fairseq.data import Dictionary
+from fairseq.models import ARCH_CONFIG_REGISTRY
+
+import fairseq_srupp  # noqa: F401
+from fairseq_srupp.models.srupp_lm import SRUppDecoder, SRUppLMConfig
+
+WINDOW = 8
+
+
+def make_decoder(adaptive, **overrides):
+    dictionary = Dictionary()
+    for i in range(40):
+        dictionary.add_symbol("w{}".format(i))
+    args = Namespace(
+        hidden_size=32, proj_size=16, num_layers=3, eval_window=WINDOW,
+        adaptive_softmax_cutoff="10,25" if adaptive else None, adaptive_embed_dim=16, adaptive_div_value=2.0,
+        **overrides,
+    )
+    ARCH_CONFIG_REGISTRY["srupp_lm_tiny"](args)
+    decoder = SRUppDecoder(SRUppLMConfig.from_namespace(args), dictionary).eval()
+    with torch.no_grad():
+        for name, p in decoder.named_parameters():
+            if name.endswith("alpha"):
+                p.uniform_(0.5, 1.5)  # ReZero starts at 0, which would hide the attention
+    return decoder
+
+
+def full_log_probs(decoder, tokens):
+    """(B, T) → (B, T, V) from one pass with the window's same-length mask."""
+    out = decoder(tokens, carry={"enabled": False, "mask": "same_length", "window": WINDOW})
+    return decoder.get_normalized_probs(out, log_probs=True)
+
+
+def incremental_log_probs(decoder, tokens, state, chunk=1, start=0):
+    """Feed tokens[:, start:] ``chunk`` at a time, passing the whole prefix as fairseq does."""
+    outs = []
+    for t in range(start, tokens.shape[1], chunk):
+        out = decoder(tokens[:, : t + chunk], incremental_state=state)
+        outs.append(decoder.get_normalized_probs(out, log_probs=True))
+    return torch.cat(outs, dim=1)
+
+
+CASES = [
+    pytest.param(dict(adaptive=False), id="char"),
+    pytest.param(dict(adaptive=True), id="adaptive"),
+    pytest.param(dict(adaptive=True, untie_adaptive_proj=True, num_heads=2), id="adaptive-untied-2heads"),
+    pytest.param(dict(adaptive=False, attention_every_n_layers=2), id="char-attention-every-2"),
+    pytest.param(dict(adaptive=False, normalize_after=True), id="char-post-norm"),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("length", [5, WINDOW + 1, 3 * WINDOW + 2])
+def test_token_by_token_equals_full_forward(case, length):
+    decoder = make_decoder(**case)
+    tokens = torch.randint(4, 40, (3, length))
+    with torch.no_grad():
+        full = full_log_probs(decoder, tokens)
+        step = incremental_log_probs(decoder, tokens, {})
+    assert_close("incremental vs full (T={})".format(length), step, full, 1e-5)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_chunks_and_last_token_feeding_equal_full_forward(adaptive):
+    decoder = make_decoder(adaptive)
+    tokens = torch.randint(4, 40, (2, 21))
+    with torch.no_grad():
+        full = full_log_probs(decoder, tokens)
+        chunked = incremental_log_probs(decoder, tokens, {}, chunk=7)  # a 7-token prompt, then more
+        state, outs = {}, []
+        for t in range(tokens.shape[1]):  # callers that pass only the newest token
+            out = decoder(tokens[:, t : t + 1], incremental_state=state)
+            outs.append(decoder.get_normalized_probs(out, log_probs=True))
+    assert_close("7-token chunks", chunked, full, 1e-5)
+    assert_close("newest token only", torch.cat(outs, 1), full, 1e-5)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_reorder_for_beam_search(adaptive):
+    decoder = make_decoder(adaptive)
+    prefix = torch.randint(4, 40, (2, 11))
+    new_order = torch.tensor([1, 1, 0, 1])  # beams: two hypotheses grow from each sequence
+    suffix = torch.randint(4, 40, (4, 9))
+    reordered = torch.cat([prefix.index_select(0, new_order), suffix], dim=1)
+    with torch.no_grad():
+        state = {}
+        incremental_log_probs(decoder, prefix, state)
+        decoder.reorder_incremental_state_scripting(state, new_order)
+        continued = incremental_log_probs(decoder, reordered, state, start=prefix.shape[1])
+        full = full_log_probs(decoder, reordered)[:, prefix.shape[1] :]
+    assert_close("after reorder", continued, full, 1e-5)
+
+
+def test_state_size_is_bounded_by_the_window():
+    decoder = make_decoder(adaptive=False)
+    tokens = torch.randint(4, 40, (2, 6 * WINDOW))
+    sizes = []
+    with torch.no_grad():
+        state = {}
+        for t in range(tokens.shape[1]):
+            decoder(tokens[:, : t + 1], incremental_state=state)
+            held = decoder.get_incremental_state(state, "srupp_state")
+            sizes.append(sum(v.numel() for v in held.values()))
+    assert sizes[WINDOW] == sizes[-1] == max(sizes)  # grows until W tokens are cached, then flat
+    assert sizes[0] < sizes[WINDOW]
+
+
+def test_window_can_be_changed_at_inference():
+    decoder = make_decoder(adaptive=False)
+    tokens = torch.randint(4, 40, (1, 30))
+    with torch.no_grad():
+        decoder.cfg.eval_window = 3
+        narrow = incremental_log_probs(decoder, tokens, {})
+        decoder.cfg.eval_window = 30
+        wide = incremental_log_probs(decoder, tokens, {})
+        causal = decoder.get_normalized_probs(decoder(tokens), log_probs=True)
+    assert_close("window >= length is the causal forward", wide, causal, 1e-5)
+    assert (narrow - wide)[:, 4:].abs().max() > 1e-3  # a narrower window really drops context
+    assert_close("identical until the narrow window is full", narrow[:, :4], wide[:, :4], 1e-5)
