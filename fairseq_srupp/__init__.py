@@ -3,7 +3,12 @@
 Importing the package registers its fairseq components; the op and module packages import
 nothing from fairseq's registries and can be used alone.
 """
+from .numpy_compat import install as _install_numpy_compat
+
+_install_numpy_compat()  # before fairseq builds any dataset
+
 from . import criterions  # noqa: F401  (registers srupp_adaptive_loss)
+from . import data  # noqa: F401  (registers the srupp_bytes BPE)
 from . import models  # noqa: F401  (registers srupp_lm and its architectures)
 from . import optim  # noqa: F401  (registers radam and srupp_cosine)
 from . import tasks  # noqa: F401  (registers srupp_language_modeling)

@@ -89,3 +89,39 @@ STATEFUL_TRAIN_ARGS = [
     "--lr-scheduler", "fixed", "--clip-norm", 1.0, "--log-format", "simple", "--log-interval", 1,
     "--seed", 1, "--num-workers", 0, "--no-epoch-checkpoints",
 ]
+
+
+def zipf_markov_text(n_tokens, n_types=240, seed=0):
+    """Words w0…w{n-1}: a frequent-word skeleton with predictable successors, so loss can fall and every
+    frequency cluster gets used."""
+    rng = random.Random(seed)
+    weights = [1.0 / (i + 1) for i in range(n_types)]
+    words, lines, line = [], [], []
+    prev = 0
+    for _ in range(n_tokens):
+        if rng.random() < 0.5:
+            prev = (prev * 7 + 3) % 40  # predictable frequent words
+        else:
+            prev = rng.choices(range(n_types), weights)[0]
+        line.append("w{}".format(prev))
+        if len(line) == 12:
+            lines.append(" ".join(line))
+            line = []
+    words.extend(lines)
+    return "\n".join(words) + "\n"
+
+
+def make_word_data(root: Path):
+    """Word-level splits (zipf_markov_text) binarized with fairseq-preprocess; return the data dir."""
+    for split, n, seed in (("train", 24000, 0), ("valid", 2400, 1), ("test", 2400, 2)):
+        (root / "{}.txt".format(split)).write_text(zipf_markov_text(n, seed=seed))
+    run_tool("fairseq-preprocess", "--only-source", "--trainpref", root / "train.txt", "--validpref",
+             root / "valid.txt", "--testpref", root / "test.txt", "--destdir", root / "bin", "--workers", 1)
+    return root / "bin"
+
+
+# A word-level srupp_lm small enough for tests: adaptive softmax fitted to make_word_data's dictionary.
+ADAPTIVE_ARGS = [
+    "--criterion", "srupp_adaptive_loss", "--adaptive-softmax-cutoff", "24,80", "--adaptive-embed-dim", 32,
+    "--adaptive-div-value", 2, "--emb-dropout", 0.0,
+]

@@ -3,45 +3,14 @@
 The criterion's loss path (only the target's cluster) and fairseq-eval-lm's path
 (``get_normalized_probs`` over the whole vocabulary) must report the same loss.
 """
-import random
-
 import pytest
-from cli_utils import EVAL_LOSS, STATEFUL_TRAIN_ARGS, TRAIN_LOSS, USER_DIR, VALID_LOSS, run_distributed_train, run_tool
-
-ADAPTIVE_ARGS = [
-    "--criterion", "srupp_adaptive_loss", "--adaptive-softmax-cutoff", "24,80", "--adaptive-embed-dim", 32,
-    "--adaptive-div-value", 2, "--emb-dropout", 0.0,
-]
-
-
-def zipf_markov_text(n_tokens, n_types=240, seed=0):
-    """Words w0…w{n-1}: a frequent-word skeleton with predictable successors, so loss can fall and every
-    frequency cluster gets used."""
-    rng = random.Random(seed)
-    weights = [1.0 / (i + 1) for i in range(n_types)]
-    words, lines, line = [], [], []
-    prev = 0
-    for _ in range(n_tokens):
-        if rng.random() < 0.5:
-            prev = (prev * 7 + 3) % 40  # predictable frequent words
-        else:
-            prev = rng.choices(range(n_types), weights)[0]
-        line.append("w{}".format(prev))
-        if len(line) == 12:
-            lines.append(" ".join(line))
-            line = []
-    words.extend(lines)
-    return "\n".join(words) + "\n"
+from cli_utils import (ADAPTIVE_ARGS, EVAL_LOSS, STATEFUL_TRAIN_ARGS, TRAIN_LOSS, USER_DIR, VALID_LOSS, make_word_data,
+                       run_distributed_train, run_tool)
 
 
 @pytest.fixture(scope="module")
 def word_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("word_level")
-    for split, n, seed in (("train", 24000, 0), ("valid", 2400, 1), ("test", 2400, 2)):
-        (root / "{}.txt".format(split)).write_text(zipf_markov_text(n, seed=seed))
-    run_tool("fairseq-preprocess", "--only-source", "--trainpref", root / "train.txt", "--validpref",
-             root / "valid.txt", "--testpref", root / "test.txt", "--destdir", root / "bin", "--workers", 1)
-    return root / "bin"
+    return make_word_data(tmp_path_factory.mktemp("word_level"))
 
 
 def test_train_then_eval_lm_agree_on_the_adaptive_softmax_loss(word_data, tmp_path):

@@ -17,6 +17,9 @@ which state to use:
   positions plus itself, as the paper's evaluation);
 * ``enabled``: False with ``--no-carry-state`` (every segment starts from zero: an ablation).
 
+Generation and scoring (``fairseq-interactive``, ``fairseq-generate``, the hub interface) work as
+with ``language_modeling``: each prompt is prefixed with ``</s>`` and decoded from zero state.
+
 Carried state is **not** saved in checkpoints: a run resumed from ``checkpoint_last.pt`` continues
 at the same data position with the state reset to zero for its first segment.
 """
@@ -27,7 +30,20 @@ from typing import Optional
 
 import numpy as np
 import torch
-from fairseq.data import Dictionary, FairseqDataset, data_utils, iterators
+from fairseq.data import (
+    AppendTokenDataset,
+    Dictionary,
+    FairseqDataset,
+    IdDataset,
+    ListDataset,
+    NestedDictionaryDataset,
+    NumelDataset,
+    PadDataset,
+    PrependTokenDataset,
+    StripTokenDataset,
+    data_utils,
+    iterators,
+)
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
@@ -223,7 +239,12 @@ class SRUppLanguageModelingTask(FairseqTask):
     def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, num_shards=1, shard_id=0,
                            num_workers=0, epoch=1, data_buffer_size=0, **kwargs):
         if not isinstance(dataset, TokenStream):
-            raise TypeError("srupp_language_modeling batches only the splits it loaded itself")
+            # Prompts for generation / scoring (build_dataset_for_inference): ordinary batching.
+            return super().get_batch_iterator(
+                dataset, max_tokens=max_tokens, max_sentences=max_sentences, num_shards=num_shards,
+                shard_id=shard_id, num_workers=num_workers, epoch=epoch, data_buffer_size=data_buffer_size,
+                **kwargs,
+            )
         split = dataset.split
         training = split == self.cfg.train_subset
         streams = max_sentences or (self.cfg.batch_size if training else self.cfg.batch_size_valid) or self.cfg.batch_size
@@ -254,6 +275,38 @@ class SRUppLanguageModelingTask(FairseqTask):
             dataset, max_sentences=batch_size, num_shards=num_shards, shard_id=shard_id,
             num_workers=num_workers, data_buffer_size=data_buffer_size,
         ).next_epoch_itr(shuffle=False)
+
+    def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
+        """Prompts → batches of ``</s> prompt`` inputs with ``prompt <pad>`` targets (one per prompt).
+
+        ``src_tokens``: list of 1-D token tensors, each ending in ``</s>`` as ``encode_line`` makes them.
+        """
+        eos, pad = self.dictionary.eos(), self.dictionary.pad()
+        prompts = StripTokenDataset(ListDataset(src_tokens, np.array(src_lengths)), eos)
+        inputs = PrependTokenDataset(prompts, token=eos)
+        targets = AppendTokenDataset(prompts, token=pad)
+        return NestedDictionaryDataset(
+            {
+                "id": IdDataset(),
+                "net_input": {
+                    "src_tokens": PadDataset(inputs, pad_idx=pad, left_pad=False),
+                    "src_lengths": NumelDataset(inputs, reduce=False),
+                },
+                "target": PadDataset(targets, pad_idx=pad, left_pad=False),
+            },
+            sizes=[np.array(src_lengths)],
+        )
+
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        """Continue each prompt: the prompt (without its leading ``</s>``) is forced as a prefix."""
+        if constraints is not None:
+            raise NotImplementedError("constrained decoding is not supported for language models")
+        eos = self.dictionary.eos()
+        with torch.no_grad():
+            src_tokens = sample["net_input"]["src_tokens"]
+            if prefix_tokens is None and src_tokens.nelement():
+                prefix_tokens = src_tokens[:, 1:] if src_tokens[:, 0].eq(eos).all() else src_tokens
+            return generator.generate(models, sample, prefix_tokens=prefix_tokens, bos_token=eos)
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
