@@ -70,6 +70,25 @@ def plot_learning_curve(train_log: str, path: Path) -> bool:
     return True
 
 
+def generate_sample(save_dir: Path, data_bin: Path, args) -> str:
+    """Continue ``args.prompt`` with the trained model, newline bytes included."""
+    import torch
+    from fairseq import checkpoint_utils
+
+    from fairseq_srupp.data.byte_bpe import SRUppBytesBPE
+    from fairseq_srupp.sampling import stream_tokens
+
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task(
+        [str(save_dir / "checkpoint_best.pt")], arg_overrides={"data": str(data_bin)}
+    )
+    model = models[0].eval()
+    bpe, dictionary = SRUppBytesBPE(), model.decoder.dictionary
+    prompt = dictionary.encode_line(bpe.encode(args.prompt), append_eos=False, add_if_not_exist=False).tolist()
+    rng = torch.Generator().manual_seed(args.seed)
+    tokens = stream_tokens(model, prompt, args.sample_bytes, top_k=10, generator=rng)
+    return args.prompt + bpe.decode(dictionary.string(torch.tensor(list(tokens)), include_eos=True))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="a text file to train on (default: Python's built-in documentation)")
@@ -81,6 +100,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=16, help="training streams")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--prompt", default="The ", help="text the sample at the end continues")
+    parser.add_argument("--sample-bytes", type=int, default=400, help="bytes to generate (0: no sample)")
     args = parser.parse_args(argv)
 
     start = time.time()
@@ -129,6 +150,7 @@ def main(argv=None):
         ])
         bpc[split] = float(EVAL_LOSS.findall(log)[-1])
     wps = TRAIN_WPS.findall(train_log)
+    sample = generate_sample(save_dir, data_bin, args) if args.sample_bytes > 0 else None
 
     print("\n==================== SRU++ demo: results ====================")
     print("model            {} (checkpoint {})".format(args.arch, save_dir / "checkpoint_best.pt"))
@@ -138,6 +160,9 @@ def main(argv=None):
     print("valid BPC        {:.3f} bits per byte".format(bpc["valid"]))
     print("test  BPC        {:.3f} bits per byte".format(bpc["test"]))
     print("wall time        {:.0f} s (training {:.0f} s)".format(time.time() - start, train_end - start))
+    if sample is not None:
+        print("\nsample ({} bytes after the prompt, top-10 sampling, incremental decoding):\n{}\n{}\n{}".format(
+            args.sample_bytes, "-" * 60, sample, "-" * 60))
     print("\nwritten:")
     print("  data             {}".format(data_bin))
     print("  checkpoints      {}".format(save_dir))

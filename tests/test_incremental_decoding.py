@@ -127,3 +127,18 @@ def test_window_can_be_changed_at_inference():
     assert_close("window >= length is the causal forward", wide, causal, 1e-5)
     assert (narrow - wide)[:, 4:].abs().max() > 1e-3  # a narrower window really drops context
     assert_close("identical until the narrow window is full", narrow[:, :4], wide[:, :4], 1e-5)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_stream_tokens_greedy_equals_full_forward_argmax(adaptive):
+    from fairseq_srupp.sampling import stream_tokens
+
+    decoder = make_decoder(adaptive)
+    prompt = torch.randint(4, 40, (5,)).tolist()
+    streamed = list(stream_tokens(decoder, prompt, 3 * WINDOW, top_k=1))  # past the window
+    sequence = torch.tensor([[decoder.dictionary.eos()] + prompt + streamed])
+    with torch.no_grad():
+        lprobs = full_log_probs(decoder, sequence)[0]
+    lprobs[:, [decoder.dictionary.bos(), decoder.dictionary.pad(), decoder.dictionary.unk()]] = -float("inf")
+    expected = lprobs[len(prompt) : -1].argmax(-1).tolist()
+    assert streamed == expected
