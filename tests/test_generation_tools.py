@@ -124,6 +124,7 @@ def eval_lm_word_log_probs(data_bin, ckpt, text_file, tmp_path, byte_level):
 
 def test_hub_char_level_sample_score_generate(char_model, tmp_path):
     data_bin, ckpt = char_model
+    assert hub(data_bin, ckpt, eval_window=7).models[0].decoder.cfg.eval_window == 7  # window at inference
     lm = hub(data_bin, ckpt, bpe="srupp_bytes")
     torch.manual_seed(0)
     sampled = lm.sample("the cat", sampling=True, sampling_topk=10, max_len_b=30)
