@@ -20,6 +20,7 @@ OUT then holds:
     data-bin/                  dict.txt and {train,valid,test}.{bin,idx} for fairseq-train
     downloads/enwik8.zip       when the script downloaded it
     .stamps/                   what each finished step consumed: a rerun skips finished steps
+                               (--force redoes them)
 
 Checks: the archive's size and SHA-256 and the member's size and SHA-1 (the values Matt Mahoney
 publishes for enwik8), unless --skip-checksum (for a custom archive; the zip structure, the
@@ -83,6 +84,7 @@ def parse_args(argv=None):
                         help="dictionary from every byte of the file (the paper's) or from the train split")
     parser.add_argument("--srcdict", help="binarize with this fairseq dict.txt instead")
     parser.add_argument("--workers", type=int, default=default_workers(), help="fairseq-preprocess workers")
+    parser.add_argument("--force", action="store_true", help="redo every step even if it is up to date")
     return parser.parse_args(argv)
 
 
@@ -91,7 +93,7 @@ def prepare(args) -> Path:
     sizes = args.split_sizes
     total = sum(sizes)
     srcdict = require_file(args.srcdict, "--srcdict")
-    steps = Steps(out)
+    steps = Steps(out, force=args.force)
     size_hint = ("the standard split needs the {} bytes of enwik8; for another file pass "
                  "--split-sizes TRAIN,VALID,TEST adding up to its size".format(count(RAW_SIZE)))
 

@@ -34,6 +34,7 @@ OUT then holds:
     data-bin/                  dict.txt and {train,valid,test}.{bin,idx} for fairseq-train
     downloads/...tar.gz        when the script downloaded it
     .stamps/                   what each finished step consumed: a rerun skips finished steps
+                               (--force redoes them)
 Disk: about 1.8 GB archive + 4.2 GB shards + 4.2 GB train.txt + 3.3 GB binarized.
 
 Checks: the archive's size and SHA-256 and the number of training sentences (30,301,028, as in
@@ -108,6 +109,7 @@ def parse_args(argv=None):
     vocab.add_argument("--vocab-file", help="vocabulary file, one word per line (e.g. 1b_word_vocab.txt)")
     vocab.add_argument("--srcdict", help="binarize with this fairseq dict.txt (keeps its order)")
     parser.add_argument("--workers", type=int, default=default_workers(), help="fairseq-preprocess workers")
+    parser.add_argument("--force", action="store_true", help="redo every step even if it is up to date")
     return parser.parse_args(argv)
 
 
@@ -142,7 +144,7 @@ def prepare(args) -> Path:
     out = Path(args.out)
     srcdict = require_file(args.srcdict, "--srcdict")
     vocab = require_file(args.vocab_file, "--vocab-file")
-    steps = Steps(out)
+    steps = Steps(out, force=args.force)
 
     if args.raw_dir is not None:
         raw = Path(args.raw_dir)

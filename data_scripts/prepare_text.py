@@ -30,6 +30,7 @@ OUT then holds:
     data-bin/                  dict.txt and {train,valid,test}.{bin,idx} for fairseq-train
     downloads/NAME             with --url
     .stamps/                   what each finished step consumed: a rerun skips finished steps
+                               (--force redoes them)
 """
 import argparse
 import logging
@@ -46,8 +47,8 @@ except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fairseq_srupp.data.pipeline import (SPLITS, PrepError, Steps, atomic_file, byte_level_steps, check_file, cli,
-                                         count, default_workers, download, fingerprint, log, remove,
-                                         report, require_file, word_level_binarize)
+                                         count, default_workers, download, fingerprint, log, report,
+                                         require_file, word_level_binarize)
 
 
 def parse_args(argv=None):
@@ -115,9 +116,7 @@ def moses_tokenize(src: bytes, dest: Path, lang: str) -> int:
 def prepare(args) -> Path:
     out = Path(args.out)
     srcdict = require_file(args.srcdict, "--srcdict")
-    if args.force and (out / ".stamps").is_dir():
-        remove(out / ".stamps")
-    steps = Steps(out)
+    steps = Steps(out, force=args.force)
 
     if args.url is not None:
         name = args.url.rstrip("/").rsplit("/", 1)[-1] or "text"

@@ -22,6 +22,7 @@ OUT then holds:
     data-bin/                            dict.txt and {train,valid,test}.{bin,idx} for fairseq-train
     downloads/wikitext-103-v1.zip        when the script downloaded it
     .stamps/                             what each finished step consumed: a rerun skips them
+                                         (--force redoes them)
 
 Checks: the archive's SHA-256 and the line count of each split (1,801,350 / 3,760 / 4,358, as
 published with torchtext and Hugging Face datasets; no per-file checksum is published, so a
@@ -69,6 +70,7 @@ def parse_args(argv=None):
     parser.add_argument("--srcdict", help="binarize with this fairseq dict.txt (keeps its order) instead of "
                                           "building one from the train split")
     parser.add_argument("--workers", type=int, default=default_workers(), help="fairseq-preprocess workers")
+    parser.add_argument("--force", action="store_true", help="redo every step even if it is up to date")
     return parser.parse_args(argv)
 
 
@@ -81,7 +83,7 @@ def check_lines(split: str, lines: int, where: str, hint: str) -> None:
 def prepare(args) -> Path:
     out = Path(args.out)
     srcdict = require_file(args.srcdict, "--srcdict")
-    steps = Steps(out)
+    steps = Steps(out, force=args.force)
 
     if args.raw_dir is not None:
         raw_dir = Path(args.raw_dir)

@@ -373,6 +373,8 @@ def test_wikitext103_train_vocabulary_and_rerun(tmp_path):
     log = run_ok("prepare_wikitext103", "--archive", archive, "--out", out, "--skip-checksum")
     expect_steps(log, skipped=("extract", "binarize"))
     assert mtimes(out) == before
+    log = run_ok("prepare_wikitext103", "--archive", archive, "--out", out, "--skip-checksum", "--force")
+    expect_steps(log, ran=("extract", "binarize"))
 
     wikitext_zip(archive, train=WIKI_TRAIN + " The zebra game . \n")
     log = run_ok("prepare_wikitext103", "--archive", archive, "--out", out, "--skip-checksum")

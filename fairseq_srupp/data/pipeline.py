@@ -148,12 +148,15 @@ def clean_stale_temps(out_dir: PathLike) -> None:
 class Steps:
     """Run named steps in ``out_dir``, skipping those whose stamp matches inputs and outputs."""
 
-    def __init__(self, out_dir: PathLike):
+    def __init__(self, out_dir: PathLike, force: bool = False):
         self.out_dir = Path(out_dir)
         self.stamp_dir = self.out_dir / ".stamps"
         self.ran: List[str] = []
         self.skipped: List[str] = []
         clean_stale_temps(self.out_dir)
+        if force and self.stamp_dir.is_dir():
+            log("--force: forgetting the finished steps recorded in {}".format(self.stamp_dir))
+            remove(self.stamp_dir)
 
     def stamp_path(self, name: str) -> Path:
         return self.stamp_dir / "{}.json".format(name)
