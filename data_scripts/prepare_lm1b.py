@@ -15,16 +15,16 @@ line, so each binarized item is one sentence ending with ``</s>``; train with
 ``--task srupp_language_modeling --shuffle-sentences --prepend-eos``, which wraps every sentence as
 ``</s> words </s>``, the ``<S> words <S>`` of Transformer-XL.
 
-Vocabulary: the benchmark's has 793,471 symbols: the words seen at least 3 times in training plus
-``<S>``, ``</S>`` and ``<UNK>`` (Transformer-XL reads it from ``1b_word_vocab.txt``). By default the
-dictionary is built from the train split keeping words seen at least ``--threshold 3`` times
-(fairseq's ``--thresholdsrc``: a word is kept when its count is >= the threshold; fairseq then pads
-the dictionary to a multiple of 8 with unused ``madeupword`` entries). ``--vocab-file FILE`` uses a given
-vocabulary instead, one word per line (first field; ``1b_word_vocab.txt``'s ``word count`` lines
-work), in the file's order: ``<S>`` and ``</S>`` become fairseq's ``</s>`` and ``<UNK>`` its ``<unk>``,
-so ``1b_word_vocab.txt`` gives 793,468 words + fairseq's 4 specials = 793,472 symbols. ``--srcdict``
-takes a fairseq ``dict.txt`` verbatim (e.g. to keep a converted checkpoint's order). Words outside the
-dictionary become ``<unk>``.
+Vocabulary: the benchmark's has 793,471 symbols (its README's unigram count): the words seen at
+least 3 times in its training data plus ``<S>``, ``</S>`` and ``<UNK>``; Transformer-XL reads it from
+``1b_word_vocab.txt``. By default the dictionary is built from the train split keeping the words
+seen at least ``--threshold 3`` times (fairseq's ``--thresholdsrc``: a word is kept when its count is
+>= the threshold; fairseq then pads the dictionary to a multiple of 8 with unused ``madeupword``
+entries). ``--vocab-file FILE`` uses a given vocabulary instead, one word per line (first field;
+``1b_word_vocab.txt``'s ``word count`` lines work), in the file's order: ``<S>`` and ``</S>`` become
+fairseq's ``</s>`` and ``<UNK>`` its ``<unk>``, so the 793,471 symbols become 793,468 words +
+fairseq's 4 specials = 793,472. ``--srcdict`` takes a fairseq ``dict.txt`` verbatim (e.g. to keep a
+converted checkpoint's order). Words outside the dictionary become ``<unk>``.
 
 OUT then holds:
     raw/training-monolingual.tokenized.shuffled/   the 99 training shards (not with --raw-dir)
