@@ -1,17 +1,56 @@
-"""Command line: ``python -m fairseq_srupp.convert enwik8 --paper-checkpoint ... --dict ... --out ...``."""
+"""Convert the SRU++ paper's checkpoints to fairseq ``srupp_lm`` checkpoints.
+
+  python -m fairseq_srupp.convert enwik8 --paper-checkpoint P.pt --dict DATA/dict.txt --out OUT.pt --corpus enwik8
+  python -m fairseq_srupp.convert wt103 --paper-checkpoint P.pt --corpus wiki.train.tokens --out-dir OUT
+  python -m fairseq_srupp.convert lm1b --paper-checkpoint P.pt --vocab 1b_word_vocab.txt --out-dir OUT
+
+The word-level commands write OUT/model.pt and OUT/dict.txt; binarize the text with that dictionary.
+"""
 import argparse
 import logging
 import sys
+from pathlib import Path
 
-from . import convert_enwik8
+from . import convert_enwik8, convert_word_level
+from .word_level import DATASETS
 
 
 def parse_byte_list(text: str):
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+def add_word_level_parser(sub, dataset: str, help_text: str):
+    setup = DATASETS[dataset]
+    parser = sub.add_parser(dataset, help=help_text, description=help_text)
+    parser.add_argument("--paper-checkpoint", required=True,
+                        help="state dict saved by the paper's train_{}.py".format(dataset))
+    parser.add_argument("--out-dir", required=True, help="directory for model.pt and dict.txt")
+    vocab = parser.add_mutually_exclusive_group(required=True)
+    vocab.add_argument("--vocab", metavar="FILE",
+                       help="the paper's vocabulary in index order: one token (or 'token count') per line{}".format(
+                           " (1b_word_vocab.txt)" if dataset == "lm1b" else ""))
+    if dataset == "wt103":
+        vocab.add_argument("--corpus", metavar="FILE",
+                           help="wiki.train.tokens: rebuild the paper's vocabulary from it ('<eos>', then the "
+                                "training words by count, ties in first-appearance order)")
+    parser.add_argument("--eos-symbol", default=setup.eos,
+                        help="the paper's end-of-sentence symbol, mapped to fairseq's </s> (default: %(default)s)")
+    parser.add_argument("--unk-symbol", default=setup.unk,
+                        help="the paper's unknown-word symbol, mapped to fairseq's <unk> (default: %(default)s)")
+    tie = parser.add_mutually_exclusive_group()
+    tie.add_argument("--tied-projections", dest="tied", action="store_const", const=True, default=None,
+                     help="input and output projections shared (default: inferred from the state dict)")
+    tie.add_argument("--untied-projections", dest="tied", action="store_const", const=False,
+                     help="separate input and output projections")
+    parser.add_argument("--num-heads", type=int, default=1, help="attention heads (default: %(default)s)")
+    parser.add_argument("--eval-window", type=int, default=setup.eval_window,
+                        help="attention window of generation (default: %(default)s, the paper's)")
+    return parser
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fairseq_srupp.convert", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fairseq_srupp.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="dataset", required=True)
     enwik8 = sub.add_parser("enwik8", help="the paper's char-level enwik8 Model state dict")
     enwik8.add_argument("--paper-checkpoint", required=True, help="state dict saved by the paper's train_enwik8.py")
@@ -22,22 +61,56 @@ def main(argv=None):
     vocab.add_argument("--vocab-bytes", type=parse_byte_list, help="comma-separated byte values of the paper vocabulary, in order")
     enwik8.add_argument("--num-heads", type=int, default=1)
     enwik8.add_argument("--allow-missing", action="store_true", help="accept a dict.txt lacking some paper bytes")
+    add_word_level_parser(sub, "wt103", "the paper's WikiText-103 Model state dict (writes model.pt + dict.txt)")
+    add_word_level_parser(sub, "lm1b", "the paper's Billion Word Model state dict (writes model.pt + dict.txt)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        out = convert_enwik8(
+        if args.dataset == "enwik8":
+            out = convert_enwik8(
+                args.paper_checkpoint,
+                args.dict,
+                args.out,
+                corpus=args.corpus,
+                vocabulary=args.vocab_bytes,
+                num_heads=args.num_heads,
+                allow_missing=args.allow_missing,
+            )
+            print("wrote {}".format(out))
+            return 0
+        result = convert_word_level(
             args.paper_checkpoint,
-            args.dict,
-            args.out,
-            corpus=args.corpus,
-            vocabulary=args.vocab_bytes,
+            args.out_dir,
+            dataset=args.dataset,
+            vocab_file=args.vocab,
+            corpus=getattr(args, "corpus", None),
+            eos_symbol=args.eos_symbol,
+            unk_symbol=args.unk_symbol,
+            tied_projections=args.tied,
             num_heads=args.num_heads,
-            allow_missing=args.allow_missing,
+            eval_window=args.eval_window,
         )
     except (ValueError, FileNotFoundError) as err:
         print("error: {}".format(err), file=sys.stderr)
         return 2
-    print("wrote {}".format(out))
+    out_dir = result.model.parent
+    print("wrote {} and {}".format(result.model, result.dictionary))
+    print("  {} symbols (fairseq's <s> <pad> </s> <unk>, then the paper's words in paper order; the paper's {} is "
+          "</s>, its {} is <unk>); cutoffs {}; {} projections".format(
+              result.num_symbols, args.eos_symbol, args.unk_symbol, ",".join(map(str, result.cutoffs)),
+              "tied" if result.tied_projections else "untied"))
+    print("Binarize the text with THIS dictionary (its order is the model's; a dictionary fairseq builds itself "
+          "would not match):")
+    print("  fairseq-preprocess --only-source --srcdict {d} --testpref TEST.txt --destdir DATA-BIN".format(
+        d=result.dictionary))
+    if args.dataset == "lm1b":
+        print("  (one sentence per line. The paper's stream has ONE <S> between consecutive sentences (each sentence's "
+              "closing <S> is the next one's opening), i.e. fairseq's </s> after every line: no --prepend-eos.)")
+    user_dir = Path(__file__).resolve().parents[1]
+    print("then evaluate as the paper does (contiguous streams, window {w}):".format(w=args.eval_window))
+    print("  fairseq-eval-lm DATA-BIN --user-dir {u} --task srupp_language_modeling --path {m} --gen-subset test "
+          "--eval-unroll-size {w} --batch-size 1".format(u=user_dir, m=result.model, w=args.eval_window))
+    print("or load it in Python: SRUppLanguageModel.from_pretrained('{}')".format(out_dir))
     return 0
 
 

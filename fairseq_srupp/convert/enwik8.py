@@ -20,10 +20,9 @@ from torch import Tensor
 
 from fairseq_srupp.data.char_level import NEWLINE
 
-logger = logging.getLogger(__name__)
+from .common import NO_PROBABILITY, infer_rnn_config, strip_wrappers  # noqa: F401  (re-exported)
 
-# exp(-1e4) underflows to 0 in fp32, and -1e4 still fits in fp16.
-NO_PROBABILITY = -10000.0
+logger = logging.getLogger(__name__)
 
 PAPER_PREFIXES = {
     "embedding_layer.": "decoder.embed_tokens.",
@@ -47,37 +46,11 @@ def symbol_to_byte(symbol: str) -> Optional[int]:
     return None
 
 
-def strip_wrappers(state: Dict) -> Dict[str, Tensor]:
-    """Accept a bare state dict, {'model': sd} / {'state_dict': sd}, and DDP's 'module.' prefixes."""
-    for key in ("model", "state_dict"):
-        if key in state and isinstance(state[key], dict):
-            state = state[key]
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
-
-
 def infer_model_config(paper_state: Dict[str, Tensor]) -> Dict[str, object]:
     """Read sizes and flags of an ``srupp_lm`` off a paper state dict."""
-    emb = paper_state["embedding_layer.weight"]
-    layers = sorted({int(k.split(".")[2]) for k in paper_state if k.startswith("rnn.rnn_lst.")})
-    if layers != list(range(len(layers))) or not layers:
-        raise ValueError("state dict has no consecutive rnn.rnn_lst.{i} layers")
-    attention = [("rnn.rnn_lst.{}.transform_module.linear3.weight".format(i) in paper_state) for i in layers]
-    every = attention.index(True) + 1 if any(attention) else len(layers) + 1
-    expected = [(i + 1) % every == 0 for i in layers]
-    if attention != expected:
-        raise ValueError(
-            "attention layers {} do not follow an every-n-layers pattern".format(
-                [i for i, a in enumerate(attention) if a]
-            )
-        )
-    return dict(
-        hidden_size=emb.shape[1],
-        proj_size=paper_state["rnn.rnn_lst.0.transform_module.linear1.weight"].shape[0],
-        num_layers=len(layers),
-        attention_every_n_layers=every,
-        no_layer_norm="rnn.rnn_lst.0.layer_norm.weight" not in paper_state,
-        no_attn_layer_norm="rnn.rnn_lst.0.transform_module.layer_norm.weight" not in paper_state,
-    )
+    config = infer_rnn_config(paper_state)
+    config["hidden_size"] = paper_state["embedding_layer.weight"].shape[1]
+    return config
 
 
 def remap_rows(

@@ -1,0 +1,120 @@
+"""What every converter of the paper's ``Model`` state dicts (spec §5) shares.
+
+* :func:`strip_wrappers` unwraps ``{'model': ...}`` / ``{'state_dict': ...}`` and DDP's ``module.``.
+* :func:`infer_rnn_config` reads the SRU++ stack's sizes and flags off the ``rnn.rnn_lst.{i}.*`` keys
+  (the names of ``sru.SRUpp``, which are also ``decoder.srupp.rnn_lst.{i}.*`` in ``srupp_lm``).
+* :func:`check_against_model` builds the converted ``srupp_lm`` on the meta device (no memory, no
+  initialisation) and compares names and shapes, so a converted checkpoint that would not load is
+  reported at conversion time, in the paper's key names.
+"""
+from typing import Dict, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+# exp(-1e4) underflows to 0 in fp32, and -1e4 still fits in fp16: the output bias of symbols the
+# paper model has no row for, so that they take no probability mass.
+NO_PROBABILITY = -10000.0
+
+RNN_PREFIX = "rnn."
+FAIRSEQ_RNN_PREFIX = "decoder.srupp."
+
+
+def strip_wrappers(state: Dict) -> Dict[str, Tensor]:
+    """Accept a bare state dict, {'model': sd} / {'state_dict': sd}, and DDP's 'module.' prefixes."""
+    for key in ("model", "state_dict"):
+        if key in state and isinstance(state[key], dict):
+            state = state[key]
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def load_paper_state(path) -> Dict[str, Tensor]:
+    """``torch.load`` a paper state dict on the CPU (tensors only) and unwrap it."""
+    return strip_wrappers(torch.load(str(path), map_location="cpu", weights_only=True))
+
+
+def infer_rnn_config(paper_state: Mapping[str, Tensor]) -> Dict[str, object]:
+    """Sizes and flags of the SRU++ stack under ``rnn.``: the ``srupp_lm`` options they set.
+
+    ``hidden_size`` is read from the first layer's ``weight_c`` (2·d values); the language models
+    need input size == hidden size, which :func:`check_against_model` verifies.
+    """
+    layers = sorted({int(k.split(".")[2]) for k in paper_state if k.startswith("rnn.rnn_lst.")})
+    if layers != list(range(len(layers))) or not layers:
+        raise ValueError("state dict has no consecutive rnn.rnn_lst.{i} layers")
+    attention = [("rnn.rnn_lst.{}.transform_module.linear3.weight".format(i) in paper_state) for i in layers]
+    every = attention.index(True) + 1 if any(attention) else len(layers) + 1
+    expected = [(i + 1) % every == 0 for i in layers]
+    if attention != expected:
+        raise ValueError(
+            "attention layers {} do not follow an every-n-layers pattern".format(
+                [i for i, a in enumerate(attention) if a]
+            )
+        )
+    for key in ("rnn.rnn_lst.0.transform_module.linear1.weight", "rnn.rnn_lst.0.weight_c"):
+        if key not in paper_state:
+            raise ValueError("missing key in the paper state dict: {}".format(key))
+    return dict(
+        hidden_size=paper_state["rnn.rnn_lst.0.weight_c"].shape[0] // 2,
+        proj_size=paper_state["rnn.rnn_lst.0.transform_module.linear1.weight"].shape[0],
+        num_layers=len(layers),
+        attention_every_n_layers=every,
+        no_layer_norm="rnn.rnn_lst.0.layer_norm.weight" not in paper_state,
+        no_attn_layer_norm="rnn.rnn_lst.0.transform_module.layer_norm.weight" not in paper_state,
+    )
+
+
+def rename_rnn_key(key: str) -> str:
+    """``rnn.X`` → ``decoder.srupp.X`` (the layers' own names are the same)."""
+    return FAIRSEQ_RNN_PREFIX + key[len(RNN_PREFIX):]
+
+
+def paper_name(fairseq_key: str, origins: Optional[Mapping[str, str]] = None) -> str:
+    """The paper key a converted key came from (for error messages)."""
+    if origins is not None and fairseq_key in origins:
+        return origins[fairseq_key]
+    if fairseq_key.startswith(FAIRSEQ_RNN_PREFIX):
+        return RNN_PREFIX + fairseq_key[len(FAIRSEQ_RNN_PREFIX):]
+    return fairseq_key
+
+
+def check_against_model(
+    cfg, symbols: Sequence[str], state: Mapping[str, Tensor], origins: Optional[Mapping[str, str]] = None
+) -> None:
+    """Raise ValueError unless ``state`` loads strictly into the ``srupp_lm`` that ``cfg`` builds.
+
+    The model is built on the meta device, so this costs neither memory nor time at full size.
+    ``origins`` maps converted keys to the paper keys they came from, for the messages.
+    """
+    from fairseq.data import Dictionary
+
+    from fairseq_srupp.models.srupp_lm import SRUppDecoder, SRUppLanguageModel
+
+    dictionary = Dictionary()
+    for symbol in symbols[dictionary.nspecial:]:
+        dictionary.add_symbol(symbol)
+    if dictionary.symbols != list(symbols):
+        raise ValueError("internal error: the converted vocabulary does not start with fairseq's special symbols")
+    with torch.device("meta"):
+        expected = SRUppLanguageModel(SRUppDecoder(cfg.model, dictionary)).state_dict()
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise ValueError(
+            "missing key(s) in the paper state dict: {} (is it a complete checkpoint of the paper's Model?)".format(
+                ", ".join(paper_name(k, origins) for k in missing[:10])
+            )
+        )
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        raise ValueError(
+            "unexpected key(s) in the paper state dict: {}".format(
+                ", ".join(paper_name(k, origins) for k in unexpected[:10])
+            )
+        )
+    wrong = [
+        "{} {} (expected {})".format(paper_name(k, origins), tuple(state[k].shape), tuple(v.shape))
+        for k, v in expected.items()
+        if tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if wrong:
+        raise ValueError("shape mismatch: {}".format("; ".join(wrong[:10])))
