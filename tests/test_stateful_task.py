@@ -146,9 +146,10 @@ def test_billion_word_layout_shuffles_sentences_once_per_epoch(data_bin):
     plain = task.datasets["train"].tokens
     assert (epoch1 == epoch1_again).all() and not (epoch1 == epoch2).all()
     n_sentences = len(task.datasets["train"].sizes)
-    assert len(epoch1) == len(plain) + n_sentences
-    assert epoch1[0] == eos and (epoch1 == eos).sum() == 2 * n_sentences  # eos on both sides
-    assert sorted(epoch1.tolist()) == sorted(plain.tolist() + [eos] * n_sentences)
+    assert len(epoch1) == len(plain) + 1
+    # </s> on both sides of every sentence, one between neighbours (the paper's <S> stream)
+    assert epoch1[0] == eos and epoch1[-1] == eos and (epoch1 == eos).sum() == n_sentences + 1
+    assert sorted(epoch1.tolist()) == sorted(plain.tolist() + [eos])
     valid = task.datasets["valid"]
     assert (task.split_tokens("valid", 1) == task.split_tokens("valid", 2)).all()  # evaluation order is fixed
     assert task.split_tokens("valid", 1)[: valid.sizes[0] + 1].tolist() == [eos] + valid.tokens[: valid.sizes[0]].tolist()

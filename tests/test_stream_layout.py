@@ -50,10 +50,8 @@ def test_too_many_streams_is_an_actionable_error():
         stream_blocks(np.arange(5), 4, 2, 0, BOS, PAD)
 
 
-def test_sentence_reordering_keeps_sentences_whole_and_wraps_them():
+def test_sentence_reordering_keeps_sentences_whole():
     sizes = np.array([3, 1, 4, 2])
     tokens = np.arange(10)  # sentences: [0 1 2] [3] [4 5 6 7] [8 9]
-    order = np.array([2, 0, 3, 1])
-    out = reorder_sentences(tokens, sizes, order, prepend=-1)
-    assert out.tolist() == [-1, 4, 5, 6, 7, -1, 0, 1, 2, -1, 8, 9, -1, 3]
-    assert reorder_sentences(tokens, sizes).tolist() == tokens.tolist()
+    assert reorder_sentences(tokens, sizes, np.array([2, 0, 3, 1])).tolist() == [4, 5, 6, 7, 0, 1, 2, 8, 9, 3]
+    assert reorder_sentences(tokens, sizes, np.arange(4)).tolist() == tokens.tolist()

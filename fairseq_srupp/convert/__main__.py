@@ -104,12 +104,13 @@ def main(argv=None):
     print("  fairseq-preprocess --only-source --srcdict {d} --testpref TEST.txt --destdir DATA-BIN".format(
         d=result.dictionary))
     if args.dataset == "lm1b":
-        print("  (one sentence per line. The paper's stream has ONE <S> between consecutive sentences (each sentence's "
-              "closing <S> is the next one's opening), i.e. fairseq's </s> after every line: no --prepend-eos.)")
+        print("  (one sentence per line. The paper's stream has ONE <S> between consecutive sentences and one before "
+              "the first, which is what --prepend-eos gives: fairseq's </s> after every line plus one at the start.)")
     user_dir = Path(__file__).resolve().parents[1]
     print("then evaluate as the paper does (contiguous streams, window {w}):".format(w=args.eval_window))
     print("  fairseq-eval-lm DATA-BIN --user-dir {u} --task srupp_language_modeling --path {m} --gen-subset test "
-          "--eval-unroll-size {w} --batch-size 1".format(u=user_dir, m=result.model, w=args.eval_window))
+          "--eval-unroll-size {w} --batch-size 1{p}".format(u=user_dir, m=result.model, w=args.eval_window,
+                                                             p=" --prepend-eos" if args.dataset == "lm1b" else ""))
     print("or load it in Python: SRUppLanguageModel.from_pretrained('{}')".format(out_dir))
     return 0
 

@@ -69,7 +69,9 @@ class SRUppLanguageModelingConfig(FairseqDataclass):
         default=False, metadata={"help": "Billion Word layout: new random sentence order every training epoch"}
     )
     prepend_eos: bool = field(
-        default=False, metadata={"help": "Billion Word layout: start every sentence with </s> too (eos on both sides)"}
+        default=False,
+        metadata={"help": "Billion Word layout: start the split with </s> too, so every sentence is wrapped in </s> "
+                  "on both sides (one </s> between neighbours, as the paper's <S> stream)"},
     )
     train_subset: str = II("dataset.train_subset")
     batch_size: Optional[int] = II("dataset.batch_size")
@@ -210,13 +212,14 @@ class SRUppLanguageModelingTask(FairseqTask):
     def split_tokens(self, split, epoch):
         """The split as one token array, in this epoch's sentence order."""
         tokens, sizes = self.datasets[split].tokens, self.datasets[split].sizes
-        training = split == self.cfg.train_subset
-        order = None
-        if self.cfg.shuffle_sentences and training:
+        if self.cfg.shuffle_sentences and split == self.cfg.train_subset:
             order = np.random.RandomState((self.cfg.seed, epoch)).permutation(len(sizes))
-        if order is None and not self.cfg.prepend_eos:
-            return tokens
-        return reorder_sentences(tokens, sizes, order, self.dictionary.eos() if self.cfg.prepend_eos else None)
+            tokens = reorder_sentences(tokens, sizes, order)
+        if self.cfg.prepend_eos:
+            # Every sentence already ends with </s>: one more in front wraps each in </s> on both
+            # sides with a single </s> between neighbours, as the paper's <S> stream.
+            tokens = np.concatenate([np.array([self.dictionary.eos()], dtype=tokens.dtype), tokens])
+        return tokens
 
     def segment_dataset(self, split, streams, num_workers, worker, training):
         carry = {

@@ -25,8 +25,8 @@ Every target position is predicted exactly once per epoch for a given (W, B); pa
 with the dictionary's pad index and ignored by the loss.
 
 With ``shuffle_sentences`` (the Billion Word layout) the sentences (dataset items, each ending in
-``</s>``) are put in a new random order every epoch before step 1, and ``prepend_eos`` wraps each in
-``</s>`` on both sides.
+``</s>``) are put in a new random order every epoch before step 1; the task's ``prepend_eos`` then
+adds one ``</s>`` in front of the split, so every sentence is wrapped in ``</s>`` on both sides.
 """
 import math
 from typing import Optional, Tuple
@@ -41,31 +41,18 @@ def sentence_offsets(sizes: np.ndarray) -> np.ndarray:
     return starts
 
 
-def reorder_sentences(
-    tokens: np.ndarray,
-    sizes: np.ndarray,
-    order: Optional[np.ndarray] = None,
-    prepend: Optional[int] = None,
-) -> np.ndarray:
-    """Concatenate sentences (given flat with their ``sizes``) in ``order``, optionally each
-    preceded by the token ``prepend``; vectorised, so 30M sentences take seconds."""
+def reorder_sentences(tokens: np.ndarray, sizes: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Concatenate sentences (given flat with their ``sizes``) in ``order``; vectorised, so 30M
+    sentences take seconds."""
     sizes = np.asarray(sizes, dtype=np.int64)
-    starts = sentence_offsets(sizes)
-    if order is not None:
-        starts, sizes = starts[order], sizes[order]
-    extra = 1 if prepend is not None else 0
-    out_sizes = sizes + extra
-    out_starts = sentence_offsets(out_sizes)
-    total = int(out_sizes.sum())
+    starts = sentence_offsets(sizes)[order]
+    sizes = sizes[order]
+    out_starts = sentence_offsets(sizes)
+    total = int(sizes.sum())
     # For every output position: its sentence, then its offset inside that sentence.
-    sentence = np.repeat(np.arange(len(sizes)), out_sizes)
-    within = np.arange(total) - out_starts[sentence] - extra
-    out = np.empty(total, dtype=tokens.dtype)
-    real = within >= 0
-    out[real] = tokens[starts[sentence[real]] + within[real]]
-    if prepend is not None:
-        out[~real] = prepend
-    return out
+    sentence = np.repeat(np.arange(len(sizes)), sizes)
+    within = np.arange(total) - out_starts[sentence]
+    return tokens[starts[sentence] + within]
 
 
 def stream_blocks(
