@@ -13,11 +13,13 @@ def positive(v):
 
 def test_reduced_benchmark_report_and_json(tmp_path, capsys):
     out = tmp_path / "gen.json"
-    assert main(TINY + ["--window", "8", "--sequence-generator", "8", "--json", str(out)]) == 0
+    argv = TINY + ["--window", "8", "--sequence-generator", "8", "--json", str(out)]
+    assert main(argv, tune_malloc=lambda: True) == 0
     printed = capsys.readouterr().out
     results = json.loads(out.read_text())
 
     assert results["setup"]["lengths"] == [16, 64] and results["setup"]["window"] == 8
+    assert results["setup"]["malloc_tuned"] is True
     assert set(results["models"]) == {"srupp_lm", "transformer_lm"}
     for name, model in results["models"].items():
         assert "skipped" not in model, model.get("skipped")

@@ -63,6 +63,9 @@ def parse_args(argv=None):
     p.add_argument("--sequence-generator", type=int, default=0, metavar="N",
                    help="also time fairseq's SequenceGenerator (beam 1) generating N tokens per model (0: off)")
     p.add_argument("--models", default="srupp_lm,transformer_lm", help="which models to run")
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="keep glibc's default mmap / trim thresholds (benchmarks/generation.py tunes them, "
+                        "see benchmarks/bench_timing.py: tune_malloc)")
     p.add_argument("--json", dest="json_out", help="write the results to this JSON file")
     args = p.parse_args(argv)
     args.lengths = sorted({int(v) for v in args.lengths.split(",") if v.strip()})
@@ -354,7 +357,7 @@ def format_report(results):
     setup = results["setup"]
     cuda = setup["device"] == "cuda"
     lines = ["Generation with incremental decoding: {device_name}, {dtype}, batch {batch}, {threads} thread(s), "
-             "{decoding}; SRU++ window {window}".format(**setup), ""]
+             "{decoding}; SRU++ window {window}; malloc tuned: {malloc_tuned}".format(**setup), ""]
     for name, m in results["models"].items():
         lines.append("{:<15} {:>10,} parameters  {}".format(name, m["params"], m["description"]))
         if m.get("skipped"):
@@ -370,11 +373,13 @@ def format_report(results):
             for r in m.get("runs", []):
                 if r["length"] != length:
                     continue
-                row = [name, "{:,}".format(length), _fmt(r["tokens_per_second"], "{:,.1f}"), _fmt(r["ms_per_token"], "{:.3f}"),
-                       _fmt(r["first_span_ms_per_token"], "{:.3f}"), _fmt(r["last_span_ms_per_token"], "{:.3f}"),
-                       _fmt(r["last_over_first"]), _fmt(r["state_mib"], "{:.3f}"), _fmt(r["rss_peak_growth_mib"], "{:.1f}")]
+                row = [name, "{:,}".format(length), _fmt(r["tokens_per_second"], "{:,.1f}"),
+                       _fmt(r["ms_per_token"], "{:.3f}"), _fmt(r["first_span_ms_per_token"], "{:.3f}"),
+                       _fmt(r["last_span_ms_per_token"], "{:.3f}"), _fmt(r["last_over_first"]),
+                       _fmt(r["state_mib"], "{:.3f}"), _fmt(r["rss_peak_growth_mib"], "{:.1f}")]
                 if cuda:
-                    row += [_fmt(r.get("cuda_peak_growth_mib"), "{:.1f}"), _fmt(r.get("cuda_max_allocated_mib"), "{:.1f}")]
+                    row += [_fmt(r.get("cuda_peak_growth_mib"), "{:.1f}"),
+                            _fmt(r.get("cuda_max_allocated_mib"), "{:.1f}")]
                 rows.append(row)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     lines.append("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths))))
@@ -407,8 +412,11 @@ def format_report(results):
 # ----------------------------------------------------------------------------------- driver
 
 
-def run_benchmark(args):
-    """Run the benchmark described by parsed ``args``; return the results dictionary."""
+def run_benchmark(args, malloc_tuned=False):
+    """Run the benchmark described by parsed ``args``; return the results dictionary.
+
+    ``malloc_tuned`` only records whether the caller tuned glibc's malloc thresholds first.
+    """
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
     device = torch.device(args.device)
@@ -422,6 +430,7 @@ def run_benchmark(args):
         "device_name": "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device),
         "dtype": args.dtype, "batch": args.batch, "threads": threads, "vocab": args.vocab,
         "decoding": "sampling" if args.sampling else "greedy", "window": None, "torch": torch.__version__,
+        "malloc_tuned": malloc_tuned,
     }, "models": {}}
     models = {}
     with tempfile.TemporaryDirectory(prefix="srupp_gen_") as tmp:
@@ -432,9 +441,9 @@ def run_benchmark(args):
             info = {"params": sum(p.numel() for p in model.parameters()), "args": [str(a) for a in cli]}
             if name == "srupp_lm":
                 cfg = model.decoder.cfg
-                info["description"] = "hidden {}, proj {}, {} layers".format(cfg.hidden_size, cfg.proj_size, cfg.num_layers)
-                window = getattr(cfg, "eval_window", None)
-                results["setup"]["window"] = window
+                info["description"] = "hidden {}, proj {}, {} layers".format(
+                    cfg.hidden_size, cfg.proj_size, cfg.num_layers)
+                results["setup"]["window"] = getattr(cfg, "eval_window", None)
             else:
                 info["description"] = "dim {}, ffn {}, {} layers, {} heads".format(*args.transformer.split(","))
             with torch.no_grad():
@@ -459,9 +468,12 @@ def run_benchmark(args):
     return summarize(results)
 
 
-def main(argv=None):
+def main(argv=None, tune_malloc=None):
+    """Command-line entry point; ``tune_malloc`` (a callable returning whether it applied) prepares
+    glibc's allocator before anything is allocated, unless --no-malloc-tuning."""
     args = parse_args(argv)
-    results = run_benchmark(args)
+    malloc_tuned = bool(tune_malloc()) if tune_malloc is not None and not args.no_malloc_tuning else False
+    results = run_benchmark(args, malloc_tuned)
     print(format_report(results), flush=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n")
