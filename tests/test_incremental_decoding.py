@@ -142,3 +142,21 @@ def test_stream_tokens_greedy_equals_full_forward_argmax(adaptive):
     lprobs[:, [decoder.dictionary.bos(), decoder.dictionary.pad(), decoder.dictionary.unk()]] = -float("inf")
     expected = lprobs[len(prompt) : -1].argmax(-1).tolist()
     assert streamed == expected
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_mixed_single_tokens_and_chunks(adaptive):
+    # Single tokens fill the window's ring (its oldest slot moves); a chunk then has to put the
+    # ring back in order before attending with the same-length mask.
+    decoder = make_decoder(adaptive)
+    tokens = torch.randint(4, 40, (2, 40))
+    ends = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 17, 18, 19, 30, 31, 32, 33, 40]
+    with torch.no_grad():
+        full = full_log_probs(decoder, tokens)
+        state, outs, start = {}, [], 0
+        for end in ends:
+            out = decoder(tokens[:, :end], incremental_state=state)
+            outs.append(decoder.get_normalized_probs(out, log_probs=True))
+            assert outs[-1].shape[1] == end - start
+            start = end
+    assert_close("mixed schedule", torch.cat(outs, 1), full, 1e-5)

@@ -91,6 +91,9 @@ def check_config(cfg) -> None:
             raise ValueError("--{} must be in [0, 1), got {}".format(name.replace("_", "-"), getattr(cfg, name)))
 
 
+CACHE_FIELDS = ("key", "value", "pad", "next")
+
+
 @dataclass
 class CarriedState:
     """What one stream batch hands to its next segment, detached from the graph."""
@@ -247,9 +250,10 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         return h, {"attn": [None], "inner_states": None}
 
     # --------------------------------------------------------------------- incremental decoding
-    # The incremental state holds batch-first tensors only (so reordering is one index_select
-    # each): "c" (B, layers, d), per attention layer i "key_i"/"value_i" (B, H, M, hd) and
-    # "pad_i" (B, M) with M <= window, and "consumed" (1,), the number of tokens seen.
+    # The incremental state holds "c" (B, layers, d), per attention layer i "key_i"/"value_i"
+    # (B, H, M, hd) and "pad_i" (B, M) with M <= window + 1 (see SRUppAttention.forward_incremental)
+    # and "next_i" (1,), and "consumed" (1,), the number of tokens seen. All but the (1,)
+    # counters are batch-first, so reordering beams is one index_select each.
 
     def generation_window(self) -> int:
         return self.cfg.eval_window
@@ -262,7 +266,7 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         pad = new_tokens.eq(self.padding_idx)
         caches: List[Dict[str, Tensor]] = []
         for i in range(self.cfg.num_layers):
-            caches.append({k: state[k + "_" + str(i)] for k in ("key", "value", "pad") if k + "_" + str(i) in state})
+            caches.append({k: state[k + "_" + str(i)] for k in CACHE_FIELDS if k + "_" + str(i) in state})
         c0 = state["c"].transpose(0, 1) if "c" in state else None  # (layers, B, d)
         h, c, _ = self.srupp(
             x,
@@ -284,7 +288,7 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         if state is None:
             return
         for key, value in state.items():
-            if value is not None and key != "consumed":
+            if value is not None and key != "consumed" and not key.startswith("next_"):
                 state[key] = value.index_select(0, new_order)
         self.set_incremental_state(incremental_state, "srupp_state", state)
 
