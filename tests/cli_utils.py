@@ -82,6 +82,25 @@ def run_distributed_train(world_size, *args, timeout=600):
     return outputs[0]
 
 
+def stateful_eval_lm_loss(data_bin, checkpoint):
+    """fairseq-eval-lm's base-2 loss on valid with the srupp_language_modeling settings the
+    stateful training tests validate with (window 48, 3 streams)."""
+    out = run_tool("fairseq-eval-lm", data_bin, "--user-dir", USER_DIR, "--task", "srupp_language_modeling",
+                   "--path", checkpoint, "--cpu", "--gen-subset", "valid", "--tokens-per-sample", 32,
+                   "--eval-unroll-size", 48, "--batch-size", 3, "--num-workers", 0)
+    return float(EVAL_LOSS.findall(out)[-1])
+
+
+def one_and_two_process_losses(*common):
+    """Training losses of 1 process x 4 streams and of 2 legacy_ddp ranks x 2 streams (same global batch)."""
+    single = run_tool("fairseq-train", *common, "--batch-size", 4)
+    double = run_distributed_train(2, *common, "--batch-size", 2)
+    single_losses = [float(v) for v in TRAIN_LOSS.findall(single)]
+    double_losses = [float(v) for v in TRAIN_LOSS.findall(double)]
+    print("1 process:", single_losses, "\n2 processes:", double_losses)
+    return single_losses, double_losses
+
+
 STATEFUL_TRAIN_ARGS = [
     "--user-dir", USER_DIR, "--task", "srupp_language_modeling", "--arch", "srupp_lm_tiny", "--cpu",
     "--hidden-size", 48, "--proj-size", 24, "--num-layers", 2, "--dropout", 0.0, "--attn-dropout", 0.0,

@@ -110,7 +110,7 @@ def hub(data_bin, ckpt, **kwargs):
     return lm.eval()
 
 
-def eval_lm_word_log_probs(data_bin, ckpt, text_file, tmp_path, byte_level):
+def eval_lm_word_log_probs(data_bin, ckpt, text_file, tmp_path):
     """Per-token natural-log probabilities fairseq-eval-lm prints for one line of text."""
     out_dir = tmp_path / "scored"
     run_tool("fairseq-preprocess", "--only-source", "--srcdict", data_bin / "dict.txt", "--testpref", text_file,
@@ -136,7 +136,7 @@ def test_hub_char_level_sample_score_generate(char_model, tmp_path):
     scored = lm.score(sentence)
     assert scored["positional_scores"].shape == (len(sentence),)  # one per byte; the closing </s> is not scored
     write_byte_tokens(sentence.encode() + b"\n", tmp_path / "one.txt")
-    reference = eval_lm_word_log_probs(data_bin, ckpt, tmp_path / "one.txt", tmp_path, byte_level=True)
+    reference = eval_lm_word_log_probs(data_bin, ckpt, tmp_path / "one.txt", tmp_path)
     print("hub", scored["positional_scores"][:5], "eval-lm", reference[:5])
     assert torch.allclose(scored["positional_scores"], reference[: len(sentence)], atol=1e-5)
 
@@ -156,7 +156,7 @@ def test_hub_word_level_score_matches_eval_lm(word_model, tmp_path):
     sentence = "w3 w24 w7 w1 w10 w100 w5"
     scored = lm.score(sentence)
     (tmp_path / "one.txt").write_text(sentence + "\n")
-    reference = eval_lm_word_log_probs(data_bin, ckpt, tmp_path / "one.txt", tmp_path, byte_level=False)
+    reference = eval_lm_word_log_probs(data_bin, ckpt, tmp_path / "one.txt", tmp_path)
     print("hub", scored["positional_scores"], "eval-lm", reference)
     assert torch.allclose(scored["positional_scores"], reference[:7], atol=1e-5)
     continuation = lm.sample(sentence, beam=3, max_len_b=12)

@@ -3,8 +3,8 @@ import random
 import re
 
 import pytest
-from cli_utils import (EVAL_LOSS, STATEFUL_TRAIN_ARGS, TRAIN_LOSS, USER_DIR, VALID_LOSS, make_char_data,
-                       run_distributed_train, run_tool)
+from cli_utils import (STATEFUL_TRAIN_ARGS, TRAIN_LOSS, VALID_LOSS, make_char_data, one_and_two_process_losses,
+                       run_tool, stateful_eval_lm_loss)
 
 from fairseq_srupp.data.char_level import write_byte_tokens
 
@@ -21,10 +21,7 @@ def test_eval_lm_reports_the_validation_loss_of_training(data_bin, tmp_path):
     log = run_tool("fairseq-train", data_bin, *STATEFUL_TRAIN_ARGS, *eval_args, "--batch-size", 4,
                    "--max-update", 15, "--save-dir", tmp_path / "ckpt")
     valid_loss = float(VALID_LOSS.findall(log)[-1])
-    out = run_tool("fairseq-eval-lm", data_bin, "--user-dir", USER_DIR, "--task", "srupp_language_modeling",
-                   "--path", tmp_path / "ckpt" / "checkpoint_last.pt", "--cpu", "--gen-subset", "valid",
-                   "--tokens-per-sample", 32, "--eval-unroll-size", 48, "--batch-size", 3, "--num-workers", 0)
-    eval_loss = float(EVAL_LOSS.findall(out)[-1])
+    eval_loss = stateful_eval_lm_loss(data_bin, tmp_path / "ckpt" / "checkpoint_last.pt")
     print("validation during training {} | fairseq-eval-lm {}".format(valid_loss, eval_loss))
     assert eval_loss == pytest.approx(valid_loss, abs=6e-4)  # training prints 3 decimals
 
@@ -43,11 +40,7 @@ def test_resume_continues_at_the_same_data_position(data_bin, tmp_path):
 
 def test_two_process_training_matches_one_process_with_the_same_global_batch(data_bin, tmp_path):
     common = [data_bin, *STATEFUL_TRAIN_ARGS, "--max-update", 6, "--disable-validation", "--no-save"]
-    single = run_tool("fairseq-train", *common, "--batch-size", 4)
-    double = run_distributed_train(2, *common, "--batch-size", 2)  # 2 ranks x 2 streams = the same 4 streams
-    single_losses = [float(v) for v in TRAIN_LOSS.findall(single)]
-    double_losses = [float(v) for v in TRAIN_LOSS.findall(double)]
-    print("1 process:", single_losses, "\n2 processes:", double_losses)
+    single_losses, double_losses = one_and_two_process_losses(*common)  # same 4 streams
     assert len(single_losses) == len(double_losses) == 6
     assert double_losses == pytest.approx(single_losses, abs=2e-3)  # logs print 3 decimals
 

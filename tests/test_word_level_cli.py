@@ -4,8 +4,8 @@ The criterion's loss path (only the target's cluster) and fairseq-eval-lm's path
 (``get_normalized_probs`` over the whole vocabulary) must report the same loss.
 """
 import pytest
-from cli_utils import (ADAPTIVE_ARGS, EVAL_LOSS, STATEFUL_TRAIN_ARGS, TRAIN_LOSS, USER_DIR, VALID_LOSS, make_word_data,
-                       run_distributed_train, run_tool)
+from cli_utils import (ADAPTIVE_ARGS, STATEFUL_TRAIN_ARGS, TRAIN_LOSS, VALID_LOSS, make_word_data,
+                       one_and_two_process_losses, run_tool, stateful_eval_lm_loss)
 
 
 @pytest.fixture(scope="module")
@@ -21,20 +21,13 @@ def test_train_then_eval_lm_agree_on_the_adaptive_softmax_loss(word_data, tmp_pa
     valid_loss = float(VALID_LOSS.findall(log)[-1])
     print("train losses", train_losses, "valid", valid_loss)
     assert train_losses[-1] < train_losses[0] - 1.0  # bits per word
-    out = run_tool("fairseq-eval-lm", word_data, "--user-dir", USER_DIR, "--task", "srupp_language_modeling",
-                   "--path", tmp_path / "ckpt" / "checkpoint_last.pt", "--cpu", "--gen-subset", "valid",
-                   "--tokens-per-sample", 32, "--eval-unroll-size", 48, "--batch-size", 3, "--num-workers", 0)
-    eval_loss = float(EVAL_LOSS.findall(out)[-1])
+    eval_loss = stateful_eval_lm_loss(word_data, tmp_path / "ckpt" / "checkpoint_last.pt")
     print("validation during training {} | fairseq-eval-lm {}".format(valid_loss, eval_loss))
     assert eval_loss == pytest.approx(valid_loss, abs=6e-4)  # training prints 3 decimals
 
 
 def test_legacy_ddp_two_processes_match_one_process(word_data):
     common = [word_data, *STATEFUL_TRAIN_ARGS, *ADAPTIVE_ARGS, "--max-update", 6, "--disable-validation", "--no-save"]
-    single = run_tool("fairseq-train", *common, "--batch-size", 4)
-    double = run_distributed_train(2, *common, "--batch-size", 2)  # legacy_ddp: 2 ranks x 2 streams
-    single_losses = [float(v) for v in TRAIN_LOSS.findall(single)]
-    double_losses = [float(v) for v in TRAIN_LOSS.findall(double)]
-    print("1 process:", single_losses, "\n2 processes:", double_losses)
+    single_losses, double_losses = one_and_two_process_losses(*common)  # same 4 streams
     assert len(single_losses) == len(double_losses) == 6
     assert double_losses == pytest.approx(single_losses, abs=2e-3)
