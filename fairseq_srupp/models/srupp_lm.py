@@ -255,9 +255,6 @@ class SRUppDecoder(FairseqIncrementalDecoder):
     # and "next_i" (1,), and "consumed" (1,), the number of tokens seen. All but the (1,)
     # counters are batch-first, so reordering beams is one index_select each.
 
-    def generation_window(self) -> int:
-        return self.cfg.eval_window
-
     def _extract_features_incremental(self, tokens: Tensor, incremental_state):
         state = self.get_incremental_state(incremental_state, "srupp_state") or {}
         consumed = int(state["consumed"].item()) if "consumed" in state else 0
@@ -273,7 +270,7 @@ class SRUppDecoder(FairseqIncrementalDecoder):
             c0=c0,
             mask_pad=pad.t() if pad.any() else None,
             caches=caches,
-            window=self.generation_window(),
+            window=self.cfg.eval_window,
         )
         new_state: Dict[str, Optional[Tensor]] = {"c": c.transpose(0, 1)}
         for i, cache in enumerate(caches):
