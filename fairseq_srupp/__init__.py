@@ -7,6 +7,10 @@ from .numpy_compat import install as _install_numpy_compat
 
 _install_numpy_compat()  # before fairseq builds any dataset
 
+from .errors import install_excepthook as _install_excepthook
+
+_install_excepthook()  # SRUppUserError -> one line on the terminal (FAIRSEQ_SRUPP_DEBUG=1: traceback)
+
 from . import criterions  # noqa: F401  (registers srupp_adaptive_loss)
 from . import data  # noqa: F401  (registers the srupp_bytes BPE)
 from . import models  # noqa: F401  (registers srupp_lm and its architectures)

@@ -1,0 +1,51 @@
+"""User-facing errors: one clear line on the terminal instead of a traceback.
+
+Raise :class:`SRUppUserError` (a ``ValueError``) for anything a user can fix — bad data, a wrong flag,
+a mismatched checkpoint. :func:`install_excepthook` (called when the plugin is imported) prints such an
+error as ``error: <message>`` and exits with status 1; set ``FAIRSEQ_SRUPP_DEBUG=1`` to get the full
+traceback back. Other exceptions keep Python's normal report.
+"""
+import os
+import sys
+
+
+class SRUppUserError(ValueError):
+    """An error the user can act on; its message is the whole report."""
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    # fairseq's distributed wrappers may re-raise with a cause chain; look through it.
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, SRUppUserError):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _user_error_message(exc: BaseException) -> str:
+    while not isinstance(exc, SRUppUserError):
+        exc = exc.__cause__ or exc.__context__
+    return str(exc)
+
+
+_installed = False
+
+
+def install_excepthook() -> None:
+    """Print uncaught :class:`SRUppUserError` as one line (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        if _is_user_error(exc) and os.environ.get("FAIRSEQ_SRUPP_DEBUG", "") in ("", "0"):
+            sys.stderr.write("error: {}\n".format(_user_error_message(exc)))
+            sys.stderr.flush()
+            return
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = hook
+    _installed = True
