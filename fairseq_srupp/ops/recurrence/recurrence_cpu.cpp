@@ -11,7 +11,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <vector>
+
+// glibc's vector expf / exp (libmvec) are declared SIMD-callable only under -ffast-math, which we
+// do not use: it would let GCC assume no NaN / inf. Declaring them here lets the `omp simd` loops
+// call them with IEEE semantics kept (-fno-math-errno is all vectorising a call needs).
+#if defined(__GLIBC__) && defined(__x86_64__)
+extern "C" __attribute__((__simd__("notinbranch"))) float expf(float) noexcept;
+extern "C" __attribute__((__simd__("notinbranch"))) double exp(double) noexcept;
+#endif
 
 namespace {
 
@@ -164,11 +173,11 @@ void backward_impl(const T* __restrict__ U, const T* __restrict__ x, const T* __
 }
 
 template <typename T>
-const T* data_or_null(const c10::optional<torch::Tensor>& t) {
+const T* data_or_null(const std::optional<torch::Tensor>& t) {
   return (t.has_value() && t->defined()) ? t->data_ptr<T>() : nullptr;
 }
 
-const bool* pad_or_null(const c10::optional<torch::Tensor>& t) {
+const bool* pad_or_null(const std::optional<torch::Tensor>& t) {
   return (t.has_value() && t->defined()) ? t->data_ptr<bool>() : nullptr;
 }
 
@@ -191,10 +200,10 @@ void dispatch_variant(int64_t k, bool pad, bool drop, Fn&& fn) {
   }
 }
 
-std::vector<torch::Tensor> forward(torch::Tensor U, c10::optional<torch::Tensor> x,
+std::vector<torch::Tensor> forward(torch::Tensor U, std::optional<torch::Tensor> x,
                                    torch::Tensor weight_c, torch::Tensor bias, torch::Tensor c0,
-                                   c10::optional<torch::Tensor> mask_c,
-                                   c10::optional<torch::Tensor> mask_pad, int64_t k) {
+                                   std::optional<torch::Tensor> mask_c,
+                                   std::optional<torch::Tensor> mask_pad, int64_t k) {
   const Shape s{U.size(0), U.size(1), c0.size(-1)};
   auto h = torch::empty({s.L, s.B, s.d}, U.options());
   auto c_all = torch::empty({s.L, s.B, s.d}, U.options());
@@ -211,10 +220,10 @@ std::vector<torch::Tensor> forward(torch::Tensor U, c10::optional<torch::Tensor>
   return {h, c_all};
 }
 
-std::vector<torch::Tensor> backward(torch::Tensor U, c10::optional<torch::Tensor> x,
+std::vector<torch::Tensor> backward(torch::Tensor U, std::optional<torch::Tensor> x,
                                     torch::Tensor weight_c, torch::Tensor bias, torch::Tensor c0,
-                                    c10::optional<torch::Tensor> mask_c,
-                                    c10::optional<torch::Tensor> mask_pad, torch::Tensor c_all,
+                                    std::optional<torch::Tensor> mask_c,
+                                    std::optional<torch::Tensor> mask_pad, torch::Tensor c_all,
                                     torch::Tensor grad_h, torch::Tensor grad_c_last, int64_t k) {
   const Shape s{U.size(0), U.size(1), c0.size(-1)};
   auto grad_U = torch::empty_like(U);
