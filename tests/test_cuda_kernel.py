@@ -46,7 +46,9 @@ def test_kernel_source_compiles_for_every_dtype_and_k(arch):
 
 
 def test_compile_check_catches_errors():
-    broken = SOURCE.read_text().replace("c = cur.u0 + (c - cur.u0) * f;", "c = cur.u0 + (c - cur.u0) * f_undefined;")
+    source = SOURCE.read_text()
+    assert "forward_step(cur, unit, c)" in source
+    broken = source.replace("forward_step(cur, unit, c)", "forward_step(cur, unit, f_undefined)")
     with pytest.raises(RuntimeError, match="f_undefined"):
         nvrtc_compile(broken, "compute_90")
 

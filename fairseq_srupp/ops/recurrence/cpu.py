@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("recurrence_cpu.cpp")
 # Every file the build reads: a change to any of them gives a new build name (see build_name).
-BUILD_INPUTS = (_SOURCE,)
+BUILD_INPUTS = (_SOURCE, _SOURCE.with_name("recurrence_step.h"))
 # -march=native: the kernels run 4-8x faster than on the x86-64 baseline (AVX-512 expf, FMA; see
 # README "Builds"), so the build is keyed on the CPU's features (build_name) rather than dropped.
 # No -ffast-math: it lets GCC assume there is no NaN or inf. The gates still get glibc's vector
