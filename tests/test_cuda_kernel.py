@@ -16,8 +16,7 @@ from conftest import max_diff
 from fairseq_srupp.ops.recurrence import (NO_CUPY_WARNING, choose_implementation, elementwise_recurrence,
                                           elementwise_recurrence_cuda, elementwise_recurrence_ref)
 from fairseq_srupp.ops.recurrence.cupy_kernel import (CUPY_KERNELS, KERNEL_DTYPES, NVRTC_OPTIONS, SOURCE, STEP_HEADER,
-                                                      cupy_available,
-                                                      kernel_name, kernel_source, launch_cupy)
+                                                      cupy_available, kernel_name, kernel_source, launch_cupy)
 
 GPU = torch.cuda.is_available() and cupy_available()
 needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU and CuPy")

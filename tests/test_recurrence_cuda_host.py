@@ -78,3 +78,27 @@ def test_cuda_entry_points_match_reference(cuda_source_on_cpu, dtype, k, pad, dr
 def test_host_launch_rejects_unknown_entry_points():
     with pytest.raises(ValueError, match="no entry point srupp_forward_float64_k3"):
         launch_host("srupp_forward_float64_k3", torch.device("cpu"), 4, [0] * 12)
+
+
+# (U, x, c0) dtypes -> (h, c_last) dtypes, by the dispatcher's rule
+DTYPE_RULE = [
+    ((torch.bfloat16, torch.float32, torch.float32), (torch.float32, torch.float32)),  # autocast residual
+    ((torch.float16, torch.float16, torch.float16), (torch.float16, torch.float16)),
+    ((torch.bfloat16, torch.bfloat16, torch.float32), (torch.bfloat16, torch.float32)),  # fp32 carried state
+    ((torch.float32, torch.float32, torch.float64), (torch.float64, torch.float64)),
+]
+
+
+@pytest.mark.parametrize("implementation", ["reference", "cpu", "cuda source on the host"])
+@pytest.mark.parametrize("dtypes,expected", DTYPE_RULE)
+def test_one_dtype_rule_for_every_implementation(monkeypatch, implementation, dtypes, expected):
+    if implementation == "cuda source on the host":
+        if torch.float64 in dtypes:
+            pytest.skip("float64 never reaches the CUDA kernels: the dispatcher sends it to the reference")
+        monkeypatch.setitem(op.KERNELS, "cpu", CudaKernels(launch_host))
+        implementation = "cpu"
+    u_dtype, x_dtype, c_dtype = dtypes
+    inputs = inputs_for(4, 2, 3, 3, torch.float32, pad=True, dropout=True)
+    inputs.update(U=inputs["U"].to(u_dtype), x=inputs["x"].to(x_dtype), c0=inputs["c0"].to(c_dtype))
+    h, c = elementwise_recurrence(**inputs, implementation=implementation)
+    assert (h.dtype, c.dtype) == expected
