@@ -41,9 +41,12 @@ try:
 except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fairseq_srupp.data.pipeline import (PrepError, Steps, archive_errors, byte_level_steps, check_file, cli,
-                                         count, default_workers, fingerprint, log, obtain_archive, open_zip,
-                                         redo_hint, report, require_file, zip_member)
+from fairseq_srupp.data.binarize import byte_level_steps, report
+from fairseq_srupp.data.fetch import archive_errors, check_file, obtain_archive, open_zip, redo_hint, zip_member
+from fairseq_srupp.data.files import existing_dir, fingerprint, optional_file
+from fairseq_srupp.data.prep import PrepError, cli, count, log
+from fairseq_srupp.data.preprocess import default_workers
+from fairseq_srupp.data.steps import Steps
 
 URL = "http://mattmahoney.net/dc/enwik8.zip"
 MEMBER = "enwik8"
@@ -92,14 +95,15 @@ def prepare(args) -> Path:
     out = Path(args.out)
     sizes = args.split_sizes
     total = sum(sizes)
-    srcdict = require_file(args.srcdict, "--srcdict")
+    srcdict = optional_file(args.srcdict, "--srcdict")
     steps = Steps(out, force=args.force)
     size_hint = ("the standard split needs the {} bytes of enwik8; for another file pass "
                  "--split-sizes TRAIN,VALID,TEST adding up to its size".format(count(RAW_SIZE)))
 
     archive = None
     if args.raw_dir is not None:
-        raw = Path(args.raw_dir) / MEMBER
+        raw = existing_dir(args.raw_dir, "--raw-dir", "give the directory holding the unzipped file enwik8 "
+                           "(or pass --archive enwik8.zip)") / MEMBER
         if not raw.is_file():
             raise PrepError("{} not found: unzip enwik8.zip into {} or pass --archive enwik8.zip".format(
                 raw, args.raw_dir))

@@ -57,10 +57,13 @@ try:
 except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fairseq_srupp.data.pipeline import (CHUNK, PrepError, Steps, archive_errors, atomic_dir, atomic_file,
-                                         check_file, cli, concatenate, count, default_workers, fingerprint, log,
-                                         obtain_archive, redo_hint, report, require_file, vocab_file_to_dict,
-                                         word_level_binarize)
+from fairseq_srupp.data.binarize import report, word_level_binarize
+from fairseq_srupp.data.fetch import archive_errors, check_file, obtain_archive, redo_hint
+from fairseq_srupp.data.files import CHUNK, atomic_dir, existing_dir, atomic_file, concatenate, fingerprint, optional_file
+from fairseq_srupp.data.prep import PrepError, cli, count, log
+from fairseq_srupp.data.preprocess import default_workers
+from fairseq_srupp.data.steps import Steps
+from fairseq_srupp.data.vocab import vocab_file_to_dict
 
 URL = "http://www.statmt.org/lm-benchmark/1-billion-word-language-modeling-benchmark-r13output.tar.gz"
 # Size and SHA-256 of the archive on statmt.org, as pinned by TensorFlow's tensor2tensor/lingvo
@@ -142,15 +145,15 @@ def extract(archive: Path, raw: Path, hint: str) -> None:
 
 def prepare(args) -> Path:
     out = Path(args.out)
-    srcdict = require_file(args.srcdict, "--srcdict")
-    vocab = require_file(args.vocab_file, "--vocab-file")
+    srcdict = optional_file(args.srcdict, "--srcdict")
+    vocab = optional_file(args.vocab_file, "--vocab-file")
     steps = Steps(out, force=args.force)
 
     if args.raw_dir is not None:
-        raw = Path(args.raw_dir)
+        hint = "--raw-dir needs the extracted {} directory with all 99 training and 50 held-out shards".format(TOP)
+        raw = existing_dir(args.raw_dir, "--raw-dir", hint)
         if not (raw / TRAIN_DIR).is_dir() and (raw / TOP / TRAIN_DIR).is_dir():
             raw = raw / TOP
-        hint = "--raw-dir needs the extracted {} directory with all 99 training and 50 held-out shards".format(TOP)
         missing = [str(raw / d / n) for d, names in ((TRAIN_DIR, TRAIN_SHARDS), (HELDOUT_DIR, HELDOUT_SHARDS))
                    for n in names if not (raw / d / n).is_file()]
         if missing:

@@ -43,10 +43,12 @@ try:
 except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fairseq_srupp.data.pipeline import (SPLITS, PrepError, Steps, atomic_dir, check_file, cli, copy_zip_member,
-                                         count, count_lines, default_workers, fingerprint, log, obtain_archive,
-                                         open_zip, redo_hint, report, require_file, require_nonempty,
-                                         word_level_binarize, zip_member)
+from fairseq_srupp.data.binarize import report, word_level_binarize
+from fairseq_srupp.data.fetch import check_file, copy_zip_member, obtain_archive, open_zip, redo_hint, zip_member
+from fairseq_srupp.data.files import atomic_dir, existing_dir, count_lines, fingerprint, optional_file, require_nonempty
+from fairseq_srupp.data.prep import SPLITS, PrepError, cli, count, log
+from fairseq_srupp.data.preprocess import default_workers
+from fairseq_srupp.data.steps import Steps
 
 URL = "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-v1.zip"
 # SHA-256 of wikitext-103-v1.zip, pinned identically by several independent loaders (Julia's
@@ -82,11 +84,12 @@ def check_lines(split: str, lines: int, where: str, hint: str) -> None:
 
 def prepare(args) -> Path:
     out = Path(args.out)
-    srcdict = require_file(args.srcdict, "--srcdict")
+    srcdict = optional_file(args.srcdict, "--srcdict")
     steps = Steps(out, force=args.force)
 
     if args.raw_dir is not None:
-        raw_dir = Path(args.raw_dir)
+        raw_dir = existing_dir(args.raw_dir, "--raw-dir", "give the unzipped wikitext-103 directory with "
+                               "wiki.train/valid/test.tokens (or pass --archive wikitext-103-v1.zip)")
         if not (raw_dir / FILES["train"]).is_file() and (raw_dir / MEMBER_DIR / FILES["train"]).is_file():
             raw_dir = raw_dir / MEMBER_DIR  # the directory the archive was unzipped into
         files = {split: raw_dir / name for split, name in FILES.items()}

@@ -1,5 +1,4 @@
 """Write a converted state dict as a fairseq checkpoint that fairseq's tools load."""
-import argparse
 from pathlib import Path
 from typing import Dict, Sequence
 
