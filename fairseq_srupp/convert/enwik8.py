@@ -24,6 +24,9 @@ from .common import NO_PROBABILITY, infer_rnn_config, strip_wrappers  # noqa: F4
 
 logger = logging.getLogger(__name__)
 
+# The paper's enwik8 evaluation: segments of 3072 bytes, each attending to the 3072 before it.
+EVAL_WINDOW = 3072
+
 PAPER_PREFIXES = {
     "embedding_layer.": "decoder.embed_tokens.",
     "rnn.": "decoder.srupp.",

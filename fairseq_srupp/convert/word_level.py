@@ -68,6 +68,7 @@ class WordLevelDataset:
     dropout: float  # the training scripts' defaults, kept in the config for fine-tuning
     attn_dropout: float
     emb_dropout: float
+    prepend_eos: bool = False  # the stream wraps every sentence in eos on both sides (--prepend-eos)
 
 
 DATASETS: Dict[str, WordLevelDataset] = {
@@ -75,7 +76,7 @@ DATASETS: Dict[str, WordLevelDataset] = {
     # is an ordinary (frequent) word of that vocabulary.
     "wt103": WordLevelDataset("<eos>", "<unk>", True, (19997, 39997, 199997), 267735, 2560, 0.15, 0.15, 0.15),
     # Billion Word: vocabulary read from 1b_word_vocab.txt; sentences are wrapped in '<S>'.
-    "lm1b": WordLevelDataset("<S>", "<UNK>", False, (59998, 159998), 793471, 96, 0.05, 0.0, 0.0),
+    "lm1b": WordLevelDataset("<S>", "<UNK>", False, (59998, 159998), 793471, 96, 0.05, 0.0, 0.0, prepend_eos=True),
 }
 
 
