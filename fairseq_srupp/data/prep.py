@@ -5,7 +5,9 @@ raise :class:`PrepError`; :func:`cli` prints them as one ``error: ...`` line and
 Ctrl-C and SIGTERM end a script the same way: its temporary files are removed as the stack unwinds,
 its worker processes are stopped, finished steps are kept, and one line says to rerun.
 """
+import gc
 import multiprocessing
+import multiprocessing.pool
 import os
 import signal
 import sys
@@ -36,8 +38,16 @@ def count(n: int) -> str:
     return "{:,}".format(n)
 
 
-def _stop_children() -> None:
-    # fairseq-preprocess's worker pool: without this a SIGTERM to the script alone would orphan it.
+def _stop_workers() -> None:
+    """Stop the worker processes of this script (fairseq-preprocess's pool) before unwinding.
+
+    A pool replaces a worker that dies while it still has work queued, so the pool itself is
+    terminated; only then are the temporaries its workers write into removed. fairseq owns the
+    pool object, hence the search through the garbage collector's objects.
+    """
+    for obj in gc.get_objects():
+        if isinstance(obj, multiprocessing.pool.Pool):
+            obj.terminate()
     children = multiprocessing.active_children()
     for child in children:
         child.terminate()
@@ -54,6 +64,8 @@ def cli(main: Callable[[], None]) -> int:
         if os.getpid() != owner:  # a forked worker inherited this handler: die as SIGTERM would
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
+        signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
+        _stop_workers()
         raise Terminated()
 
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -64,7 +76,7 @@ def cli(main: Callable[[], None]) -> int:
         print("error: {}".format(err), file=sys.stderr, flush=True)
         return 2
     except (KeyboardInterrupt, Terminated) as err:
-        _stop_children()
+        _stop_workers()
         what = "terminated" if isinstance(err, Terminated) else "interrupted"
         print("{}: finished steps are kept; rerun the same command to continue".format(what), file=sys.stderr,
               flush=True)
