@@ -28,18 +28,11 @@ member and its size are still checked). For a custom file set the split with --s
 """
 import argparse
 import hashlib
-import logging
 import sys
 from pathlib import Path
 
-# Logs (ours and fairseq-preprocess's) go to stdout; stderr only gets the one-line error.
-logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
-                    stream=sys.stdout)
-logging.getLogger("fairseq.tasks.text_to_speech").setLevel(logging.WARNING)  # its tensorboardX notice
-try:
-    import fairseq_srupp  # noqa: F401
-except ImportError:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bootstrap  # noqa: E402,F401  (logs to stdout; this checkout's fairseq_srupp if not installed)
 
 from fairseq_srupp.data.binarize import byte_level_steps, report
 from fairseq_srupp.data.fetch import archive_errors, check_file, obtain_archive, open_zip, redo_hint, zip_member
