@@ -198,6 +198,9 @@ def test_converter_says_what_it_expected_and_what_it_found(byte_model, tmp_path,
     assert convert_main(["enwik8", "--paper-checkpoint", str(tmp_path / "random.pt"), "--dict", str(data_dir),
                          "--out", str(tmp_path / "out.pt"), "--vocab-bytes", "97"]) == 2
     assert "--dict {} is a directory".format(data_dir) in capsys.readouterr().err
+    assert convert_main(["enwik8", "--paper-checkpoint", str(tmp_path / "random.pt"), "--dict",
+                         str(data_dir / "dict.txt"), "--out", str(tmp_path), "--vocab-bytes", "97"]) == 2
+    assert "--out {} is a directory".format(tmp_path) in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from fairseq_srupp.data.files import existing_file
+from fairseq_srupp.errors import SRUppUserError
 
 from . import convert_enwik8, convert_word_level
 from .enwik8 import EVAL_WINDOW
@@ -59,6 +60,15 @@ def add_window_option(parser, window: int) -> None:
                              "generation (default: %(default)s, the paper's)")
 
 
+def check_outputs(args) -> None:
+    """Refuse an output path of the wrong kind before the (possibly long) conversion."""
+    if getattr(args, "out", None) is not None and Path(args.out).is_dir():
+        raise SRUppUserError("--out {} is a directory: give the path of the checkpoint file to write, e.g. "
+                             "{}".format(args.out, Path(args.out) / "model.pt"))
+    if getattr(args, "out_dir", None) is not None and Path(args.out_dir).is_file():
+        raise SRUppUserError("--out-dir {} is a file: give a directory for model.pt and dict.txt".format(args.out_dir))
+
+
 def print_eval_command(data_bin: str, model: Path, window: int, prepend_eos: bool = False) -> None:
     # fairseq-eval-lm builds its task from the command line, not from the checkpoint: the stateful
     # task and its window must be named there.
@@ -91,6 +101,7 @@ def main(argv=None):
         for name in INPUT_FILES:
             if getattr(args, name, None) is not None:
                 existing_file(getattr(args, name), "--" + name.replace("_", "-"))
+        check_outputs(args)
         if args.dataset == "enwik8":
             out = convert_enwik8(
                 args.paper_checkpoint,
@@ -117,8 +128,12 @@ def main(argv=None):
             num_heads=args.num_heads,
             eval_window=args.eval_window,
         )
-    except (ValueError, FileNotFoundError) as err:
+    except ValueError as err:
         print("error: {}".format(err), file=sys.stderr)
+        return 2
+    except OSError as err:  # permission denied, disk full, ...
+        print("error: {}{}".format(err.strerror or err, " ({})".format(err.filename) if err.filename else ""),
+              file=sys.stderr)
         return 2
     out_dir = result.model.parent
     print("wrote {} and {}".format(result.model, result.dictionary))
