@@ -133,8 +133,9 @@ def test_converted_checkpoint_evaluates_as_the_paper(corpus_and_dict):
     torch.save(paper.state_dict(), str(tmp_path / "paper.pt"))
     default = convert_enwik8(tmp_path / "paper.pt", tmp_path / "dict.txt", tmp_path / "default.pt", vocabulary=vocab)
     cfg = torch.load(str(default), weights_only=True)["cfg"]
-    assert (cfg["task"]["_name"], cfg["task"]["eval_unroll_size"], cfg["model"]["eval_window"]) == (
-        "srupp_language_modeling", 3072, 3072)
+    assert cfg["task"]["_name"] == "srupp_language_modeling"
+    windows = [cfg["task"][k] for k in ("eval_unroll_size",) if k in cfg["task"]] + [cfg["model"]["eval_window"]]
+    assert windows and set(windows) == {3072}
     assert cfg["dataset"]["batch_size"] == 1
 
     window = 24  # the paper's 3072 would need a 3072-byte test split for one segment
