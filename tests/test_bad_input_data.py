@@ -21,6 +21,7 @@ from test_data_scripts import (REPO, SCRIPTS, assert_no_output, decode, files_un
 
 from fairseq_srupp.data.files import TMP_MARK, check_utf8_text
 from fairseq_srupp.data.prep import PrepError
+from fairseq_srupp.data.vocab import read_vocab_lines
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
@@ -110,6 +111,9 @@ def test_word_level_refuses_text_that_is_not_utf8(tmp_path):
         (raw / "wiki.{}.tokens".format(split)).write_bytes(latin1 if split == "valid" else b" = A = \n")
     run_fails("prepare_wikitext103", "--raw-dir", raw, "--skip-checksum", "--out", tmp_path / "d",
               expect="wiki.valid.tokens is not UTF-8 text (byte 0xe9 at offset 7, line 1)")
+    (tmp_path / "vocab.txt").write_bytes(b"the 10\n" + latin1)
+    with pytest.raises(PrepError, match=r"vocab.txt is not UTF-8 text \(byte 0xe9 at offset 14, line 2\)"):
+        read_vocab_lines(tmp_path / "vocab.txt")
     for sub in "abcd":
         assert not (tmp_path / sub / "data-bin").exists() and not [
             p for p in files_under(tmp_path / sub) if TMP_MARK in p]

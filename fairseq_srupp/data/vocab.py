@@ -2,7 +2,7 @@
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
 
-from .files import atomic_file
+from .files import atomic_file, check_utf8_text, file_chunks
 from .prep import PrepError, count, log
 
 # Every fairseq Dictionary starts with these, at indices 0-3, before any word of the data.
@@ -15,6 +15,7 @@ def read_vocab_lines(path: Union[str, Path], blank_lines: bool = True) -> Tuple[
     lines repeated an earlier word (skipped: only the first line of a word counts, as the paper's
     and Transformer-XL's vocabularies do). The count field is ``""`` when the line has none.
     ``blank_lines=False`` refuses empty lines (a paper vocabulary is indexed by line)."""
+    check_utf8_text(file_chunks(path), str(path), "a vocabulary file must be UTF-8 text")
     entries, seen, repeated = [], set(), 0
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
