@@ -53,7 +53,7 @@ import _bootstrap  # noqa: E402,F401  (logs to stdout; this checkout's fairseq_s
 from fairseq_srupp.data.binarize import report, word_level_binarize
 from fairseq_srupp.data.fetch import archive_errors, check_file, obtain_archive, redo_hint
 from fairseq_srupp.data.files import CHUNK, atomic_dir, existing_dir, atomic_file, concatenate, fingerprint, optional_file
-from fairseq_srupp.data.prep import PrepError, cli, count, log
+from fairseq_srupp.data.prep import SPLITS, PrepError, cli, count, log
 from fairseq_srupp.data.preprocess import default_workers
 from fairseq_srupp.data.steps import Steps
 from fairseq_srupp.data.vocab import vocab_file_to_dict
@@ -167,7 +167,7 @@ def prepare(args) -> Path:
     train_shards = [raw / TRAIN_DIR / name for name in TRAIN_SHARDS]
     heldout = {"valid": [raw / HELDOUT_DIR / HELDOUT_SHARDS[i] for i in args.valid_shards],
                "test": [raw / HELDOUT_DIR / HELDOUT_SHARDS[i] for i in args.test_shards]}
-    files = {split: out / "{}.txt".format(split) for split in ("train", "valid", "test")}
+    files = {split: out / "{}.txt".format(split) for split in SPLITS}
 
     def make_splits():
         sources = dict(train=train_shards, **heldout)
