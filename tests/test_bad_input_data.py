@@ -10,14 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from cli_utils import BIN, USER_DIR
 from test_data_scripts import (REPO, SCRIPTS, assert_no_output, decode, files_under, mtimes, run_fails, run_ok,
-                               wikitext_zip, write_zip)
+                               wikitext_zip)
 
 from fairseq_srupp.data.files import TMP_MARK, check_utf8_text
 from fairseq_srupp.data.prep import PrepError
