@@ -28,22 +28,18 @@ member and its size are still checked). For a custom file set the split with --s
 """
 import argparse
 import hashlib
-import logging
 import sys
 from pathlib import Path
 
-# Logs (ours and fairseq-preprocess's) go to stdout; stderr only gets the one-line error.
-logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
-                    stream=sys.stdout)
-logging.getLogger("fairseq.tasks.text_to_speech").setLevel(logging.WARNING)  # its tensorboardX notice
-try:
-    import fairseq_srupp  # noqa: F401
-except ImportError:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bootstrap  # noqa: E402,F401  (logs to stdout; this checkout's fairseq_srupp if not installed)
 
-from fairseq_srupp.data.pipeline import (PrepError, Steps, archive_errors, byte_level_steps, check_file, cli,
-                                         count, default_workers, fingerprint, log, obtain_archive, open_zip,
-                                         redo_hint, report, require_file, zip_member)
+from fairseq_srupp.data.binarize import byte_level_steps, report
+from fairseq_srupp.data.fetch import archive_errors, check_file, obtain_archive, open_zip, redo_hint, zip_member
+from fairseq_srupp.data.files import existing_dir, fingerprint, optional_file
+from fairseq_srupp.data.prep import PrepError, cli, count, log
+from fairseq_srupp.data.preprocess import default_workers
+from fairseq_srupp.data.steps import Steps
 
 URL = "http://mattmahoney.net/dc/enwik8.zip"
 MEMBER = "enwik8"
@@ -92,14 +88,15 @@ def prepare(args) -> Path:
     out = Path(args.out)
     sizes = args.split_sizes
     total = sum(sizes)
-    srcdict = require_file(args.srcdict, "--srcdict")
+    srcdict = optional_file(args.srcdict, "--srcdict")
     steps = Steps(out, force=args.force)
     size_hint = ("the standard split needs the {} bytes of enwik8; for another file pass "
                  "--split-sizes TRAIN,VALID,TEST adding up to its size".format(count(RAW_SIZE)))
 
     archive = None
     if args.raw_dir is not None:
-        raw = Path(args.raw_dir) / MEMBER
+        raw = existing_dir(args.raw_dir, "--raw-dir", "give the directory holding the unzipped file enwik8 "
+                           "(or pass --archive enwik8.zip)") / MEMBER
         if not raw.is_file():
             raise PrepError("{} not found: unzip enwik8.zip into {} or pass --archive enwik8.zip".format(
                 raw, args.raw_dir))

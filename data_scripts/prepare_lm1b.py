@@ -43,24 +43,20 @@ shards must still be there, and no split may be empty). No per-shard checksums a
 --raw-dir is checked by its shard list and its sentence count.
 """
 import argparse
-import logging
 import sys
 import tarfile
 from pathlib import Path
 
-# Logs (ours and fairseq-preprocess's) go to stdout; stderr only gets the one-line error.
-logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
-                    stream=sys.stdout)
-logging.getLogger("fairseq.tasks.text_to_speech").setLevel(logging.WARNING)  # its tensorboardX notice
-try:
-    import fairseq_srupp  # noqa: F401
-except ImportError:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bootstrap  # noqa: E402,F401  (logs to stdout; this checkout's fairseq_srupp if not installed)
 
-from fairseq_srupp.data.pipeline import (CHUNK, PrepError, Steps, archive_errors, atomic_dir, atomic_file,
-                                         check_file, cli, concatenate, count, default_workers, fingerprint, log,
-                                         obtain_archive, redo_hint, report, require_file, vocab_file_to_dict,
-                                         word_level_binarize)
+from fairseq_srupp.data.binarize import report, word_level_binarize
+from fairseq_srupp.data.fetch import archive_errors, check_file, obtain_archive, redo_hint
+from fairseq_srupp.data.files import CHUNK, atomic_dir, existing_dir, atomic_file, concatenate, fingerprint, optional_file
+from fairseq_srupp.data.prep import SPLITS, PrepError, cli, count, log
+from fairseq_srupp.data.preprocess import default_workers
+from fairseq_srupp.data.steps import Steps
+from fairseq_srupp.data.vocab import vocab_file_to_dict
 
 URL = "http://www.statmt.org/lm-benchmark/1-billion-word-language-modeling-benchmark-r13output.tar.gz"
 # Size and SHA-256 of the archive on statmt.org, as pinned by TensorFlow's tensor2tensor/lingvo
@@ -142,15 +138,15 @@ def extract(archive: Path, raw: Path, hint: str) -> None:
 
 def prepare(args) -> Path:
     out = Path(args.out)
-    srcdict = require_file(args.srcdict, "--srcdict")
-    vocab = require_file(args.vocab_file, "--vocab-file")
+    srcdict = optional_file(args.srcdict, "--srcdict")
+    vocab = optional_file(args.vocab_file, "--vocab-file")
     steps = Steps(out, force=args.force)
 
     if args.raw_dir is not None:
-        raw = Path(args.raw_dir)
+        hint = "--raw-dir needs the extracted {} directory with all 99 training and 50 held-out shards".format(TOP)
+        raw = existing_dir(args.raw_dir, "--raw-dir", hint)
         if not (raw / TRAIN_DIR).is_dir() and (raw / TOP / TRAIN_DIR).is_dir():
             raw = raw / TOP
-        hint = "--raw-dir needs the extracted {} directory with all 99 training and 50 held-out shards".format(TOP)
         missing = [str(raw / d / n) for d, names in ((TRAIN_DIR, TRAIN_SHARDS), (HELDOUT_DIR, HELDOUT_SHARDS))
                    for n in names if not (raw / d / n).is_file()]
         if missing:
@@ -171,7 +167,7 @@ def prepare(args) -> Path:
     train_shards = [raw / TRAIN_DIR / name for name in TRAIN_SHARDS]
     heldout = {"valid": [raw / HELDOUT_DIR / HELDOUT_SHARDS[i] for i in args.valid_shards],
                "test": [raw / HELDOUT_DIR / HELDOUT_SHARDS[i] for i in args.test_shards]}
-    files = {split: out / "{}.txt".format(split) for split in ("train", "valid", "test")}
+    files = {split: out / "{}.txt".format(split) for split in SPLITS}
 
     def make_splits():
         sources = dict(train=train_shards, **heldout)

@@ -33,22 +33,22 @@ OUT then holds:
                                (--force redoes them)
 """
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-# Logs (ours and fairseq-preprocess's) go to stdout; stderr only gets the one-line error.
-logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
-                    stream=sys.stdout)
-logging.getLogger("fairseq.tasks.text_to_speech").setLevel(logging.WARNING)  # its tensorboardX notice
-try:
-    import fairseq_srupp  # noqa: F401
-except ImportError:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bootstrap  # noqa: E402,F401  (logs to stdout; this checkout's fairseq_srupp if not installed)
 
-from fairseq_srupp.data.pipeline import (SPLITS, PrepError, Steps, atomic_file, byte_level_steps, check_file, cli,
-                                         count, default_workers, download, fingerprint, log, report,
-                                         require_file, word_level_binarize)
+from fairseq_srupp.data.binarize import byte_level_steps, report, word_level_binarize
+from fairseq_srupp.data.fetch import check_file, download
+from fairseq_srupp.data.files import (atomic_file, check_utf8_text, existing_file, file_chunks, fingerprint,
+                                      optional_file)
+from fairseq_srupp.data.prep import SPLITS, PrepError, cli, count, log
+from fairseq_srupp.data.preprocess import default_workers
+from fairseq_srupp.data.steps import Steps
+
+UTF8_HINT = ("word-level data must be UTF-8 text: convert it first (e.g. iconv -f latin1 -t utf-8) or "
+             "use --level char, which takes any bytes")
 
 
 def parse_args(argv=None):
@@ -82,13 +82,6 @@ def parse_args(argv=None):
     return args
 
 
-def input_file(path: str, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise PrepError("{} {} not found: give an existing text file".format(what, path))
-    return path
-
-
 def split_lines(data: bytes, valid_fraction: float, test_fraction: float):
     """Contiguous split of whole lines: the last lines go to test, the ones before them to valid."""
     lines = data.splitlines(keepends=True)
@@ -107,7 +100,7 @@ def moses_tokenize(src: bytes, dest: Path, lang: str) -> int:
     tokenizer = MosesTokenizer(lang=lang)
     n = 0
     with atomic_file(dest, "w", encoding="utf-8") as out:
-        for line in src.decode("utf-8", errors="replace").splitlines():
+        for line in src.decode("utf-8").splitlines():  # checked to be UTF-8 before
             out.write(tokenizer.tokenize(line, escape=False, return_str=True) + "\n")
             n += 1
     return n
@@ -115,7 +108,7 @@ def moses_tokenize(src: bytes, dest: Path, lang: str) -> int:
 
 def prepare(args) -> Path:
     out = Path(args.out)
-    srcdict = require_file(args.srcdict, "--srcdict")
+    srcdict = optional_file(args.srcdict, "--srcdict")
     steps = Steps(out, force=args.force)
 
     if args.url is not None:
@@ -125,10 +118,10 @@ def prepare(args) -> Path:
             download(args.url, text, option="--text")
         single = [text]
     elif args.text is not None:
-        single = [input_file(args.text, "--text")]
+        single = [existing_file(args.text, "--text")]
     else:
         single = []
-        named = {split: input_file(getattr(args, split), "--" + split) for split in SPLITS}
+        named = {split: existing_file(getattr(args, split), "--" + split) for split in SPLITS}
     if single and args.sha256:
         steps.run("verify", dict(text=fingerprint(single[0]), sha256=args.sha256), [],
                   lambda: check_file(single[0], "file", None, args.sha256.lower(),
@@ -158,6 +151,8 @@ def prepare(args) -> Path:
             files = {split: out / "{}.tokens".format(split) for split in SPLITS}
 
             def tokenize():
+                for path in sources:
+                    check_utf8_text(file_chunks(path), str(path), UTF8_HINT)
                 parts = dict(zip(SPLITS, read_parts()))
                 for split in SPLITS:
                     if not parts[split].strip():
@@ -176,7 +171,7 @@ def prepare(args) -> Path:
         else:
             files = named
         data_bin = word_level_binarize(steps, out, files, srcdict=srcdict, threshold=args.threshold,
-                                       workers=args.workers)
+                                       workers=args.workers, utf8_hint=UTF8_HINT)
     report(data_bin, steps)
     return data_bin
 

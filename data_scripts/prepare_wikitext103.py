@@ -30,23 +30,18 @@ published with torchtext and Hugging Face datasets; no per-file checksum is publ
 still be present and non-empty).
 """
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-# Logs (ours and fairseq-preprocess's) go to stdout; stderr only gets the one-line error.
-logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
-                    stream=sys.stdout)
-logging.getLogger("fairseq.tasks.text_to_speech").setLevel(logging.WARNING)  # its tensorboardX notice
-try:
-    import fairseq_srupp  # noqa: F401
-except ImportError:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bootstrap  # noqa: E402,F401  (logs to stdout; this checkout's fairseq_srupp if not installed)
 
-from fairseq_srupp.data.pipeline import (SPLITS, PrepError, Steps, atomic_dir, check_file, cli, copy_zip_member,
-                                         count, count_lines, default_workers, fingerprint, log, obtain_archive,
-                                         open_zip, redo_hint, report, require_file, require_nonempty,
-                                         word_level_binarize, zip_member)
+from fairseq_srupp.data.binarize import report, word_level_binarize
+from fairseq_srupp.data.fetch import check_file, copy_zip_member, obtain_archive, open_zip, redo_hint, zip_member
+from fairseq_srupp.data.files import atomic_dir, existing_dir, count_lines, fingerprint, optional_file, require_nonempty
+from fairseq_srupp.data.prep import SPLITS, PrepError, cli, count, log
+from fairseq_srupp.data.preprocess import default_workers
+from fairseq_srupp.data.steps import Steps
 
 URL = "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-v1.zip"
 # SHA-256 of wikitext-103-v1.zip, pinned identically by several independent loaders (Julia's
@@ -82,11 +77,12 @@ def check_lines(split: str, lines: int, where: str, hint: str) -> None:
 
 def prepare(args) -> Path:
     out = Path(args.out)
-    srcdict = require_file(args.srcdict, "--srcdict")
+    srcdict = optional_file(args.srcdict, "--srcdict")
     steps = Steps(out, force=args.force)
 
     if args.raw_dir is not None:
-        raw_dir = Path(args.raw_dir)
+        raw_dir = existing_dir(args.raw_dir, "--raw-dir", "give the unzipped wikitext-103 directory with "
+                               "wiki.train/valid/test.tokens (or pass --archive wikitext-103-v1.zip)")
         if not (raw_dir / FILES["train"]).is_file() and (raw_dir / MEMBER_DIR / FILES["train"]).is_file():
             raw_dir = raw_dir / MEMBER_DIR  # the directory the archive was unzipped into
         files = {split: raw_dir / name for split, name in FILES.items()}

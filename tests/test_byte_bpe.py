@@ -1,4 +1,5 @@
 """``--bpe srupp_bytes``: text ↔ byte tokens, as char_level tokenizes corpora."""
+import random
 from argparse import Namespace
 
 import pytest
@@ -79,6 +80,16 @@ def test_decode_eos_and_specials(bpe):
 def test_decode_invalid_utf8_is_replaced(bpe):
     assert bpe.decode("104 195") == "h\ufffd"  # truncated multi-byte sequence
     assert bpe.decode("255 104") == "\ufffdh"
+
+
+def test_bytes_read_with_surrogateescape_encode_to_themselves(bpe):
+    # fairseq-interactive's stdin is read with surrogateescape under this BPE: any bytes, valid
+    # UTF-8 or not, must reach the model as exactly their byte tokens (as char_level writes them).
+    rng = random.Random(0)
+    for _ in range(50):
+        data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40))).replace(b"\n", b" ")
+        assert bpe.encode(data.decode("utf-8", errors="surrogateescape")).split() == next(byte_token_lines(data)).split()
+    assert bpe.encode("a\udcff\u00e9") == "97 255 195 169"
 
 
 def test_is_beginning_of_word(bpe):

@@ -1,4 +1,5 @@
 """Converting the paper's enwik8 Model state dict gives a fairseq model with the same log-probs."""
+import math
 import random
 
 import pytest
@@ -90,3 +91,76 @@ def test_wrong_vocabulary_size_is_reported(corpus_and_dict):
     torch.save(paper.state_dict(), str(tmp_path / "paper.pt"))
     with pytest.raises(ValueError, match="vocabulary rows"):
         convert_enwik8(tmp_path / "paper.pt", tmp_path / "dict.txt", tmp_path / "c.pt", vocabulary=vocab[:-1])
+
+
+def paper_stateful_bits(paper, ids, window):
+    """The paper's evaluation of one contiguous stream: segments of ``window`` positions, c and the
+    layer inputs carried, each query seeing itself and the ``window`` positions before it.
+    ``ids`` (N + 1,) paper indices, the first being the newline before the text; returns the mean
+    negative log2-probability of ids[1:]."""
+    from test_stateful_task import paper_same_length_mask
+
+    full_mask = paper_same_length_mask(window)
+    hidden, memory = torch.zeros(len(paper.rnn.rnn_lst), 1, paper.embedding_layer.embedding_dim), None
+    nll, inputs, targets = 0.0, ids[:-1], ids[1:]
+    with torch.no_grad():
+        for start in range(0, len(targets), window):
+            x = inputs[start:start + window].view(-1, 1)  # (T, 1)
+            mem_len = 0 if memory is None else memory[0].shape[0]
+            mask = full_mask[mem_len:mem_len + x.shape[0], :mem_len + x.shape[0]]
+            h, hidden, saved = paper.rnn(paper.embedding_layer(x), hidden, memory=memory, attn_mask=mask)
+            memory = saved["saved_inputs"]
+            lprobs = torch.log_softmax(paper.output_layer(h[:, 0]), dim=-1)
+            nll -= lprobs.gather(1, targets[start:start + window].view(-1, 1)).sum().item()
+    return nll / len(targets) / math.log(2)
+
+
+def test_converted_checkpoint_evaluates_as_the_paper(corpus_and_dict):
+    """The checkpoint stores the stateful task with the paper's window and one stream: README's
+    fairseq-eval-lm command, and the checkpoint's own task with no flags at all, both give the
+    paper's carried-state loss, not the zero-state blocks of language_modeling."""
+    from fairseq_cli.eval_lm import eval_lm
+
+    from cli_utils import EVAL_LOSS, USER_DIR, run_tool
+    from fairseq_srupp.data.char_level import write_byte_tokens
+    from fairseq_srupp.data.preprocess import fairseq_preprocess
+
+    tmp_path, corpus = corpus_and_dict
+    vocab = corpus_vocabulary(tmp_path / "corpus.raw")
+    paper = PaperEnwik8Model(len(vocab), 16, 8, 2, 1)
+    randomize_(paper.rnn)
+    paper.eval()
+    torch.save(paper.state_dict(), str(tmp_path / "paper.pt"))
+    default = convert_enwik8(tmp_path / "paper.pt", tmp_path / "dict.txt", tmp_path / "default.pt", vocabulary=vocab)
+    cfg = torch.load(str(default), weights_only=True)["cfg"]
+    assert cfg["task"]["_name"] == "srupp_language_modeling"
+    windows = [cfg["task"][k] for k in ("eval_unroll_size",) if k in cfg["task"]] + [cfg["model"]["eval_window"]]
+    assert windows and set(windows) == {3072}
+    assert cfg["dataset"]["batch_size"] == 1
+
+    window = 24  # the paper's 3072 would need a 3072-byte test split for one segment
+    text = corpus[1000:1130]
+    text = text[:text.rindex(b"\n") + 1]  # whole lines: the stream is exactly these bytes
+    files = {}
+    for split in ("train", "valid", "test"):
+        files[split] = tmp_path / "{}.tokens".format(split)
+        write_byte_tokens(text, files[split])
+    data_bin = fairseq_preprocess(tmp_path / "bin", files, srcdict=tmp_path / "dict.txt")
+    out = convert_enwik8(tmp_path / "paper.pt", tmp_path / "dict.txt", tmp_path / "converted.pt", vocabulary=vocab,
+                         eval_window=window)
+    ids = torch.tensor([vocab.index(b) for b in b"\n" + text])
+    reference = paper_stateful_bits(paper, ids, window)
+    blocks = paper_stateful_bits(paper, ids, len(ids))  # sanity: the window matters on this text
+    assert abs(blocks - reference) > 1e-3
+
+    log = run_tool("fairseq-eval-lm", data_bin, "--user-dir", USER_DIR, "--task", "srupp_language_modeling",
+                   "--path", out, "--gen-subset", "test", "--eval-unroll-size", window, "--batch-size", 1,
+                   "--cpu", "--num-workers", 0)
+    assert float(EVAL_LOSS.findall(log)[-1]) == pytest.approx(reference, abs=2e-4)
+
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(out)], arg_overrides={"data": str(data_bin)})
+    task.load_dataset("test")
+    batches = task.eval_lm_dataloader(task.dataset("test"), batch_size=cfg.dataset.batch_size, num_workers=0)
+    with torch.no_grad():
+        result = eval_lm([models[0].eval()], task.source_dictionary, batches)
+    assert result["loss"] == pytest.approx(reference, abs=1e-5)

@@ -309,12 +309,12 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def test_an_interrupted_run_keeps_finished_steps_and_loses_nothing(tmp_path, monkeypatch):
-    from fairseq_srupp.data import pipeline
+    from fairseq_srupp.data import binarize, files
 
     data = enwik8_bytes()
     archive = write_zip(tmp_path / "enwik8.zip", {"enwik8": data})
     out = tmp_path / "out"
-    real = pipeline.fairseq_preprocess
+    real = binarize.fairseq_preprocess
 
     def interrupted(data_bin, files, **kwargs):
         def finish(tmp):
@@ -323,15 +323,15 @@ def test_an_interrupted_run_keeps_finished_steps_and_loses_nothing(tmp_path, mon
 
         return real(data_bin, files, **dict(kwargs, finish=finish))
 
-    monkeypatch.setattr(pipeline, "fairseq_preprocess", interrupted)
+    monkeypatch.setattr(binarize, "fairseq_preprocess", interrupted)
     code, log, err = run("prepare_enwik8", "--archive", archive, "--out", out, *ENWIK8_SPLIT)
     assert code == 130 and "rerun the same command" in err
     assert not (out / "data-bin").exists()
-    assert not [p for p in out.rglob("*") if pipeline.TMP_MARK in p.name]
+    assert not [p for p in out.rglob("*") if files.TMP_MARK in p.name]
     assert (out / ".stamps" / "tokenize.json").exists() and not (out / ".stamps" / "binarize.json").exists()
-    monkeypatch.setattr(pipeline, "fairseq_preprocess", real)
+    monkeypatch.setattr(binarize, "fairseq_preprocess", real)
 
-    stale = out / ".data-bin{}-99999".format(pipeline.TMP_MARK)  # as if killed: temporaries left behind
+    stale = out / ".data-bin{}-99999".format(files.TMP_MARK)  # as if killed: temporaries left behind
     stale.mkdir()
     (stale / "train.bin").write_bytes(b"partial")
     log = run_ok("prepare_enwik8", "--archive", archive, "--out", out, *ENWIK8_SPLIT)

@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Union
 
 from .checkpoint import build_cfg, save_fairseq_checkpoint
 from .common import check_against_model, load_paper_state
-from .enwik8 import PAPER_PREFIXES, corpus_vocabulary, infer_model_config, remap_rows, strip_wrappers  # noqa: F401
+from .enwik8 import EVAL_WINDOW, PAPER_PREFIXES, corpus_vocabulary, infer_model_config, remap_rows, strip_wrappers  # noqa: F401
 from .word_level import (
     DATASETS,
     choose_tied,
@@ -50,6 +50,7 @@ def convert_enwik8(
     vocabulary: Optional[Sequence[int]] = None,
     num_heads: int = 1,
     allow_missing: bool = False,
+    eval_window: int = EVAL_WINDOW,
 ) -> Path:
     """Convert a paper enwik8 state dict to a fairseq ``srupp_lm`` checkpoint at ``out_path``.
 
@@ -61,21 +62,23 @@ def convert_enwik8(
             paper's vocabulary), or give ``vocabulary`` directly.
         num_heads: attention heads (not recoverable from weight shapes; 1 in every preset).
         allow_missing: accept a dictionary lacking some of the paper's bytes.
+        eval_window: evaluation segment = attention window stored with the checkpoint (the
+            paper's 3072), see :func:`~fairseq_srupp.convert.checkpoint.build_cfg`.
     """
     from fairseq.data import Dictionary
 
     if (corpus is None) == (vocabulary is None):
         raise ValueError("give exactly one of corpus (the raw training text) or vocabulary (byte values)")
+    paper_state = load_paper_state(paper_checkpoint)
     vocab = list(vocabulary) if vocabulary is not None else corpus_vocabulary(corpus)
     dict_path = Path(dict_path)
     if not dict_path.is_file():
         raise FileNotFoundError("no fairseq dictionary at {}".format(dict_path))
     dictionary = Dictionary.load(str(dict_path))
-    paper_state = load_paper_state(paper_checkpoint)
     overrides = infer_model_config(paper_state)
     overrides["num_heads"] = num_heads
     state = remap_rows(paper_state, vocab, dictionary.symbols, allow_missing=allow_missing)
-    cfg = build_cfg(dict_path.parent, "srupp_lm", overrides)
+    cfg = build_cfg(dict_path.parent, "srupp_lm", overrides, window=eval_window)
     origins = {}
     for paper_prefix, prefix in PAPER_PREFIXES.items():
         origins.update({prefix + k[len(paper_prefix):]: k for k in paper_state if k.startswith(paper_prefix)})
@@ -123,7 +126,8 @@ def convert_word_level(
         tied_projections: None infers it from the state dict (one set of projections, or two
             equal sets on wt103 → tied; two different sets → untied).
         num_heads: attention heads (not recoverable from weight shapes; 1 in every preset).
-        eval_window: attention window of generation (default: the paper's, wt103 2560, lm1b 96).
+        eval_window: evaluation segment = attention window, also of generation (default: the paper's,
+            wt103 2560, lm1b 96), stored with the stateful task (see ``build_cfg``).
     """
     from fairseq.data import Dictionary
 
@@ -171,12 +175,12 @@ def convert_word_level(
     overrides.update(
         adaptive_softmax_cutoff=",".join(str(c) for c in cutoffs),
         num_heads=num_heads,
-        eval_window=setup.eval_window if eval_window is None else eval_window,
         dropout=setup.dropout,
         attn_dropout=setup.attn_dropout,
         emb_dropout=setup.emb_dropout,
     )
-    cfg = build_cfg(out_dir, "srupp_lm", overrides, extra_args=["--criterion", "srupp_adaptive_loss"])
+    cfg = build_cfg(out_dir, "srupp_lm", overrides, window=setup.eval_window if eval_window is None else eval_window,
+                    prepend_eos=setup.prepend_eos, extra_args=["--criterion", "srupp_adaptive_loss"])
     check_against_model(cfg, symbols, state, origins)
 
     dict_path = write_dict(out_dir / "dict.txt", symbols)

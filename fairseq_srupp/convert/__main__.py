@@ -11,8 +11,15 @@ import logging
 import sys
 from pathlib import Path
 
+from fairseq_srupp.data.files import existing_file
+from fairseq_srupp.errors import SRUppUserError
+
 from . import convert_enwik8, convert_word_level
+from .enwik8 import EVAL_WINDOW
 from .word_level import DATASETS
+
+# Options naming input files: checked first, so that a directory or a typo gets one clear line.
+INPUT_FILES = ("paper_checkpoint", "dict", "corpus", "vocab")
 
 
 def parse_byte_list(text: str):
@@ -43,9 +50,33 @@ def add_word_level_parser(sub, dataset: str, help_text: str):
     tie.add_argument("--untied-projections", dest="tied", action="store_const", const=False,
                      help="separate input and output projections")
     parser.add_argument("--num-heads", type=int, default=1, help="attention heads (default: %(default)s)")
-    parser.add_argument("--eval-window", type=int, default=setup.eval_window,
-                        help="attention window of generation (default: %(default)s, the paper's)")
+    add_window_option(parser, setup.eval_window)
     return parser
+
+
+def add_window_option(parser, window: int) -> None:
+    parser.add_argument("--eval-window", type=int, default=window,
+                        help="evaluation segment = attention window stored in the checkpoint, also used by "
+                             "generation (default: %(default)s, the paper's)")
+
+
+def check_outputs(args) -> None:
+    """Refuse an output path of the wrong kind before the (possibly long) conversion."""
+    if getattr(args, "out", None) is not None and Path(args.out).is_dir():
+        raise SRUppUserError("--out {} is a directory: give the path of the checkpoint file to write, e.g. "
+                             "{}".format(args.out, Path(args.out) / "model.pt"))
+    if getattr(args, "out_dir", None) is not None and Path(args.out_dir).is_file():
+        raise SRUppUserError("--out-dir {} is a file: give a directory for model.pt and dict.txt".format(args.out_dir))
+
+
+def print_eval_command(data_bin: str, model: Path, window: int, prepend_eos: bool = False) -> None:
+    # fairseq-eval-lm builds its task from the command line, not from the checkpoint: the stateful
+    # task and its window must be named there.
+    user_dir = Path(__file__).resolve().parents[1]
+    print("then evaluate as the paper does (one contiguous stream, window {}):".format(window))
+    print("  fairseq-eval-lm {d} --user-dir {u} --task srupp_language_modeling --path {m} --gen-subset test "
+          "--eval-unroll-size {w} --batch-size 1{p}".format(d=data_bin, u=user_dir, m=model, w=window,
+                                                            p=" --prepend-eos" if prepend_eos else ""))
 
 
 def main(argv=None):
@@ -61,11 +92,16 @@ def main(argv=None):
     vocab.add_argument("--vocab-bytes", type=parse_byte_list, help="comma-separated byte values of the paper vocabulary, in order")
     enwik8.add_argument("--num-heads", type=int, default=1)
     enwik8.add_argument("--allow-missing", action="store_true", help="accept a dict.txt lacking some paper bytes")
+    add_window_option(enwik8, EVAL_WINDOW)
     add_word_level_parser(sub, "wt103", "the paper's WikiText-103 Model state dict (writes model.pt + dict.txt)")
     add_word_level_parser(sub, "lm1b", "the paper's Billion Word Model state dict (writes model.pt + dict.txt)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
+        for name in INPUT_FILES:
+            if getattr(args, name, None) is not None:
+                existing_file(getattr(args, name), "--" + name.replace("_", "-"))
+        check_outputs(args)
         if args.dataset == "enwik8":
             out = convert_enwik8(
                 args.paper_checkpoint,
@@ -75,8 +111,10 @@ def main(argv=None):
                 vocabulary=args.vocab_bytes,
                 num_heads=args.num_heads,
                 allow_missing=args.allow_missing,
+                eval_window=args.eval_window,
             )
             print("wrote {}".format(out))
+            print_eval_command(str(Path(args.dict).parent), out, args.eval_window)
             return 0
         result = convert_word_level(
             args.paper_checkpoint,
@@ -90,8 +128,12 @@ def main(argv=None):
             num_heads=args.num_heads,
             eval_window=args.eval_window,
         )
-    except (ValueError, FileNotFoundError) as err:
+    except ValueError as err:
         print("error: {}".format(err), file=sys.stderr)
+        return 2
+    except OSError as err:  # permission denied, disk full, ...
+        print("error: {}{}".format(err.strerror or err, " ({})".format(err.filename) if err.filename else ""),
+              file=sys.stderr)
         return 2
     out_dir = result.model.parent
     print("wrote {} and {}".format(result.model, result.dictionary))
@@ -106,11 +148,7 @@ def main(argv=None):
     if args.dataset == "lm1b":
         print("  (one sentence per line. The paper's stream has ONE <S> between consecutive sentences and one before "
               "the first, which is what --prepend-eos gives: fairseq's </s> after every line plus one at the start.)")
-    user_dir = Path(__file__).resolve().parents[1]
-    print("then evaluate as the paper does (contiguous streams, window {w}):".format(w=args.eval_window))
-    print("  fairseq-eval-lm DATA-BIN --user-dir {u} --task srupp_language_modeling --path {m} --gen-subset test "
-          "--eval-unroll-size {w} --batch-size 1{p}".format(u=user_dir, m=result.model, w=args.eval_window,
-                                                             p=" --prepend-eos" if args.dataset == "lm1b" else ""))
+    print_eval_command("DATA-BIN", result.model, args.eval_window, DATASETS[args.dataset].prepend_eos)
     print("or load it in Python: SRUppLanguageModel.from_pretrained('{}')".format(out_dir))
     return 0
 

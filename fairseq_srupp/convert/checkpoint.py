@@ -1,5 +1,4 @@
 """Write a converted state dict as a fairseq checkpoint that fairseq's tools load."""
-import argparse
 from pathlib import Path
 from typing import Dict, Sequence
 
@@ -7,16 +6,33 @@ import torch
 from torch import Tensor
 
 
-def build_cfg(data_dir: Path, arch: str, overrides: Dict[str, object], extra_args: Sequence[str] = ()):
-    """The training config a ``fairseq-train DATA --user-dir fairseq_srupp --arch ARCH`` run would have."""
+def build_cfg(data_dir: Path, arch: str, overrides: Dict[str, object], window: int, prepend_eos: bool = False,
+              extra_args: Sequence[str] = ()):
+    """The config a ``fairseq-train DATA --user-dir fairseq_srupp --task srupp_language_modeling --arch
+    ARCH`` run would have, set up for the paper's evaluation.
+
+    The task is the stateful one with segments and attention window ``window`` and one stream
+    (``--batch-size 1``: every token gets the whole carried context), so whatever builds the
+    checkpoint's own task (``from_pretrained``, ``load_model_ensemble_and_task`` without a task)
+    evaluates as the paper; the model's generation window is ``window`` too. ``prepend_eos``:
+    Billion Word's sentence layout.
+    """
+    from dataclasses import fields
+
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     import fairseq_srupp
+    from fairseq_srupp.tasks import SRUppLanguageModelingConfig
 
     user_dir = str(Path(fairseq_srupp.__file__).parent)
-    argv = [str(data_dir), "--user-dir", user_dir, "--task", "language_modeling", "--arch", arch, "--cpu"]
-    for name, value in overrides.items():
+    argv = [str(data_dir), "--user-dir", user_dir, "--task", "srupp_language_modeling", "--arch", arch, "--cpu",
+            "--tokens-per-sample", str(window), "--batch-size", "1"]
+    if "eval_unroll_size" in {f.name for f in fields(SRUppLanguageModelingConfig)}:
+        argv += ["--eval-unroll-size", str(window)]
+    if prepend_eos:
+        argv.append("--prepend-eos")
+    for name, value in dict(overrides, eval_window=window).items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):  # every boolean option is a store_true flag
             if value:

@@ -7,10 +7,16 @@
   initialisation) and compares names and shapes, so a converted checkpoint that would not load is
   reported at conversion time, in the paper's key names.
 """
+import pickle
+import re
+import zipfile
+from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+from fairseq_srupp.errors import SRUppUserError
 
 # exp(-1e4) underflows to 0 in fp32, and -1e4 still fits in fp16: the output bias of symbols the
 # paper model has no row for, so that they take no probability mass.
@@ -28,9 +34,60 @@ def strip_wrappers(state: Dict) -> Dict[str, Tensor]:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
+PAPER_TOP_LEVEL = ("embedding_layer.", "rnn.", "output_layer.")
+EXPECTED = ("expected the state dict the paper's train_*.py saves (tensors named embedding_layer.*, "
+            "rnn.rnn_lst.{i}.*, output_layer.*)")
+
+
+def _refused_load(path: Path, err: Exception) -> SRUppUserError:
+    """Say what a file torch.load(weights_only=True) cannot read is, without unpickling it."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            legacy = f.read(2) == b"\x80\x02"  # torch.save's format before 1.6: a bare pickle
+        if legacy:
+            return SRUppUserError("{} (an old-format torch file) holds Python objects besides tensors or is "
+                                  "damaged; torch.load(weights_only=True) refused it: {}".format(path, EXPECTED))
+        return SRUppUserError("{} is not a file torch.save wrote (torch.load cannot read it): {}".format(
+            path, EXPECTED))
+    with zipfile.ZipFile(path) as zf:
+        pickles = [n for n in zf.namelist() if n.endswith("/data.pkl")]
+        record = zf.read(pickles[0]) if pickles else b""
+    if b"optimizer_history" in record:  # every checkpoint fairseq's trainer writes holds it
+        return SRUppUserError("{} is a fairseq training checkpoint, not the paper's state dict: it needs no "
+                              "conversion (give it to fairseq's tools with --path); {}".format(path, EXPECTED))
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    return SRUppUserError("{} holds Python objects besides tensors ({}), which are not loaded for safety: {}".format(
+        path, found.group(1) if found else "torch.load(weights_only=True) refused it", EXPECTED))
+
+
 def load_paper_state(path) -> Dict[str, Tensor]:
-    """``torch.load`` a paper state dict on the CPU (tensors only) and unwrap it."""
-    return strip_wrappers(torch.load(str(path), map_location="cpu", weights_only=True))
+    """``torch.load`` a paper state dict on the CPU (tensors only) and unwrap it.
+
+    Anything else (a fairseq checkpoint, a file of other tensors, a text file) is refused with a
+    :class:`SRUppUserError` saying what was expected and what was found.
+    """
+    path = Path(path)
+    try:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError) as err:
+        raise _refused_load(path, err) from None
+    if not isinstance(loaded, dict):
+        raise SRUppUserError("{} holds a {}, not a dict of tensors: {}".format(path, type(loaded).__name__, EXPECTED))
+    if "model" in loaded and ("cfg" in loaded or "args" in loaded):
+        raise SRUppUserError("{} is a fairseq checkpoint (keys {}), not the paper's state dict: it needs no "
+                             "conversion (give it to fairseq's tools with --path); {}".format(
+                                 path, ", ".join(sorted(loaded)[:6]), EXPECTED))
+    state = strip_wrappers(loaded)
+    ours = [k for k in state if k.startswith(PAPER_TOP_LEVEL)]
+    if not ours or not all(isinstance(state[k], Tensor) for k in ours):
+        names = sorted(state)
+        if names and all(k.startswith("decoder.") for k in names):
+            raise SRUppUserError("{} is the state dict of a fairseq model (keys decoder.*), not the paper's: {}".format(
+                path, EXPECTED))
+        shown = ", ".join(names[:5]) + (", ... ({} keys)".format(len(names)) if len(names) > 5 else "")
+        raise SRUppUserError("{} holds no tensor of the paper's Model (its keys: {}): {}".format(
+            path, shown or "none", EXPECTED))
+    return state
 
 
 def infer_rnn_config(paper_state: Mapping[str, Tensor]) -> Dict[str, object]:

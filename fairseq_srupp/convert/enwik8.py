@@ -13,16 +13,19 @@ probability mass and the log-probabilities of real bytes equal the paper model's
 """
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from fairseq_srupp.data.char_level import NEWLINE
+from fairseq_srupp.data.char_level import byte_value
 
 from .common import NO_PROBABILITY, infer_rnn_config, strip_wrappers  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
+
+# The paper's enwik8 evaluation: segments of 3072 bytes, each attending to the 3072 before it.
+EVAL_WINDOW = 3072
 
 PAPER_PREFIXES = {
     "embedding_layer.": "decoder.embed_tokens.",
@@ -35,15 +38,6 @@ def corpus_vocabulary(corpus: Union[str, Path]) -> List[int]:
     """The paper's vocabulary: sorted distinct bytes of the whole corpus file."""
     counts = torch.bincount(torch.frombuffer(bytearray(Path(corpus).read_bytes()), dtype=torch.uint8).long(), minlength=256)
     return [b for b in range(256) if counts[b] > 0]
-
-
-def symbol_to_byte(symbol: str) -> Optional[int]:
-    """fairseq symbol of a byte-level dictionary → byte value (None for other specials)."""
-    if symbol == "</s>":
-        return NEWLINE
-    if symbol.isdigit() and int(symbol) < 256:
-        return int(symbol)
-    return None
 
 
 def infer_model_config(paper_state: Dict[str, Tensor]) -> Dict[str, object]:
@@ -69,7 +63,7 @@ def remap_rows(
             "pass the corpus the model was trained on (--corpus)".format(emb.shape[0], len(vocabulary))
         )
     paper_row = {b: i for i, b in enumerate(vocabulary)}
-    fairseq_bytes = [symbol_to_byte(s) for s in symbols]
+    fairseq_bytes = [byte_value(s) for s in symbols]
     missing = sorted(set(vocabulary) - {b for b in fairseq_bytes if b is not None})
     if missing and not allow_missing:
         raise ValueError(

@@ -41,6 +41,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from fairseq_srupp.data.vocab import EOS_ID, FAIRSEQ_SPECIALS, UNK_ID, read_vocab_lines
 from fairseq_srupp.modules.adaptive_softmax import cluster_widths
 
 from .common import NO_PROBABILITY, RNN_PREFIX, infer_rnn_config, rename_rnn_key
@@ -48,9 +49,6 @@ from .common import NO_PROBABILITY, RNN_PREFIX, infer_rnn_config, rename_rnn_key
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
-
-FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
-EOS_ID, UNK_ID = 2, 3
 
 OUT_LAYER = re.compile(r"^output_layer\.out_layers\.(\d+)\.(weight|bias)$")
 OUT_PROJ = re.compile(r"^output_layer\.out_projs\.(\d+)$")
@@ -70,6 +68,7 @@ class WordLevelDataset:
     dropout: float  # the training scripts' defaults, kept in the config for fine-tuning
     attn_dropout: float
     emb_dropout: float
+    prepend_eos: bool = False  # the stream wraps every sentence in eos on both sides (--prepend-eos)
 
 
 DATASETS: Dict[str, WordLevelDataset] = {
@@ -77,7 +76,7 @@ DATASETS: Dict[str, WordLevelDataset] = {
     # is an ordinary (frequent) word of that vocabulary.
     "wt103": WordLevelDataset("<eos>", "<unk>", True, (19997, 39997, 199997), 267735, 2560, 0.15, 0.15, 0.15),
     # Billion Word: vocabulary read from 1b_word_vocab.txt; sentences are wrapped in '<S>'.
-    "lm1b": WordLevelDataset("<S>", "<UNK>", False, (59998, 159998), 793471, 96, 0.05, 0.0, 0.0),
+    "lm1b": WordLevelDataset("<S>", "<UNK>", False, (59998, 159998), 793471, 96, 0.05, 0.0, 0.0, prepend_eos=True),
 }
 
 
@@ -88,24 +87,10 @@ def read_vocab_file(path: PathLike) -> List[str]:
     Accepts one token per line or ``token count`` lines (1b_word_vocab.txt). A token seen again is
     skipped, as the paper's vocabulary class does (it only adds symbols it does not have yet).
     """
-    words: List[str] = []
-    seen = set()
-    repeated = 0
-    with open(str(path), "r", encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                raise ValueError(
-                    "{}, line {}: empty line; the vocabulary file needs one token per line".format(path, number)
-                )
-            if fields[0] in seen:
-                repeated += 1
-                continue
-            seen.add(fields[0])
-            words.append(fields[0])
+    entries, repeated = read_vocab_lines(path, blank_lines=False)
     if repeated:
         logger.warning("%s: skipped %d repeated token(s), as the paper's vocabulary does", path, repeated)
-    return words
+    return [word for word, _ in entries]
 
 
 def wt103_vocabulary(corpus: PathLike, specials: Sequence[str] = ("<eos>",)) -> List[str]:

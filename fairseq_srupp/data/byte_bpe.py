@@ -8,30 +8,32 @@ interface take and return ordinary text::
     fairseq-interactive DATA --user-dir fairseq_srupp --task language_modeling \\
         --path CKPT --bpe srupp_bytes
 
-* ``encode("hé")`` → ``"104 195 169"`` (UTF-8 bytes; a space is ``"32"``, a newline ``"</s>"``);
+* ``encode("hé")`` → ``"104 195 169"`` (UTF-8 bytes; a space is ``"32"``, a newline ``"</s>"``); bytes
+  that are not UTF-8 on ``fairseq-interactive``'s stdin reach the model as the bytes they are
+  (read with ``surrogateescape``, so ``encode("a\\udcff")`` → ``"97 255"``);
 * ``decode("104 195 169 </s>")`` → ``"hé\\n"``; ``<s>``, ``<pad>``, ``<unk>`` and any other symbol that
   is not a byte value are dropped, and invalid UTF-8 becomes U+FFFD.
 """
+import io
+import sys
 from dataclasses import dataclass
 
 from fairseq.data.encoders import register_bpe
 from fairseq.dataclass import FairseqDataclass
 
-EOS = "</s>"
-NEWLINE = 10
+from .char_level import EOS, NEWLINE, byte_value
+
 # Bytes that separate words; a word starts at one of them (as a GPT-2 token starts with its space).
 WHITESPACE = frozenset(b" \t\n\r\x0b\x0c")
 
 
-def byte_value(token: str):
-    """The byte a token stands for, or None when it is not a decimal byte value (specials etc.)."""
-    if token == EOS:
-        return NEWLINE
-    if token.isascii() and token.isdigit():
-        value = int(token)
-        if value < 256:
-            return value
-    return None
+def _pass_undecodable_stdin_bytes() -> None:
+    # fairseq-interactive reads prompts from sys.stdin, which is strict UTF-8: one invalid byte
+    # would end the session with a UnicodeDecodeError. With surrogateescape each such byte comes
+    # through as a lone surrogate, which encode() turns back into that very byte.
+    stdin = sys.stdin
+    if isinstance(stdin, io.TextIOWrapper) and stdin.errors == "strict":
+        stdin.reconfigure(errors="surrogateescape")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class SRUppBytesConfig(FairseqDataclass):
 class SRUppBytesBPE(object):
     def __init__(self, cfg=None, *unused):
         self.cfg = cfg
+        _pass_undecodable_stdin_bytes()
 
     @staticmethod
     def encode(x: str) -> str:
@@ -52,7 +55,7 @@ class SRUppBytesBPE(object):
         each followed by the ``</s>`` fairseq appends to a line, are the tokens of ``encode(x)``
         followed by the ``</s>`` fairseq's ``Dictionary.encode_line`` appends.
         """
-        return " ".join(EOS if b == NEWLINE else str(b) for b in x.encode("utf-8"))
+        return " ".join(EOS if b == NEWLINE else str(b) for b in x.encode("utf-8", errors="surrogateescape"))
 
     @staticmethod
     def decode(x: str) -> str:

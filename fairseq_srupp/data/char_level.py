@@ -5,18 +5,33 @@ newline symbol of every char-level model here (as in the paper's enwik8 vocabula
 newline byte is an ordinary symbol). Example: ``b"Hi\\nyo"`` → lines ``"72 105"`` and ``"121 111"``.
 """
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, List, Tuple, Union
+from typing import Iterator, List, Optional, Tuple, Union
+
+from .prep import SPLITS
+from .vocab import EOS_ID, FAIRSEQ_SPECIALS
 
 NEWLINE = 10
+EOS = FAIRSEQ_SPECIALS[EOS_ID]  # "</s>": the symbol of the newline byte
 
 
 # The token of every byte value, looked up instead of formatted: tokenizing enwik8's 100M bytes
 # this way takes seconds rather than minutes.
 BYTE_TOKENS = tuple(str(b) for b in range(256))
+
+
+def byte_value(symbol: str) -> Optional[int]:
+    """The byte a dictionary symbol stands for (``"104"`` → 104, ``"</s>"`` → 10), or None for
+    symbols that are no byte value (``<s>``, ``<pad>``, ``<unk>``, fairseq's padding words, ...)."""
+    if symbol == EOS:
+        return NEWLINE
+    if symbol.isascii() and symbol.isdigit():  # isdigit alone accepts "²", which int() refuses
+        value = int(symbol)
+        if value < 256:
+            return value
+    return None
 
 
 def byte_token_lines(data: bytes) -> Iterator[str]:
@@ -98,18 +113,15 @@ def run_streaming(module: str, args: List[object]) -> str:
 def binarize_char_corpus(data: bytes, out_dir: Union[str, Path], valid_fraction=0.05, test_fraction=0.05,
                          workers: int = 2) -> Path:
     """Split ``data``, write byte tokens to ``out_dir/{train,valid,test}.tokens`` and run
-    ``fairseq-preprocess --only-source`` into ``out_dir/data-bin``; return that directory."""
+    ``fairseq-preprocess --only-source`` into ``out_dir/data-bin`` (replaced if it exists); return it."""
+    from .preprocess import fairseq_preprocess
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = split_bytes(data, valid_fraction, test_fraction)
     print("{:,} bytes: train {:,} / valid {:,} / test {:,}".format(len(data), *(len(p) for p in parts)))
-    for name, part in zip(("train", "valid", "test"), parts):
-        write_byte_tokens(part, out_dir / "{}.tokens".format(name))
-    data_bin = out_dir / "data-bin"
-    if data_bin.exists():  # our own output from an earlier run: fairseq-preprocess refuses to overwrite it
-        shutil.rmtree(data_bin)
-    run_streaming("fairseq_cli.preprocess", [
-        "--only-source", "--trainpref", out_dir / "train.tokens", "--validpref", out_dir / "valid.tokens",
-        "--testpref", out_dir / "test.tokens", "--destdir", data_bin, "--workers", workers,
-    ])
-    return data_bin
+    files = {}
+    for name, part in zip(SPLITS, parts):
+        files[name] = out_dir / "{}.tokens".format(name)
+        write_byte_tokens(part, files[name])
+    return fairseq_preprocess(out_dir / "data-bin", files, workers=workers)

@@ -1,0 +1,103 @@
+"""The one way this project runs ``fairseq-preprocess``: in this process, into a temporary directory.
+
+Used by the dataset scripts and by :func:`fairseq_srupp.data.char_level.binarize_char_corpus` (the
+demo and the benchmarks), so every binarized split comes out of the same code.
+"""
+import logging
+import os
+import shlex
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from .files import PathLike, atomic_dir, require_nonempty, temp_path
+from .prep import SPLITS, PrepError, count, log
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def fairseq_preprocess(data_bin: PathLike, files: Dict[str, Path], srcdict: Optional[PathLike] = None,
+                       threshold: int = 0, workers: int = 1,
+                       finish: Optional[Callable[[Path], None]] = None) -> Path:
+    """``fairseq-preprocess --only-source`` of ``files`` (split name → text file) into ``data_bin``.
+
+    Runs in this process (it imports fairseq once, not twice) into a temporary directory that
+    replaces ``data_bin`` when complete; ``finish(tmp_dir)`` may edit the result before that.
+    The dictionary is ``srcdict`` verbatim if given, else built from the train split keeping
+    words seen at least ``threshold`` times (fairseq's ``--thresholdsrc``; 0 keeps every word).
+    """
+    from fairseq import options
+    from fairseq_cli import preprocess
+
+    for split in SPLITS:
+        require_nonempty(split, files[split])
+    with atomic_dir(data_bin) as tmp:
+        args = ["--only-source", "--trainpref", files["train"], "--validpref", files["valid"],
+                "--testpref", files["test"], "--destdir", tmp, "--workers", workers]
+        if srcdict is not None:
+            args += ["--srcdict", srcdict]
+        elif threshold > 0:
+            args += ["--thresholdsrc", threshold]
+        args = [str(a) for a in args]
+        shown = [str(data_bin) if a == str(tmp) else a for a in args]
+        log("$ fairseq-preprocess " + " ".join(shlex.quote(a) for a in shown))
+        parsed = options.get_preprocessing_parser().parse_args(args)
+        fairseq_logger = logging.getLogger("fairseq_cli.preprocess")
+        handlers = list(fairseq_logger.handlers)
+        try:
+            preprocess.main(parsed)
+        except (AssertionError, ValueError, RuntimeError, FileExistsError) as err:  # e.g. a malformed --srcdict
+            raise PrepError("fairseq-preprocess failed: {}".format(err or type(err).__name__)) from None
+        finally:
+            for handler in fairseq_logger.handlers[len(handlers):]:  # its log file handler, per call
+                fairseq_logger.removeHandler(handler)
+                handler.close()
+        if finish is not None:
+            finish(tmp)
+    return Path(data_bin)
+
+
+def drop_final_eos(prefix: PathLike) -> None:
+    """Remove the ``</s>`` that fairseq appends to the last line of a split whose text does not
+    end with a newline (byte-level data: there it stands for a newline byte that is not there).
+
+    Rewrites the ``.idx`` with the last item one token shorter and truncates the ``.bin``.
+    """
+    import numpy as np
+    from fairseq.data.indexed_dataset import MMapIndexedDataset, data_file_path, index_file_path
+
+    prefix = str(prefix)
+    index = MMapIndexedDataset.Index(index_file_path(prefix))
+    sizes = np.array(index.sizes, dtype=np.int64)
+    dtype = index.dtype
+    del index
+    if len(sizes) == 0 or sizes[-1] < 1:
+        return
+    sizes[-1] -= 1
+    if sizes[-1] == 0:
+        sizes = sizes[:-1]
+    tmp = temp_path(index_file_path(prefix))
+    with MMapIndexedDataset.Index.writer(str(tmp), dtype) as writer:
+        writer.write(sizes.tolist())
+    os.replace(tmp, index_file_path(prefix))
+    bin_path = data_file_path(prefix)
+    os.truncate(bin_path, int(sizes.sum()) * np.dtype(dtype).itemsize)
+
+
+def describe_data_bin(data_bin: PathLike) -> List[str]:
+    """One line for the dictionary and one per split: what ``fairseq-train`` will see."""
+    from fairseq.data import Dictionary
+    from fairseq.data.indexed_dataset import MMapIndexedDataset, index_file_path
+
+    data_bin = Path(data_bin)
+    d = Dictionary.load(str(data_bin / "dict.txt"))
+    padding = sum(1 for s in d.symbols if s.startswith("madeupword"))
+    lines = ["dictionary: {} symbols ({} special + {} from the data{})".format(
+        count(len(d)), d.nspecial, count(len(d) - d.nspecial - padding),
+        " + {} padding to a multiple of 8".format(padding) if padding else "")]
+    for split in SPLITS:
+        index = MMapIndexedDataset.Index(index_file_path(str(data_bin / split)))
+        lines.append("{}: {} lines, {} tokens".format(split, count(len(index)), count(int(index.sizes.sum()))))
+        del index
+    return lines
