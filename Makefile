@@ -6,8 +6,9 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.fairseq-srupp-installed
 DATA ?=
 DEMO_DIR ?= demo_out
+WHEELHOUSE ?= wheelhouse
 
-.PHONY: install test demo bench clean-demo
+.PHONY: install test demo bench clean-demo wheelhouse
 
 install: $(STAMP)
 
@@ -37,3 +38,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/recurrence_cpu.py
+
+# Wheels for an offline GPU machine (benchmarks/gpu/README.md). Here PY names the target's Python
+# (make wheelhouse PY=3.12), so this rule must not depend on the venv rules, which use PY too.
+wheelhouse:
+	$(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,$(PYTHON)) benchmarks/gpu/wheelhouse.py \
+	  --python-version $(if $(filter 3.%,$(PY)),$(PY),3.12) --dest $(WHEELHOUSE)
