@@ -1,0 +1,171 @@
+"""Driver of the GPU kit: runs every step of ``steps.py`` in its own process, each under a time limit,
+and writes ``report.json``, ``report.md`` and ``steps.log`` to --out (rewritten after every step, so a
+run cut short still leaves its report). Normally started by ``run_all.sh``; see benchmarks/gpu/README.md.
+
+A step that fails, crashes or runs out of time is reported with the reason and the next step runs.
+Every step's limit is cut so that the whole run ends within --budget-s of --started (the moment
+run_all.sh began, installation included), keeping --reserve-s for each later step.
+"""
+import argparse
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+# (key, title, time limit in seconds). Limits are sized for one H100 (measured run: see README.md).
+STEPS = [
+    ("environment", "0. Environment", 40),
+    ("kernel_tests", "1. pytest tests/test_cuda_kernel.py", 150),
+    ("cli", "2. fairseq-train --fp16 / --bf16 / --amp and --task srupp_language_modeling, then fairseq-eval-lm", 100),
+    ("recurrence", "3. Recurrence kernel fwd+bwd, L=1024 d=3072: bandwidth and sru's kernel", 75),
+    ("training", "4. Training at the enwik8-base shape: srupp_lm, sru reference, transformer_lm", 100),
+    ("generation", "5. Generation ms/token at 1k and 16k tokens", 150),
+]
+STATUSES = ("ok", "failed", "timeout", "skipped")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="folder for report.json, report.md and steps.log")
+    p.add_argument("--dry-run", action="store_true", help="tiny sizes on a machine without a GPU")
+    p.add_argument("--budget-s", type=float, default=470.0, help="seconds for the whole run (default 470)")
+    p.add_argument("--reserve-s", type=float, default=20.0, help="seconds kept for each later step (default 20)")
+    p.add_argument("--started", type=float, default=None, help="epoch seconds the run began (default: now)")
+    p.add_argument("--steps", default=",".join(s[0] for s in STEPS), help="comma-separated subset of steps")
+    p.add_argument("--install-log", default=None, help="log of install.py, reported as the first step")
+    p.add_argument("--install-status", type=int, default=None, help="exit status of install.py")
+    p.add_argument("--install-seconds", type=float, default=None)
+    return p.parse_args(argv)
+
+
+def tail(text, lines=15):
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def run_step(key, title, limit, dry_run, log):
+    """Run one step in its own process group (its children die with it on a timeout); return its record."""
+    record = {"key": key, "title": title, "timeout_s": round(limit, 1)}
+    with tempfile.TemporaryDirectory(prefix="srupp_kit_") as tmp:
+        out_json, out_log = Path(tmp) / "step.json", Path(tmp) / "step.log"
+        cmd = [sys.executable, str(HERE / "steps.py"), key, "--json", str(out_json)] + (["--dry-run"] if dry_run else [])
+        start = time.perf_counter()
+        with open(out_log, "w") as f:
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                code = proc.wait(timeout=limit)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                code = proc.wait()
+                record.update(status="timeout", reason="stopped after its {:.0f} s limit".format(limit))
+        record["seconds"] = round(time.perf_counter() - start, 1)
+        text = out_log.read_text(errors="replace")
+        log.write("\n===== {} ({:.1f} s, exit status {}) =====\n{}\n".format(title, record["seconds"], code, text))
+        log.flush()
+        if "status" in record:
+            record.update(results=None, markdown=["Last output:", "```", tail(text), "```"])
+        elif out_json.exists():
+            record.update(json.loads(out_json.read_text()))
+        else:
+            record.update(status="failed", results=None, reason="exit status {}: {}".format(
+                code, tail(text, 1)), markdown=["Last output:", "```", tail(text), "```"])
+    return record
+
+
+def install_record(args):
+    if args.install_status is None:
+        return {"key": "install", "title": "Install from the wheelhouse", "status": "skipped", "seconds": 0.0,
+                "reason": "no wheelhouse given", "results": None, "markdown": []}
+    text = Path(args.install_log).read_text(errors="replace") if args.install_log else ""
+    ok = args.install_status == 0
+    return {"key": "install", "title": "Install from the wheelhouse", "status": "ok" if ok else "failed",
+            "seconds": args.install_seconds, "reason": None if ok else "install.py exit status {}: {}".format(
+                args.install_status, tail(text, 1)),
+            "results": None, "markdown": ["```", tail(text, 8), "```"]}
+
+
+def device_line(steps):
+    env = next((s["results"] for s in steps if s["key"] == "environment" and s.get("results")), None)
+    if not env:
+        return "environment unknown (step 0 failed)"
+    gpu = "{gpu} ({gpu_memory_gib:.0f} GiB, {multiprocessors} SMs, sm_{capability})".format(**env) if "gpu" in env \
+        else "no GPU"
+    return "{} · torch {} (CUDA {}) · Python {}".format(gpu, env["torch"], env["torch_cuda"], env["python"])
+
+
+def markdown(report):
+    lines = ["# fairseq-srupp GPU kit report", "",
+             "{} · {}{} · {:.0f} s of a {:.0f} s budget".format(
+                 device_line(report["steps"]), report["started_utc"], " · DRY RUN" if report["dry_run"] else "",
+                 report["total_s"], report["budget_s"]), "",
+             "| step | status | seconds | note |", "| --- | --- | --- | --- |"]
+    for s in report["steps"]:
+        note = (s.get("reason") or "").replace("|", "/").replace("\n", " ")[:300]
+        lines.append("| {} | {} | {} | {} |".format(s["title"], s["status"].upper() if s["status"] != "ok" else "ok",
+                                                   s.get("seconds", ""), note))
+    for s in report["steps"]:
+        if s.get("markdown"):
+            lines += ["", "## " + s["title"], ""] + s["markdown"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out, report):
+    report["total_s"] = round(time.time() - report["started"], 1)
+    report["summary"] = {k: sum(s["status"] == k for s in report["steps"]) for k in STATUSES}
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    (out / "report.md").write_text(markdown(report))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = args.started or time.time()
+    wanted = args.steps.split(",")
+    unknown = set(wanted) - {k for k, _, _ in STEPS}
+    if unknown:
+        raise SystemExit("error: unknown step(s) {}; choose from {}".format(
+            ",".join(sorted(unknown)), ",".join(k for k, _, _ in STEPS)))
+    report = {"kit": "fairseq-srupp GPU kit", "dry_run": args.dry_run, "budget_s": args.budget_s, "started": started,
+              "started_utc": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "steps": [install_record(args)]}
+    steps = [s for s in STEPS if s[0] in wanted]
+    with open(out / "steps.log", "w") as log:
+        # sru compiles its CUDA kernel (ninja + nvcc, about a minute) on first import: start that on the
+        # idle CPU cores now; the steps that import sru later wait on torch's build lock or find it built.
+        prewarm = None
+        if not args.dry_run and {"recurrence", "training"} & set(wanted):
+            prewarm_log = tempfile.TemporaryFile("w+")
+            prewarm = subprocess.Popen([sys.executable, "-c", "import sru"], cwd=REPO, stdout=prewarm_log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        for i, (key, title, limit) in enumerate(steps):
+            remaining = args.budget_s - (time.time() - started) - args.reserve_s * (len(steps) - i - 1)
+            if remaining < 5:
+                report["steps"].append({"key": key, "title": title, "status": "skipped", "seconds": 0.0,
+                                        "reason": "time budget used up", "results": None, "markdown": []})
+            else:
+                report["steps"].append(run_step(key, title, min(limit, remaining), args.dry_run, log))
+            s = report["steps"][-1]
+            print("{:<12} {:<8} {:>6} s  {}".format(key, s["status"], s.get("seconds", ""), s.get("reason") or ""),
+                  flush=True)
+            write_report(out, report)
+        if prewarm is not None:
+            if prewarm.poll() is None:
+                os.killpg(prewarm.pid, signal.SIGKILL)
+            code = prewarm.wait()
+            prewarm_log.seek(0)
+            log.write("\n===== background build of sru (exit status {}) =====\n{}\n".format(code, prewarm_log.read()))
+    write_report(out, report)
+    print("report: {}".format(out / "report.md"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
