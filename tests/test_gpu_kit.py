@@ -85,6 +85,18 @@ def test_steps_that_do_not_fit_the_budget_are_skipped(tmp_path):
     assert all(s["reason"] == "time budget used up" for s in report["steps"][1:])
 
 
+def test_a_step_past_its_limit_is_stopped_and_keeps_its_partial_result(tmp_path, monkeypatch):
+    monkeypatch.setenv("SRUPP_GPU_KIT_HANG", "environment")
+    start = time.time()
+    run_all.main(["--out", str(tmp_path), "--dry-run", "--steps", "environment", "--budget-s", "8"])
+    assert time.time() - start < 30
+    step = json.loads((tmp_path / "report.json").read_text())["steps"][1]
+    assert step["status"] == "timeout" and step["seconds"] < 15
+    assert step["reason"].startswith("stopped after its") and step["reason"].endswith("; unfinished on purpose")
+    assert step["results"] == {"partial": True} and step["markdown"] == ["partial result"]
+    assert "| 0. Environment | TIMEOUT |" in (tmp_path / "report.md").read_text()
+
+
 def test_run_all_sh_needs_an_output_folder():
     proc = subprocess.run([str(KIT / "run_all.sh"), "--dry-run"], env=kit_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
@@ -133,7 +145,8 @@ def fake_wheel(folder, name, version, requires=(), module_source="VALUE = 1\n"):
         zf.writestr("{}.py".format(name), module_source)
         zf.writestr(info + "/METADATA", meta)
         zf.writestr(info + "/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        zf.writestr(info + "/RECORD", "{}.py,,\n{}/METADATA,,\n{}/WHEEL,,\n{}/RECORD,,\n".format(name, info, info, info))
+        zf.writestr(info + "/RECORD", "".join("{},,\n".format(f) for f in (
+            name + ".py", info + "/METADATA", info + "/WHEEL", info + "/RECORD")))
     return path
 
 

@@ -7,7 +7,6 @@ Every step's limit is cut so that the whole run ends within --budget-s of --star
 run_all.sh began, installation included), keeping --reserve-s for each later step.
 """
 import argparse
-import datetime
 import json
 import os
 import signal
@@ -55,10 +54,12 @@ def run_step(key, title, limit, dry_run, log):
     record = {"key": key, "title": title, "timeout_s": round(limit, 1)}
     with tempfile.TemporaryDirectory(prefix="srupp_kit_") as tmp:
         out_json, out_log = Path(tmp) / "step.json", Path(tmp) / "step.log"
-        cmd = [sys.executable, str(HERE / "steps.py"), key, "--json", str(out_json)] + (["--dry-run"] if dry_run else [])
+        cmd = [sys.executable, str(HERE / "steps.py"), key, "--json", str(out_json)]
+        cmd += ["--dry-run"] if dry_run else []
         start = time.perf_counter()
+        env = dict(os.environ, SRUPP_GPU_KIT_DEADLINE=str(time.time() + limit))
         with open(out_log, "w") as f:
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 code = proc.wait(timeout=limit)
             except subprocess.TimeoutExpired:
@@ -69,8 +70,12 @@ def run_step(key, title, limit, dry_run, log):
         text = out_log.read_text(errors="replace")
         log.write("\n===== {} ({:.1f} s, exit status {}) =====\n{}\n".format(title, record["seconds"], code, text))
         log.flush()
-        if "status" in record:
-            record.update(results=None, markdown=["Last output:", "```", tail(text), "```"])
+        if "status" in record:  # timed out: keep what the step saved before it was stopped
+            partial = json.loads(out_json.read_text()) if out_json.exists() else {}
+            record.update(results=partial.get("results"), markdown=partial.get("markdown") or [
+                "Last output:", "```", tail(text), "```"])
+            if partial.get("reason"):
+                record["reason"] += "; " + partial["reason"]
         elif out_json.exists():
             record.update(json.loads(out_json.read_text()))
         else:
@@ -92,7 +97,7 @@ def install_record(args):
 
 
 def device_line(steps):
-    env = next((s["results"] for s in steps if s["key"] == "environment" and s.get("results")), None)
+    env = next((s["results"] for s in steps if s["key"] == "environment" and s["status"] == "ok"), None)
     if not env:
         return "environment unknown (step 0 failed)"
     gpu = "{gpu} ({gpu_memory_gib:.0f} GiB, {multiprocessors} SMs, sm_{capability})".format(**env) if "gpu" in env \
@@ -134,7 +139,7 @@ def main(argv=None):
         raise SystemExit("error: unknown step(s) {}; choose from {}".format(
             ",".join(sorted(unknown)), ",".join(k for k, _, _ in STEPS)))
     report = {"kit": "fairseq-srupp GPU kit", "dry_run": args.dry_run, "budget_s": args.budget_s, "started": started,
-              "started_utc": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "started_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
               "steps": [install_record(args)]}
     steps = [s for s in STEPS if s[0] in wanted]
     with open(out / "steps.log", "w") as log:

@@ -1,9 +1,11 @@
 """The steps of the GPU kit, one per call:  python benchmarks/gpu/steps.py STEP --json OUT.json [--dry-run]
 
 Each step writes ``{"status": "ok" | "failed" | "skipped", "reason": str | None, "results": ...,
-"markdown": [lines]}`` to --json and exits 0; a step that crashes writes nothing and exits non-zero,
-which ``run_all.py`` reports as a failure. ``SRUPP_GPU_KIT_FAIL=step[,step]`` makes the named steps
-crash on purpose, to check that a failure is reported and the later steps still run.
+"markdown": [lines]}`` to --json and exits 0; a step that crashes exits non-zero, which ``run_all.py``
+reports as a failure. Steps made of several runs save what they have after each run, so a step stopped
+at its time limit (``SRUPP_GPU_KIT_DEADLINE``, epoch seconds, set by run_all.py) still reports it.
+To check the reporting: ``SRUPP_GPU_KIT_FAIL=step[,step]`` makes the named steps crash on purpose,
+``SRUPP_GPU_KIT_HANG=step[,step]`` makes them save a partial result and hang.
 
 With --dry-run (a machine without a GPU) every step runs at tiny size: the kernel tests are cut to
 the dispatch tests, the fairseq CLI runs fp32 on the CPU, the recurrence and training benchmarks run
@@ -32,6 +34,9 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 FAIL_ENV = "SRUPP_GPU_KIT_FAIL"
+HANG_ENV = "SRUPP_GPU_KIT_HANG"
+DEADLINE_ENV = "SRUPP_GPU_KIT_DEADLINE"
+_json_path = None  # set by main: where save() writes
 NO_GPU = "no CUDA GPU (dry run): ran at tiny size on the CPU to check the code path; the figures are no measurement"
 # "nan"/"inf" included, so a non-finite loss is seen rather than skipped by the pattern.
 TRAIN_LOSS_ANY = re.compile(r"\| train_inner \|.* loss=([-+0-9.eE]+|nan|inf)")
@@ -39,6 +44,18 @@ TRAIN_LOSS_ANY = re.compile(r"\| train_inner \|.* loss=([-+0-9.eE]+|nan|inf)")
 
 def result(status, results=None, markdown=(), reason=None):
     return {"status": status, "reason": reason, "results": results, "markdown": list(markdown)}
+
+
+def save(out):
+    """Write a step's (possibly partial) result where run_all.py reads it; return it."""
+    if _json_path is not None:
+        Path(_json_path).write_text(json.dumps(out, indent=1, default=str))
+    return out
+
+
+def seconds_left():
+    deadline = os.environ.get(DEADLINE_ENV)
+    return float(deadline) - time.time() if deadline else float("inf")
 
 
 # --------------------------------------------------------------------------------------- 0
@@ -126,17 +143,17 @@ def cli(dry_run):
     with tempfile.TemporaryDirectory(prefix="srupp_kit_cli_") as tmp:
         data_bin = make_char_data(Path(tmp))
         for i, (name, train_args, precision, eval_args) in enumerate(runs):
-            save = Path(tmp) / "ckpt{}".format(i)
+            save_dir = Path(tmp) / "ckpt{}".format(i)
             row = {"run": name, "updates": updates}
             t0 = time.perf_counter()
             try:
                 log = run_tool("fairseq-train", data_bin, *on_device(train_args), *precision, "--max-update", updates,
-                               "--save-dir", save)
+                               "--save-dir", save_dir)
                 losses = [float(v) for v in TRAIN_LOSS_ANY.findall(log)]
                 row.update(train_losses=losses, finite=all(map(math.isfinite, losses)),
                            falling=len(losses) >= 2 and losses[-1] < losses[0])
-                ev = run_tool("fairseq-eval-lm", data_bin, "--user-dir", USER_DIR, "--path", save / "checkpoint_last.pt",
-                              "--gen-subset", "valid", "--num-workers", 0, *eval_args,
+                ev = run_tool("fairseq-eval-lm", data_bin, "--user-dir", USER_DIR, "--path",
+                              save_dir / "checkpoint_last.pt", "--gen-subset", "valid", "--num-workers", 0, *eval_args,
                               *(["--cpu"] if dry_run else [p for p in precision if p != "--amp"]))
                 row["eval_loss"] = float(EVAL_LOSS.findall(ev)[-1])
                 row["ok"] = row["finite"] and row["falling"] and math.isfinite(row["eval_loss"])
@@ -145,6 +162,12 @@ def cli(dry_run):
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
             print("{}: {}".format(name, "ok" if row["ok"] else "FAILED"), flush=True)
+            if len(rows) < len(runs):
+                save(cli_result(rows, "unfinished: {} of {} runs done".format(len(rows), len(runs))))
+    return cli_result(rows)
+
+
+def cli_result(rows, unfinished=None):
     md = ["| run | train loss first → last | finite | falling | eval-lm loss (base 2) | s |",
           "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -157,7 +180,8 @@ def cli(dry_run):
             r["run"], ls[0], ls[-1], len(r.get("train_losses", [])), r.get("finite"), r.get("falling"),
             "{:.3f}".format(r["eval_loss"]) if "eval_loss" in r else "failed", r["seconds"]))
     bad = [r["run"] for r in rows if not r["ok"]]
-    return result("failed" if bad else "ok", rows, md, "failed: " + ", ".join(bad) if bad else None)
+    reason = "; ".join(filter(None, ["failed: " + ", ".join(bad) if bad else None, unfinished])) or None
+    return result("failed" if reason else "ok", rows, md, reason)
 
 
 # --------------------------------------------------------------------------------------- 3
@@ -206,23 +230,45 @@ def training(dry_run):
 
 
 def generation(dry_run):
-    """Generation ms/token at 1k and 16k tokens, srupp_lm vs transformer_lm, through the benchmark's CLI."""
+    """Generation ms/token at 1k and 16k tokens, srupp_lm vs transformer_lm, through the benchmark's CLI:
+    one process per model, each given an equal share of the time left, so a slow one cannot cost the other."""
     from train_bench import TRANSFORMER
 
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "generation.json"
-        if dry_run or not torch.cuda.is_available():
-            args = ["--device", "cpu", "--lengths", "8,16", "--threads", "1"]
+    if dry_run or not torch.cuda.is_available():
+        args = ["--device", "cpu", "--lengths", "8,16", "--threads", "1"]
+    else:
+        args = ["--device", "cuda", "--dtype", "bfloat16", "--lengths", "1000,16000", "--srupp-arch", "srupp_lm",
+                "--transformer", TRANSFORMER, "--vocab", "209"]
+    names = ["srupp_lm", "transformer_lm"]
+    data, failures = None, {}
+    for i, name in enumerate(names):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "generation.json"
+            cmd = [sys.executable, str(REPO / "benchmarks" / "generation.py"), *args, "--models", name,
+                   "--json", str(out)]
+            limit = (seconds_left() - 5) / (len(names) - i)
+            try:
+                proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      timeout=None if limit == float("inf") else max(limit, 1))
+                print(proc.stdout, flush=True)
+                if proc.returncode != 0 or not out.exists():
+                    failures[name] = "generation.py failed: {}".format(proc.stdout.strip().splitlines()[-1:])
+                    continue
+            except subprocess.TimeoutExpired:
+                failures[name] = "stopped after its share of the time, {:.0f} s".format(limit)
+                continue
+            part = json.loads(out.read_text())
+        if data is None:
+            data = part
         else:
-            args = ["--device", "cuda", "--dtype", "bfloat16", "--lengths", "1000,16000", "--srupp-arch", "srupp_lm",
-                    "--transformer", TRANSFORMER, "--vocab", "209"]
-        cmd = [sys.executable, str(REPO / "benchmarks" / "generation.py"), *args, "--json", str(out)]
-        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        print(proc.stdout, flush=True)
-        if proc.returncode != 0 or not out.exists():
-            return result("failed", {"exit_status": proc.returncode}, reason="generation.py failed: {}".format(
-                proc.stdout.strip().splitlines()[-1:]))
-        data = json.loads(out.read_text())
+            data["models"].update(part["models"])
+        save(generation_result(data, failures, unfinished=i + 1 < len(names)))
+    if data is None:
+        return result("failed", failures, reason="; ".join("{}: {}".format(k, v) for k, v in failures.items()))
+    return generation_result(data, failures)
+
+
+def generation_result(data, failures, unfinished=False):
     lo, hi = data["setup"]["lengths"][0], data["setup"]["lengths"][-1]
     md = ["{} {}, batch {}, SRU++ window {}.".format(data["setup"]["device_name"], data["setup"]["dtype"],
                                                     data["setup"]["batch"], data["setup"]["window"]), "",
@@ -237,9 +283,14 @@ def generation(dry_run):
         first, last = runs[lo]["ms_per_token"], runs[hi]["last_span_ms_per_token"]
         summary[name] = {"ms_per_token_short": first, "ms_per_token_long": last, "long_over_short": last / first}
         md.append("| {} | {:,} | {:.3f} | {:.3f} | {:.2f}x |".format(name, m["params"], first, last, last / first))
-    data["summary"] = summary
+    md += ["| {} | failed: {} | | | |".format(name, why.replace("|", "/")) for name, why in failures.items()]
+    if len(summary) == 2:
+        ratio = summary["srupp_lm"]["ms_per_token_long"] / summary["transformer_lm"]["ms_per_token_long"]
+        md += ["", "srupp_lm / transformer_lm ms/token at {:,} tokens: {:.2f}x".format(hi, ratio)]
+    data.update(summary=summary, failures=failures)
     missing = [n for n in ("srupp_lm", "transformer_lm") if n not in summary]
-    return result("failed" if missing else "ok", data, md, "no runs of " + ", ".join(missing) if missing else None)
+    reason = "unfinished" if unfinished else ("no runs of " + ", ".join(missing) if missing else None)
+    return result("failed" if reason else "ok", data, md, reason)
 
 
 STEPS = {"environment": environment, "kernel_tests": kernel_tests, "cli": cli, "recurrence": recurrence,
@@ -252,10 +303,14 @@ def main(argv=None):
     p.add_argument("--json", required=True)
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_args(argv)
+    global _json_path
+    _json_path = args.json
     if args.step in os.environ.get(FAIL_ENV, "").split(","):
         raise RuntimeError("step {} failed on purpose ({}={})".format(args.step, FAIL_ENV, os.environ[FAIL_ENV]))
-    out = STEPS[args.step](args.dry_run)
-    Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+    if args.step in os.environ.get(HANG_ENV, "").split(","):
+        save(result("failed", {"partial": True}, ["partial result"], "unfinished on purpose"))
+        time.sleep(3600)
+    save(STEPS[args.step](args.dry_run))
     return 0
 
 
