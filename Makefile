@@ -40,7 +40,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/recurrence_cpu.py
 
 # Wheels for an offline GPU machine (benchmarks/gpu/README.md). Here PY names the target's Python
-# (make wheelhouse PY=3.12), so this rule must not depend on the venv rules, which use PY too.
+# (make wheelhouse PY=3.12), so the venv is made by a sub-make that gets PY back; the venv's torch,
+# numpy and cython let pip read fairseq's sdist metadata without downloading torch.
 wheelhouse:
-	$(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,$(PYTHON)) benchmarks/gpu/wheelhouse.py \
+	$(MAKE) install PY=$(VENV)/bin/python
+	$(VENV)/bin/python benchmarks/gpu/wheelhouse.py \
 	  --python-version $(if $(filter 3.%,$(PY)),$(PY),3.12) --dest $(WHEELHOUSE)

@@ -168,6 +168,8 @@ def main(argv=None):
             prewarm_log.seek(0)
             log.write("\n===== background build of sru (exit status {}) =====\n{}\n".format(code, prewarm_log.read()))
     write_report(out, report)
+    # The device tool returns the end of the output: the report itself, in case its files do not come back.
+    print("\n" + (out / "report.md").read_text())
     print("report: {}".format(out / "report.md"))
     return 0
 
