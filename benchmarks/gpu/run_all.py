@@ -70,14 +70,18 @@ def run_step(key, title, limit, dry_run, log):
         text = out_log.read_text(errors="replace")
         log.write("\n===== {} ({:.1f} s, exit status {}) =====\n{}\n".format(title, record["seconds"], code, text))
         log.flush()
+        saved = json.loads(out_json.read_text()) if out_json.exists() else None
         if "status" in record:  # timed out: keep what the step saved before it was stopped
-            partial = json.loads(out_json.read_text()) if out_json.exists() else {}
+            partial = saved or {}
             record.update(results=partial.get("results"), markdown=partial.get("markdown") or [
                 "Last output:", "```", tail(text), "```"])
             if partial.get("reason"):
                 record["reason"] += "; " + partial["reason"]
-        elif out_json.exists():
-            record.update(json.loads(out_json.read_text()))
+        elif saved is not None:
+            record.update(saved)
+            if code != 0:  # crashed after saving a partial result
+                crash = "exit status {}: {}".format(code, tail(text, 1))
+                record.update(status="failed", reason="; ".join(filter(None, [record.get("reason"), crash])))
         else:
             record.update(status="failed", results=None, reason="exit status {}: {}".format(
                 code, tail(text, 1)), markdown=["Last output:", "```", tail(text), "```"])

@@ -48,8 +48,10 @@ def result(status, results=None, markdown=(), reason=None):
 
 def save(out):
     """Write a step's (possibly partial) result where run_all.py reads it; return it."""
-    if _json_path is not None:
-        Path(_json_path).write_text(json.dumps(out, indent=1, default=str))
+    if _json_path is not None:  # atomically: the step may be killed at its time limit at any moment
+        tmp = Path(_json_path + ".tmp")
+        tmp.write_text(json.dumps(out, indent=1, default=str))
+        os.replace(tmp, _json_path)
     return out
 
 
