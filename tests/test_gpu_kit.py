@@ -32,7 +32,7 @@ def kit_env(**extra):
 
 def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
     out = tmp_path / "report"
-    proc = subprocess.run([str(KIT / "run_all.sh"), "--out", str(out), "--dry-run", "--budget-s", "1200"],
+    proc = subprocess.run([str(KIT / "run_all.sh"), "--out", str(out), "--dry-run", "--budget-s", "850"],
                           env=kit_env(SRUPP_GPU_KIT_FAIL="kernel_tests"), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=900)
     print(proc.stdout)

@@ -35,14 +35,23 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for report.json, report.md and steps.log")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on a machine without a GPU")
-    p.add_argument("--budget-s", type=float, default=470.0, help="seconds for the whole run (default 470)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="seconds for the whole run (default 470; with --dry-run 3600)")
+    p.add_argument("--limit-scale", type=float, default=None,
+                   help="factor on every step's limit (default 1; with --dry-run 10: the limits are sized for an "
+                        "H100 machine, not for compiling extensions on a few busy CPU cores)")
     p.add_argument("--reserve-s", type=float, default=20.0, help="seconds kept for each later step (default 20)")
     p.add_argument("--started", type=float, default=None, help="epoch seconds the run began (default: now)")
     p.add_argument("--steps", default=",".join(s[0] for s in STEPS), help="comma-separated subset of steps")
     p.add_argument("--install-log", default=None, help="log of install.py, reported as the first step")
     p.add_argument("--install-status", type=int, default=None, help="exit status of install.py")
     p.add_argument("--install-seconds", type=float, default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.budget_s is None:
+        args.budget_s = 3600.0 if args.dry_run else 470.0
+    if args.limit_scale is None:
+        args.limit_scale = 10.0 if args.dry_run else 1.0
+    return args
 
 
 def tail(text, lines=15):
@@ -160,7 +169,8 @@ def main(argv=None):
                 report["steps"].append({"key": key, "title": title, "status": "skipped", "seconds": 0.0,
                                         "reason": "time budget used up", "results": None, "markdown": []})
             else:
-                report["steps"].append(run_step(key, title, min(limit, remaining), args.dry_run, log))
+                limit = min(limit * args.limit_scale, remaining)
+                report["steps"].append(run_step(key, title, limit, args.dry_run, log))
             s = report["steps"][-1]
             print("{:<12} {:<8} {:>6} s  {}".format(key, s["status"], s.get("seconds", ""), s.get("reason") or ""),
                   flush=True)
