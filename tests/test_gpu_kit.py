@@ -97,6 +97,18 @@ def test_a_step_past_its_limit_is_stopped_and_keeps_its_partial_result(tmp_path,
     assert "| 0. Environment | TIMEOUT |" in (tmp_path / "report.md").read_text()
 
 
+def test_stale_build_locks_are_cleared_except_for_a_running_build(tmp_path):
+    for name in ("fairseq_srupp_recurrence_cpu_abc", "sru_cuda", "sru_cpu", "other"):
+        (tmp_path / "py312_cu130" / name).mkdir(parents=True)
+        (tmp_path / "py312_cu130" / name / "lock").write_text("")
+    (tmp_path / "other" / "notalock").parent.mkdir()
+    (tmp_path / "other" / "notalock").write_text("")
+    removed = run_all.clear_stale_build_locks([tmp_path, tmp_path / "missing"], keep_prefixes=("sru",))
+    assert sorted(Path(p).parent.name for p in removed) == ["fairseq_srupp_recurrence_cpu_abc", "other"]
+    assert sorted(p.parent.name for p in tmp_path.glob("**/lock")) == ["sru_cpu", "sru_cuda"]
+    assert (tmp_path / "other" / "notalock").exists()
+
+
 def test_run_all_sh_needs_an_output_folder():
     proc = subprocess.run([str(KIT / "run_all.sh"), "--dry-run"], env=kit_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)

@@ -97,6 +97,27 @@ def run_step(key, title, limit, dry_run, log):
     return record
 
 
+def clear_stale_build_locks(roots, keep_prefixes=()):
+    """Remove the ``lock`` files under ``roots`` that torch.utils.cpp_extension leaves when a process is
+    killed while it compiles an extension: every later load of that extension would wait on them
+    forever. Called after a step was killed, when no process of it is left; builds of a still running
+    process (``keep_prefixes``: the background build of sru) keep theirs. Returns the removed paths."""
+    removed = []
+    for root in map(Path, roots):
+        for lock in sorted(root.glob("**/lock")) if root.is_dir() else ():
+            if not lock.parent.name.startswith(tuple(keep_prefixes)):
+                lock.unlink()
+                removed.append(str(lock))
+    return removed
+
+
+def extension_roots():
+    """Where torch builds extensions: $TORCH_EXTENSIONS_DIR (run_all.sh sets it on a GPU machine) and
+    torch's default cache."""
+    roots = [os.environ["TORCH_EXTENSIONS_DIR"]] if os.environ.get("TORCH_EXTENSIONS_DIR") else []
+    return roots + [str(Path.home() / ".cache" / "torch_extensions")]
+
+
 def install_record(args):
     if args.install_status is None:
         return {"key": "install", "title": "Install from the wheelhouse", "status": "skipped", "seconds": 0.0,
@@ -171,6 +192,11 @@ def main(argv=None):
             else:
                 limit = min(limit * args.limit_scale, remaining)
                 report["steps"].append(run_step(key, title, limit, args.dry_run, log))
+                # Not in a dry run: there the cache may be shared with builds of other processes.
+                if report["steps"][-1]["status"] == "timeout" and not args.dry_run:
+                    building = ("sru",) if prewarm is not None and prewarm.poll() is None else ()
+                    for path in clear_stale_build_locks(extension_roots(), building):
+                        log.write("removed the build lock {} left by the stopped step\n".format(path))
             s = report["steps"][-1]
             print("{:<12} {:<8} {:>6} s  {}".format(key, s["status"], s.get("seconds", ""), s.get("reason") or ""),
                   flush=True)

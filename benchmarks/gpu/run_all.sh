@@ -30,4 +30,10 @@ if [ -n "$wheelhouse" ]; then
 fi
 # The checkout's fairseq_srupp wins over an installed wheel of it.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# On a GPU machine extensions (sru's, ours) build in one known folder, where run_all.py can clear the
+# lock a stopped build leaves; a dry run keeps the usual cache, already filled by the test suite.
+case " ${rest[*]-} " in
+  *" --dry-run "*) ;;
+  *) export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/srupp_kit_torch_extensions} ;;
+esac
 exec "$PYTHON" benchmarks/gpu/run_all.py --out "$out" --started "$started" "${install[@]}" "${rest[@]}"
