@@ -80,6 +80,12 @@ def environment(dry_run):
         info.update(gpu=props.name, gpu_memory_gib=props.total_memory / 2**30,
                     multiprocessors=props.multi_processor_count, capability="{}.{}".format(props.major, props.minor),
                     peak_bf16_tflops=peak_bf16_tflops(props.name))
+        try:  # the driver and the clocks as the card was found (never changed here)
+            info["nvidia_smi"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit",
+                 "--format=csv,noheader"], stdout=subprocess.PIPE, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired) as err:
+            info["nvidia_smi"] = "unavailable: {}".format(err)
     md = ["| | |", "| --- | --- |"] + ["| {} | {} |".format(k, v) for k, v in info.items()]
     return result("ok", info, md)
 
