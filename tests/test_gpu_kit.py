@@ -147,6 +147,14 @@ def test_wheelhouse_commands_are_well_formed(tmp_path):
     assert commands[3][-1] == str(REPO)
 
 
+def test_every_requirement_of_the_project_is_in_the_wheelhouse_or_on_the_target():
+    assert wheelhouse.missing_project_requirements("3.12") == []
+    # Able to fail: a target without torch, and the extras of an older Python.
+    assert wheelhouse.missing_project_requirements("3.12", provided=wheelhouse.TARGET_PACKAGES - {"torch"}) == [
+        "torch>=2.0"]
+    assert "fairseq>=0.12.2; python_version < \"3.11\"" in wheelhouse.missing_project_requirements("3.10")
+
+
 def fake_wheel(folder, name, version, requires=(), module_source="VALUE = 1\n"):
     """A minimal pure-Python wheel holding module ``name``."""
     path = Path(folder) / "{}-{}-py3-none-any.whl".format(name, version)

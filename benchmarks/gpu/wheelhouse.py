@@ -59,6 +59,7 @@ DOWNLOAD = [
     "omegaconf==2.3.0",
     "sacremoses==0.2.0",
     "sru==3.0.0.dev6",  # the paper's reference: its CUDA kernel is compiled there with ninja + nvcc
+    "tensorboardX==2.6.5",  # fairseq's --tensorboard-logdir writer
 ]
 BUILD_HERE = ["antlr4-python3-runtime==4.9.3"]  # sdist only on PyPI
 # Source distributions kept as a fallback, with the compiled modules whose import decides it.
@@ -92,6 +93,20 @@ tifffile tiktoken timm tokenizers toolz torch torchaudio torchdiffeq torch-geome
 torchvision tqdm transformers treescope triton typer typing-extensions typing-inspect urllib3 uvloop
 wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp
 """.split())
+
+
+def missing_project_requirements(python_version, extras=("test", "cuda13"), provided=TARGET_PACKAGES):
+    """Requirements of setup.py (install_requires and ``extras``, for the target's Python) that neither
+    DOWNLOAD / BUILD_HERE nor the target's own packages provide: they must be added to DOWNLOAD."""
+    import distutils.core  # setuptools' copy
+
+    dist = distutils.core.run_setup(str(REPO / "setup.py"), stop_after="init")
+    lines = list(dist.install_requires) + [r for e in extras for r in dist.extras_require.get(e, [])]
+    ours = {canonicalize_name(Requirement(r).name) for r in DOWNLOAD + BUILD_HERE}
+    env = target_environment(python_version)
+    return [line for line in lines
+            if (Requirement(line).marker is None or Requirement(line).marker.evaluate(env))
+            and canonicalize_name(Requirement(line).name) not in ours | provided]
 
 
 def download_command(python_version, dest, requirements, pip=(sys.executable, "-m", "pip")):
