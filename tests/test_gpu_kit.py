@@ -81,6 +81,29 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
     assert "## 5. Generation" in md and "| srupp_lm |" in md
 
 
+def test_report_lists_the_targets_of_measured_steps(tmp_path):
+    import steps
+
+    rows = [{"dtype": "bfloat16", "B": 16, "sru_over_ours": 2.5, "of_copy_bandwidth": 0.41},
+            {"dtype": "float16", "B": 16, "sru_over_ours": 0.5}]
+    row = steps.find(rows, dtype="bfloat16", B=16)
+    no_row = steps.find(rows, dtype="float32")
+    measured = {"targets": [steps.target("kernel >= 2x sru", row["sru_over_ours"], lambda v: v >= 2),
+                            steps.target("copy >= 60%", row["of_copy_bandwidth"], lambda v: v >= 0.6, "{:.1%}"),
+                            steps.target("MFU >= 45%", no_row.get("mfu"), lambda v: v >= 0.45)]}
+    step = {"key": "recurrence", "title": "3. Recurrence", "status": "ok", "seconds": 1.0, "reason": None,
+            "results": measured, "markdown": []}
+    skipped = dict(step, key="training", status="skipped", results={"targets": [steps.target("x", 1.0, bool)]})
+    report = {"dry_run": False, "budget_s": 470, "started": time.time(), "started_utc": "now", "steps": [step, skipped]}
+    run_all.write_report(tmp_path, report)
+    md = (tmp_path / "report.md").read_text()
+    assert "| kernel >= 2x sru | 2.50 | yes |" in md
+    assert "| copy >= 60% | 41.0% | NO |" in md
+    assert "| MFU >= 45% | - | - |" in md
+    assert "| x |" not in md  # a skipped step's figures are no measurement
+    assert json.loads((tmp_path / "report.json").read_text())["targets"] == measured["targets"]
+
+
 def test_steps_that_do_not_fit_the_budget_are_skipped(tmp_path):
     run_all.main(["--out", str(tmp_path), "--dry-run", "--started", str(time.time() - 1000), "--budget-s", "100"])
     report = json.loads((tmp_path / "report.json").read_text())

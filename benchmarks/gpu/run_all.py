@@ -149,6 +149,10 @@ def markdown(report):
         note = (s.get("reason") or "").replace("|", "/").replace("\n", " ")[:300]
         lines.append("| {} | {} | {} | {} |".format(s["title"], s["status"].upper() if s["status"] != "ok" else "ok",
                                                    s.get("seconds", ""), note))
+    if report["targets"]:
+        lines += ["", "| target (issue 11) | measured | met |", "| --- | --- | --- |"]
+        lines += ["| {} | {} | {} |".format(t["target"], "-" if t["value"] is None else t["value"],
+                                           {True: "yes", False: "NO", None: "-"}[t["met"]]) for t in report["targets"]]
     for s in report["steps"]:
         if s.get("markdown"):
             lines += ["", "## " + s["title"], ""] + s["markdown"]
@@ -158,6 +162,10 @@ def markdown(report):
 def write_report(out, report):
     report["total_s"] = round(time.time() - report["started"], 1)
     report["summary"] = {k: sum(s["status"] == k for s in report["steps"]) for k in STATUSES}
+    # Targets of measured steps only: a dry run's tiny figures say nothing about them.
+    report["targets"] = [] if report["dry_run"] else [
+        t for s in report["steps"] if s["status"] != "skipped" and isinstance(s.get("results"), dict)
+        for t in s["results"].get("targets", [])]
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     (out / "report.md").write_text(markdown(report))
 

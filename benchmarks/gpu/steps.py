@@ -46,6 +46,17 @@ def result(status, results=None, markdown=(), reason=None):
     return {"status": status, "reason": reason, "results": results, "markdown": list(markdown)}
 
 
+def target(goal, value, met_when, fmt="{:.2f}"):
+    """One of issue 11's speed targets: the goal in words, the measured value and whether it is met
+    (None when there is no figure)."""
+    return {"target": goal, "value": None if value is None else fmt.format(value),
+            "met": None if value is None else bool(met_when(value))}
+
+
+def find(rows, **match):
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), {})
+
+
 def save(out):
     """Write a step's (possibly partial) result where run_all.py reads it; return it."""
     if _json_path is not None:  # atomically: the step may be killed at its time limit at any moment
@@ -212,6 +223,11 @@ def recurrence(dry_run):
     out = measure_recurrence(1024, 3072, [4, 16, 32], ["float32", "float16", "bfloat16"], warmup=2, repeats=5,
                              copy_gbs=copy_bandwidth_gbs())
     ok = out["sru"] == "timed"
+    row = find(out["rows"], dtype="bfloat16", B=16)
+    out["targets"] = [
+        target("recurrence fwd+bwd, B=16 bf16: sru's time / ours >= 2", row.get("sru_over_ours"), lambda v: v >= 2),
+        target("recurrence fwd+bwd, B=16 bf16: >= 60% of the copy bandwidth", row.get("of_copy_bandwidth"),
+               lambda v: v >= 0.6, "{:.1%}")]
     return result("ok" if ok else "failed", out, format_recurrence(out), None if ok else out["sru"])
 
 
@@ -228,6 +244,16 @@ def training(dry_run):
                            "32,64,2,2", "--batch", "2", "--length", "16", "--warmup", "1", "--repeats", "2"]
     out = train_bench.run(train_bench.parse_args(argv))
     md = train_bench.format_results(out)
+    out["targets"] = []
+    for dtype in ("bfloat16", "float16"):
+        r = out["ratios"].get(dtype, {})
+        out["targets"] += [
+            target("enwik8-base training {}: srupp_lm / sru reference tokens/s >= 1.5".format(dtype),
+                   r.get("srupp_over_reference_tokens_per_s"), lambda v: v >= 1.5),
+            target("enwik8-base training {}: srupp_lm peak memory <= the reference's".format(dtype),
+                   r.get("srupp_over_reference_peak_memory"), lambda v: v <= 1.0)]
+    out["targets"].append(target("enwik8-base training bf16: srupp_lm MFU >= 45%", find(
+        out["rows"], model="srupp_lm", dtype="bfloat16").get("mfu"), lambda v: v >= 0.45, "{:.1%}"))
     if not gpu:
         return result("skipped", out, md, NO_GPU)
     return result("failed" if out["errors"] else "ok", out, md,
@@ -296,7 +322,9 @@ def generation_result(data, failures, unfinished=False):
     if len(summary) == 2:
         ratio = summary["srupp_lm"]["ms_per_token_long"] / summary["transformer_lm"]["ms_per_token_long"]
         md += ["", "srupp_lm / transformer_lm ms/token at {:,} tokens: {:.2f}x".format(hi, ratio)]
-    data.update(summary=summary, failures=failures)
+    data.update(summary=summary, failures=failures, targets=[target(
+        "generation: srupp_lm ms/token at {:,} tokens <= 1.2x at {:,}".format(hi, lo),
+        summary.get("srupp_lm", {}).get("long_over_short"), lambda v: v <= 1.2)])
     missing = [n for n in ("srupp_lm", "transformer_lm") if n not in summary]
     reason = "unfinished" if unfinished else ("no runs of " + ", ".join(missing) if missing else None)
     return result("failed" if reason else "ok", data, md, reason)

@@ -98,10 +98,12 @@ wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp
 def missing_project_requirements(python_version, extras=("test", "cuda13"), provided=TARGET_PACKAGES):
     """Requirements of setup.py (install_requires and ``extras``, for the target's Python) that neither
     DOWNLOAD / BUILD_HERE nor the target's own packages provide: they must be added to DOWNLOAD."""
-    import distutils.core  # setuptools' copy
-
-    dist = distutils.core.run_setup(str(REPO / "setup.py"), stop_after="init")
-    lines = list(dist.install_requires) + [r for e in extras for r in dist.extras_require.get(e, [])]
+    # In a fresh interpreter: setuptools' distutils shim refuses to load after the stdlib's was imported.
+    read = ("import json; from distutils.core import run_setup; d = run_setup('setup.py', stop_after='init'); "
+            "print(json.dumps([list(d.install_requires), d.extras_require]))")
+    out = subprocess.run([sys.executable, "-c", read], cwd=REPO, stdout=subprocess.PIPE, text=True, check=True)
+    install_requires, extras_require = json.loads(out.stdout.strip().splitlines()[-1])
+    lines = install_requires + [r for e in extras for r in extras_require.get(e, [])]
     ours = {canonicalize_name(Requirement(r).name) for r in DOWNLOAD + BUILD_HERE}
     env = target_environment(python_version)
     return [line for line in lines
