@@ -6,8 +6,9 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.fairseq-srupp-installed
 DATA ?=
 DEMO_DIR ?= demo_out
+WHEELHOUSE ?= wheelhouse
 
-.PHONY: install test demo bench clean-demo
+.PHONY: install test demo bench clean-demo wheelhouse
 
 install: $(STAMP)
 
@@ -37,3 +38,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/recurrence_cpu.py
+
+# Wheels for an offline GPU machine (benchmarks/gpu/README.md). Here PY names the target's Python
+# (make wheelhouse PY=3.12), so the venv is made by a sub-make that gets PY back; the venv's torch,
+# numpy and cython let pip read fairseq's sdist metadata without downloading torch.
+wheelhouse:
+	$(MAKE) install PY=$(VENV)/bin/python
+	$(VENV)/bin/python benchmarks/gpu/wheelhouse.py \
+	  --python-version $(if $(filter 3.%,$(PY)),$(PY),3.12) --dest $(WHEELHOUSE)

@@ -1,17 +1,22 @@
-"""GPU benchmark of the SRU++ recurrence and of full-model training (needs CUDA, CuPy; sru optional).
+"""GPU benchmark of the SRU++ elementwise recurrence, forward + backward (needs CUDA and CuPy; sru optional).
 
-1. The elementwise recurrence, forward + backward (gradients of U, x, weight_c, bias, c0 with random
-   upstream gradients), at the enwik8 base shapes L=1024, d=3072, B in --batches, for:
-   * ``cuda``: this package's CuPy kernel (``elementwise_recurrence_cuda``);
-   * ``sru``: ``sru==3.0.0.dev6``'s own CUDA kernel (``sru.ops.elementwise_recurrence_gpu``), if importable;
-   * ``reference``: the pure-PyTorch loop (skipped with --skip-reference; it is slow).
-   Prints ms per call, the kernel's achieved memory bandwidth (bytes the kernels must move / time)
-   as a fraction of --peak-gbs (H200: 4800 GB/s), and the ratios cuda/sru and cuda/reference.
-2. Training tokens/s of ``srupp_lm`` (enwik8 base, 107.6M) against fairseq's ``transformer_lm`` with
-   about the same parameter count (--transformer-layers x 1024 wide), bf16 autocast, one optimizer
-   step per batch of --model-batch x --model-length tokens; prints tokens/s and the ratio.
+At the enwik8 base shape (L=1024, d=3072, k=3) for every batch in --batches and dtype in --dtypes it
+times, with CUDA events (median of --repeats after --warmup calls), one forward + backward with random
+upstream gradients of h and of the last cell state (gradients of U, x, weight_c, bias, c0):
 
-Run on a GPU machine:  python benchmarks/recurrence_cuda.py [--dtype bfloat16] [--batches 4 8 16 32]
+* ``fairseq_srupp``: this package's CuPy kernel (``elementwise_recurrence_cuda``);
+* ``sru``: ``sru==3.0.0.dev6``'s own CUDA kernel (``sru.ops.elementwise_recurrence_gpu`` with
+  ``amp_recurrence_fp16``: fp16 inputs run in fp16, fp32 and bf16 inputs in fp32 after a cast, as in
+  a model trained with sru), when sru imports and its kernel compiled;
+* ``reference``: the pure-PyTorch loop, only with --reference (slow).
+
+and reports ms per call, µs per time step (the recurrence is a chain over time: at small B·d its
+cost is the latency of one step), the bytes the kernels must move over the time taken, as a fraction
+of the device-to-device copy bandwidth measured on the same GPU, and sru's time over ours.
+
+    python benchmarks/recurrence_cuda.py [--batches 4 16 32] [--dtypes float32 float16 bfloat16]
+
+``benchmarks/gpu/run_all.sh`` runs the same measurement as step 3 of the GPU kit.
 """
 import argparse
 import statistics
@@ -39,26 +44,55 @@ def cuda_time_ms(fn, warmup, repeats):
     return statistics.median(times)
 
 
+def copy_bandwidth_gbs(nbytes=1 << 30, repeats=10):
+    """Device-to-device copy bandwidth in GB/s, counting the bytes read and the bytes written."""
+    src = torch.empty(nbytes // 4, device="cuda").uniform_()
+    dst = torch.empty_like(src)
+    ms = cuda_time_ms(lambda: dst.copy_(src), 3, repeats)
+    del src, dst
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
 def sru_recurrence():
+    """(function with our signature running sru's CUDA kernel, None) or (None, why it is unavailable)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             from sru.ops import elementwise_recurrence_gpu
-    except Exception as err:  # sru missing, or its CUDA build failed
-        print("sru's CUDA kernel unavailable: {}".format(err))
-        return None
+    except Exception as err:  # sru missing, or its C++ build failed
+        return None, "sru unavailable: {}".format(err)
+    # sru swaps in a dummy op when its CUDA build fails and only warns: that must not pass as timed.
+    failed = [str(w.message) for w in caught if "unsuccessful" in str(w.message)]
+    if failed:
+        return None, "sru's CUDA kernel did not compile: {}".format(failed[0].splitlines()[-1][:300])
 
-    def run(U, x, weight_c, bias, c0):
-        return elementwise_recurrence_gpu(U, x, weight_c, bias, c0, 0, c0.shape[1], False, True, None, None, None)
+    def run(U, x, weight_c, bias, c0, mask_c=None, mask_pad=None):
+        return elementwise_recurrence_gpu(U, x, weight_c, bias, c0, 0, c0.shape[1], False, True, None, mask_c,
+                                          mask_pad, True)
 
-    return run
+    return run, None
+
+
+def recurrence_inputs(L, B, d, k, dtype, device="cuda"):
+    """Random (U, x, weight_c, bias, c0) and upstream gradients (grad_h, grad_c) of one shape."""
+    inputs = [torch.randn(L, B, d * k, device=device, dtype=dtype), torch.randn(L, B, d, device=device, dtype=dtype),
+              torch.rand(2 * d, device=device) * 2 - 1, torch.randn(2 * d, device=device),
+              torch.randn(B, d, device=device)]
+    grads = (torch.randn(L, B, d, device=device), torch.randn(B, d, device=device))
+    return inputs, grads
 
 
 def recurrence_step(fn, inputs, grads):
+    """One forward + backward of ``fn``. The upstream gradients are cast to the outputs' dtypes once, in
+    the first (warm-up) call, so that no cast of an (L, B, d) tensor is timed."""
+    cast = {}
+
     def step():
         leaves = [t.detach().requires_grad_() for t in inputs]
         h, c = fn(*leaves)
-        torch.autograd.backward([h, c], [grads[0].to(h.dtype), grads[1].to(c.dtype)])
+        if not cast:
+            cast.update(h=grads[0].to(h.dtype), c=grads[1].to(c.dtype))
+        torch.autograd.backward([h, c], [cast["h"], cast["c"]])
     return step
 
 
@@ -70,107 +104,67 @@ def kernel_bytes(L, B, d, k, elem):
     return forward + backward
 
 
-def bench_recurrence(args):
-    dtype = DTYPES[args.dtype]
-    sru_fn = sru_recurrence()
-    L, d, k = args.length, args.hidden, 3
-    print("\n== recurrence fwd+bwd, L={} d={} k=3 dtype={} ==".format(L, d, args.dtype))
-    print("{:>4} {:>10} {:>10} {:>12} {:>9} {:>9} {:>9}".format("B", "cuda ms", "sru ms", "reference ms",
-                                                                   "GB/s", "of peak", "cuda/sru"))
-    for B in args.batches:
-        dev = torch.device("cuda")
-        inputs = [torch.randn(L, B, d * k, device=dev, dtype=dtype), torch.randn(L, B, d, device=dev, dtype=dtype),
-                  torch.rand(2 * d, device=dev) * 2 - 1, torch.randn(2 * d, device=dev), torch.zeros(B, d, device=dev)]
-        grads = (torch.randn(L, B, d, device=dev), torch.randn(B, d, device=dev))
-        ours = cuda_time_ms(recurrence_step(elementwise_recurrence_cuda, inputs, grads), 3, args.repeats)
-        theirs = None
-        if sru_fn is not None:
-            fp32 = [t.float() for t in inputs]  # sru's kernel computes in fp32 unless amp_recurrence_fp16
-            theirs = cuda_time_ms(recurrence_step(sru_fn, fp32, grads), 3, args.repeats)
-        ref = None if args.skip_reference else cuda_time_ms(recurrence_step(elementwise_recurrence_ref, inputs, grads), 1, 3)
-        gbs = kernel_bytes(L, B, d, k, inputs[0].element_size()) / (ours * 1e-3) / 1e9
-        print("{:>4} {:>10.3f} {:>10} {:>12} {:>9.0f} {:>8.1%} {:>9}".format(
-            B, ours, "-" if theirs is None else "{:.3f}".format(theirs), "-" if ref is None else "{:.1f}".format(ref),
-            gbs, gbs / args.peak_gbs, "-" if theirs is None else "{:.2f}x".format(theirs / ours)))
+def measure_recurrence(length, hidden, batches, dtypes, warmup=2, repeats=5, copy_gbs=None, reference=False):
+    """One row per (dtype, B): milliseconds of each implementation, µs per step, GB/s, fractions, ratio."""
+    sru_fn, sru_reason = sru_recurrence()
+    k = 3
+    rows = []
+    for dtype_name in dtypes:
+        for B in batches:
+            inputs, grads = recurrence_inputs(length, B, hidden, k, DTYPES[dtype_name])
+            ours = cuda_time_ms(recurrence_step(elementwise_recurrence_cuda, inputs, grads), warmup, repeats)
+            row = {"dtype": dtype_name, "L": length, "B": B, "d": hidden, "fairseq_srupp_ms": ours,
+                   "us_per_step": 1000.0 * ours / length}
+            row["gbs"] = kernel_bytes(length, B, hidden, k, inputs[0].element_size()) / (ours * 1e-3) / 1e9
+            row["of_copy_bandwidth"] = row["gbs"] / copy_gbs if copy_gbs else None
+            if sru_fn is not None:
+                row["sru_ms"] = cuda_time_ms(recurrence_step(sru_fn, inputs, grads), warmup, repeats)
+                row["sru_precision"] = "float16" if dtype_name == "float16" else "float32"
+                row["sru_over_ours"] = row["sru_ms"] / ours
+            if reference:
+                row["reference_ms"] = cuda_time_ms(recurrence_step(elementwise_recurrence_ref, inputs, grads), 1, 3)
+            rows.append(row)
+            del inputs, grads
+            torch.cuda.empty_cache()
+    return {"copy_bandwidth_gbs": copy_gbs, "sru": sru_reason or "timed", "rows": rows}
 
 
-def build_models(args):
-    from argparse import Namespace
-
-    from fairseq.models import ARCH_CONFIG_REGISTRY
-    from fairseq.models.transformer_lm import TransformerLanguageModel, TransformerLanguageModelConfig
-
-    from fairseq_srupp.models.srupp_lm import SRUppDecoder, SRUppLMConfig
-
-    class Vocab(list):
-        def pad(self):
-            return 1
-
-        def unk(self):
-            return 3
-
-        def eos(self):
-            return 2
-
-    vocab = Vocab(str(i) for i in range(args.vocab))
-    srupp = SRUppDecoder(SRUppLMConfig(), vocab)
-    ns = Namespace(decoder_layers=args.transformer_layers, decoder_embed_dim=1024, decoder_ffn_embed_dim=4096,
-                   decoder_attention_heads=16, tokens_per_sample=args.model_length, max_target_positions=args.model_length)
-    ARCH_CONFIG_REGISTRY["transformer_lm"](ns)
-    task = Namespace(source_dictionary=vocab, target_dictionary=vocab)
-    transformer = TransformerLanguageModel.build_model(TransformerLanguageModelConfig.from_namespace(ns), task).decoder
-    return {"srupp_lm (enwik8 base)": srupp, "transformer_lm": transformer}
+def _num(v, spec):
+    return "-" if v is None else spec.format(v)
 
 
-def bench_models(args):
-    print("\n== training tokens/s, batch {} x {} tokens, bf16 autocast ==".format(args.model_batch, args.model_length))
-    results = {}
-    for name, model in build_models(args).items():
-        model = model.cuda().train()
-        params = sum(p.numel() for p in model.parameters())
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        tokens = torch.randint(4, args.vocab, (args.model_batch, args.model_length + 1), device="cuda")
-
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = model(tokens[:, :-1])[0]
-                loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        torch.cuda.reset_peak_memory_stats()
-        ms = cuda_time_ms(step, 3, args.repeats)
-        tps = args.model_batch * args.model_length / (ms * 1e-3)
-        flops = 6 * params * tps
-        results[name] = tps
-        print("{:<24} {:>7.1f}M params {:>10,.0f} tokens/s  {:>6.1f} TFLOP/s (6N)  peak {:.1f} GiB".format(
-            name, params / 1e6, tps, flops / 1e12, torch.cuda.max_memory_allocated() / 2**30))
-    names = list(results)
-    print("srupp_lm / transformer_lm training tokens/s: {:.2f}x".format(results[names[0]] / results[names[1]]))
+def format_recurrence(result):
+    """Markdown lines of a measure_recurrence result."""
+    lines = ["Device-to-device copy: {} GB/s (read + written). sru: {}.".format(
+        _num(result["copy_bandwidth_gbs"], "{:,.0f}"), result["sru"]), "",
+        "| dtype | B | fairseq_srupp ms | µs/step | GB/s | of copy bw | sru ms (precision) | sru / ours "
+        "| reference ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result["rows"]:
+        sru = "-" if r.get("sru_ms") is None else "{:.3f} ({})".format(r["sru_ms"], r["sru_precision"])
+        lines.append("| {} | {} | {:.3f} | {:.2f} | {:,.0f} | {} | {} | {} | {} |".format(
+            r["dtype"], r["B"], r["fairseq_srupp_ms"], r["us_per_step"], r["gbs"],
+            _num(r["of_copy_bandwidth"], "{:.1%}"), sru, _num(r.get("sru_over_ours"), "{:.2f}x"),
+            _num(r.get("reference_ms"), "{:.1f}")))
+    return lines
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--hidden", type=int, default=3072)
-    parser.add_argument("--batches", type=int, nargs="+", default=[4, 8, 16, 32])
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--skip-reference", action="store_true")
-    parser.add_argument("--peak-gbs", type=float, default=4800.0, help="GPU memory bandwidth (H200: 4800)")
-    parser.add_argument("--skip-models", action="store_true")
-    parser.add_argument("--vocab", type=int, default=208)
-    parser.add_argument("--model-batch", type=int, default=4)
-    parser.add_argument("--model-length", type=int, default=1024)
-    parser.add_argument("--transformer-layers", type=int, default=8, help="8 x 1024 wide is about 101M parameters")
-    args = parser.parse_args()
+    parser.add_argument("--batches", type=int, nargs="+", default=[4, 16, 32])
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--reference", action="store_true", help="also time the pure-PyTorch loop (slow)")
+    args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("error: this benchmark needs a CUDA GPU")
     print("GPU: {}".format(torch.cuda.get_device_name()))
-    bench_recurrence(args)
-    if not args.skip_models:
-        bench_models(args)
+    result = measure_recurrence(args.length, args.hidden, args.batches, args.dtypes, args.warmup, args.repeats,
+                                copy_bandwidth_gbs(), args.reference)
+    print("\n".join(format_recurrence(result)))
 
 
 if __name__ == "__main__":

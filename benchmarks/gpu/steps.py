@@ -1,0 +1,355 @@
+"""The steps of the GPU kit, one per call:  python benchmarks/gpu/steps.py STEP --json OUT.json [--dry-run]
+
+Each step writes ``{"status": "ok" | "failed" | "skipped", "reason": str | None, "results": ...,
+"markdown": [lines]}`` to --json and exits 0; a step that crashes exits non-zero, which ``run_all.py``
+reports as a failure. Steps made of several runs save what they have after each run, so a step stopped
+at its time limit (``SRUPP_GPU_KIT_DEADLINE``, epoch seconds, set by run_all.py) still reports it.
+To check the reporting: ``SRUPP_GPU_KIT_FAIL=step[,step]`` makes the named steps crash on purpose,
+``SRUPP_GPU_KIT_HANG=step[,step]`` makes them save a partial result and hang.
+
+With --dry-run (a machine without a GPU) every step runs at tiny size: the kernel tests are cut to
+the dispatch tests, the fairseq CLI runs fp32 on the CPU, the recurrence and training benchmarks run
+their code on CPU tensors and report themselves skipped (their numbers are no measurement), and the
+generation benchmark runs its CLI on the CPU.
+"""
+import argparse
+import importlib.metadata
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks" / "gpu"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+FAIL_ENV = "SRUPP_GPU_KIT_FAIL"
+HANG_ENV = "SRUPP_GPU_KIT_HANG"
+DEADLINE_ENV = "SRUPP_GPU_KIT_DEADLINE"
+_json_path = None  # set by main: where save() writes
+NO_GPU = "no CUDA GPU (dry run): ran at tiny size on the CPU to check the code path; the figures are no measurement"
+# "nan"/"inf" included, so a non-finite loss is seen rather than skipped by the pattern.
+TRAIN_LOSS_ANY = re.compile(r"\| train_inner \|.* loss=([-+0-9.eE]+|nan|inf)")
+
+
+def result(status, results=None, markdown=(), reason=None):
+    return {"status": status, "reason": reason, "results": results, "markdown": list(markdown)}
+
+
+def target(goal, value, met_when, fmt="{:.2f}"):
+    """One of issue 11's speed targets: the goal in words, the measured value and whether it is met
+    (None when there is no figure)."""
+    return {"target": goal, "value": None if value is None else fmt.format(value),
+            "met": None if value is None else bool(met_when(value))}
+
+
+def find(rows, **match):
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), {})
+
+
+def save(out):
+    """Write a step's (possibly partial) result where run_all.py reads it; return it."""
+    if _json_path is not None:  # atomically: the step may be killed at its time limit at any moment
+        tmp = Path(_json_path + ".tmp")
+        tmp.write_text(json.dumps(out, indent=1, default=str))
+        os.replace(tmp, _json_path)
+    return out
+
+
+def seconds_left():
+    deadline = os.environ.get(DEADLINE_ENV)
+    return float(deadline) - time.time() if deadline else float("inf")
+
+
+# --------------------------------------------------------------------------------------- 0
+
+
+def environment(dry_run):
+    """Versions of Python, the framework and the project's dependencies; the GPU's properties."""
+    info = {"python": sys.version.split()[0], "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+            "cuda_available": torch.cuda.is_available()}
+    for dist in ("numpy", "cupy-cuda13x", "cupy-cuda12x", "fairseq-fixed", "fairseq", "sru", "hydra-core",
+                 "omegaconf", "triton", "fairseq-srupp"):
+        try:
+            info[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if torch.cuda.is_available():
+        from train_bench import peak_bf16_tflops
+
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=props.total_memory / 2**30,
+                    multiprocessors=props.multi_processor_count, capability="{}.{}".format(props.major, props.minor),
+                    peak_bf16_tflops=peak_bf16_tflops(props.name))
+        try:  # the driver and the clocks as the card was found (never changed here)
+            info["nvidia_smi"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit",
+                 "--format=csv,noheader"], stdout=subprocess.PIPE, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired) as err:
+            info["nvidia_smi"] = "unavailable: {}".format(err)
+    md = ["| | |", "| --- | --- |"] + ["| {} | {} |".format(k, v) for k, v in info.items()]
+    return result("ok", info, md)
+
+
+# --------------------------------------------------------------------------------------- 1
+
+
+def kernel_tests(dry_run):
+    """pytest tests/test_cuda_kernel.py, counted from its JUnit XML. On a GPU a skipped test is a failure:
+    it means the parity checks did not run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        junit = Path(tmp) / "junit.xml"
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda_kernel.py",
+               "--junitxml", str(junit)] + (["-k", "dispatch_choice"] if dry_run else [])
+        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        print(proc.stdout, flush=True)
+        if not junit.exists():
+            return result("failed", {"exit_status": proc.returncode}, reason="pytest wrote no report (exit status "
+                          "{}): {}".format(proc.returncode, proc.stdout.strip().splitlines()[-1:]))
+        suite = ET.parse(junit).getroot()
+        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+        failed = []
+        for case in suite.iter("testcase"):
+            bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+            if bad is not None:
+                failed.append({"test": case.get("name"), "message": (bad.get("message") or "")[:300]})
+    counts.update(exit_status=proc.returncode, seconds=float(suite.get("time", 0)), failed=failed)
+    problems = []
+    if proc.returncode != 0 or counts["failures"] or counts["errors"]:
+        problems.append("{} failed, {} errors".format(counts["failures"], counts["errors"]))
+    if counts["skipped"] and not dry_run:
+        problems.append("{} skipped on a GPU machine".format(counts["skipped"]))
+    md = ["{tests} tests: {failures} failed, {errors} errors, {skipped} skipped ({seconds:.0f} s)".format(**counts)]
+    md += ["- `{}`: {}".format(f["test"], f["message"].splitlines()[0] if f["message"] else "") for f in failed]
+    return result("failed" if problems else "ok", counts, md, "; ".join(problems) or None)
+
+
+# --------------------------------------------------------------------------------------- 2
+
+
+def cli(dry_run):
+    """Tiny fairseq-train runs (--fp16, --bf16, --amp, and --task srupp_language_modeling), then
+    fairseq-eval-lm on each checkpoint: training loss finite and falling, evaluation loss finite."""
+    from cli_utils import EVAL_LOSS, STATEFUL_TRAIN_ARGS, TINY_TRAIN_ARGS, USER_DIR, make_char_data, run_tool
+
+    def on_device(args):
+        return list(args) if dry_run else [a for a in args if a != "--cpu"]
+
+    lm_eval = ["--tokens-per-sample", 64, "--batch-size", 8]
+    srupp_eval = ["--task", "srupp_language_modeling", "--tokens-per-sample", 32, "--eval-unroll-size", 48,
+                  "--batch-size", 3]
+    stateful = STATEFUL_TRAIN_ARGS + ["--batch-size", 4]
+    if dry_run:  # one run: the others take the same code path, and each CPU run costs half a minute here
+        runs = [("fp32 (CPU)", TINY_TRAIN_ARGS, [], lm_eval)]
+        updates = 10
+    else:
+        runs = [("--fp16", TINY_TRAIN_ARGS, ["--fp16"], lm_eval), ("--bf16", TINY_TRAIN_ARGS, ["--bf16"], lm_eval),
+                ("--amp", TINY_TRAIN_ARGS, ["--amp"], lm_eval),
+                ("srupp task --amp", stateful, ["--amp"], srupp_eval)]
+        updates = 100
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="srupp_kit_cli_") as tmp:
+        data_bin = make_char_data(Path(tmp))
+        for i, (name, train_args, precision, eval_args) in enumerate(runs):
+            save_dir = Path(tmp) / "ckpt{}".format(i)
+            row = {"run": name, "updates": updates}
+            t0 = time.perf_counter()
+            try:
+                log = run_tool("fairseq-train", data_bin, *on_device(train_args), *precision, "--max-update", updates,
+                               "--save-dir", save_dir)
+                losses = [float(v) for v in TRAIN_LOSS_ANY.findall(log)]
+                row.update(train_losses=losses, finite=all(map(math.isfinite, losses)),
+                           falling=len(losses) >= 2 and losses[-1] < losses[0])
+                ev = run_tool("fairseq-eval-lm", data_bin, "--user-dir", USER_DIR, "--path",
+                              save_dir / "checkpoint_last.pt", "--gen-subset", "valid", "--num-workers", 0, *eval_args,
+                              *(["--cpu"] if dry_run else [p for p in precision if p != "--amp"]))
+                row["eval_loss"] = float(EVAL_LOSS.findall(ev)[-1])
+                row["ok"] = row["finite"] and row["falling"] and math.isfinite(row["eval_loss"])
+            except Exception as err:  # noqa: BLE001  (one run failing must not hide the others)
+                row.update(ok=False, error="{}: {}".format(type(err).__name__, str(err)[-1500:]))
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            print("{}: {}".format(name, "ok" if row["ok"] else "FAILED"), flush=True)
+            if len(rows) < len(runs):
+                save(cli_result(rows, "unfinished: {} of {} runs done".format(len(rows), len(runs))))
+    return cli_result(rows)
+
+
+def cli_result(rows, unfinished=None):
+    md = ["| run | train loss first → last | finite | falling | eval-lm loss (base 2) | s |",
+          "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "error" in r and "train_losses" not in r:
+            md.append("| {} | failed: {} | | | | {:.0f} |".format(
+                r["run"], r["error"].strip().splitlines()[-1][:200].replace("|", "/"), r["seconds"]))
+            continue
+        ls = r.get("train_losses") or [float("nan")]
+        md.append("| {} | {:.3f} → {:.3f} ({} logged) | {} | {} | {} | {:.0f} |".format(
+            r["run"], ls[0], ls[-1], len(r.get("train_losses", [])), r.get("finite"), r.get("falling"),
+            "{:.3f}".format(r["eval_loss"]) if "eval_loss" in r else "failed", r["seconds"]))
+    bad = [r["run"] for r in rows if not r["ok"]]
+    reason = "; ".join(filter(None, ["failed: " + ", ".join(bad) if bad else None, unfinished])) or None
+    return result("failed" if reason else "ok", rows, md, reason)
+
+
+# --------------------------------------------------------------------------------------- 3
+
+
+def recurrence(dry_run):
+    """The recurrence kernel, forward + backward, at L=1024, d=3072, B=4/16/32, fp32/fp16/bf16."""
+    from recurrence_cuda import copy_bandwidth_gbs, format_recurrence, kernel_bytes, measure_recurrence
+    from recurrence_cuda import recurrence_inputs, recurrence_step
+
+    if dry_run or not torch.cuda.is_available():
+        from bench_timing import Timer
+
+        from fairseq_srupp.ops.recurrence import elementwise_recurrence
+
+        inputs, grads = recurrence_inputs(16, 2, 8, 3, torch.float32, device="cpu")
+        seconds = Timer().time_fn(recurrence_step(elementwise_recurrence, inputs, grads), 1, 3)[0]
+        smoke = {"L": 16, "B": 2, "d": 8, "cpu_ms": 1000 * seconds, "kernel_bytes": kernel_bytes(16, 2, 8, 3, 4)}
+        return result("skipped", {"smoke": smoke}, reason=NO_GPU)
+    out = measure_recurrence(1024, 3072, [4, 16, 32], ["float32", "float16", "bfloat16"], warmup=2, repeats=5,
+                             copy_gbs=copy_bandwidth_gbs())
+    ok = out["sru"] == "timed"
+    row = find(out["rows"], dtype="bfloat16", B=16)
+    out["targets"] = [
+        target("recurrence fwd+bwd, B=16 bf16: sru's time / ours >= 2", row.get("sru_over_ours"), lambda v: v >= 2),
+        target("recurrence fwd+bwd, B=16 bf16: >= 60% of the copy bandwidth", row.get("of_copy_bandwidth"),
+               lambda v: v >= 0.6, "{:.1%}")]
+    return result("ok" if ok else "failed", out, format_recurrence(out), None if ok else out["sru"])
+
+
+# --------------------------------------------------------------------------------------- 4
+
+
+def training(dry_run):
+    """Training at the enwik8-base shape, bf16 and fp16: srupp_lm vs the paper's sru.SRUpp model vs
+    transformer_lm (see train_bench.py)."""
+    import train_bench
+
+    gpu = torch.cuda.is_available() and not dry_run
+    argv = [] if gpu else ["--device", "cpu", "--dtypes", "float32", "bfloat16", "--srupp", "32,16,2", "--transformer",
+                           "32,64,2,2", "--batch", "2", "--length", "16", "--warmup", "1", "--repeats", "2"]
+    out = train_bench.run(train_bench.parse_args(argv))
+    md = train_bench.format_results(out)
+    out["targets"] = []
+    for dtype in ("bfloat16", "float16"):
+        r = out["ratios"].get(dtype, {})
+        out["targets"] += [
+            target("enwik8-base training {}: srupp_lm / sru reference tokens/s >= 1.5".format(dtype),
+                   r.get("srupp_over_reference_tokens_per_s"), lambda v: v >= 1.5),
+            target("enwik8-base training {}: srupp_lm peak memory <= the reference's".format(dtype),
+                   r.get("srupp_over_reference_peak_memory"), lambda v: v <= 1.0)]
+    out["targets"].append(target("enwik8-base training bf16: srupp_lm MFU >= 45%", find(
+        out["rows"], model="srupp_lm", dtype="bfloat16").get("mfu"), lambda v: v >= 0.45, "{:.1%}"))
+    if not gpu:
+        return result("skipped", out, md, NO_GPU)
+    return result("failed" if out["errors"] else "ok", out, md,
+                  "; ".join("{model} {dtype}: {error}".format(**e) for e in out["errors"]) or None)
+
+
+# --------------------------------------------------------------------------------------- 5
+
+
+def generation(dry_run):
+    """Generation ms/token at 1k and 16k tokens, srupp_lm vs transformer_lm, through the benchmark's CLI:
+    one process per model, each with its own share of the time left, so a slow one cannot cost the other
+    its figures. SRU++ gets 60%: ten layers of small launches per token against the Transformer's eight."""
+    from train_bench import TRANSFORMER
+
+    if dry_run or not torch.cuda.is_available():
+        args = ["--device", "cpu", "--lengths", "8,16", "--threads", "1"]
+    else:
+        args = ["--device", "cuda", "--dtype", "bfloat16", "--lengths", "1000,16000", "--srupp-arch", "srupp_lm",
+                "--transformer", TRANSFORMER, "--vocab", "209"]
+    names = ["srupp_lm", "transformer_lm"]
+    data, failures = None, {}
+    for i, name in enumerate(names):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "generation.json"
+            cmd = [sys.executable, str(REPO / "benchmarks" / "generation.py"), *args, "--models", name,
+                   "--json", str(out)]
+            limit = (seconds_left() - 5) * (0.6 if i == 0 else 1.0)
+            try:
+                proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      timeout=None if limit == float("inf") else max(limit, 1))
+                print(proc.stdout, flush=True)
+                if proc.returncode != 0 or not out.exists():
+                    failures[name] = "generation.py failed: {}".format(proc.stdout.strip().splitlines()[-1:])
+                    continue
+            except subprocess.TimeoutExpired:
+                failures[name] = "stopped after its share of the time, {:.0f} s".format(limit)
+                continue
+            part = json.loads(out.read_text())
+        if data is None:
+            data = part
+        else:
+            data["models"].update(part["models"])
+        save(generation_result(data, failures, unfinished=i + 1 < len(names)))
+    if data is None:
+        return result("failed", failures, reason="; ".join("{}: {}".format(k, v) for k, v in failures.items()))
+    return generation_result(data, failures)
+
+
+def generation_result(data, failures, unfinished=False):
+    lo, hi = data["setup"]["lengths"][0], data["setup"]["lengths"][-1]
+    md = ["{} {}, batch {}, SRU++ window {}.".format(data["setup"]["device_name"], data["setup"]["dtype"],
+                                                    data["setup"]["batch"], data["setup"]["window"]), "",
+          "| model | params | ms/token at {lo:,} | ms/token over the last 1k of {hi:,} | ratio |".format(lo=lo, hi=hi),
+          "| --- | --- | --- | --- | --- |"]
+    summary = {}
+    for name, m in data["models"].items():
+        runs = {r["length"]: r for r in m.get("runs", [])}
+        if lo not in runs or hi not in runs:
+            md.append("| {} | {:,} | skipped: {} | | |".format(name, m["params"], m.get("skipped", "no runs")))
+            continue
+        first, last = runs[lo]["ms_per_token"], runs[hi]["last_span_ms_per_token"]
+        summary[name] = {"ms_per_token_short": first, "ms_per_token_long": last, "long_over_short": last / first}
+        md.append("| {} | {:,} | {:.3f} | {:.3f} | {:.2f}x |".format(name, m["params"], first, last, last / first))
+    md += ["| {} | failed: {} | | | |".format(name, why.replace("|", "/")) for name, why in failures.items()]
+    if len(summary) == 2:
+        ratio = summary["srupp_lm"]["ms_per_token_long"] / summary["transformer_lm"]["ms_per_token_long"]
+        md += ["", "srupp_lm / transformer_lm ms/token at {:,} tokens: {:.2f}x".format(hi, ratio)]
+    data.update(summary=summary, failures=failures, targets=[target(
+        "generation: srupp_lm ms/token at {:,} tokens <= 1.2x at {:,}".format(hi, lo),
+        summary.get("srupp_lm", {}).get("long_over_short"), lambda v: v <= 1.2)])
+    missing = [n for n in ("srupp_lm", "transformer_lm") if n not in summary]
+    reason = "unfinished" if unfinished else ("no runs of " + ", ".join(missing) if missing else None)
+    return result("failed" if reason else "ok", data, md, reason)
+
+
+STEPS = {"environment": environment, "kernel_tests": kernel_tests, "cli": cli, "recurrence": recurrence,
+         "training": training, "generation": generation}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("step", choices=STEPS)
+    p.add_argument("--json", required=True)
+    p.add_argument("--dry-run", action="store_true")
+    args = p.parse_args(argv)
+    global _json_path
+    _json_path = args.json
+    if args.step in os.environ.get(FAIL_ENV, "").split(","):
+        raise RuntimeError("step {} failed on purpose ({}={})".format(args.step, FAIL_ENV, os.environ[FAIL_ENV]))
+    if args.step in os.environ.get(HANG_ENV, "").split(","):
+        save(result("failed", {"partial": True}, ["partial result"], "unfinished on purpose"))
+        time.sleep(3600)
+    save(STEPS[args.step](args.dry_run))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

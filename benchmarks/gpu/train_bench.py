@@ -1,0 +1,256 @@
+"""Training throughput at the paper's enwik8-base shape: srupp_lm, the paper's sru.SRUpp model, transformer_lm.
+
+Three models, each trained for --warmup + --repeats steps on random bytes, B=--batch streams of
+L=--length tokens per step (the paper's per-GPU batch: 4 x 1024), for every --dtypes entry:
+
+* ``srupp_lm``: this plugin's model as fairseq builds it (``--arch srupp_lm``, dropout 0.22), called
+  as the ``srupp_language_modeling`` task calls it: cell state and memory carried from one step to
+  the next, so attention spans L memory + L current positions;
+* ``sru_reference``: the paper's enwik8 model, Embedding -> dropout -> ``sru.SRUpp`` (its CUDA kernel)
+  -> dropout -> Linear, carrying ``c`` and ``saved_inputs`` as memory the way its training script does;
+* ``transformer_lm``: fairseq's, sized to about the same parameter count (--transformer
+  dim,ffn,layers,heads), same tokens per step, no memory.
+
+One loop for all three, the paper's: fp32 weights under ``torch.autocast(dtype)``, a GradScaler for
+float16, gradient clipping at 1.0, RAdam with decoupled weight decay. Reported per model: parameters,
+ms per step (median), tokens/s, peak allocated memory (from before the model is built), analytic
+training FLOPs per token (``fairseq_srupp.bench.flops``), achieved TFLOP/s and MFU against --peak-tflops
+(default: the dense bf16 peak of the GPU's name, see ``peak_bf16_tflops``), and the first and last
+loss (finite, or the run failed). Then srupp_lm over the reference (tokens/s, peak memory) and over
+the Transformer (tokens/s).
+"""
+import argparse
+import gc
+import json
+import math
+import sys
+import tempfile
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent))
+
+from bench_timing import Timer  # noqa: E402
+from recurrence_cuda import DTYPES, cuda_time_ms  # noqa: E402
+
+from fairseq_srupp.bench.flops import srupp_flops_per_token, transformer_flops_per_token  # noqa: E402
+from fairseq_srupp.bench.generation import build_model, model_cli_args, write_dictionary  # noqa: E402
+from fairseq_srupp.models.srupp_lm import SRUppLMConfig  # noqa: E402
+from fairseq_srupp.modules.attention_masks import causal_mask  # noqa: E402
+
+MODELS = ("srupp_lm", "sru_reference", "transformer_lm")
+TRANSFORMER = "1024,4480,8,16"  # about srupp_lm's 107.6M parameters with a byte vocabulary
+# Dense bf16 TFLOP/s by device name (vendor datasheets); the most specific name matches first.
+PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
+                    ("GH200", 989.0), ("A100", 312.0), ("L40S", 362.0), ("A10G", 70.0)]
+
+
+def peak_bf16_tflops(device_name):
+    """Datasheet dense bf16 TFLOP/s for a GPU name, or None when unknown."""
+    for key, value in PEAK_BF16_TFLOPS:
+        if key in device_name:
+            return value
+    return None
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=["bfloat16", "float16"])
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--length", type=int, default=1024)
+    p.add_argument("--vocab", type=int, default=209, help="dictionary size: 205 bytes + fairseq's 4 symbols")
+    p.add_argument("--srupp", default="", help="hidden,proj,layers overriding --arch srupp_lm (tiny runs)")
+    p.add_argument("--transformer", default=TRANSFORMER, help="transformer_lm dim,ffn,layers,heads")
+    p.add_argument("--dropout", type=float, default=0.22)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=8)
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    p.add_argument("--peak-tflops", type=float, default=None, help="bf16 peak for MFU (default: by GPU name)")
+    p.add_argument("--json", dest="json_out")
+    return p.parse_args(argv)
+
+
+class PaperLM(nn.Module):
+    """The paper's enwik8 model around ``sru.SRUpp``; tokens (L, B) -> logits (L, B, V), time-major."""
+
+    def __init__(self, vocab, hidden, proj, layers, dropout):
+        super().__init__()
+        import sru
+
+        self.embed = nn.Embedding(vocab, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.rnn = sru.SRUpp(hidden, hidden, proj, num_layers=layers, dropout=dropout, attn_dropout=dropout,
+                             num_heads=1, layer_norm=True, highway_bias=-2.0)
+        self.out = nn.Linear(hidden, vocab)
+
+    def forward(self, tokens, c0=None, memory=None):
+        """Returns logits (L, B, V), the last cell states (layers, B, d) and this segment's layer inputs."""
+        mem_len = 0 if memory is None else memory[0].shape[0]
+        mask = causal_mask(tokens.shape[0], mem_len, device=tokens.device)
+        h, c, bank = self.rnn(self.drop(self.embed(tokens)), c0, attn_mask=mask, memory=memory)
+        return self.out(self.drop(h)), c, bank["saved_inputs"]
+
+
+def srupp_shape(args):
+    """(hidden, proj, layers) of --srupp, else of --arch srupp_lm (its config's defaults)."""
+    if args.srupp:
+        return tuple(int(v) for v in args.srupp.split(","))
+    cfg = SRUppLMConfig()
+    return cfg.hidden_size, cfg.proj_size, cfg.num_layers
+
+
+def build(name, args, dict_dir):
+    """(model, forward(tokens (B, L)) -> logits (B, L, V), training FLOPs per token)."""
+    opts = Namespace(srupp_arch="srupp_lm", srupp=args.srupp, window=None, transformer=args.transformer,
+                     models=["srupp_lm", "transformer_lm"])
+    cli = model_cli_args(opts, args.length)
+    drop = ["--dropout", args.dropout, "--attn-dropout", args.dropout]
+    if name == "srupp_lm":
+        model = build_model(dict_dir, cli["srupp_lm"] + drop)[0]
+        d, p, n = srupp_shape(args)
+
+        def forward(tokens):
+            return model.decoder(tokens, carry={"key": "train"})[0]
+    elif name == "transformer_lm":
+        model = build_model(dict_dir, cli["transformer_lm"] + drop[:2])[0]
+        dim, ffn, layers, _ = (int(v) for v in args.transformer.split(","))
+
+        def forward(tokens):
+            return model.decoder(tokens)[0]
+
+        return model, forward, transformer_flops_per_token(dim, ffn, layers, args.vocab, args.length)
+    else:
+        d, p, n = srupp_shape(args)
+        model = PaperLM(args.vocab, d, p, n, args.dropout)
+        state = {}
+
+        def forward(tokens):
+            logits, c, saved = model(tokens.t(), state.get("c"), state.get("memory"))
+            state.update(c=c.detach(), memory=[m.detach() for m in saved])
+            return logits.transpose(0, 1)
+    return model, forward, srupp_flops_per_token(d, p, n, args.vocab, args.length)
+
+
+def time_step(step, args, cuda):
+    if cuda:
+        return cuda_time_ms(step, args.warmup, args.repeats)
+    return 1000.0 * Timer().time_fn(step, args.warmup, args.repeats)[0]
+
+
+def measure(name, dtype_name, args, dict_dir, device, peak_tflops):
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    torch.manual_seed(1)
+    model, forward, flops = build(name, args, dict_dir)
+    model = model.to(device).train()
+    dtype = DTYPES[dtype_name]
+    opt = torch.optim.RAdam(model.parameters(), lr=3e-4, weight_decay=0.1, decoupled_weight_decay=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    data = torch.randint(4, args.vocab, (args.batch, args.length + 1), device=device)
+    losses = []
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = forward(data[:, :-1])
+            loss = F.cross_entropy(logits.float().flatten(0, 1), data[:, 1:].flatten())
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+
+    ms = time_step(step, args, cuda)
+    losses = [v.item() for v in losses]
+    tokens_per_s = args.batch * args.length / (ms * 1e-3)
+    row = {"model": name, "dtype": dtype_name, "params": sum(p.numel() for p in model.parameters()),
+           "ms_per_step": ms, "tokens_per_s": tokens_per_s, "flops_per_token": flops,
+           "tflops": flops * tokens_per_s / 1e12, "first_loss": losses[0], "last_loss": losses[-1],
+           "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
+    row["mfu"] = row["tflops"] / peak_tflops if peak_tflops else None
+    if not all(math.isfinite(v) for v in losses):
+        raise FloatingPointError("non-finite training loss: {}".format(losses))
+    del model, opt, forward
+    gc.collect()
+    return row
+
+
+def ratio(rows, dtype, a, b, key):
+    va = next((r[key] for r in rows if r["dtype"] == dtype and r["model"] == a and r.get(key)), None)
+    vb = next((r[key] for r in rows if r["dtype"] == dtype and r["model"] == b and r.get(key)), None)
+    return va / vb if va and vb else None
+
+
+def run(args):
+    """All (dtype, model) measurements; a failing one is recorded with its error and the rest still run."""
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    peak = args.peak_tflops or (peak_bf16_tflops(name) if device.type == "cuda" else None)
+    rows, errors = [], []
+    with tempfile.TemporaryDirectory(prefix="srupp_train_bench_") as tmp:
+        write_dictionary(tmp, args.vocab)
+        for dtype_name in args.dtypes:
+            for model_name in args.models:
+                t0 = time.perf_counter()
+                try:
+                    rows.append(measure(model_name, dtype_name, args, tmp, device, peak))
+                except Exception as err:  # noqa: BLE001  (one model failing must not hide the others)
+                    errors.append({"model": model_name, "dtype": dtype_name, "error": "{}: {}".format(
+                        type(err).__name__, str(err).splitlines()[0][:400] if str(err) else "")})
+                print("{} {}: {:.1f} s".format(model_name, dtype_name, time.perf_counter() - t0), flush=True)
+    ratios = {d: {"srupp_over_reference_tokens_per_s": ratio(rows, d, "srupp_lm", "sru_reference", "tokens_per_s"),
+                  "srupp_over_reference_peak_memory": ratio(rows, d, "srupp_lm", "sru_reference", "peak_mib"),
+                  "srupp_over_transformer_tokens_per_s": ratio(rows, d, "srupp_lm", "transformer_lm", "tokens_per_s")}
+              for d in args.dtypes}
+    return {"device": name, "peak_bf16_tflops": peak, "batch": args.batch, "length": args.length,
+            "rows": rows, "errors": errors, "ratios": ratios}
+
+
+def _num(v, spec):
+    return "-" if v is None else spec.format(v)
+
+
+def format_results(result):
+    lines = ["Batch {} x {} tokens per step; MFU against {} TFLOP/s (dense bf16).".format(
+        result["batch"], result["length"], _num(result["peak_bf16_tflops"], "{:.0f}")), "",
+        "| dtype | model | params | ms/step | tokens/s | peak MiB | TFLOP/s | MFU | loss first → last |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result["rows"]:
+        lines.append("| {} | {} | {:.2f}M | {:.1f} | {:,.0f} | {} | {:.1f} | {} | {:.3f} → {:.3f} |".format(
+            r["dtype"], r["model"], r["params"] / 1e6, r["ms_per_step"], r["tokens_per_s"],
+            _num(r["peak_mib"], "{:,.0f}"), r["tflops"], _num(r["mfu"], "{:.1%}"), r["first_loss"], r["last_loss"]))
+    for e in result["errors"]:
+        lines.append("| {} | {} | failed: {} |".format(e["dtype"], e["model"], e["error"].replace("|", "/")))
+    lines.append("")
+    for dtype, r in result["ratios"].items():
+        lines.append("- {}: srupp_lm / sru reference tokens/s {}, peak memory {}; srupp_lm / transformer_lm "
+                     "tokens/s {}".format(dtype, _num(r["srupp_over_reference_tokens_per_s"], "{:.2f}x"),
+                                          _num(r["srupp_over_reference_peak_memory"], "{:.2f}x"),
+                                          _num(r["srupp_over_transformer_tokens_per_s"], "{:.2f}x")))
+    return lines
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda needs a CUDA GPU (use --device cpu with tiny --srupp sizes)")
+    result = run(args)
+    print("\n".join(format_results(result)))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=1))
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

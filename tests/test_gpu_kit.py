@@ -1,0 +1,284 @@
+"""The GPU kit (benchmarks/gpu/) on a machine without a GPU: its dry run end to end with an injected
+failure, the wheelhouse's pip commands and completeness check, and the offline installer on a fake
+wheelhouse (no downloads: CI must not depend on the network)."""
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+KIT = REPO / "benchmarks" / "gpu"
+sys.path.insert(0, str(KIT))
+sys.path.insert(0, str(KIT.parent))
+
+import run_all  # noqa: E402
+import wheelhouse  # noqa: E402
+from train_bench import peak_bf16_tflops  # noqa: E402
+
+
+def kit_env(**extra):
+    return dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", **extra)
+
+
+# ------------------------------------------------------------------------------------ dry run
+
+
+def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
+    out = tmp_path / "report"
+    proc = subprocess.run([str(KIT / "run_all.sh"), "--out", str(out), "--dry-run", "--budget-s", "850"],
+                          env=kit_env(SRUPP_GPU_KIT_FAIL="environment"), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=900)
+    print(proc.stdout)
+    assert proc.returncode == 0
+    report = json.loads((out / "report.json").read_text())
+    steps = {s["key"]: s for s in report["steps"]}
+    assert [s["key"] for s in report["steps"]] == ["install"] + [k for k, _, _ in run_all.STEPS]
+    assert report["dry_run"] is True
+    for s in report["steps"]:
+        assert s["status"] in run_all.STATUSES and isinstance(s["seconds"], float), s
+    assert report["summary"] == {k: sum(s["status"] == k for s in report["steps"]) for k in run_all.STATUSES}
+
+    # The injected failure is reported with its cause, and every later step still ran.
+    assert steps["environment"]["status"] == "failed"
+    assert "failed on purpose" in steps["environment"]["reason"]
+    assert "RuntimeError: step environment failed on purpose" in (out / "steps.log").read_text()
+    assert steps["install"]["status"] == "skipped"
+
+    tests = steps["kernel_tests"]
+    assert tests["status"] == "ok", tests
+    assert tests["results"]["tests"] > 0 and tests["results"]["failures"] == tests["results"]["errors"] == 0
+
+    cli = steps["cli"]
+    assert cli["status"] == "ok", cli
+    for run in cli["results"]:
+        losses = run["train_losses"]
+        assert len(losses) >= 2 and losses[-1] < losses[0] and run["eval_loss"] < losses[0]
+
+    for key in ("recurrence", "training"):
+        assert steps[key]["status"] == "skipped" and "no CUDA GPU" in steps[key]["reason"]
+    training = steps["training"]["results"]
+    assert not training["errors"]
+    assert {(r["model"], r["dtype"]) for r in training["rows"]} == {
+        (m, d) for m in ("srupp_lm", "sru_reference", "transformer_lm") for d in ("float32", "bfloat16")}
+    for r in training["rows"]:
+        assert r["tokens_per_s"] == pytest.approx(training["batch"] * training["length"] / (r["ms_per_step"] / 1000))
+
+    gen = steps["generation"]
+    assert gen["status"] == "ok", gen
+    assert set(gen["results"]["summary"]) == {"srupp_lm", "transformer_lm"}
+
+    md = (out / "report.md").read_text()
+    assert "DRY RUN" in md and "environment unknown (step 0 failed)" in md
+    for s in report["steps"]:
+        assert "| {} | {} |".format(s["title"], s["status"].upper() if s["status"] != "ok" else "ok") in md
+    assert "## 5. Generation" in md and "| srupp_lm |" in md
+
+
+def test_report_lists_the_targets_of_measured_steps(tmp_path):
+    import steps
+
+    rows = [{"dtype": "bfloat16", "B": 16, "sru_over_ours": 2.5, "of_copy_bandwidth": 0.41},
+            {"dtype": "float16", "B": 16, "sru_over_ours": 0.5}]
+    row = steps.find(rows, dtype="bfloat16", B=16)
+    no_row = steps.find(rows, dtype="float32")
+    measured = {"targets": [steps.target("kernel >= 2x sru", row["sru_over_ours"], lambda v: v >= 2),
+                            steps.target("copy >= 60%", row["of_copy_bandwidth"], lambda v: v >= 0.6, "{:.1%}"),
+                            steps.target("MFU >= 45%", no_row.get("mfu"), lambda v: v >= 0.45)]}
+    step = {"key": "recurrence", "title": "3. Recurrence", "status": "ok", "seconds": 1.0, "reason": None,
+            "results": measured, "markdown": []}
+    skipped = dict(step, key="training", status="skipped", results={"targets": [steps.target("x", 1.0, bool)]})
+    report = {"dry_run": False, "budget_s": 470, "started": time.time(), "started_utc": "now", "steps": [step, skipped]}
+    run_all.write_report(tmp_path, report)
+    md = (tmp_path / "report.md").read_text()
+    assert "| kernel >= 2x sru | 2.50 | yes |" in md
+    assert "| copy >= 60% | 41.0% | NO |" in md
+    assert "| MFU >= 45% | - | - |" in md
+    assert "| x |" not in md  # a skipped step's figures are no measurement
+    assert json.loads((tmp_path / "report.json").read_text())["targets"] == measured["targets"]
+
+
+def test_steps_that_do_not_fit_the_budget_are_skipped(tmp_path):
+    run_all.main(["--out", str(tmp_path), "--dry-run", "--started", str(time.time() - 1000), "--budget-s", "100"])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [s["status"] for s in report["steps"][1:]] == ["skipped"] * len(run_all.STEPS)
+    assert all(s["reason"] == "time budget used up" for s in report["steps"][1:])
+
+
+def test_a_step_past_its_limit_is_stopped_and_keeps_its_partial_result(tmp_path, monkeypatch):
+    monkeypatch.setenv("SRUPP_GPU_KIT_HANG", "environment")
+    start = time.time()
+    run_all.main(["--out", str(tmp_path), "--dry-run", "--steps", "environment", "--budget-s", "8"])
+    assert time.time() - start < 30
+    step = json.loads((tmp_path / "report.json").read_text())["steps"][1]
+    assert step["status"] == "timeout" and step["seconds"] < 15
+    assert step["reason"].startswith("stopped after its") and step["reason"].endswith("; unfinished on purpose")
+    assert step["results"] == {"partial": True} and step["markdown"] == ["partial result"]
+    assert "| 0. Environment | TIMEOUT |" in (tmp_path / "report.md").read_text()
+
+
+def test_stale_build_locks_are_cleared_except_for_a_running_build(tmp_path):
+    for name in ("fairseq_srupp_recurrence_cpu_abc", "sru_cuda", "sru_cpu", "other"):
+        (tmp_path / "py312_cu130" / name).mkdir(parents=True)
+        (tmp_path / "py312_cu130" / name / "lock").write_text("")
+    (tmp_path / "other" / "notalock").parent.mkdir()
+    (tmp_path / "other" / "notalock").write_text("")
+    removed = run_all.clear_stale_build_locks([tmp_path, tmp_path / "missing"], keep_prefixes=("sru",))
+    assert sorted(Path(p).parent.name for p in removed) == ["fairseq_srupp_recurrence_cpu_abc", "other"]
+    assert sorted(p.parent.name for p in tmp_path.glob("**/lock")) == ["sru_cpu", "sru_cuda"]
+    assert (tmp_path / "other" / "notalock").exists()
+
+
+def test_run_all_sh_needs_an_output_folder():
+    proc = subprocess.run([str(KIT / "run_all.sh"), "--dry-run"], env=kit_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: give the report folder")
+
+
+def test_peak_by_device_name():
+    assert peak_bf16_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert peak_bf16_tflops("NVIDIA H100 PCIe") == 756.0
+    assert peak_bf16_tflops("NVIDIA H200") == 989.0
+    assert peak_bf16_tflops("Some Future GPU") is None
+
+
+# ------------------------------------------------------------------------------------ wheelhouse
+
+
+def test_wheelhouse_commands_are_well_formed(tmp_path):
+    proc = subprocess.run([sys.executable, str(KIT / "wheelhouse.py"), "--print-commands", "--python-version", "3.12",
+                           "--dest", str(tmp_path)], stdout=subprocess.PIPE, text=True, check=True)
+    commands = [shlex.split(line) for line in proc.stdout.splitlines()]
+    assert len(commands) == 4
+    from pip._internal.cli import cmdoptions
+    from pip._internal.commands import create_command
+
+    download = commands[0]
+    assert download[1:4] == ["-m", "pip", "download"]
+    options, args = create_command("download").parse_args(download[4:])
+    cmdoptions.check_dist_restriction(options)  # raises CommandError on an invalid combination
+    assert options.python_version == (3, 12) and options.ignore_dependencies
+    assert set(args) == set(wheelhouse.DOWNLOAD) and options.download_dir == str(tmp_path)
+    assert not any(a.split("==")[0].startswith(("torch", "cupy", "numpy")) for a in args)
+    for cmd, name in zip(commands[1:], ("wheel", "download", "wheel")):
+        assert cmd[3] == name
+        create_command(name).parse_args(cmd[4:])
+    assert commands[3][-1] == str(REPO)
+
+
+def test_every_requirement_of_the_project_is_in_the_wheelhouse_or_on_the_target():
+    assert wheelhouse.missing_project_requirements("3.12") == []
+    # Able to fail: a target without torch, and the extras of an older Python.
+    assert wheelhouse.missing_project_requirements("3.12", provided=wheelhouse.TARGET_PACKAGES - {"torch"}) == [
+        "torch>=2.0"]
+    assert "fairseq>=0.12.2; python_version < \"3.11\"" in wheelhouse.missing_project_requirements("3.10")
+
+
+def fake_wheel(folder, name, version, requires=(), module_source="VALUE = 1\n"):
+    """A minimal pure-Python wheel holding module ``name``."""
+    path = Path(folder) / "{}-{}-py3-none-any.whl".format(name, version)
+    info = "{}-{}.dist-info".format(name, version)
+    meta = "Metadata-Version: 2.1\nName: {}\nVersion: {}\n".format(name, version)
+    meta += "".join("Requires-Dist: {}\n".format(r) for r in requires)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("{}.py".format(name), module_source)
+        zf.writestr(info + "/METADATA", meta)
+        zf.writestr(info + "/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr(info + "/RECORD", "".join("{},,\n".format(f) for f in (
+            name + ".py", info + "/METADATA", info + "/WHEEL", info + "/RECORD")))
+    return path
+
+
+def test_check_folder_finds_missing_mismatched_and_duplicate_packages(tmp_path):
+    fake_wheel(tmp_path, "alpha", "1.0", ["beta>=2", "torch", "numpy", "gamma; extra == 'dev'",
+                                          "delta; python_version < '3.9'"])
+    fake_wheel(tmp_path, "beta", "2.1", ["epsilon==1.*"])
+    assert wheelhouse.check_folder(tmp_path, "3.12") == ["beta needs epsilon==1.*: no wheel in the folder and not on "
+                                                         "the target"]
+    fake_wheel(tmp_path, "epsilon", "2.0")
+    assert wheelhouse.check_folder(tmp_path, "3.12") == ["beta needs epsilon==1.* but the folder has 2.0"]
+    fake_wheel(tmp_path, "epsilon", "1.5")
+    assert wheelhouse.check_folder(tmp_path, "3.12") == [
+        "two wheels of epsilon: epsilon-1.5-py3-none-any.whl and epsilon-2.0-py3-none-any.whl (pip refuses to "
+        "install both)", "beta needs epsilon==1.* but the folder has 2.0"]
+    (tmp_path / "epsilon-2.0-py3-none-any.whl").unlink()
+    assert wheelhouse.check_folder(tmp_path, "3.12") == []
+    # delta is needed on Python 3.8 only, and torch is not on a bare target.
+    assert wheelhouse.check_folder(tmp_path, "3.8", provided=frozenset({"numpy"})) == [
+        "alpha needs torch: no wheel in the folder and not on the target",
+        "alpha needs delta; python_version < \"3.9\": no wheel in the folder and not on the target"]
+
+
+# ------------------------------------------------------------------------------------ install
+
+
+def fake_sdist(folder, name, version, module_source):
+    """A setuptools source distribution of module ``name``."""
+    root = "{}-{}".format(name, version)
+    src = Path(folder) / "sdist_src" / root
+    src.mkdir(parents=True)
+    (src / "{}.py".format(name)).write_text(module_source)
+    (src / "setup.py").write_text("from setuptools import setup\nsetup(name={!r}, version={!r}, py_modules=[{!r}])\n"
+                                  .format(name, version, name))
+    path = Path(folder) / "{}.tar.gz".format(root)
+    with tarfile.open(path, "w:gz") as tf:
+        tf.add(src, arcname=root)
+    return path
+
+
+def install(folder, target):
+    return subprocess.run([sys.executable, str(KIT / "install.py"), str(folder), "--target", str(target)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+
+
+def imported_value(target, module):
+    out = subprocess.run([sys.executable, "-c", "import {0}; print({0}.VALUE)".format(module)], cwd=str(target),
+                         env=dict(os.environ, PYTHONPATH=str(target)), stdout=subprocess.PIPE, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_install_offline_rebuilds_a_package_whose_wheel_does_not_import(tmp_path):
+    house, target = tmp_path / "house", tmp_path / "site"
+    house.mkdir()
+    fake_wheel(house, "kitgood", "1.0")
+    # Stands in for a compiled module built against another ABI: the wheel's module fails to import.
+    fake_wheel(house, "kitnative", "1.0", module_source="raise ImportError('built against another numpy')\n")
+    fake_sdist(house, "kitnative", "1.0", "VALUE = 'from source'\n")
+    (house / "manifest.json").write_text(json.dumps({"python_version": "3.11", "fallback_sdists": [
+        {"requirement": "kitnative==1.0", "sdist": "kitnative-1.0.tar.gz", "import_check": ["kitnative"]}]}))
+    proc = install(house, target)
+    print(proc.stdout, proc.stderr)
+    assert proc.returncode == 0, proc.stderr
+    assert "do not import (ImportError: built against another numpy); building it from kitnative-1.0.tar.gz" \
+        in proc.stdout
+    assert imported_value(target, "kitgood") == "1"
+    assert imported_value(target, "kitnative") == "from source"
+
+
+def test_install_keeps_a_wheel_that_imports(tmp_path):
+    house, target = tmp_path / "house", tmp_path / "site"
+    house.mkdir()
+    fake_wheel(house, "kitnative", "1.0", module_source="VALUE = 'wheel'\n")
+    (house / "manifest.json").write_text(json.dumps({"fallback_sdists": [
+        {"requirement": "kitnative==1.0", "sdist": "missing.tar.gz", "import_check": ["kitnative"]}]}))
+    proc = install(house, target)
+    assert proc.returncode == 0, proc.stderr
+    assert imported_value(target, "kitnative") == "wheel"
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_install_refuses_what_is_not_a_wheelhouse(tmp_path, make):
+    house = tmp_path / "house"
+    if make == "empty":
+        house.mkdir()
+    proc = install(house, tmp_path / "site")
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+    assert ("no wheelhouse folder" if make == "missing" else "not a folder made by `make wheelhouse`") in proc.stderr
