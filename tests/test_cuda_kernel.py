@@ -15,7 +15,8 @@ from conftest import max_diff
 
 from fairseq_srupp.ops.recurrence import (NO_CUPY_WARNING, choose_implementation, elementwise_recurrence,
                                           elementwise_recurrence_cuda, elementwise_recurrence_ref)
-from fairseq_srupp.ops.recurrence.cupy_kernel import KERNEL_DTYPES, NVRTC_OPTIONS, SOURCE, cupy_available, kernel_name
+from fairseq_srupp.ops.recurrence.cupy_kernel import (CUPY_KERNELS, KERNEL_DTYPES, NVRTC_OPTIONS, SOURCE, cupy_available,
+                                                      kernel_name, launch_cupy)
 
 GPU = torch.cuda.is_available() and cupy_available()
 needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU and CuPy")
@@ -117,12 +118,22 @@ def test_kernel_matches_reference(dtype, k, pad, dropout, L, B, d, contiguous):
 
 
 @needs_gpu
-def test_dispatch_uses_the_kernel_on_gpu():
+def test_dispatch_uses_the_kernel_on_gpu(monkeypatch):
+    launched = []
+
+    def recording_launch(name, *args):
+        launched.append(name)
+        launch_cupy(name, *args)
+
+    monkeypatch.setattr(CUPY_KERNELS, "launch", recording_launch)
     U = torch.randn(4, 2, 12, device="cuda", requires_grad=True)
     args = (U, torch.randn(4, 2, 4, device="cuda"), torch.randn(8, device="cuda"), torch.randn(8, device="cuda"),
             torch.zeros(2, 4, device="cuda"))
     h, _ = elementwise_recurrence(*args)
-    assert h.grad_fn.name() == "ElementwiseRecurrenceCUDABackward"
+    # the custom op's autograd node, whose backward is the CUDA backward kernel
+    assert "fairseq_srupp_elementwise_recurrence" in h.grad_fn.name()
+    h.sum().backward()
+    assert launched == ["srupp_forward_float32_k3", "srupp_backward_float32_k3"]
 
 
 @needs_gpu

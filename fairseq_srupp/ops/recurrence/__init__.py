@@ -1,15 +1,22 @@
 """The SRU++ elementwise recurrence (spec §1.4) and the dispatch between its implementations.
 
-``elementwise_recurrence`` validates its inputs and picks an implementation:
+``elementwise_recurrence`` validates its inputs, applies the dtype rule and picks an implementation:
 
 * ``reference``: :func:`elementwise_recurrence_ref`, a pure-PyTorch time loop (autograd).
-* ``cpu``: :func:`elementwise_recurrence_cpu`, a fused C++ loop with a hand-written backward.
-* ``cuda``: :func:`elementwise_recurrence_cuda`, fused CUDA kernels compiled by NVRTC via CuPy.
+* ``cpu``: the custom op ``torch.ops.fairseq_srupp.elementwise_recurrence`` (``op.py``) on CPU
+  tensors, i.e. a fused C++ loop with a hand-written backward.
+* ``cuda``: the same custom op on CUDA tensors, i.e. fused CUDA kernels compiled by NVRTC via CuPy.
 
 Automatic choice (:func:`choose_implementation`): CUDA tensors take the CUDA kernel when CuPy is
-installed, else the reference with a one-time warning saying how to install CuPy; CPU tensors take
-the fused C++ path. The environment variable ``FAIRSEQ_SRUPP_RECURRENCE`` (``auto`` |
+installed, else the reference with a one-time warning saying how to install CuPy; CPU (and meta)
+tensors take the fused C++ path. The environment variable ``FAIRSEQ_SRUPP_RECURRENCE`` (``auto`` |
 ``reference`` | ``cpu`` | ``cuda``) forces a choice, e.g. for debugging.
+
+dtype rule, applied here and nowhere else, so all three implementations agree: arithmetic runs in
+fp64 if any floating input is fp64, else in fp32 (fp16 / bf16 are storage formats only). h comes
+back in the promoted dtype of U and x (U's alone when k=4; fp64 when the arithmetic is), the last
+cell state in c0's dtype. So fp16 U with an fp32 residual x (autocast) gives fp32 h, and a carried
+fp32 state stays fp32 whatever the activations are stored in.
 """
 import os
 import warnings
@@ -18,8 +25,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .cpu import elementwise_recurrence_cpu
-from .cupy_kernel import KERNEL_DTYPES, cupy_available, elementwise_recurrence_cuda
+from .cupy_kernel import KERNEL_DTYPES, cupy_available
+from .op import recurrence_op
 from .reference import elementwise_recurrence_ref
 
 __all__ = [
@@ -29,6 +36,7 @@ __all__ = [
     "elementwise_recurrence_ref",
     "check_recurrence_inputs",
     "choose_implementation",
+    "recurrence_dtypes",
 ]
 
 IMPLEMENTATIONS = ("auto", "reference", "cpu", "cuda")
@@ -89,6 +97,15 @@ def check_recurrence_inputs(U, x, weight_c, bias, c0, mask_c=None, mask_pad=None
     return k
 
 
+def recurrence_dtypes(U: Tensor, x: Optional[Tensor], weight_c: Tensor, bias: Tensor, c0: Tensor):
+    """(storage dtype of U, x and h; compute dtype of the arithmetic and of weight_c, bias, c0,
+    mask_c inside the implementations), by the module's dtype rule."""
+    storage = U.dtype if x is None else torch.promote_types(U.dtype, x.dtype)
+    floats = (storage, weight_c.dtype, bias.dtype, c0.dtype)
+    compute = torch.float64 if torch.float64 in floats else torch.float32
+    return (compute if compute == torch.float64 else storage), compute
+
+
 def elementwise_recurrence(
     U: Tensor,
     x: Optional[Tensor],
@@ -99,22 +116,45 @@ def elementwise_recurrence(
     mask_pad: Optional[Tensor] = None,
     implementation: Optional[str] = None,
 ) -> Tuple[Tensor, Tensor]:
-    """Run the recurrence with the best available implementation.
+    """Run the recurrence with the best available implementation (or ``implementation``).
 
     Shapes as in :func:`elementwise_recurrence_ref`: U (L, B, k*d), x (L, B, d) or None when k=4,
     weight_c and bias (2d,), c0 (B, d), mask_c (B, d), mask_pad (L, B) bool. Returns
-    h (L, B, d) and the last cell state (B, d).
+    h (L, B, d) and the last cell state (B, d), with dtypes by the rule in the module docstring.
     """
     global _warned_no_cupy
-    check_recurrence_inputs(U, x, weight_c, bias, c0, mask_c, mask_pad)
+    k = check_recurrence_inputs(U, x, weight_c, bias, c0, mask_c, mask_pad)
+    x = x if k == 3 else None  # the skip is U[..., 3] when k=4
+    storage, compute = recurrence_dtypes(U, x, weight_c, bias, c0)
     choice = implementation or os.environ.get("FAIRSEQ_SRUPP_RECURRENCE", "auto")
-    chosen, warning = choose_implementation(choice, U.is_cuda, U.dtype, U.is_cuda and cupy_available())
+    chosen, warning = choose_implementation(choice, U.is_cuda, storage, U.is_cuda and cupy_available())
     if warning is not None and not _warned_no_cupy:
         warnings.warn(warning)
         _warned_no_cupy = True
-    run = {
-        "reference": elementwise_recurrence_ref,
-        "cpu": elementwise_recurrence_cpu,
-        "cuda": elementwise_recurrence_cuda,
-    }[chosen]
-    return run(U, x, weight_c, bias, c0, mask_c, mask_pad)
+
+    def to(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+        return None if t is None else t.to(dtype).contiguous()
+
+    args = (
+        to(U, storage), to(x, storage), to(weight_c, compute), to(bias, compute), to(c0, compute),
+        to(mask_c, compute), to(mask_pad, torch.bool),
+    )
+    if chosen == "reference":
+        h, c_last = elementwise_recurrence_ref(*args)
+    else:
+        h, c_last, _ = recurrence_op(*args)
+    return h, c_last.to(c0.dtype)
+
+
+def elementwise_recurrence_cpu(U, x, weight_c, bias, c0, mask_c=None, mask_pad=None) -> Tuple[Tensor, Tensor]:
+    """The fused C++ path for CPU tensors; same contract as :func:`elementwise_recurrence`."""
+    return elementwise_recurrence(U, x, weight_c, bias, c0, mask_c, mask_pad, implementation="cpu")
+
+
+def elementwise_recurrence_cuda(U, x, weight_c, bias, c0, mask_c=None, mask_pad=None) -> Tuple[Tensor, Tensor]:
+    """The CUDA kernel for CUDA tensors of float32, float16 or bfloat16; same contract as
+    :func:`elementwise_recurrence`."""
+    dtype = recurrence_dtypes(U, x if U.shape[-1] == 3 * c0.shape[-1] else None, weight_c, bias, c0)[0]
+    if dtype not in KERNEL_DTYPES:
+        raise TypeError("the CUDA recurrence takes float32, float16 or bfloat16, got {}".format(dtype))
+    return elementwise_recurrence(U, x, weight_c, bias, c0, mask_c, mask_pad, implementation="cuda")

@@ -1,7 +1,9 @@
-"""Fast CPU path of the elementwise recurrence: a fused C++ loop with a hand-written backward.
+"""Fused CPU kernels of the elementwise recurrence (``recurrence_cpu.cpp``), behind the custom op.
 
 The C++ source ships next to this file and is compiled with ``torch.utils.cpp_extension`` on the
 first call (about a minute, cached under ``TORCH_EXTENSIONS_DIR``), never at import.
+``forward`` / ``backward`` follow the custom op's contract (see ``op.py``); they are registered as
+its CPU implementation there.
 """
 import logging
 from pathlib import Path
@@ -47,59 +49,26 @@ def load_cpu_extension():
     return _extension
 
 
-class ElementwiseRecurrenceCPU(torch.autograd.Function):
-    """Autograd wrapper; inputs must already be validated, contiguous and of one float dtype."""
-
-    @staticmethod
-    def forward(ctx, U, x, weight_c, bias, c0, mask_c, mask_pad):
-        ext = load_cpu_extension()
-        k = U.shape[-1] // c0.shape[-1]
-        h, c_all = ext.forward(U, x, weight_c, bias, c0, mask_c, mask_pad, k)
-        ctx.k = k
-        ctx.save_for_backward(U, x, weight_c, bias, c0, mask_c, mask_pad, c_all)
-        ctx.mark_non_differentiable(c_all)
-        return h, c_all[-1].clone()
-
-    @staticmethod
-    def backward(ctx, grad_h, grad_c_last):
-        U, x, weight_c, bias, c0, mask_c, mask_pad, c_all = ctx.saved_tensors
-        if grad_h is None:
-            grad_h = torch.zeros_like(c_all)
-        if grad_c_last is None:
-            grad_c_last = torch.zeros_like(c0)
-        grad_U, grad_x, grad_wc, grad_bias, grad_c0 = load_cpu_extension().backward(
-            U, x, weight_c, bias, c0, mask_c, mask_pad, c_all,
-            grad_h.contiguous(), grad_c_last.contiguous(), ctx.k,
-        )
-        if ctx.k != 3:
-            grad_x = None
-        return grad_U, grad_x, grad_wc, grad_bias, grad_c0, None, None
+def _compute(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    return None if t is None else t.to(dtype)
 
 
-def elementwise_recurrence_cpu(
-    U: Tensor,
-    x: Optional[Tensor],
-    weight_c: Tensor,
-    bias: Tensor,
-    c0: Tensor,
-    mask_c: Optional[Tensor] = None,
-    mask_pad: Optional[Tensor] = None,
-) -> Tuple[Tensor, Tensor]:
-    """Same contract as :func:`elementwise_recurrence_ref`; fp16/bf16 compute in fp32."""
-    out_dtype = U.dtype
-    dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
-
-    def prep(t: Optional[Tensor]) -> Optional[Tensor]:
-        return None if t is None else t.to(dtype).contiguous()
-
+def forward(U, x, weight_c, bias, c0, mask_c, mask_pad) -> Tuple[Tensor, Tensor, Tensor]:
+    """(h in U's dtype, c_last, c_all in c0's dtype). The C++ loop computes in c0's dtype (fp32 or
+    fp64), so 16-bit U and x are widened first."""
     k = U.shape[-1] // c0.shape[-1]
-    h, c_last = ElementwiseRecurrenceCPU.apply(
-        prep(U),
-        prep(x) if k == 3 else None,
-        prep(weight_c),
-        prep(bias),
-        prep(c0),
-        prep(mask_c),
-        None if mask_pad is None else mask_pad.to(torch.bool).contiguous(),
+    h, c_all = load_cpu_extension().forward(
+        _compute(U, c0.dtype), _compute(x, c0.dtype), weight_c, bias, c0, mask_c, mask_pad, k
     )
-    return h.to(out_dtype), c_last.to(out_dtype)
+    return h.to(U.dtype), c_all[-1].clone(), c_all
+
+
+def backward(U, x, weight_c, bias, c0, mask_c, mask_pad, c_all, grad_h, grad_c_last):
+    """(grad_U, grad_x (empty when k=4), grad_weight_c, grad_bias, grad_c0); see ``op.py``."""
+    k = U.shape[-1] // c0.shape[-1]
+    grad_U, grad_x, grad_wc, grad_bias, grad_c0 = load_cpu_extension().backward(
+        _compute(U, c0.dtype), _compute(x, c0.dtype), weight_c, bias, c0, mask_c, mask_pad, c_all,
+        grad_h.to(c0.dtype), grad_c_last, k,
+    )
+    grad_x = grad_x.to(U.dtype) if k == 3 else U.new_empty(0)
+    return grad_U.to(U.dtype), grad_x, grad_wc, grad_bias, grad_c0

@@ -30,7 +30,8 @@ def elementwise_recurrence_ref(
         mask_pad: optional (L, B) bool, True where the position is padding.
 
     Returns:
-        h: (L, B, d) and c_last: (B, d), in the dtype of ``U``.
+        h: (L, B, d) in the dtype of ``U`` and c_last: (B, d) in the dtype of ``c0`` (the
+        dispatcher's dtype rule, see ``fairseq_srupp.ops.recurrence``).
     """
     length, batch = U.shape[0], U.shape[1]
     d = c0.shape[-1]
@@ -57,4 +58,4 @@ def elementwise_recurrence_ref(
             h = torch.where(pad, torch.zeros_like(h), h)
         hs.append(h)
         c_prev = c
-    return torch.stack(hs).to(out_dtype), c_prev.to(out_dtype)
+    return torch.stack(hs).to(out_dtype), c_prev.to(c0.dtype)
