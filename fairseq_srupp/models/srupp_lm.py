@@ -29,7 +29,7 @@ from fairseq.models import (
 from fairseq.utils import safe_getattr
 from torch import Tensor, nn
 
-from fairseq_srupp.modules import SRUpp
+from fairseq_srupp.modules import Dropout, SRUpp
 from fairseq_srupp.modules.adaptive_softmax import ProjectedAdaptiveSoftmax
 from fairseq_srupp.modules.attention_masks import MASKED_SCORE, causal_mask, same_length_mask  # noqa: F401
 
@@ -134,7 +134,7 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         else:
             self.embed_tokens = nn.Embedding(len(dictionary), d, padding_idx=self.padding_idx)
             self.output_projection = nn.Linear(d, len(dictionary))
-        self.dropout_module = nn.Dropout(cfg.dropout)
+        self.dropout_module = Dropout(cfg.dropout, module_name=type(self).__name__)  # --retain-dropout aware
         self.srupp = SRUpp(
             d,
             d,
