@@ -215,7 +215,9 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         x = self.embed(tokens)  # (T, B, d)
         length, batch = x.shape[:2]
         pad = tokens.eq(self.padding_idx)
-        mask_pad = pad.t() if pad.any() else None  # (T, B)
+        # Eager skips an all-False mask (cheaper attention and recurrence); a compiled graph cannot
+        # branch on tensor values, so it always passes the mask (same results).
+        mask_pad = pad.t() if torch.compiler.is_compiling() or pad.any() else None  # (T, B)
 
         carrying = carry is not None and carry.get("enabled", True)
         state = None
