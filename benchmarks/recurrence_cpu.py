@@ -10,7 +10,8 @@ What is measured
     gradient on h and c_last. Two implementations are timed on identical inputs:
 
     * fast:      ``fairseq_srupp.ops.recurrence.elementwise_recurrence_cpu``
-                 (fused C++ loop, hand-written backward)
+                 (the ``fairseq_srupp::elementwise_recurrence`` custom op on CPU: fused C++
+                 loop, hand-written backward)
     * reference: ``fairseq_srupp.ops.recurrence.elementwise_recurrence_ref``
                  (pure-PyTorch time loop, autograd)
 

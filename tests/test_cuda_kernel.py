@@ -15,8 +15,8 @@ from conftest import max_diff
 
 from fairseq_srupp.ops.recurrence import (NO_CUPY_WARNING, choose_implementation, elementwise_recurrence,
                                           elementwise_recurrence_cuda, elementwise_recurrence_ref)
-from fairseq_srupp.ops.recurrence.cupy_kernel import (CUPY_KERNELS, KERNEL_DTYPES, NVRTC_OPTIONS, SOURCE, cupy_available,
-                                                      kernel_name, launch_cupy)
+from fairseq_srupp.ops.recurrence.cupy_kernel import (CUPY_KERNELS, KERNEL_DTYPES, NVRTC_OPTIONS, SOURCE, STEP_HEADER,
+                                                      cupy_available, kernel_name, kernel_source, launch_cupy)
 
 GPU = torch.cuda.is_available() and cupy_available()
 needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU and CuPy")
@@ -40,15 +40,24 @@ def nvrtc_compile(source, arch):
 
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
 def test_kernel_source_compiles_for_every_dtype_and_k(arch):
-    ptx = nvrtc_compile(SOURCE.read_text(), arch)
+    ptx = nvrtc_compile(kernel_source(), arch)
     for direction, dtype, k in itertools.product(("forward", "backward"), KERNEL_DTYPES, (3, 4)):
         assert ".entry {}(".format(kernel_name(direction, dtype, k)) in ptx
 
 
 def test_compile_check_catches_errors():
-    broken = SOURCE.read_text().replace("c = cur.u0 + (c - cur.u0) * f;", "c = cur.u0 + (c - cur.u0) * f_undefined;")
+    source = kernel_source()
+    assert "forward_step(cur, unit, c)" in source
+    broken = source.replace("forward_step(cur, unit, c)", "forward_step(cur, unit, f_undefined)")
     with pytest.raises(RuntimeError, match="f_undefined"):
         nvrtc_compile(broken, "compute_90")
+
+
+def test_kernel_source_carries_the_step_header():
+    """CuPy caches compiled kernels by source text: the shared header must be part of that text."""
+    source = kernel_source()
+    assert STEP_HEADER.read_text() in source
+    assert '#include "recurrence_step.h"' not in source
 
 
 @pytest.mark.parametrize(

@@ -83,3 +83,24 @@ def test_meta_tensors_propagate_shapes(k):
     grad_U, grad_c0 = torch.autograd.grad((h.float().sum() + c.sum()), (meta["U"], meta["c0"]))
     assert grad_U.shape == meta["U"].shape and grad_U.dtype == torch.bfloat16
     assert grad_c0.shape == (B, d)
+
+
+class Recurrence(torch.nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.weight_c = torch.nn.Parameter(torch.empty(2 * d).uniform_(-1, 1))
+        self.bias = torch.nn.Parameter(torch.randn(2 * d))
+
+    def forward(self, U, x, c0, mask_pad):
+        return elementwise_recurrence(U, x, self.weight_c, self.bias, c0, mask_pad=mask_pad)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_torch_export_keeps_the_op_as_one_node(strict):
+    module = Recurrence(4)
+    args = (torch.randn(5, 2, 12), torch.randn(5, 2, 4), torch.randn(2, 4), torch.rand(5, 2) < 0.3)
+    exported = torch.export.export(module, args, strict=strict)
+    targets = [node.target for node in exported.graph.nodes if node.op == "call_function"]
+    assert targets.count(OP) == 1
+    for name, a, b in zip(("h", "c_last"), exported.module()(*args), module(*args)):
+        assert_close(name, a, b, 0.0)

@@ -110,3 +110,44 @@ def test_bad_shapes_are_reported(change, message):
 def test_unknown_implementation_is_rejected():
     with pytest.raises(ValueError, match="unknown recurrence implementation"):
         elementwise_recurrence(**make_inputs(2, 1, 3, 3, requires_grad=False), implementation="fast")
+
+
+@pytest.mark.parametrize("k", [3, 4])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("slot", [0, 1, 2, 3])  # u0, forget pre-activation, reset pre-activation, skip
+def test_nan_and_inf_propagate_like_the_reference(k, value, slot):
+    """The build must not assume finite math: a NaN / inf in U or x lands where the reference puts it."""
+    L, B, d = 5, 2, 19  # d not a multiple of the SIMD width: the remainder lanes too
+    inputs = make_inputs(L, B, d, k, requires_grad=False)
+    j = 17
+    if slot == 3 and k == 3:
+        inputs["x"][2, 0, j] = value
+    else:
+        inputs["U"][2, 0, j * k + slot] = value
+    h, c = elementwise_recurrence_cpu(**inputs)
+    h_ref, c_ref = elementwise_recurrence_ref(**inputs)
+    for name, a, b in (("h", h, h_ref), ("c_last", c, c_ref)):
+        assert torch.equal(a.isnan(), b.isnan()), name
+        assert torch.equal(a.isposinf(), b.isposinf()) and torch.equal(a.isneginf(), b.isneginf()), name
+        finite = b.isfinite()
+        assert_close(name + " (finite entries)", a[finite], b[finite], 1e-5)
+    if slot == 0 and value != value:  # NaN in u0 reaches h at that step and every later one
+        assert h[2:, 0, j].isnan().all()
+
+
+def test_build_is_keyed_on_source_flags_and_cpu(tmp_path):
+    from fairseq_srupp.ops.recurrence.cpu import BUILD_INPUTS, CXX_FLAGS, build_name, cpu_features
+
+    a, b = tmp_path / "checkout_a.cpp", tmp_path / "checkout_b.cpp"
+    source = BUILD_INPUTS[0].read_text()
+    a.write_text(source)
+    b.write_text(source)
+    features = cpu_features()
+    assert features
+    same = build_name("ext", [a], CXX_FLAGS, features)
+    assert build_name("ext", [b], CXX_FLAGS, features) == same  # identical checkouts share one build
+    b.write_text(source + "\n// edited\n")
+    assert build_name("ext", [b], CXX_FLAGS, features) != same  # an edited checkout gets its own
+    assert build_name("ext", [a], CXX_FLAGS + ("-g",), features) != same
+    assert build_name("ext", [a], CXX_FLAGS, features + " an_older_cpu") != same  # -march=native differs
+    assert "-ffast-math" not in CXX_FLAGS

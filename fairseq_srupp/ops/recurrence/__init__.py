@@ -133,7 +133,9 @@ def elementwise_recurrence(
         _warned_no_cupy = True
 
     def to(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-        return None if t is None else t.to(dtype).contiguous()
+        if t is None:
+            return None
+        return (t if t.dtype == dtype else t.to(dtype)).contiguous()  # no no-op casts in traced graphs
 
     args = (
         to(U, storage), to(x, storage), to(weight_c, compute), to(bias, compute), to(c0, compute),

@@ -17,8 +17,8 @@ from torch import Tensor
 SOURCE = Path(__file__).with_name("recurrence_cuda.cu")
 THREADS_PER_BLOCK = 256
 KERNEL_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-# The source includes recurrence_step.h (the per-step math shared with the C++ path).
-NVRTC_OPTIONS = ("--std=c++17", "-I" + str(SOURCE.parent))
+STEP_HEADER = SOURCE.with_name("recurrence_step.h")  # the per-step math shared with the C++ path
+NVRTC_OPTIONS = ("--std=c++17",)
 
 # launch(entry point name, device, number of (batch, unit) columns, kernel arguments)
 Launcher = Callable[[str, torch.device, int, Sequence], None]
@@ -40,13 +40,23 @@ def grid_blocks(n_columns: int) -> int:
     return (n_columns + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
 
 
+def kernel_source() -> str:
+    """recurrence_cuda.cu with recurrence_step.h pasted in place of its #include: CuPy's kernel
+    cache is keyed on the source text, so an edit to the header must change that text too."""
+    include = '#include "{}"'.format(STEP_HEADER.name)
+    source = SOURCE.read_text()
+    if include not in source:
+        raise RuntimeError("{} no longer includes {}".format(SOURCE.name, STEP_HEADER.name))
+    return source.replace(include, STEP_HEADER.read_text(), 1)
+
+
 def _module(device_index: int):
     module = _modules.get(device_index)
     if module is None:
         import cupy
 
         with cupy.cuda.Device(device_index):
-            module = cupy.RawModule(code=SOURCE.read_text(), options=NVRTC_OPTIONS)
+            module = cupy.RawModule(code=kernel_source(), options=NVRTC_OPTIONS)
         _modules[device_index] = module
     return module
 

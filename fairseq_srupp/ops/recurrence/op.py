@@ -15,8 +15,6 @@ the compute dtype C (fp64 when S is fp64, else fp32); mask_pad (L, B) bool conti
 in S, c_last (B, d) and c_all (L, B, d, every step's cell state, kept for the backward and not
 differentiable) in C. grad_x is an empty tensor when k=4 (an op cannot return None).
 """
-from typing import Optional, Tuple
-
 import torch
 from torch import Tensor
 
@@ -28,45 +26,32 @@ from .cupy_kernel import CUPY_KERNELS
 KERNELS = {"cpu": cpu, "cuda": CUPY_KERNELS}
 
 
-def _no_kernel(U: Tensor) -> str:
-    return "the fused SRU++ recurrence has no {} implementation; set FAIRSEQ_SRUPP_RECURRENCE=reference".format(
-        U.device.type
+def _no_kernel(U: Tensor, *_) -> None:
+    raise NotImplementedError(
+        "the fused SRU++ recurrence has no {} implementation; set FAIRSEQ_SRUPP_RECURRENCE=reference".format(
+            U.device.type
+        )
     )
 
 
-@torch.library.custom_op("fairseq_srupp::elementwise_recurrence", mutates_args=())
-def recurrence_op(
-    U: Tensor,
-    x: Optional[Tensor],
-    weight_c: Tensor,
-    bias: Tensor,
-    c0: Tensor,
-    mask_c: Optional[Tensor],
-    mask_pad: Optional[Tensor],
-) -> Tuple[Tensor, Tensor, Tensor]:
-    raise NotImplementedError(_no_kernel(U))
+# Explicit schemas: the two ops share their first seven arguments.
+_INPUTS = "Tensor U, Tensor? x, Tensor weight_c, Tensor bias, Tensor c0, Tensor? mask_c, Tensor? mask_pad"
+recurrence_op = torch.library.custom_op(
+    "fairseq_srupp::elementwise_recurrence", _no_kernel, mutates_args=(),
+    schema="({}) -> (Tensor, Tensor, Tensor)".format(_INPUTS),
+)
+recurrence_backward_op = torch.library.custom_op(
+    "fairseq_srupp::elementwise_recurrence_backward", _no_kernel, mutates_args=(),
+    schema="({}, Tensor c_all, Tensor grad_h, Tensor grad_c_last) -> (Tensor, Tensor, Tensor, Tensor, Tensor)".format(
+        _INPUTS
+    ),
+)
 
 
 @recurrence_op.register_fake
 def _(U, x, weight_c, bias, c0, mask_c, mask_pad):
     L, B, d = U.shape[0], U.shape[1], c0.shape[1]
     return U.new_empty(L, B, d), c0.new_empty(B, d), c0.new_empty(L, B, d)
-
-
-@torch.library.custom_op("fairseq_srupp::elementwise_recurrence_backward", mutates_args=())
-def recurrence_backward_op(
-    U: Tensor,
-    x: Optional[Tensor],
-    weight_c: Tensor,
-    bias: Tensor,
-    c0: Tensor,
-    mask_c: Optional[Tensor],
-    mask_pad: Optional[Tensor],
-    c_all: Tensor,
-    grad_h: Tensor,
-    grad_c_last: Tensor,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    raise NotImplementedError(_no_kernel(U))
 
 
 @recurrence_backward_op.register_fake

@@ -11,16 +11,22 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <vector>
+
+// glibc's vector expf / exp (libmvec) are declared SIMD-callable only under -ffast-math, which we
+// do not use: it would let GCC assume no NaN / inf. Declaring them here lets the `omp simd` loops
+// call them with IEEE semantics kept (-fno-math-errno is all vectorising a call needs).
+#if defined(__GLIBC__) && defined(__x86_64__)
+extern "C" __attribute__((__simd__("notinbranch"))) float expf(float) noexcept;
+extern "C" __attribute__((__simd__("notinbranch"))) double exp(double) noexcept;
+#endif
+
+#include "recurrence_step.h"
 
 namespace {
 
 constexpr int64_t kChunk = 256;  // hidden units per tile
-
-template <typename T>
-inline T sigmoid(T v) {
-  return T(1) / (T(1) + std::exp(-v));
-}
 
 struct Shape {
   int64_t L, B, d;
@@ -60,15 +66,12 @@ void forward_impl(const T* __restrict__ U, const T* __restrict__ x, const T* __r
         const T* __restrict__ x_row = (K == 3) ? x + row : nullptr;
 #pragma omp simd
         for (int64_t j = 0; j < n; ++j) {
-          const T u0 = u[j * K], u1 = u[j * K + 1], u2 = u[j * K + 2];
-          const T f = sigmoid(u1 + vf[j] * c[j] + bf[j]);
-          const T r = sigmoid(u2 + vr[j] * c[j] + br[j]);
-          const T c_new = u0 + (c[j] - u0) * f;
-          const T skip = (K == 3) ? x_row[j] : u[j * K + 3];
-          const T gate = DROP ? m[j] * r : r;
-          h_row[j] = skip + (c_new - skip) * gate;
-          c_row[j] = c_new;
-          c[j] = c_new;
+          const srupp::Step<T> step{u[j * K], u[j * K + 1], u[j * K + 2], (K == 3) ? x_row[j] : u[j * K + 3]};
+          const srupp::Unit<T> unit{vf[j], vr[j], bf[j], br[j], DROP ? m[j] : T(1)};
+          T c_j = c[j];
+          h_row[j] = srupp::forward_step(step, unit, c_j);
+          c_row[j] = c_j;
+          c[j] = c_j;
         }
       }
     }
@@ -125,31 +128,24 @@ void backward_impl(const T* __restrict__ U, const T* __restrict__ x, const T* __
         T* __restrict__ gx_row = (K == 3) ? grad_x + row : nullptr;
 #pragma omp simd
         for (int64_t j = 0; j < n; ++j) {
-          const T u0 = u[j * K], u1 = u[j * K + 1], u2 = u[j * K + 2];
-          const T cp = c_prev[j];
-          const T f = sigmoid(u1 + vf[j] * cp + bf[j]);
-          const T r = sigmoid(u2 + vr[j] * cp + br[j]);
-          const T skip = (K == 3) ? x_row[j] : u[j * K + 3];
-          const T mj = DROP ? m[j] : T(1);
-          const T gh = gh_row[j];
-          const T mr = mj * r;
-          const T gc_total = gc[j] + gh * mr;
-          const T g_pre_f = gc_total * (cp - u0) * f * (T(1) - f);
-          const T g_pre_r = gh * (c_row[j] - skip) * mj * r * (T(1) - r);
-          gu[j * K] = gc_total * (T(1) - f);
-          gu[j * K + 1] = g_pre_f;
-          gu[j * K + 2] = g_pre_r;
-          const T g_skip = gh * (T(1) - mr);
+          const srupp::Step<T> step{u[j * K], u[j * K + 1], u[j * K + 2], (K == 3) ? x_row[j] : u[j * K + 3]};
+          const srupp::Unit<T> unit{vf[j], vr[j], bf[j], br[j], DROP ? m[j] : T(1)};
+          srupp::UnitGrad<T> sums{g_vf[j], g_vr[j], g_bf[j], g_br[j]};
+          T gc_j = gc[j];
+          const srupp::StepGrad<T> g = srupp::backward_step(step, unit, c_prev[j], c_row[j], gh_row[j], gc_j, sums);
+          gu[j * K] = g.u0;
+          gu[j * K + 1] = g.u1;
+          gu[j * K + 2] = g.u2;
           if (K == 3) {
-            gx_row[j] = g_skip;
+            gx_row[j] = g.skip;
           } else {
-            gu[j * K + 3] = g_skip;
+            gu[j * K + 3] = g.skip;
           }
-          g_vf[j] += g_pre_f * cp;
-          g_vr[j] += g_pre_r * cp;
-          g_bf[j] += g_pre_f;
-          g_br[j] += g_pre_r;
-          gc[j] = gc_total * f + g_pre_f * vf[j] + g_pre_r * vr[j];
+          g_vf[j] = sums.vf;
+          g_vr[j] = sums.vr;
+          g_bf[j] = sums.bf;
+          g_br[j] = sums.br;
+          gc[j] = gc_j;
         }
       }
       for (int64_t j = 0; j < n; ++j) {
@@ -164,11 +160,11 @@ void backward_impl(const T* __restrict__ U, const T* __restrict__ x, const T* __
 }
 
 template <typename T>
-const T* data_or_null(const c10::optional<torch::Tensor>& t) {
+const T* data_or_null(const std::optional<torch::Tensor>& t) {
   return (t.has_value() && t->defined()) ? t->data_ptr<T>() : nullptr;
 }
 
-const bool* pad_or_null(const c10::optional<torch::Tensor>& t) {
+const bool* pad_or_null(const std::optional<torch::Tensor>& t) {
   return (t.has_value() && t->defined()) ? t->data_ptr<bool>() : nullptr;
 }
 
@@ -191,10 +187,10 @@ void dispatch_variant(int64_t k, bool pad, bool drop, Fn&& fn) {
   }
 }
 
-std::vector<torch::Tensor> forward(torch::Tensor U, c10::optional<torch::Tensor> x,
+std::vector<torch::Tensor> forward(torch::Tensor U, std::optional<torch::Tensor> x,
                                    torch::Tensor weight_c, torch::Tensor bias, torch::Tensor c0,
-                                   c10::optional<torch::Tensor> mask_c,
-                                   c10::optional<torch::Tensor> mask_pad, int64_t k) {
+                                   std::optional<torch::Tensor> mask_c,
+                                   std::optional<torch::Tensor> mask_pad, int64_t k) {
   const Shape s{U.size(0), U.size(1), c0.size(-1)};
   auto h = torch::empty({s.L, s.B, s.d}, U.options());
   auto c_all = torch::empty({s.L, s.B, s.d}, U.options());
@@ -211,10 +207,10 @@ std::vector<torch::Tensor> forward(torch::Tensor U, c10::optional<torch::Tensor>
   return {h, c_all};
 }
 
-std::vector<torch::Tensor> backward(torch::Tensor U, c10::optional<torch::Tensor> x,
+std::vector<torch::Tensor> backward(torch::Tensor U, std::optional<torch::Tensor> x,
                                     torch::Tensor weight_c, torch::Tensor bias, torch::Tensor c0,
-                                    c10::optional<torch::Tensor> mask_c,
-                                    c10::optional<torch::Tensor> mask_pad, torch::Tensor c_all,
+                                    std::optional<torch::Tensor> mask_c,
+                                    std::optional<torch::Tensor> mask_pad, torch::Tensor c_all,
                                     torch::Tensor grad_h, torch::Tensor grad_c_last, int64_t k) {
   const Shape s{U.size(0), U.size(1), c0.size(-1)};
   auto grad_U = torch::empty_like(U);

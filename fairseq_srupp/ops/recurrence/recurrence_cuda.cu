@@ -3,12 +3,17 @@
 // One thread per (batch, hidden unit) column walks time. Layout: U is (L, B, d, K) contiguous,
 // x / h / grad_h / grad_x are (L, B, d); c0, weight_c, bias, mask_c and the saved cell states are
 // fp32; U, x, h and their gradients are T (float, or 16-bit half / bfloat16 storage) with fp32
-// arithmetic. The 16-bit conversions are written here (PTX cvt for half, round-to-nearest-even
-// bit arithmetic for bfloat16) so the source needs no CUDA headers and compiles with bare NVRTC.
+// arithmetic. The per-step math is recurrence_step.h, shared with the C++ CPU path. The 16-bit
+// conversions are written here (PTX cvt for half, round-to-nearest-even bit arithmetic for
+// bfloat16) so the source needs no CUDA headers and compiles with bare NVRTC.
 // The only dependence between steps is c; the loads of step t+1 do not depend on it, so they are
 // issued before step t's arithmetic (a one-step register prefetch) to hide their latency.
 // Compiled at run time by NVRTC through CuPy (see cupy_kernel.py); the extern "C" entry points at
 // the end instantiate every dtype and k, so a compile check catches errors in all of them.
+// The tests also compile this file for the host under cuda_host_shim.h (SRUPP_HOST_SHIM), which
+// supplies the CUDA built-ins and the half conversions, and run every thread of a launch in turn.
+#include "recurrence_step.h"
+
 namespace srupp {
 
 struct half_t {  // IEEE binary16 storage, as torch.float16
@@ -18,19 +23,31 @@ struct bfloat16_t {  // upper half of a binary32, as torch.bfloat16
   unsigned short bits;
 };
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(half_t v) {
+#ifdef SRUPP_HOST_SHIM
+__device__ __forceinline__ float half_bits_to_float(unsigned short bits) { return srupp_shim::half_bits_to_float(bits); }
+__device__ __forceinline__ unsigned short float_to_half_bits(float v) { return srupp_shim::float_to_half_bits(v); }
+#else
+__device__ __forceinline__ float half_bits_to_float(unsigned short bits) {
   float f;
-  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits));
   return f;
 }
+__device__ __forceinline__ unsigned short float_to_half_bits(float v) {
+  unsigned short bits;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(v));
+  return bits;
+}
+#endif
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(half_t v) { return half_bits_to_float(v.bits); }
 __device__ __forceinline__ float to_float(bfloat16_t v) { return __uint_as_float(((unsigned int)v.bits) << 16); }
 
 template <typename T> __device__ __forceinline__ T from_float(float v);
 template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
 template <> __device__ __forceinline__ half_t from_float<half_t>(float v) {
   half_t h;
-  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(v));
+  h.bits = float_to_half_bits(v);
   return h;
 }
 template <> __device__ __forceinline__ bfloat16_t from_float<bfloat16_t>(float v) {
@@ -45,17 +62,10 @@ template <> __device__ __forceinline__ bfloat16_t from_float<bfloat16_t>(float v
   return b;
 }
 
-__device__ __forceinline__ float sigmoidf(float v) { return 1.f / (1.f + __expf(-v)); }
-
-// The per-step inputs of one column: u0, u1, u2 and the skip term.
-struct Step {
-  float u0, u1, u2, skip;
-};
-
 template <typename T, int K>
-__device__ __forceinline__ Step load_step(const T* __restrict__ U, const T* __restrict__ x, long long idx) {
+__device__ __forceinline__ Step<float> load_step(const T* __restrict__ U, const T* __restrict__ x, long long idx) {
   const T* u = U + idx * K;
-  Step s;
+  Step<float> s;
   s.u0 = to_float(u[0]);
   s.u1 = to_float(u[1]);
   s.u2 = to_float(u[2]);
@@ -73,23 +83,20 @@ __device__ void forward(const T* __restrict__ U, const T* __restrict__ x, const 
   if (col >= cols) return;
   const int b = (int)(col / d);
   const int j = (int)(col % d);
-  const float vf = weight_c[j], vr = weight_c[d + j], bf = bias[j], br = bias[d + j];
-  const float m = (mask_c != nullptr) ? mask_c[col] : 1.f;
+  const Unit<float> unit{weight_c[j], weight_c[d + j], bias[j], bias[d + j],
+                         (mask_c != nullptr) ? mask_c[col] : 1.f};
   float c = c0[col];
-  Step next = load_step<T, K>(U, x, col);
+  Step<float> next = load_step<T, K>(U, x, col);
   for (int t = 0; t < L; ++t) {
     const long long idx = (long long)t * cols + col;
-    const Step cur = next;
+    const Step<float> cur = next;
     if (t + 1 < L) next = load_step<T, K>(U, x, idx + cols);
     if (mask_pad != nullptr && mask_pad[(long long)t * B + b]) {
       h[idx] = from_float<T>(0.f);
       c_all[idx] = c;
       continue;
     }
-    const float f = sigmoidf(cur.u1 + vf * c + bf);
-    const float r = sigmoidf(cur.u2 + vr * c + br);
-    c = cur.u0 + (c - cur.u0) * f;
-    h[idx] = from_float<T>(cur.skip + (c - cur.skip) * m * r);
+    h[idx] = from_float<T>(forward_step(cur, unit, c));
     c_all[idx] = c;
   }
 }
@@ -108,10 +115,10 @@ __device__ void backward(const T* __restrict__ U, const T* __restrict__ x, const
   if (col >= cols) return;
   const int b = (int)(col / d);
   const int j = (int)(col % d);
-  const float vf = weight_c[j], vr = weight_c[d + j], bf = bias[j], br = bias[d + j];
-  const float m = (mask_c != nullptr) ? mask_c[col] : 1.f;
+  const Unit<float> unit{weight_c[j], weight_c[d + j], bias[j], bias[d + j],
+                         (mask_c != nullptr) ? mask_c[col] : 1.f};
   float gc = grad_c_last[col];
-  float g_vf = 0.f, g_vr = 0.f, g_bf = 0.f, g_br = 0.f;
+  UnitGrad<float> sums{0.f, 0.f, 0.f, 0.f};
   for (int t = L - 1; t >= 0; --t) {
     const long long idx = (long long)t * cols + col;
     T* gu = grad_U + idx * K;
@@ -121,36 +128,23 @@ __device__ void backward(const T* __restrict__ U, const T* __restrict__ x, const
       if (K == 3) grad_x[idx] = from_float<T>(0.f);
       continue;
     }
-    const Step s = load_step<T, K>(U, x, idx);
+    const Step<float> s = load_step<T, K>(U, x, idx);
     const float cp = (t > 0) ? c_all[idx - cols] : c0[col];
-    const float c = c_all[idx];
-    const float gh = to_float(grad_h[idx]);
-    const float f = sigmoidf(s.u1 + vf * cp + bf);
-    const float r = sigmoidf(s.u2 + vr * cp + br);
-    const float mr = m * r;
-    const float gc_total = gc + gh * mr;
-    const float g_pre_f = gc_total * (cp - s.u0) * f * (1.f - f);
-    const float g_pre_r = gh * (c - s.skip) * m * r * (1.f - r);
-    gu[0] = from_float<T>(gc_total * (1.f - f));
-    gu[1] = from_float<T>(g_pre_f);
-    gu[2] = from_float<T>(g_pre_r);
-    const float g_skip = gh * (1.f - mr);
+    const StepGrad<float> g = backward_step(s, unit, cp, c_all[idx], to_float(grad_h[idx]), gc, sums);
+    gu[0] = from_float<T>(g.u0);
+    gu[1] = from_float<T>(g.u1);
+    gu[2] = from_float<T>(g.u2);
     if (K == 3) {
-      grad_x[idx] = from_float<T>(g_skip);
+      grad_x[idx] = from_float<T>(g.skip);
     } else {
-      gu[3] = from_float<T>(g_skip);
+      gu[3] = from_float<T>(g.skip);
     }
-    g_vf += g_pre_f * cp;
-    g_vr += g_pre_r * cp;
-    g_bf += g_pre_f;
-    g_br += g_pre_r;
-    gc = gc_total * f + g_pre_f * vf + g_pre_r * vr;
   }
   grad_c0[col] = gc;
-  grad_wc[col] = g_vf;
-  grad_wc[cols + col] = g_vr;
-  grad_bias[col] = g_bf;
-  grad_bias[cols + col] = g_br;
+  grad_wc[col] = sums.vf;
+  grad_wc[cols + col] = sums.vr;
+  grad_bias[col] = sums.bf;
+  grad_bias[cols + col] = sums.br;
 }
 
 }  // namespace srupp
@@ -170,9 +164,14 @@ __device__ void backward(const T* __restrict__ U, const T* __restrict__ x, const
                           grad_U, grad_x, grad_wc, grad_bias, grad_c0, L, B, d);                     \
   }
 
-SRUPP_ENTRY_POINTS(float32_k3, float, 3)
-SRUPP_ENTRY_POINTS(float32_k4, float, 4)
-SRUPP_ENTRY_POINTS(float16_k3, srupp::half_t, 3)
-SRUPP_ENTRY_POINTS(float16_k4, srupp::half_t, 4)
-SRUPP_ENTRY_POINTS(bfloat16_k3, srupp::bfloat16_t, 3)
-SRUPP_ENTRY_POINTS(bfloat16_k4, srupp::bfloat16_t, 4)
+// Every (dtype, k) variant, as X(suffix, storage type, k); the host shim walks the same list to
+// find the entry points by name.
+#define SRUPP_FOR_EACH_VARIANT(X)    \
+  X(float32_k3, float, 3)            \
+  X(float32_k4, float, 4)            \
+  X(float16_k3, srupp::half_t, 3)    \
+  X(float16_k4, srupp::half_t, 4)    \
+  X(bfloat16_k3, srupp::bfloat16_t, 3) \
+  X(bfloat16_k4, srupp::bfloat16_t, 4)
+
+SRUPP_FOR_EACH_VARIANT(SRUPP_ENTRY_POINTS)
