@@ -4,7 +4,7 @@ import sru
 import torch
 from conftest import assert_close
 
-from fairseq_srupp.models.srupp_lm import causal_mask
+from fairseq_srupp.modules.attention_masks import causal_mask
 from fairseq_srupp.modules import SRUpp
 
 
@@ -68,23 +68,22 @@ def test_eval_forward_matches_reference(config, use_memory, use_pad, L, B, input
         assert_close("saved input {}".format(i), a, b, 1e-5)
 
 
-@pytest.mark.parametrize("config", ["ln_every_layer_1head", "no_ln_every_2nd_2heads"])
-def test_training_forward_and_gradients_match_reference(config):
-    """Same seed → same dropout masks (variational, sub-layer, embedding order) and same gradients."""
-    L, B, d, layers = 9, 2, 16, 3
-    ref, mine = build_pair(d, d, 8, num_layers=layers, dropout=0.2, attn_dropout=0.0, **CONFIGS[config])
+def assert_training_step_matches(ref, mine, x, c0, **forward_kwargs):
+    """Seeded training forward + backward of both stacks: h, c, gradients of x, c0 and every parameter.
+
+    Same seed → same dropout masks (variational, sub-layer), so dropout may be on; attention
+    dropout must be 0 (scaled_dot_product_attention draws its mask differently).
+    """
     ref.train()
     mine.train()
-    x = torch.randn(L, B, d)
-    memory = [torch.randn(4, B, d) for _ in range(layers)]
-    c0 = torch.randn(layers, B, d)
-    attn_mask = causal_mask(L, 4)
-    grad_h, grad_c = torch.randn(L, B, d), torch.randn(layers, B, d)
+    layers = c0.shape[0]
+    grad_h, grad_c = torch.randn(x.shape[0], x.shape[1], mine.hidden_size), torch.randn_like(c0)
     outputs = {}
     for name, model in (("ref", ref), ("mine", mine)):
         xi, c0i = x.clone().requires_grad_(), c0.clone().requires_grad_()
         torch.manual_seed(99)
-        h, c, _ = model(xi, c0i, attn_mask=attn_mask, memory=memory)
+        h, c, _ = model(xi, c0i, **forward_kwargs)
+        assert c.shape == (layers, x.shape[1], mine.hidden_size)
         ((h * grad_h).sum() + (c * grad_c).sum()).backward()
         grads = {n: p.grad for n, p in model.named_parameters()}
         outputs[name] = (h, c, xi.grad, c0i.grad, grads)
@@ -97,6 +96,17 @@ def test_training_forward_and_gradients_match_reference(config):
     assert g.keys() == g_ref.keys()
     for name in sorted(g):
         assert_close("grad " + name, g[name], g_ref[name], 1e-4)
+
+
+@pytest.mark.parametrize("config", ["ln_every_layer_1head", "no_ln_every_2nd_2heads"])
+def test_training_forward_and_gradients_match_reference(config):
+    """Same seed → same dropout masks (variational, sub-layer, embedding order) and same gradients."""
+    L, B, d, layers = 9, 2, 16, 3
+    ref, mine = build_pair(d, d, 8, num_layers=layers, dropout=0.2, attn_dropout=0.0, **CONFIGS[config])
+    x = torch.randn(L, B, d)
+    memory = [torch.randn(4, B, d) for _ in range(layers)]
+    c0 = torch.randn(layers, B, d)
+    assert_training_step_matches(ref, mine, x, c0, attn_mask=causal_mask(L, 4), memory=memory)
 
 
 def test_memory_equals_full_sequence():

@@ -10,3 +10,7 @@ machinery of ``data_scripts/``, one module per job:
 * ``vocab``: fairseq's special symbols and vocabulary files.
 """
 from . import byte_bpe  # noqa: F401  (registers --bpe srupp_bytes)
+
+from fairseq_srupp import register as _register  # noqa: E402
+
+_register()  # importing one fairseq-facing subpackage registers them all

@@ -29,7 +29,7 @@ from fairseq.models import (
 from fairseq.utils import safe_getattr
 from torch import Tensor, nn
 
-from fairseq_srupp.modules import SRUpp
+from fairseq_srupp.modules import Dropout, SRUpp
 from fairseq_srupp.modules.adaptive_softmax import ProjectedAdaptiveSoftmax
 from fairseq_srupp.modules.attention_masks import MASKED_SCORE, causal_mask, same_length_mask  # noqa: F401
 
@@ -134,7 +134,7 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         else:
             self.embed_tokens = nn.Embedding(len(dictionary), d, padding_idx=self.padding_idx)
             self.output_projection = nn.Linear(d, len(dictionary))
-        self.dropout_module = nn.Dropout(cfg.dropout)
+        self.dropout_module = Dropout(cfg.dropout, module_name=type(self).__name__)  # --retain-dropout aware
         self.srupp = SRUpp(
             d,
             d,
@@ -215,7 +215,9 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         x = self.embed(tokens)  # (T, B, d)
         length, batch = x.shape[:2]
         pad = tokens.eq(self.padding_idx)
-        mask_pad = pad.t() if pad.any() else None  # (T, B)
+        # Eager skips an all-False mask (cheaper attention and recurrence); a compiled graph cannot
+        # branch on tensor values, so it always passes the mask (same results).
+        mask_pad = pad.t() if torch.compiler.is_compiling() or pad.any() else None  # (T, B)
 
         carrying = carry is not None and carry.get("enabled", True)
         state = None

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dropout import Dropout
+
 
 def parse_cutoffs(cutoffs, vocab_size: int) -> List[int]:
     """'19997,39997' or a sequence of ints → validated increasing list, each inside (0, vocab_size)."""
@@ -93,7 +95,7 @@ class ProjectedAdaptiveSoftmax(nn.Module):
         self.num_tails = len(self.cutoffs)
         self.widths = cluster_widths(embed_dim, div_value, self.num_tails + 1)
         self.embed_scale = embed_scale
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout, module_name=type(self).__name__)  # --retain-dropout aware
         shortlist = self.bounds[1]
         self.head = nn.Linear(self.widths[0], shortlist)
         self.cluster_logits = nn.Linear(self.widths[0], self.num_tails) if self.num_tails else None

@@ -1,23 +1,33 @@
 """The SRU++ stack: a drop-in for ``sru.SRUpp`` (unidirectional, as used for language modelling)."""
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .srupp_layer import SRUppLayer
 from .transforms import SRUppAttention, SRUppProjectedLinear
 
 
-def layer_has_attention(layer_index: int, attention_every_n_layers: int) -> bool:
-    """Layer i (0-based) attends iff (i+1) % n == 0: n=5 with 10 layers → layers 5 and 10."""
+def layer_has_attention(
+    layer_index: int, attention_every_n_layers: int = 1, num_layers: int = 0, attention_last_n_layers: int = -1
+) -> bool:
+    """Whether layer i (0-based) of ``num_layers`` attends (the others only project).
+
+    ``attention_last_n_layers`` n ≥ 0: the last n layers attend. Otherwise layer i attends iff
+    (i+1) % attention_every_n_layers == 0: every=5 with 10 layers → layers 5 and 10 (1-based).
+    """
+    if attention_last_n_layers != -1:
+        return num_layers - layer_index <= attention_last_n_layers
     return (layer_index + 1) % attention_every_n_layers == 0
 
 
 class SRUpp(nn.Module):
     """A stack of SRU++ layers (spec §1–2).
 
-    Constructor arguments and parameter names match ``sru.SRUpp`` (3.0.0.dev6), so
-    ``SRUpp(...).load_state_dict(sru_model.state_dict())`` works unchanged.
+    Constructor and ``forward`` arguments, their order and parameter names match ``sru.SRUpp``
+    (3.0.0.dev6), so code written for it runs unchanged and
+    ``SRUpp(...).load_state_dict(sru_model.state_dict())`` works.
 
     Args:
         input_size: width of the input features.
@@ -27,11 +37,21 @@ class SRUpp(nn.Module):
         dropout: variational dropout of every layer but the last, and dropout before W3 / W2.
         attn_dropout: dropout on attention probabilities.
         num_heads: attention heads.
+        bidirectional: must be False. Accepted so ``sru.SRUpp`` keyword sets work; True is
+            refused because a backward pass over time lets every position see the future, which
+            a language model (causal attention masks, carried state, incremental decoding) cannot use.
         layer_norm: LayerNorm in each layer (pre-norm unless ``normalize_after``).
         normalize_after: post-norm layers.
         attn_layer_norm: LayerNorm inside the attention / projection block.
         highway_bias: initial reset-gate bias.
         attention_every_n_layers: layer i attends iff (i+1) % n == 0, others project only.
+        attention_last_n_layers: if ≥ 0, only the last n layers attend (0: none); cannot be
+            combined with ``attention_every_n_layers`` ≠ 1. −1 (default): unused.
+        rescale: scale each k=3 layer's skip term by √(1 + 2·exp(highway_bias)).
+        nn_rnn_compatible_return: return c as (num_layers · directions, B, d) like ``nn.RNN``;
+            with one direction that is the default (num_layers, B, d) layout, so it changes nothing.
+        proj_input_to_hidden_first: when input_size ≠ hidden_size, first map the input with a
+            bias-free Linear (``input_to_hidden``) to hidden_size, so every layer has k=3.
         weight_c_init: range of the uniform initialisation of v_f, v_r.
     """
 
@@ -44,18 +64,40 @@ class SRUpp(nn.Module):
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         num_heads: int = 1,
+        bidirectional: bool = False,
         layer_norm: bool = False,
         normalize_after: bool = False,
         attn_layer_norm: bool = True,
         highway_bias: float = -2.0,
         attention_every_n_layers: int = 1,
+        attention_last_n_layers: int = -1,
+        rescale: bool = False,
+        nn_rnn_compatible_return: bool = False,
+        proj_input_to_hidden_first: bool = False,
         weight_c_init: float = 1.0,
     ):
         super().__init__()
+        if bidirectional:
+            raise ValueError(
+                "bidirectional=True is not supported: fairseq_srupp's SRUpp is unidirectional, because "
+                "a backward recurrence lets every position see future tokens, which a language model "
+                "(causal masks, carried state, incremental decoding) cannot use; use sru.SRUpp for "
+                "bidirectional encoders"
+            )
         if num_layers < 1:
             raise ValueError("num_layers must be >= 1, got {}".format(num_layers))
         if attention_every_n_layers < 1:
             raise ValueError("attention_every_n_layers must be >= 1, got {}".format(attention_every_n_layers))
+        if attention_last_n_layers < -1:
+            raise ValueError(
+                "attention_last_n_layers must be -1 (unused) or >= 0, got {}".format(attention_last_n_layers)
+            )
+        if attention_every_n_layers != 1 and attention_last_n_layers != -1:
+            raise ValueError(
+                "set either attention_every_n_layers ({}) or attention_last_n_layers ({}), not both".format(
+                    attention_every_n_layers, attention_last_n_layers
+                )
+            )
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.output_size = hidden_size
@@ -63,12 +105,23 @@ class SRUpp(nn.Module):
         self.num_layers = num_layers
         self.num_heads = num_heads
         self.dropout = dropout
+        self.bidirectional = False
+        self.num_directions = 1
+        self.use_layer_norm = layer_norm
         self.attention_every_n_layers = attention_every_n_layers
+        self.attention_last_n_layers = attention_last_n_layers
+        self.nn_rnn_compatible_return = nn_rnn_compatible_return
+        self.input_to_hidden: Optional[nn.Linear] = None
+        first_input_size = input_size
+        if proj_input_to_hidden_first and input_size != hidden_size:
+            self.input_to_hidden = nn.Linear(input_size, hidden_size, bias=False)
+            nn.init.xavier_uniform_(self.input_to_hidden.weight)  # before the layers, as sru.SRUpp
+            first_input_size = hidden_size
         self.rnn_lst = nn.ModuleList()
         for i in range(num_layers):
-            in_features = input_size if i == 0 else hidden_size
+            in_features = first_input_size if i == 0 else hidden_size
             out_features = hidden_size * (3 if in_features == hidden_size else 4)
-            if layer_has_attention(i, attention_every_n_layers):
+            if layer_has_attention(i, attention_every_n_layers, num_layers, attention_last_n_layers):
                 transform = SRUppAttention(
                     in_features,
                     out_features,
@@ -92,6 +145,7 @@ class SRUpp(nn.Module):
                     normalize_after=normalize_after,
                     highway_bias=highway_bias,
                     weight_c_init=weight_c_init,
+                    rescale=rescale,
                 )
             )
 
@@ -101,10 +155,12 @@ class SRUpp(nn.Module):
     def reset_parameters(self):
         for layer in self.rnn_lst:
             layer.reset_parameters()
+        if self.input_to_hidden is not None:
+            nn.init.xavier_uniform_(self.input_to_hidden.weight)
 
     def forward(
         self,
-        input: Tensor,
+        input: Union[Tensor, PackedSequence],
         c0: Optional[Tensor] = None,
         mask_pad: Optional[Tensor] = None,
         attn_mask: Optional[Tensor] = None,
@@ -115,7 +171,8 @@ class SRUpp(nn.Module):
     ) -> Tuple[Tensor, Tensor, List[Tensor]]:
         """
         Args:
-            input: (L, B, input_size).
+            input: (L, B, input_size), or a ``PackedSequence`` of such sequences (as for
+                ``nn.RNN``): then ``mask_pad`` comes from its lengths and h is returned packed.
             c0: optional (num_layers, B, d) initial cell states.
             mask_pad: optional (L, B) bool, True at padding.
             attn_mask: optional additive (L, M+L) float mask (M = memory length, 0 without memory).
@@ -127,10 +184,16 @@ class SRUpp(nn.Module):
             window: attention window of incremental decoding (each query sees itself and the
                 ``window`` positions before it).
         Returns:
-            h: (L, B, d) top-layer output,
+            h: (L, B, d) top-layer output (packed if the input was),
             c: (num_layers, B, d) last cell state of every layer,
-            saved_inputs: list of num_layers raw layer inputs (L, B, d_in), the next memory.
+            saved_inputs: list of num_layers raw layer inputs (L, B, d_in), the next memory
+                (``sru.SRUpp`` returns the same list as ``{"saved_inputs": [...]}``).
         """
+        lengths = None
+        if isinstance(input, PackedSequence):
+            input, lengths = pad_packed_sequence(input)  # (L, B, input_size), (B,)
+            mask_pad = torch.arange(input.shape[0]).unsqueeze(1) >= lengths.unsqueeze(0)  # (L, B)
+            mask_pad = mask_pad.to(input.device)
         if input.dim() != 3:
             raise ValueError("input must be (L, B, input_size), got {}".format(tuple(input.shape)))
         length, batch, width = input.shape
@@ -158,7 +221,7 @@ class SRUpp(nn.Module):
         if mask_pad is not None:
             mask_pad = mask_pad.bool()
 
-        x = input
+        x = input if self.input_to_hidden is None else self.input_to_hidden(input)
         saved_inputs: List[Tensor] = []
         last_c: List[Tensor] = []
         for i, layer in enumerate(self.rnn_lst):
@@ -174,4 +237,8 @@ class SRUpp(nn.Module):
                 window=window,
             )
             last_c.append(c)
+        # nn_rnn_compatible_return orders c as (layers · directions, B, d): with one direction that
+        # is already this layout.
+        if lengths is not None:
+            x = pack_padded_sequence(x, lengths, enforce_sorted=False)
         return x, torch.stack(last_c), saved_inputs

@@ -1,11 +1,13 @@
 """One SRU++ layer: optional pre-norm, a transform producing U, the elementwise recurrence."""
+import math
 from typing import Dict, Optional, Tuple
 
 import torch
-from fairseq.modules import LayerNorm
 from torch import Tensor, nn
 
 from fairseq_srupp.ops.recurrence import elementwise_recurrence
+
+from .dropout import Dropout
 
 
 class SRUppLayer(nn.Module):
@@ -22,6 +24,8 @@ class SRUppLayer(nn.Module):
         normalize_after: post-norm instead of pre-norm.
         highway_bias: initial b_r (−2 in every preset).
         weight_c_init: v_f and v_r are initialised U(−weight_c_init, weight_c_init).
+        rescale: multiply the k=3 skip term x by the buffer ``scale_x`` = √(1 + 2·exp(highway_bias))
+            (``sru.SRUpp``'s ``rescale``; off in SRU++ and every preset). k=4 layers never rescale.
     """
 
     def __init__(
@@ -34,26 +38,33 @@ class SRUppLayer(nn.Module):
         normalize_after: bool = False,
         highway_bias: float = -2.0,
         weight_c_init: float = 1.0,
+        rescale: bool = False,
     ):
         super().__init__()
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.output_size = hidden_size
         self.num_matrices = 3 if input_size == hidden_size else 4
-        self.dropout = float(dropout)
         self.highway_bias = float(highway_bias)
         self.weight_c_init = float(weight_c_init)
         self.normalize_after = normalize_after
+        self.rescale = rescale
         self.transform_module = transform_module
+        # Holds p and the train / retained-at-inference switch of the variational mask on c.
+        self.mask_dropout = Dropout(dropout, module_name=type(self).__name__)
         self.weight_c = nn.Parameter(torch.empty(2 * hidden_size))  # [v_f ; v_r]
         self.bias = nn.Parameter(torch.empty(2 * hidden_size))  # [b_f ; b_r]
-        # sru.SRUpp keeps a skip-rescaling constant in its state dict. SRU++ never rescales
-        # (it is 1), but keeping the buffer lets those state dicts load strictly.
+        # Always present (1 unless rescale) so sru.SRUpp state dicts load strictly either way.
         self.register_buffer("scale_x", torch.ones(1))
         self.layer_norm = None
         if layer_norm:
-            self.layer_norm = LayerNorm(hidden_size if normalize_after else input_size)
+            self.layer_norm = nn.LayerNorm(hidden_size if normalize_after else input_size)
         self.reset_parameters()
+
+    @property
+    def dropout(self) -> float:
+        """Variational dropout probability on the gate r·(c − skip) (as ``sru.SRUCell.dropout``)."""
+        return self.mask_dropout.p
 
     def reset_parameters(self):
         d = self.hidden_size
@@ -61,7 +72,8 @@ class SRUppLayer(nn.Module):
             self.bias.zero_()
             self.bias[d:].fill_(self.highway_bias)
             self.weight_c.uniform_(-self.weight_c_init, self.weight_c_init)
-            self.scale_x.fill_(1.0)
+            # The value sru.SRUCell computes (also for k=4 layers, where it stays unused).
+            self.scale_x.fill_(math.sqrt(1 + 2 * math.exp(self.highway_bias)) if self.rescale else 1.0)
         self.transform_module.reset_parameters()
         if self.layer_norm is not None:
             self.layer_norm.reset_parameters()
@@ -103,7 +115,7 @@ class SRUppLayer(nn.Module):
 
         # Drawn before the transform's dropouts, as sru.SRUpp does, so seeded runs agree.
         mask_c = None
-        if self.training and self.dropout > 0:
+        if self.mask_dropout.active and self.dropout > 0:
             mask_c = self.bias.new_empty(batch, self.hidden_size).bernoulli_(1 - self.dropout)
             mask_c.div_(1 - self.dropout)
 
@@ -120,9 +132,12 @@ class SRUppLayer(nn.Module):
             raise ValueError(
                 "transform_module returned U of width {} but this layer needs {}".format(U.shape[-1], expected)
             )
+        skip = None
+        if self.num_matrices == 3:
+            skip = residual * self.scale_x.to(residual.dtype) if self.rescale else residual
         h, c = elementwise_recurrence(
             U,
-            residual if self.num_matrices == 3 else None,
+            skip,
             self.weight_c,
             self.bias,
             c0,
@@ -134,6 +149,11 @@ class SRUppLayer(nn.Module):
         return h, c
 
     def extra_repr(self) -> str:
-        return "{}, {}, k={}, dropout={}, highway_bias={}".format(
-            self.input_size, self.hidden_size, self.num_matrices, self.dropout, self.highway_bias
+        return "{}, {}, k={}, dropout={}, highway_bias={}{}".format(
+            self.input_size,
+            self.hidden_size,
+            self.num_matrices,
+            self.dropout,
+            self.highway_bias,
+            ", rescale=True" if self.rescale else "",
         )

@@ -8,10 +8,10 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from fairseq.modules import LayerNorm
 from torch import Tensor, nn
 
 from .attention_masks import same_length_mask
+from .dropout import Dropout
 
 
 def _linear(in_features: int, out_features: int) -> nn.Linear:
@@ -58,6 +58,10 @@ class SRUppAttention(nn.Module):
     z = W1·[memory; x̃] (d_in → p); q = z at current positions; k, v = split(W2·z) (p → 2p);
     o = α·softmax(q·kᵀ/√(p/heads) + mask)·v + z_current; o = LN(o); U = W3·dropout(o) (p → out).
 
+    The layer norm sits after the residual (post-norm), as in the paper and in every ``sru.SRUpp``
+    layer (``sru.SRUppAttention``'s pre-norm option is not reachable from ``sru.SRUpp`` and is
+    not offered here).
+
     Args:
         in_features: d_in, width of the layer input (and of its memory).
         out_features: k*d, width of U.
@@ -66,8 +70,7 @@ class SRUppAttention(nn.Module):
         dropout: dropout before W3 (W3 is scaled by √(1−dropout) at init).
         attn_dropout: dropout on the attention probabilities.
         rezero_init_alpha: initial α (ReZero; 0 in the paper).
-        layer_norm: apply LayerNorm(p) inside the block.
-        normalize_after: LN after the residual (paper) instead of before the attention.
+        layer_norm: apply LayerNorm(p) to the residual sum o.
     """
 
     def __init__(
@@ -80,7 +83,6 @@ class SRUppAttention(nn.Module):
         attn_dropout: float = 0.0,
         rezero_init_alpha: float = 0.0,
         layer_norm: bool = True,
-        normalize_after: bool = True,
     ):
         super().__init__()
         if proj_features % num_heads != 0:
@@ -91,16 +93,22 @@ class SRUppAttention(nn.Module):
         self.out_features = out_features
         self.proj_features = proj_features
         self.num_heads = num_heads
-        self.attn_dropout = float(attn_dropout)
         self.rezero_init_alpha = float(rezero_init_alpha)
-        self.normalize_after = normalize_after
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout, module_name=type(self).__name__)
+        # Applied by scaled_dot_product_attention; the module only carries p and the
+        # train / retained-at-inference switch.
+        self.attn_dropout_module = Dropout(attn_dropout, module_name=type(self).__name__)
         self.linear1 = _linear(in_features, proj_features)
         self.linear2 = _linear(proj_features, 2 * proj_features)
         self.linear3 = _linear(proj_features, out_features)
         self.alpha = nn.Parameter(torch.full((1,), self.rezero_init_alpha))
-        self.layer_norm = LayerNorm(proj_features) if layer_norm else None
+        self.layer_norm = nn.LayerNorm(proj_features) if layer_norm else None
         self.reset_parameters()
+
+    @property
+    def attn_dropout(self) -> float:
+        """Dropout probability on the attention weights (as ``sru.SRUppAttention.attn_dropout``)."""
+        return self.attn_dropout_module.p
 
     def reset_parameters(self):
         for layer in (self.linear1, self.linear2, self.linear3):
@@ -143,9 +151,7 @@ class SRUppAttention(nn.Module):
 
         z = self.linear1(kv_input)  # (M+L, B, p)
         residual = z[mem_len:]
-        if self.layer_norm is not None and not self.normalize_after:
-            z = self.layer_norm(z)
-        q = self._split_heads(z[mem_len:])  # (B, H, L, hd)
+        q = self._split_heads(residual)  # (B, H, L, hd)
         k, v = (self._split_heads(t) for t in self.linear2(z).chunk(2, dim=-1))  # (B, H, M+L, hd)
 
         key_padding = None
@@ -186,8 +192,6 @@ class SRUppAttention(nn.Module):
         tgt_len, bsz, _ = input.shape
         z = self.linear1(input)  # (L, B, p)
         residual = z
-        if self.layer_norm is not None and not self.normalize_after:
-            z = self.layer_norm(z)
         q = self._split_heads(z)  # (B, H, L, hd)
         k, v = (self._split_heads(t) for t in self.linear2(z).chunk(2, dim=-1))  # (B, H, L, hd)
         pad = mask_pad.t().bool() if mask_pad is not None else input.new_zeros(bsz, tgt_len, dtype=torch.bool)
@@ -227,11 +231,11 @@ class SRUppAttention(nn.Module):
         """q (B, H, L, hd), k/v (B, H, S, hd), residual z (L, B, p) → U (L, B, out_features)."""
         bsz, _, tgt_len, _ = q.shape
         attn = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=self.attn_dropout if self.training else 0.0
+            q, k, v, attn_mask=bias, dropout_p=self.attn_dropout if self.attn_dropout_module.active else 0.0
         )  # (B, H, L, hd)
         attn = attn.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.proj_features)  # (L, B, p)
         out = attn * self.alpha + residual
-        if self.layer_norm is not None and self.normalize_after:
+        if self.layer_norm is not None:
             out = self.layer_norm(out)
         return self.linear3(self.dropout(out))  # (L, B, k*d)
 
@@ -257,10 +261,10 @@ class SRUppProjectedLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.proj_features = proj_features
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout, module_name=type(self).__name__)
         self.linear1 = _linear(in_features, proj_features)
         self.linear2 = _linear(proj_features, out_features)
-        self.layer_norm = LayerNorm(proj_features) if layer_norm else None
+        self.layer_norm = nn.LayerNorm(proj_features) if layer_norm else None
         self.reset_parameters()
 
     def reset_parameters(self):

@@ -78,12 +78,22 @@ def _backward(ctx, grad_h, grad_c_last, _grad_c_all):
 recurrence_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _contiguous(*tensors):
+    return tuple(None if t is None else t.contiguous() for t in tensors)
+
+
 def _register_device(device_type: str) -> None:
+    # The kernels index raw pointers, so layouts are fixed here, on the real tensors: inside a
+    # torch.compile'd graph a .contiguous() in _backward is traced on fake tensors and dropped
+    # when their (predicted) strides look contiguous, yet the runtime gradient can be strided
+    # (e.g. coming out of dropout's backward), which gave wrong gradients.
     def forward(U, x, weight_c, bias, c0, mask_c, mask_pad):
-        return KERNELS[device_type].forward(U, x, weight_c, bias, c0, mask_c, mask_pad)
+        return KERNELS[device_type].forward(*_contiguous(U, x, weight_c, bias, c0, mask_c, mask_pad))
 
     def backward(U, x, weight_c, bias, c0, mask_c, mask_pad, c_all, grad_h, grad_c_last):
-        return KERNELS[device_type].backward(U, x, weight_c, bias, c0, mask_c, mask_pad, c_all, grad_h, grad_c_last)
+        return KERNELS[device_type].backward(
+            *_contiguous(U, x, weight_c, bias, c0, mask_c, mask_pad, c_all, grad_h, grad_c_last)
+        )
 
     recurrence_op.register_kernel(device_type)(forward)
     recurrence_backward_op.register_kernel(device_type)(backward)
