@@ -81,7 +81,7 @@ def test_state_is_carried_reset_per_epoch_and_kept_apart_from_validation(data_bi
     model = make_model(task).train()
     train = batches(task, "train")
     valid = batches(task, "valid")
-    assert train[0]["net_input"]["carry"]["reset"] and not train[1]["net_input"]["carry"]["reset"]
+    assert train[0]["net_input"]["segment"].reset and not train[1]["net_input"]["segment"].reset
 
     def train_outputs(validate_after):
         model.decoder.reset_carried_state()
@@ -120,7 +120,7 @@ def test_no_carry_state_resets_every_segment(data_bin):
     batch = batches(task, "train")[3]
     with torch.no_grad():
         assert_close("--no-carry-state", model(**batch["net_input"])[0], model(batch["net_input"]["src_tokens"])[0], 0.0)
-    assert model.decoder.carried == {}
+    assert len(model.decoder.carried) == 0
 
 
 def test_resuming_continues_at_the_same_segment(data_bin):
@@ -135,7 +135,7 @@ def test_resuming_continues_at_the_same_segment(data_bin):
     following = next(resumed.next_epoch_itr(shuffle=True))
     expected = batches(task, "train")[4]
     assert torch.equal(following["net_input"]["src_tokens"], expected["net_input"]["src_tokens"])
-    assert not following["net_input"]["carry"]["reset"]
+    assert not following["net_input"]["segment"].reset
     assert torch.equal(seen[3]["target"][:, -1], expected["net_input"]["src_tokens"][:, 0])  # contiguous streams
 
 
