@@ -143,8 +143,7 @@ def _to_cpu(value):
 
 def carried_state_bytes(num_layers: int, streams: int, hidden_size: int, memory_length: int,
                         dtype=torch.float32) -> int:
-    """Size of one rank's carried training state: per layer c (B, d) and memory (M, B, d), plus
-    the (M, B) padding mask when the last segment had padding (counted here)."""
+    """Size of one rank's carried training state: per layer c (B, d) and memory (M, B, d). (The
+    (M, B) padding mask, present only after a segment with padding, adds M·B bytes.)"""
     itemsize = torch.empty(0, dtype=dtype).element_size()
-    per_layer = streams * hidden_size * (1 + memory_length) * itemsize
-    return num_layers * per_layer + memory_length * streams
+    return num_layers * streams * hidden_size * (1 + memory_length) * itemsize

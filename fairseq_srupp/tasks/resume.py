@@ -22,6 +22,7 @@ import os
 
 import torch
 from fairseq import checkpoint_utils, distributed_utils
+from omegaconf import open_dict
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def load_side_file(checkpoint: str, trainer, epoch_itr) -> None:
     """Restore this rank's carried state saved with ``checkpoint`` (warn once if unusable)."""
     rank = trainer.data_parallel_rank
     path = side_file(checkpoint, rank)
-    if epoch_itr.iterations_in_epoch == 0 or epoch_itr.end_of_epoch():
+    if not 0 < epoch_itr.iterations_in_epoch < len(epoch_itr):
         return  # the next segment starts an epoch: its state is reset anyway
     if not os.path.exists(path):
         logger.warning("no carried state saved with %s (%s missing, an older checkpoint?): the first segment "
@@ -139,6 +140,12 @@ def _load_checkpoint(original):
 
         def capture(filename, *args, **kwargs):
             loaded.append(filename)
+            if trainer.data_parallel_world_size > 1 and os.path.isfile(filename):
+                # fairseq would broadcast rank 0's copy, which torch >= 2.6 refuses to unpickle
+                # (weights_only and omegaconf objects); every rank sees the file (fairseq assumes
+                # so too), so each reads it.
+                with open_dict(trainer.cfg):
+                    trainer.cfg.checkpoint.load_checkpoint_on_all_dp_ranks = True
             return trainer_load(filename, *args, **kwargs)
 
         trainer.load_checkpoint = capture  # fairseq picks the file; this learns which

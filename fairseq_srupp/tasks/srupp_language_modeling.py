@@ -154,11 +154,11 @@ class SegmentDataset(FairseqDataset):
             return
         self.epoch = epoch
         self.source = self.target = None
-        stream_length = -(-len(self.epoch_tokens) // (self.streams * self.num_workers))
-        self._length = num_segments(stream_length, self.segment_length)
+        self._blocks()
+        self._length = num_segments(self.source.shape[1], self.segment_length)
 
     def _blocks(self):
-        if self.source is None:  # built on first use, so a pickled copy need not carry them
+        if self.source is None:
             self.source, self.target = stream_blocks(
                 self.epoch_tokens(self.epoch), self.streams, self.num_workers, self.worker,
                 self.dictionary.eos(), self.dictionary.pad(),
@@ -166,8 +166,10 @@ class SegmentDataset(FairseqDataset):
         return self.source, self.target
 
     def __getstate__(self):
+        # Spawned DataLoader workers rebuild the blocks from the split's tokens (forked ones
+        # share them): the pickle stays the size of the split, not three times it.
         state = dict(self.__dict__)
-        state["source"] = state["target"] = None  # rebuilt in the worker: keeps the pickle small
+        state["source"] = state["target"] = None
         return state
 
     def __len__(self):
