@@ -1,5 +1,9 @@
 """``fairseq-train`` that logs every number with 10 significant digits instead of fairseq's
-3 decimals, so tests can compare losses to 1e-6. Run as ``python full_precision_train.py ARGS``."""
+3 decimals, so tests can compare losses to 1e-6. Run as ``python full_precision_train.py ARGS``;
+a leading ``--start-method spawn`` sets multiprocessing's start method first (DataLoader workers
+then receive the dataset pickled, as on macOS and Python >= 3.14)."""
+import multiprocessing
+import sys
 from numbers import Number
 
 from fairseq_cli.train import cli_main  # isort: skip  (first: it sets fairseq's log format up)
@@ -26,4 +30,7 @@ meters.safe_round = _no_round
 progress_bar.format_stat = _format_precisely
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--start-method"]:
+        multiprocessing.set_start_method(sys.argv[2], force=True)
+        del sys.argv[1:3]
     cli_main()
