@@ -101,6 +101,11 @@ def test_segment_longer_than_a_stream_is_rejected_before_allocating(trained):
     line = fails("fairseq-train", data_bin, *TRAIN, "--tokens-per-sample", 100000000)
     assert line.startswith("error: --tokens-per-sample 100000000 is longer than each stream of 'train' (")
     assert "lower --tokens-per-sample to at most 1501" in line  # 6004 tokens / 4 streams
+    # the validation window is checked when the model is built, not after an epoch of training
+    line = fails("fairseq-train", data_bin, *TRAIN, "--eval-window", 5000, "--batch-size-valid", 2)
+    assert line == ("error: --eval-window 5000 is longer than each stream of 'valid' (1501 tokens / (1 workers x 2 "
+                    "streams) = 751 tokens): lower --eval-window to at most 751 or use fewer streams "
+                    "(--batch-size-valid, or --batch-size in fairseq-eval-lm)")
     line = fails("fairseq-eval-lm", data_bin, "--user-dir", USER_DIR, "--task", "srupp_language_modeling", "--path",
                  checkpoint, "--cpu", "--gen-subset", "valid", "--batch-size", 2, "--num-workers", 0,
                  "--eval-unroll-size", 5000)

@@ -19,6 +19,7 @@ fairseq offers no per-rank hook around checkpoints, so :func:`install` wraps
 """
 import logging
 import os
+import shutil
 
 import torch
 from fairseq import checkpoint_utils, distributed_utils
@@ -76,10 +77,16 @@ def save_side_files(cfg, trainer, epoch_itr, written, removed) -> None:
         torch.save(payload, tmp)
         os.replace(tmp, first)
         for name in written[1:]:
+            # The same state for every name of this save: a hard link (a copy where links are not
+            # supported). Replacing `first` later makes a new file, so the link keeps its content.
             target = side_file(os.path.join(cfg.save_dir, name), rank)
             tmp = target + ".tmp"
-            with open(first, "rb") as src, open(tmp, "wb") as dst:
-                dst.write(src.read())
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+            try:
+                os.link(first, tmp)
+            except OSError:
+                shutil.copyfile(first, tmp)
             os.replace(tmp, target)
     for name in removed:
         path = side_file(os.path.join(cfg.save_dir, name), rank)

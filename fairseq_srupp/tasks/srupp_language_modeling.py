@@ -44,6 +44,7 @@ from fairseq.data import (
     data_utils,
     iterators,
 )
+from fairseq import distributed_utils
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, OmegaConf, open_dict
@@ -408,6 +409,13 @@ class SRUppLanguageModelingTask(FairseqTask):
         if not hasattr(model.decoder, "reset_carried_state"):
             raise SRUppUserError("srupp_language_modeling needs a model that carries state, e.g. --arch srupp_lm")
         self.model_eval_window = model.decoder.cfg.eval_window
+        # fairseq-train loads the validation splits before the model but builds their batches only
+        # at the first validation: check their window now rather than after an epoch of training.
+        streams = self.cfg.batch_size_valid or self.cfg.batch_size
+        for split, dataset in self.datasets.items():
+            if split != self.cfg.train_subset and isinstance(dataset, TokenStream) and streams:
+                self.check_segment_fits(split, len(self.epoch_tokens(split)), streams,
+                                        distributed_utils.get_data_parallel_world_size(), self.eval_window, False)
         return model
 
     def max_positions(self):
