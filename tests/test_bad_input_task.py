@@ -11,6 +11,7 @@ from cli_utils import BIN, STATEFUL_TRAIN_ARGS, USER_DIR, make_char_data, run_to
 
 from fairseq_srupp.errors import SRUppUserError
 from fairseq_srupp.models.srupp_lm import SRUppLanguageModel
+from fairseq_srupp.tasks.split_files import check_binarized_split
 
 LOG_RECORD = re.compile(r"^(DEBUG|INFO|WARNING):[\w.]+:|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \| (DEBUG|INFO|WARNING) \| ")
 TRAIN = [*STATEFUL_TRAIN_ARGS, "--batch-size", 4, "--max-update", 1, "--no-save"]
@@ -76,11 +77,23 @@ def test_corrupted_idx_through_eval_lm(trained, tmp_path):
                    "for this split".format(bad / "valid.idx")
 
 
-def test_truncated_idx(trained, tmp_path):
+def test_truncated_idx_and_other_index_damage(trained, tmp_path):
+    """In process (the command-line path is the same check as above)."""
     data_bin, _, _ = trained
     bad = broken_copy(data_bin, tmp_path, "train.idx", truncate)
-    line = fails("fairseq-train", bad, *TRAIN)
-    assert line.startswith("error: {} is truncated or corrupted (".format(bad / "train.idx"))
+    with pytest.raises(SRUppUserError, match=re.escape("{} is truncated or corrupted (".format(bad / "train.idx"))):
+        check_binarized_split(str(bad / "train"))
+    shutil.copy(data_bin / "train.idx", bad / "train.idx")
+    check_binarized_split(str(bad / "train"))  # intact again
+    data = bytearray((bad / "train.idx").read_bytes())
+    data[-8:] = (10 ** 9).to_bytes(8, "little")  # last item's offset
+    (bad / "train.idx").write_bytes(bytes(data))
+    with pytest.raises(SRUppUserError, match="item sizes and offsets disagree"):
+        check_binarized_split(str(bad / "train"))
+    (bad / "train.idx").unlink()
+    with pytest.raises(SRUppUserError, match=re.escape("{} has no index: {} is missing".format(
+            bad / "train.bin", bad / "train.idx"))):
+        check_binarized_split(str(bad / "train"))
 
 
 def test_data_binarized_with_another_dictionary(trained, tmp_path):

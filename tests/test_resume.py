@@ -90,3 +90,32 @@ def check_missing_side_file(data_bin, ckpt, old, uninterrupted, stop):
     resumed = losses(log)[stop + 1]
     print("update {}: carried state {} | zero state {}".format(stop + 1, uninterrupted[stop + 1], resumed))
     assert abs(resumed - uninterrupted[stop + 1]) > 5e-4, "the side file made no difference"
+
+
+def test_a_side_file_of_another_update_is_ignored_with_a_warning(tmp_path, caplog):
+    """A save interrupted between the checkpoint and the side file leaves an older side file."""
+    from types import SimpleNamespace
+
+    from fairseq_srupp.tasks import resume
+    from fairseq_srupp.tasks.carried_state import CarriedState, CarriedStateStore
+
+    store = CarriedStateStore()
+    store.put("train", CarriedState(torch.ones(2, 3, 4), [torch.ones(5, 3, 4)] * 2, None))
+    model = torch.nn.Linear(1, 1)
+    model.decoder = SimpleNamespace(carried=store)
+    trainer = SimpleNamespace(model=model, data_parallel_rank=0, data_parallel_world_size=1, get_num_updates=lambda: 7,
+                              task=SimpleNamespace(cfg=SimpleNamespace(train_subset="train")))
+    epoch_itr = type("Itr", (), {"epoch": 1, "iterations_in_epoch": 7, "__len__": lambda self: 24})()
+    checkpoint = str(tmp_path / "checkpoint_last.pt")
+    resume.save_side_files(SimpleNamespace(save_dir=str(tmp_path)), trainer, epoch_itr, ["checkpoint_last.pt"], [])
+    store.reset()
+    resume.load_side_file(checkpoint, trainer, epoch_itr)
+    assert torch.equal(store.get("train").memory[1], torch.ones(5, 3, 4))  # the matching file is restored
+
+    store.reset()
+    trainer.get_num_updates = lambda: 8  # the checkpoint is one update newer than its side file
+    epoch_itr.iterations_in_epoch = 8
+    with caplog.at_level("WARNING"):
+        resume.load_side_file(checkpoint, trainer, epoch_itr)
+    assert len(store) == 0
+    assert "does not belong to" in caplog.text and "starts from zero state" in caplog.text
