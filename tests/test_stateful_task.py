@@ -191,3 +191,13 @@ def test_segment_dataset_pickles_and_rebuilds_the_same_batches(data_bin):
         a, b = dataset[i], copy[i]
         assert torch.equal(a["net_input"]["src_tokens"], b["net_input"]["src_tokens"])
         assert torch.equal(a["target"], b["target"]) and a["net_input"]["segment"] == b["net_input"]["segment"]
+
+
+def test_token_stream_items_are_the_sentences(data_bin):
+    from fairseq.data import data_utils
+
+    task = make_task(data_bin)
+    stream = task.datasets["valid"]
+    indexed = data_utils.load_indexed_dataset(str(data_bin / "valid"), task.dictionary)
+    for i in (0, 1, len(stream) - 1):
+        assert torch.equal(stream[i], indexed[i])

@@ -54,7 +54,7 @@ from fairseq_srupp.errors import SRUppUserError
 from . import resume
 from .carried_state import SegmentContext
 from .split_files import check_binarized_split, check_token_range
-from .stream_layout import num_segments, reorder_sentences, stream_blocks
+from .stream_layout import num_segments, reorder_sentences, sentence_offsets, stream_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class TokenStream(FairseqDataset):
         self.split = split
         self.tokens = tokens
         self.sizes = sizes
-        self.starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.starts = sentence_offsets(sizes)
 
     def __len__(self):
         return len(self.sizes)
