@@ -67,7 +67,8 @@ def test_resume_continues_exactly(setup, tmp_path, world_size):
     assert checkpoints == ["checkpoint_1_20.pt", "checkpoint_best.pt", "checkpoint_last.pt"]
     assert side_files(ckpt) == sorted("{}.carried-rank{}".format(c, r) for c in checkpoints for r in range(world_size))
     saved = torch.load(ckpt / "checkpoint_last.pt.carried-rank0", weights_only=False)
-    assert (saved["num_updates"], saved["iterations_in_epoch"], saved["world_size"]) == (stop, stop, world_size)
+    assert (saved["num_updates"], saved["iterations_in_epoch"], saved["world_size"], saved["streams"]) == (
+        stop, stop, world_size, STREAMS // world_size)
     if world_size == 1:
         state = saved["state"]["train"]
         nbytes = sum(t.numel() * t.element_size() for t in [state["c"], *state["memory"]])
@@ -104,7 +105,7 @@ def test_a_side_file_of_another_update_is_ignored_with_a_warning(tmp_path, caplo
     model = torch.nn.Linear(1, 1)
     model.decoder = SimpleNamespace(carried=store)
     trainer = SimpleNamespace(model=model, data_parallel_rank=0, data_parallel_world_size=1, get_num_updates=lambda: 7,
-                              task=SimpleNamespace(cfg=SimpleNamespace(train_subset="train")))
+                              task=SimpleNamespace(cfg=SimpleNamespace(train_subset="train", batch_size=3)))
     epoch_itr = type("Itr", (), {"epoch": 1, "iterations_in_epoch": 7, "__len__": lambda self: 24})()
     checkpoint = str(tmp_path / "checkpoint_last.pt")
     resume.save_side_files(SimpleNamespace(save_dir=str(tmp_path)), trainer, epoch_itr, ["checkpoint_last.pt"], [])
@@ -119,3 +120,7 @@ def test_a_side_file_of_another_update_is_ignored_with_a_warning(tmp_path, caplo
         resume.load_side_file(checkpoint, trainer, epoch_itr)
     assert len(store) == 0
     assert "does not belong to" in caplog.text and "starts from zero state" in caplog.text
+
+    (tmp_path / "checkpoint_last.pt.carried-rank0").write_bytes(b"garbage")
+    resume.load_side_file(checkpoint, trainer, epoch_itr)
+    assert len(store) == 0 and "is unreadable" in caplog.text

@@ -9,9 +9,10 @@ named after each checkpoint the save wrote::
 
 Side files are written atomically (temporary file, then rename) and removed when fairseq removes
 their checkpoint (``--keep-interval-updates``, ``--keep-last-epochs``, ``--keep-best-checkpoints``).
-Each holds the update count and iterator position it belongs to; on load a side file that does not
-match its checkpoint (a save interrupted between the two) or is missing (a checkpoint of an older
-version) is ignored with a one-line warning, and the first segment starts from zero state as before.
+Each holds the update count, iterator position, world size and streams per rank it belongs to; on
+load a side file that does not match its checkpoint (a save interrupted between the two, a changed
+--batch-size), is unreadable or is missing (a checkpoint of an older version) is ignored with a
+one-line warning, and the first segment starts from zero state as before.
 
 fairseq offers no per-rank hook around checkpoints, so :func:`install` wraps
 ``fairseq.checkpoint_utils.save_checkpoint`` / ``load_checkpoint`` (called by every rank in
@@ -68,6 +69,7 @@ def save_side_files(cfg, trainer, epoch_itr, written, removed) -> None:
         **_stamp(trainer, epoch_itr),
         "rank": rank,
         "world_size": trainer.data_parallel_world_size,
+        "streams": trainer.task.cfg.batch_size,
         "state": trainer.model.decoder.carried.state_dict([key]),
     }
     if written:
@@ -104,8 +106,14 @@ def load_side_file(checkpoint: str, trainer, epoch_itr) -> None:
         logger.warning("no carried state saved with %s (%s missing, an older checkpoint?): the first segment "
                        "after resuming starts from zero state", checkpoint, os.path.basename(path))
         return
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    expected = {**_stamp(trainer, epoch_itr), "rank": rank, "world_size": trainer.data_parallel_world_size}
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # tensors, numbers and strings only
+    except Exception as exc:
+        logger.warning("carried state %s is unreadable (%s: %s): the first segment after resuming starts from "
+                       "zero state", path, type(exc).__name__, exc)
+        return
+    expected = {**_stamp(trainer, epoch_itr), "rank": rank, "world_size": trainer.data_parallel_world_size,
+                "streams": trainer.task.cfg.batch_size}
     found = {k: saved.get(k) for k in expected}
     if saved.get("format") != FORMAT or found != expected:
         logger.warning("carried state %s does not belong to %s (saved %s, resuming %s): the first segment "
