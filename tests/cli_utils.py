@@ -15,10 +15,15 @@ VALID_LOSS = re.compile(r"\| valid \|.*\| loss ([0-9.]+)")
 EVAL_LOSS = re.compile(r"Loss \(base 2\): ([0-9.]+)")
 
 
+def tool_command(name):
+    """A console script of this environment by name, or a Python script by its path (``*.py``)."""
+    return [sys.executable, str(name)] if str(name).endswith(".py") else [str(BIN / name)]
+
+
 def run_tool(name, *args, cwd=None, timeout=600):
     """Run a fairseq console script; fail with its output if it exits non-zero."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([str(BIN / name), *map(str, args)], cwd=cwd, env=env, timeout=timeout,
+    proc = subprocess.run([*tool_command(name), *map(str, args)], cwd=cwd, env=env, timeout=timeout,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.returncode == 0, "{} failed ({}):\n{}".format(name, proc.returncode, proc.stdout[-6000:])
     return proc.stdout
@@ -66,13 +71,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_distributed_train(world_size, *args, timeout=600):
-    """fairseq-train with one CPU process per rank (gloo, legacy_ddp); return rank 0's output."""
+def run_distributed_train(world_size, *args, timeout=600, program="fairseq-train"):
+    """fairseq-train (or ``program``, see tool_command) with one CPU process per rank (gloo,
+    legacy_ddp); return rank 0's output."""
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     procs = []
     for rank in range(world_size):
-        cmd = [str(BIN / "fairseq-train"), *map(str, args), "--distributed-world-size", str(world_size),
+        cmd = [*tool_command(program), *map(str, args), "--distributed-world-size", str(world_size),
                "--distributed-rank", str(rank), "--distributed-init-method", "tcp://127.0.0.1:{}".format(port),
                "--distributed-no-spawn", "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))

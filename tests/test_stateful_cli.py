@@ -71,3 +71,16 @@ def test_carried_state_beats_resetting_every_segment(tmp_path):
     print("validation loss with carried state {carried} | reset every segment {reset}".format(**losses))
     # Floors: ~0.63 bits/token when the key is copied, ~0.91 when it must be guessed.
     assert losses["carried"] < losses["reset"] - 0.1
+
+
+def test_training_with_spawned_data_workers_matches_in_process_loading(data_bin, tmp_path):
+    """Everything the task hands to a DataLoader pickles: with the spawn start method the workers
+    rebuild the segments from the pickled dataset and training sees the same batches."""
+    from test_resume import TRAIN, losses
+
+    common = [data_bin, *STATEFUL_TRAIN_ARGS, "--batch-size", 4, "--max-update", 4, "--disable-validation",
+              "--no-save", "--save-dir", tmp_path]
+    in_process = losses(run_tool(TRAIN, *common))
+    spawned = losses(run_tool(TRAIN, "--start-method", "spawn", *common, "--num-workers", 2))
+    print("num-workers 0:", in_process, "\nnum-workers 2 (spawn):", spawned)
+    assert sorted(spawned) == [1, 2, 3, 4] and spawned == in_process

@@ -81,7 +81,7 @@ def test_state_is_carried_reset_per_epoch_and_kept_apart_from_validation(data_bi
     model = make_model(task).train()
     train = batches(task, "train")
     valid = batches(task, "valid")
-    assert train[0]["net_input"]["carry"]["reset"] and not train[1]["net_input"]["carry"]["reset"]
+    assert train[0]["net_input"]["segment"].reset and not train[1]["net_input"]["segment"].reset
 
     def train_outputs(validate_after):
         model.decoder.reset_carried_state()
@@ -120,7 +120,7 @@ def test_no_carry_state_resets_every_segment(data_bin):
     batch = batches(task, "train")[3]
     with torch.no_grad():
         assert_close("--no-carry-state", model(**batch["net_input"])[0], model(batch["net_input"]["src_tokens"])[0], 0.0)
-    assert model.decoder.carried == {}
+    assert len(model.decoder.carried) == 0
 
 
 def test_resuming_continues_at_the_same_segment(data_bin):
@@ -135,7 +135,7 @@ def test_resuming_continues_at_the_same_segment(data_bin):
     following = next(resumed.next_epoch_itr(shuffle=True))
     expected = batches(task, "train")[4]
     assert torch.equal(following["net_input"]["src_tokens"], expected["net_input"]["src_tokens"])
-    assert not following["net_input"]["carry"]["reset"]
+    assert not following["net_input"]["segment"].reset
     assert torch.equal(seen[3]["target"][:, -1], expected["net_input"]["src_tokens"][:, 0])  # contiguous streams
 
 
@@ -153,3 +153,51 @@ def test_billion_word_layout_shuffles_sentences_once_per_epoch(data_bin):
     valid = task.datasets["valid"]
     assert (task.split_tokens("valid", 1) == task.split_tokens("valid", 2)).all()  # evaluation order is fixed
     assert task.split_tokens("valid", 1)[: valid.sizes[0] + 1].tolist() == [eos] + valid.tokens[: valid.sizes[0]].tolist()
+
+
+def test_evaluation_state_is_released_when_the_evaluation_ends(data_bin):
+    task = make_task(data_bin)
+    model = make_model(task).eval()
+    train, valid = batches(task, "train"), batches(task, "valid")
+    contexts = [b["net_input"]["segment"] for b in valid]
+    assert [c.release for c in contexts] == [False] * (len(valid) - 1) + [True]
+    assert contexts[0].mask == "same_length" and contexts[0].window == 12 and train[0]["net_input"]["segment"].mask == "causal"
+    with torch.no_grad():
+        model(**train[0]["net_input"])
+        for i, batch in enumerate(valid):
+            model(**batch["net_input"])
+            if i == 0:
+                assert sorted(model.decoder.carried.keys()) == ["train", "valid"]
+    assert model.decoder.carried.keys() == ["train"]  # validation state freed, training state kept
+
+
+def test_no_carry_state_passes_only_the_mask(data_bin):
+    task = make_task(data_bin, no_carry_state=True)
+    segment = batches(task, "valid")[1]["net_input"]["segment"]
+    assert (segment.state, segment.reset, segment.release, segment.mask, segment.window) == (None, False, False,
+                                                                                            "same_length", 12)
+
+
+def test_segment_dataset_pickles_and_rebuilds_the_same_batches(data_bin):
+    import pickle
+
+    task = make_task(data_bin, shuffle_sentences=True, prepend_eos=True)
+    dataset = task.segment_dataset("train", 3, 2, 1, training=True)
+    dataset.set_epoch(2)
+    blob = pickle.dumps(dataset)
+    assert len(blob) < 3 * dataset.source.nbytes  # the stream blocks are rebuilt, not shipped
+    copy = pickle.loads(blob)
+    for i in (0, len(dataset) - 1):
+        a, b = dataset[i], copy[i]
+        assert torch.equal(a["net_input"]["src_tokens"], b["net_input"]["src_tokens"])
+        assert torch.equal(a["target"], b["target"]) and a["net_input"]["segment"] == b["net_input"]["segment"]
+
+
+def test_token_stream_items_are_the_sentences(data_bin):
+    from fairseq.data import data_utils
+
+    task = make_task(data_bin)
+    stream = task.datasets["valid"]
+    indexed = data_utils.load_indexed_dataset(str(data_bin / "valid"), task.dictionary)
+    for i in (0, 1, len(stream) - 1):
+        assert torch.equal(stream[i], indexed[i])

@@ -13,6 +13,7 @@ Incremental decoding keeps, per layer, the cell state c and the attention keys/v
 ``eval_window`` positions, so time and memory per generated token are bounded.
 """
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 import torch
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import (
+    ARCH_MODEL_REGISTRY,
+    MODEL_REGISTRY,
     FairseqIncrementalDecoder,
     FairseqLanguageModel,
     register_model,
@@ -29,9 +32,11 @@ from fairseq.models import (
 from fairseq.utils import safe_getattr
 from torch import Tensor, nn
 
+from fairseq_srupp.errors import SRUppUserError
 from fairseq_srupp.modules import Dropout, SRUpp
 from fairseq_srupp.modules.adaptive_softmax import ProjectedAdaptiveSoftmax
 from fairseq_srupp.modules.attention_masks import MASKED_SCORE, causal_mask, same_length_mask  # noqa: F401
+from fairseq_srupp.tasks.carried_state import CarriedState, CarriedStateStore, SegmentContext
 
 logger = logging.getLogger(__name__)
 
@@ -86,21 +91,17 @@ def check_config(cfg) -> None:
         )
     if cfg.eval_window < 1:
         raise ValueError("--eval-window must be a positive integer, got {}".format(cfg.eval_window))
+    if cfg.proj_size > cfg.hidden_size:
+        logger.warning(
+            "--proj-size %d is larger than --hidden-size %d: allowed, but off the paper's design, where the "
+            "attention projection is a bottleneck (n_proj = n_d/4 or n_d/8)", cfg.proj_size, cfg.hidden_size
+        )
     for name in ("dropout", "attn_dropout", "emb_dropout"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
             raise ValueError("--{} must be in [0, 1), got {}".format(name.replace("_", "-"), getattr(cfg, name)))
 
 
 CACHE_FIELDS = ("key", "value", "pad", "next")
-
-
-@dataclass
-class CarriedState:
-    """What one stream batch hands to its next segment, detached from the graph."""
-
-    c: Tensor  # (num_layers, B, d)
-    memory: List[Tensor]  # num_layers × (M, B, d_in): raw layer inputs of the previous segment
-    memory_pad: Optional[Tensor]  # (M, B) bool or None
 
 
 class SRUppDecoder(FairseqIncrementalDecoder):
@@ -151,16 +152,12 @@ class SRUppDecoder(FairseqIncrementalDecoder):
             weight_c_init=cfg.weight_c_init,
         )
         self.reset_head_parameters()
-        # Per carry key ("train", "valid", ...): state handed from one segment to the next. A plain
-        # attribute, so it is neither a parameter nor part of the checkpoint.
-        self.carried: Dict[str, CarriedState] = {}
+        # State handed from one segment to the next, per key ("train", "valid", ...).
+        self.carried = CarriedStateStore()
 
     def reset_carried_state(self, key: Optional[str] = None):
         """Forget the carried state of ``key`` (all keys when None)."""
-        if key is None:
-            self.carried.clear()
-        else:
-            self.carried.pop(key, None)
+        self.carried.reset(key)
 
     def reset_head_parameters(self):
         if self.adaptive_softmax is not None:
@@ -188,6 +185,7 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         src_lengths: Optional[Tensor] = None,
         incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
         features_only: bool = False,
+        segment: Optional[SegmentContext] = None,
         carry: Optional[Dict] = None,
         **kwargs,
     ):
@@ -196,19 +194,23 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         With the adaptive softmax the "logits" are the features: use ``get_normalized_probs`` or
         ``target_log_probs``.
 
-        ``carry`` (set by the ``srupp_language_modeling`` task) continues the previous segment of
-        the same streams: ``{"key": str, "reset": bool, "enabled": bool, "mask": "causal" |
-        "same_length", "window": int}``. Without it every call starts from zero state.
+        ``segment`` (set by the ``srupp_language_modeling`` task, see
+        :mod:`fairseq_srupp.tasks.carried_state`) gives the attention mask and the carried state
+        the segment continues. Without it the call uses the causal mask and starts from zero state.
+        ``carry``: the dict of earlier versions, converted by ``SegmentContext.from_legacy_dict``.
 
         ``incremental_state`` (generation): the tokens not seen yet are consumed — the new suffix
         when the whole prefix is passed (fairseq's generators), or the last token.
         """
-        x, extra = self.extract_features(prev_output_tokens, incremental_state=incremental_state, carry=carry)
+        if segment is None and carry is not None:
+            segment = SegmentContext.from_legacy_dict(carry)
+        x, extra = self.extract_features(prev_output_tokens, incremental_state=incremental_state, segment=segment)
         if not features_only:
             x = self.output_layer(x)
         return x, extra
 
-    def extract_features(self, prev_output_tokens: Tensor, incremental_state=None, carry=None, **kwargs):
+    def extract_features(self, prev_output_tokens: Tensor, incremental_state=None,
+                         segment: Optional[SegmentContext] = None, **kwargs):
         if incremental_state is not None:
             return self._extract_features_incremental(prev_output_tokens, incremental_state)
         tokens = prev_output_tokens
@@ -219,21 +221,18 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         # branch on tensor values, so it always passes the mask (same results).
         mask_pad = pad.t() if torch.compiler.is_compiling() or pad.any() else None  # (T, B)
 
-        carrying = carry is not None and carry.get("enabled", True)
-        state = None
-        if carrying:
-            if carry.get("reset", False):
-                self.reset_carried_state(carry["key"])
-            state = self.carried.get(carry["key"])
-            if state is not None and state.c.shape[1] != batch:
-                raise ValueError(
-                    "carried state of '{}' has {} streams but this segment has {}".format(
-                        carry["key"], state.c.shape[1], batch
-                    )
-                )
+        segment = segment or SegmentContext()
+        key = segment.state
+        if key is not None and segment.reset:
+            self.carried.reset(key)
+        state = None if key is None else self.carried.get(key)
+        if state is not None and state.streams != batch:
+            raise ValueError(
+                "carried state of '{}' has {} streams but this segment has {}".format(key, state.streams, batch)
+            )
         mem_len = state.memory[0].shape[0] if state is not None else 0
-        if carry is not None and carry.get("mask") == "same_length":
-            attn_mask = same_length_mask(length, mem_len, carry["window"], device=x.device, dtype=x.dtype)
+        if segment.mask == "same_length":
+            attn_mask = same_length_mask(length, mem_len, segment.window, device=x.device, dtype=x.dtype)
         else:
             attn_mask = causal_mask(length, mem_len, device=x.device, dtype=x.dtype)
         h, c, saved_inputs = self.srupp(
@@ -244,10 +243,12 @@ class SRUppDecoder(FairseqIncrementalDecoder):
             memory=None if state is None else state.memory,
             memory_mask_pad=None if state is None else state.memory_pad,
         )
-        if carrying:
-            self.carried[carry["key"]] = CarriedState(
+        if key is not None and segment.release:
+            self.carried.reset(key)
+        elif key is not None:
+            self.carried.put(key, CarriedState(
                 c.detach(), [m.detach() for m in saved_inputs], None if mask_pad is None else mask_pad.detach()
-            )
+            ))
         h = self.dropout_module(h).transpose(0, 1)  # (B, T, d)
         return h, {"attn": [None], "inner_states": None}
 
@@ -326,6 +327,32 @@ def checkpoint_vocab_size(state_dict) -> Optional[int]:
     return sum(rows) if rows else None
 
 
+def check_checkpoint_architecture(path: str, cls) -> None:
+    """Raise SRUppUserError unless ``path`` is a fairseq checkpoint of a ``cls`` model."""
+    try:
+        # mmap: only the pickled structure is read, not the tensors.
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as exc:
+        raise SRUppUserError("{} is not a PyTorch checkpoint ({}: {})".format(path, type(exc).__name__, exc)) from None
+    cfg, args = (state.get("cfg"), state.get("args")) if isinstance(state, dict) else (None, None)
+    if cfg is not None and cfg.get("model") is not None:
+        name = cfg["model"].get("_name")
+    elif args is not None:
+        name = getattr(args, "arch", None)
+    else:
+        raise SRUppUserError(
+            "{} is not a fairseq checkpoint (no 'cfg' or 'args'; top-level keys: {}); the paper's released "
+            "checkpoints must be converted first: python -m fairseq_srupp.convert".format(
+                path, sorted(state)[:8] if isinstance(state, dict) else type(state).__name__)
+        )
+    found = MODEL_REGISTRY.get(name) or ARCH_MODEL_REGISTRY.get(name)
+    if found is None or not issubclass(found, cls):
+        raise SRUppUserError(
+            "{} holds a '{}' model ({}), not srupp_lm: load it with that model's own class".format(
+                path, name, found.__name__ if found is not None else "not registered")
+        )
+
+
 @register_model("srupp_lm", dataclass=SRUppLMConfig)
 class SRUppLanguageModel(FairseqLanguageModel):
     """SRU++ language model (Lei 2021). See ``fairseq_srupp/models/srupp_lm.py`` for presets."""
@@ -333,6 +360,16 @@ class SRUppLanguageModel(FairseqLanguageModel):
     @classmethod
     def build_model(cls, cfg: SRUppLMConfig, task):
         return cls(SRUppDecoder(cfg, task.target_dictionary))
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=".", **kwargs):
+        """fairseq's hub loader, refusing checkpoints that hold another architecture (fairseq would
+        silently build that model instead)."""
+        for name in checkpoint_file.split(os.pathsep):
+            path = os.path.join(model_name_or_path, name)
+            if os.path.isfile(path):
+                check_checkpoint_architecture(path, cls)
+        return super().from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         own = len(self.decoder.dictionary)
