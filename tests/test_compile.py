@@ -13,6 +13,7 @@ from test_model import ByteDictionary
 from fairseq_srupp.models.srupp_lm import SRUppDecoder, SRUppLMConfig
 from fairseq_srupp.modules import SRUpp
 from fairseq_srupp.modules.attention_masks import causal_mask
+from fairseq_srupp.tasks.carried_state import SegmentContext
 
 L, B, VOCAB, PAD = 9, 2, 40, 1
 
@@ -37,7 +38,7 @@ def tokens(seed):
     return t
 
 
-CARRY = {"key": "train", "reset": False, "mask": "causal", "window": 8}
+CARRY = SegmentContext(mask="causal", state="train")
 
 
 def assert_no_graph_break(fn, *args, **kwargs):
@@ -59,9 +60,9 @@ def test_srupp_stack_has_no_graph_break():
 def test_decoder_has_no_graph_break(carried):
     decoder = tiny_decoder().train()
     if carried:
-        decoder(tokens(0), carry=CARRY)  # the call below then attends over this segment's memory
-        assert "train" in decoder.carried
-    assert_no_graph_break(decoder, tokens(1), carry=CARRY if carried else None)
+        decoder(tokens(0), segment=CARRY)  # the call below then attends over this segment's memory
+        assert decoder.carried.get("train") is not None
+    assert_no_graph_break(decoder, tokens(1), segment=CARRY if carried else None)
 
 
 def training_step(decoder, fn, segments, carry):
@@ -70,7 +71,7 @@ def training_step(decoder, fn, segments, carry):
     decoder.reset_carried_state()
     torch.manual_seed(7)
     for seed in segments:
-        logits = fn(tokens(seed), carry=carry)[0]
+        logits = fn(tokens(seed), segment=carry)[0]
     weights = torch.linspace(-1, 1, logits.numel()).view_as(logits)
     (logits * weights).sum().backward()
     return logits.detach(), {n: p.grad.clone() for n, p in decoder.named_parameters() if p.grad is not None}
@@ -82,14 +83,14 @@ def test_compiled_decoder_gives_eager_outputs_and_gradients(carried):
     segments, carry = ([0, 1], CARRY) if carried else ([1], None)
     compiled = torch.compile(decoder, backend="aot_eager", fullgraph=True)
     out, grads = training_step(decoder, compiled, segments, carry)
-    carried_c = decoder.carried["train"].c if carried else None
+    carried_c = decoder.carried.get("train").c if carried else None
     out_ref, grads_ref = training_step(decoder, decoder, segments, carry)
     assert_close("logits", out, out_ref, 0.0)
     assert grads.keys() == grads_ref.keys() and len(grads) == len(list(decoder.parameters()))
     for name in sorted(grads):
         assert_close("grad " + name, grads[name], grads_ref[name], 1e-6)
     if carried:
-        assert_close("carried c", carried_c, decoder.carried["train"].c, 0.0)
+        assert_close("carried c", carried_c, decoder.carried.get("train").c, 0.0)
 
 
 def test_export_of_decoder_full_sequence_forward():
