@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from fairseq_srupp.modules import SRUpp
 from fairseq_srupp.modules.adaptive_softmax import ProjectedAdaptiveSoftmax
-from fairseq_srupp.modules.attention_masks import MASKED_SCORE, causal_mask, same_length_mask  # noqa: F401
+from fairseq_srupp.modules.attention_masks import causal_mask, same_length_mask
 
 logger = logging.getLogger(__name__)
 
