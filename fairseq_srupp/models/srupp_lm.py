@@ -10,7 +10,8 @@ returns features (B, T, d) instead of logits; ``get_normalized_probs`` and
 ``target_log_probs`` turn them into exact log-probabilities.
 
 Incremental decoding keeps, per layer, the cell state c and the attention keys/values of the last
-``eval_window`` positions, so time and memory per generated token are bounded.
+``eval_window`` + 1 positions (a :class:`~fairseq_srupp.modules.decoding_cache.DecodingCache`), so
+time and memory per generated token are bounded.
 """
 import logging
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from fairseq_srupp.modules import SRUpp
 from fairseq_srupp.modules.adaptive_softmax import ProjectedAdaptiveSoftmax
 from fairseq_srupp.modules.attention_masks import causal_mask, same_length_mask
+from fairseq_srupp.modules.decoding_cache import DecodingCache
 
 from .presets import DEFAULT as DEFAULT_PRESET
 from .presets import PRESETS
@@ -94,9 +96,6 @@ def check_config(cfg) -> None:
     for name in ("dropout", "attn_dropout", "emb_dropout"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
             raise ValueError("--{} must be in [0, 1), got {}".format(name.replace("_", "-"), getattr(cfg, name)))
-
-
-CACHE_FIELDS = ("key", "value", "pad", "next")
 
 
 @dataclass
@@ -205,8 +204,8 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         the same streams: ``{"key": str, "reset": bool, "enabled": bool, "mask": "causal" |
         "same_length", "window": int}``. Without it every call starts from zero state.
 
-        ``incremental_state`` (generation): the tokens not seen yet are consumed — the new suffix
-        when the whole prefix is passed (fairseq's generators), or the last token.
+        ``incremental_state`` (generation): pass the whole prefix (the suffix not consumed yet is
+        new: fairseq's generators) or only the newest token; anything else is rejected.
         """
         x, extra = self.extract_features(prev_output_tokens, incremental_state=incremental_state, carry=carry)
         if not features_only:
@@ -255,44 +254,71 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         return h, {"attn": [None], "inner_states": None}
 
     # --------------------------------------------------------------------- incremental decoding
-    # The incremental state holds "c" (B, layers, d), per attention layer i "key_i"/"value_i"
-    # (B, H, M, hd) and "pad_i" (B, M) with M <= window + 1 (see SRUppAttention.forward_incremental)
-    # and "next_i" (1,), and "consumed" (1,), the number of tokens seen. All but the (1,)
-    # counters are batch-first, so reordering beams is one index_select each.
+    # fairseq's incremental state holds one entry for this decoder, "srupp_state": a DecodingCache
+    # packed by its to_state() (cell states, the attention layers' keys/values of the last
+    # eval_window + 1 positions, their padding, counters).
 
     def _extract_features_incremental(self, tokens: Tensor, incremental_state):
-        state = self.get_incremental_state(incremental_state, "srupp_state") or {}
-        consumed = int(state["consumed"].item()) if "consumed" in state else 0
-        new_tokens = tokens[:, consumed:] if tokens.shape[1] > consumed else tokens[:, -1:]
+        packed = self.get_incremental_state(incremental_state, "srupp_state")
+        if packed:
+            cache = DecodingCache.from_state(packed)
+            if cache.window != self.cfg.eval_window:
+                raise ValueError(
+                    "eval_window changed from {} to {} during incremental decoding: start from a new "
+                    "incremental state".format(cache.window, self.cfg.eval_window)
+                )
+        else:
+            cache = DecodingCache(self.cfg.eval_window, sum(self._attention_layers()))
+        new_tokens = self._new_tokens(tokens, cache)
         x = self.embed(new_tokens)  # (L, B, d)
         pad = new_tokens.eq(self.padding_idx)
-        caches: List[Dict[str, Tensor]] = []
-        for i in range(self.cfg.num_layers):
-            caches.append({k: state[k + "_" + str(i)] for k in CACHE_FIELDS if k + "_" + str(i) in state})
-        c0 = state["c"].transpose(0, 1) if "c" in state else None  # (layers, B, d)
+        pad = pad if pad.any() else None  # the step's only host synchronisation
+        cache.begin(new_tokens.shape[1], pad)
         h, c, _ = self.srupp(
             x,
-            c0=c0,
-            mask_pad=pad.t() if pad.any() else None,
-            caches=caches,
-            window=self.cfg.eval_window,
+            c0=cache.c,
+            mask_pad=None if pad is None else pad.t(),
+            caches=cache.layers(self._attention_layers()),
         )
-        new_state: Dict[str, Optional[Tensor]] = {"c": c.transpose(0, 1)}
-        for i, cache in enumerate(caches):
-            for k, v in cache.items():
-                new_state[k + "_" + str(i)] = v
-        new_state["consumed"] = torch.tensor([consumed + new_tokens.shape[1]])
-        self.set_incremental_state(incremental_state, "srupp_state", new_state)
+        cache.end(c)
+        self.set_incremental_state(incremental_state, "srupp_state", cache.to_state())
         return self.dropout_module(h).transpose(0, 1), {"attn": [None], "inner_states": None}
 
+    def _attention_layers(self) -> List[bool]:
+        return [hasattr(layer.transform_module, "forward_incremental") for layer in self.srupp.rnn_lst]
+
+    @staticmethod
+    def _new_tokens(tokens: Tensor, cache: DecodingCache) -> Tensor:
+        """The tokens (B, L) a call brings that the cache has not consumed yet.
+
+        A call passes either the whole prefix, longer than what was consumed (fairseq's generators:
+        the new tokens are the suffix), or only the newest token. Anything else (several tokens,
+        but no more than were consumed) cannot be told apart from a shorter prefix: rejected.
+        """
+        if tokens.dim() != 2:
+            raise ValueError("expected tokens of shape (batch, length), got {}".format(tuple(tokens.shape)))
+        if cache.c is not None and tokens.shape[0] != cache.c.shape[1]:
+            raise ValueError(
+                "the incremental state holds {} sequences but {} were passed: reorder it with "
+                "reorder_incremental_state, or start from a new one".format(cache.c.shape[1], tokens.shape[0])
+            )
+        length = tokens.shape[1]
+        if length > cache.consumed:
+            return tokens[:, cache.consumed:]
+        if length == 1:
+            return tokens
+        raise ValueError(
+            "incremental decoding got {} tokens after consuming {}: pass the whole prefix (more than {} "
+            "tokens, the new ones last) or only the newest token".format(length, cache.consumed, cache.consumed)
+        )
+
     def reorder_incremental_state(self, incremental_state, new_order: Tensor):
-        state = self.get_incremental_state(incremental_state, "srupp_state")
-        if state is None:
+        packed = self.get_incremental_state(incremental_state, "srupp_state")
+        if not packed:
             return
-        for key, value in state.items():
-            if value is not None and key != "consumed" and not key.startswith("next_"):
-                state[key] = value.index_select(0, new_order)
-        self.set_incremental_state(incremental_state, "srupp_state", state)
+        cache = DecodingCache.from_state(packed)
+        cache.reorder(new_order)
+        self.set_incremental_state(incremental_state, "srupp_state", cache.to_state())
 
     # ------------------------------------------------------------------------------- outputs
     def output_layer(self, features: Tensor, **kwargs) -> Tensor:
