@@ -226,3 +226,53 @@ def test_cache_ring_ordered_view_growth_and_reorder():
     restored.reorder(torch.tensor([1, 1]))
     assert_close("reordered", restored.ordered(0)[0], cache.ordered(0)[0][[1, 1]], 0)
     assert (restored.consumed, restored.filled, restored.window) == (20, 4, 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# What generation conditions on, against fairseq-eval-lm with the stateful task (README, section
+# "Generation and scoring"): the task evaluates segments of W tokens and feeds each layer the
+# previous segment's *raw* inputs as memory (un-normalised, as the paper's checkpoints were
+# trained); generation keeps keys/values of normalised inputs for its whole window (one segment).
+
+
+@pytest.fixture(scope="module")
+def char_data(tmp_path_factory):
+    from cli_utils import make_char_data
+
+    return make_char_data(tmp_path_factory.mktemp("gen_vs_eval"), n_train=1000, n_valid=300)
+
+
+@pytest.mark.parametrize("layer_norm", [True, False], ids=["layer-norm", "no-layer-norm"])
+def test_generation_versus_stateful_eval_lm(char_data, layer_norm):
+    from omegaconf import OmegaConf
+
+    from fairseq_srupp.models.srupp_lm import SRUppLanguageModel
+    from fairseq_srupp.tasks import SRUppLanguageModelingConfig, SRUppLanguageModelingTask
+
+    window = 12
+    task = SRUppLanguageModelingTask.setup_task(OmegaConf.structured(SRUppLanguageModelingConfig(
+        data=str(char_data), tokens_per_sample=16, eval_unroll_size=window, batch_size=1, batch_size_valid=1,
+        seed=1, train_subset="train")))
+    task.load_dataset("valid")
+    cfg = SRUppLMConfig(hidden_size=32, proj_size=16, num_layers=3, dropout=0.0, attn_dropout=0.0,
+                        eval_window=window, no_layer_norm=not layer_norm)
+    model = SRUppLanguageModel.build_model(cfg, task).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("alpha"):
+                p.uniform_(0.5, 1.5)  # ReZero starts at 0, which would hide the attention
+    segments = list(task.get_batch_iterator(task.dataset("valid")).next_epoch_itr(shuffle=False))
+    with torch.no_grad():  # what fairseq-eval-lm computes, segment after segment of one stream
+        evaluated = torch.cat([model.get_normalized_probs(model(**s["net_input"]), log_probs=True)
+                               for s in segments], dim=1)[0]
+        tokens = torch.cat([s["net_input"]["src_tokens"] for s in segments], dim=1)
+        real = tokens[0].ne(task.dictionary.pad())
+        generated = incremental_log_probs(model.decoder, tokens, {}, chunk=1)[0]
+    assert len(segments) >= 4 and real[: 3 * window].all()
+    assert_close("first segment", generated[:window], evaluated[:window], 1e-5)
+    later = (generated[window:] - evaluated[window:])[real[window:]].abs().max().item()
+    print("later segments: max |generation - eval-lm| = {:.3e}".format(later))
+    if layer_norm:
+        assert later > 1e-3  # memory fed un-normalised to eval-lm, normalised in generation's cache
+    else:
+        assert later <= 1e-5  # no layer norm: the same conditioning everywhere
