@@ -1,7 +1,9 @@
 """Incremental decoding: token by token (or in chunks) equals one full forward pass over the prefix.
 
 The full pass uses the same-length mask of the generation window W (each token sees itself and
-the W tokens before it), which for prefixes no longer than W is the plain causal mask.
+the W tokens before it), which for prefixes no longer than W is the plain causal mask. Also: the
+DecodingCache's ring, ordered view, growth and reordering, padding, calls that are rejected, and
+how generation relates to fairseq-eval-lm with the stateful task.
 """
 from argparse import Namespace
 
