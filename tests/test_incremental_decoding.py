@@ -205,7 +205,7 @@ def test_padding_inside_the_window_equals_full_forward(chunk):
 def test_cache_ring_ordered_view_growth_and_reorder():
     from fairseq_srupp.modules.decoding_cache import DecodingCache
 
-    window, batch = 3, 2
+    window, batch = 9, 2
     cache = DecodingCache(window, attention_layers=2)
     keys = torch.randn(20, 2, batch, 1, 1, 4)  # (positions, layers, B, H, 1, hd)
     capacities = []
@@ -222,12 +222,13 @@ def test_cache_ring_ordered_view_growth_and_reorder():
         ordered, negated = cache.ordered(1)
         assert_close("ordered view", ordered, keys[max(0, t - window): t + 1, 1, :, :, 0].permute(1, 2, 0, 3), 0)
         assert_close("values", negated, -ordered, 0)
-    assert capacities[:6] == [1, 2, 4, 4, 4, 4] and cache.head == 20 % (window + 1)  # doubling, then a ring
+    assert capacities[:11] == [1, 2, 4, 4, 8, 8, 8, 8, 10, 10, 10]  # doubles while the window fills
+    assert cache.head == 20 % (window + 1)  # then a ring
 
     restored = DecodingCache.from_state(cache.to_state())  # what fairseq's incremental state holds
     restored.reorder(torch.tensor([1, 1]))
     assert_close("reordered", restored.ordered(0)[0], cache.ordered(0)[0][[1, 1]], 0)
-    assert (restored.consumed, restored.filled, restored.window) == (20, 4, 3)
+    assert (restored.consumed, restored.filled, restored.window) == (20, 10, 9)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -175,7 +175,9 @@ class DecodingCache:
             full = self.filled == self.slots
             slot = self.head if full else self.filled
             attended = self.slots if full else self.filled + 1
-            capacity = self.slots if full else min(self.slots, max(2 * self._capacity(), self.filled + 1))
+            capacity = self._capacity()
+            if capacity <= self.filled:  # no free slot: double (amortised O(1) per token)
+                capacity = min(self.slots, max(2 * capacity, 1))
             step = _Step(1, False, slot, attended, capacity, 0, None, None)
             if self.pad is None and pad is not None:
                 self.pad = torch.zeros(pad.shape[0], self.slots, dtype=torch.bool, device=pad.device)
