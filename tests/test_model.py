@@ -77,6 +77,7 @@ def test_tiny_preset_is_small_and_overridable():
     assert (cfg.hidden_size, cfg.proj_size, cfg.num_layers) == (256, 128, 4)
     assert preset_config("srupp_lm_tiny", hidden_size=64).hidden_size == 64
     assert count_parameters_on_meta(cfg, 208) < 1.5e6
+    assert abs(count_parameters_on_meta(cfg, ENWIK8_VOCAB) / 1e6 - BY_NAME["srupp_lm_tiny"].params) < 0.005
 
 
 @pytest.mark.parametrize(
