@@ -210,6 +210,9 @@ def test_preset_sync_finds_and_rewrites_a_stale_model_section(tmp_path):
     assert presets.main(["--check", "--config-dir", str(configs)]) == 1
     assert presets.sync_configs(configs, write=True) == [path]
     assert path.read_text() == original and presets.sync_configs(configs) == []
+    path.write_text(original.replace("147.7M parameters", "147.8M parameters"))  # the comment's facts too
+    with pytest.raises(ValueError, match="should say '147.7M parameters'"):
+        presets.sync_configs(configs)
 
 
 @pytest.mark.parametrize("file, line, bad", [

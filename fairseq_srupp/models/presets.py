@@ -15,7 +15,7 @@ import argparse
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 # Shared by every paper row (spec §4): 10 layers, 1 head, highway bias −2, pre-norm everywhere.
 COMMON = dict(
@@ -168,14 +168,31 @@ def render_model_section(preset: Preset, current: str = "") -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def header_facts(preset: Preset) -> List[str]:
+    """Phrases the comment at the top of ``configs/<preset.config>.yaml`` must contain."""
+    facts = ["n_d {}, n_proj {}".format(preset.hidden_size, preset.proj_size), "{:.1f}M parameters".format(preset.params)]
+    if preset.reported is not None:
+        facts.append("reported test {}".format(preset.result))
+    return facts
+
+
 def sync_configs(config_dir: Path = CONFIG_DIR, write: bool = False):
-    """Rows whose ``model:`` section differs from its preset (rewritten when ``write``)."""
+    """Rows whose ``model:`` section differs from its preset (rewritten when ``write``).
+
+    The free-text comment heading each file is not rewritten; a file whose comment lacks one of
+    :func:`header_facts` raises, naming the phrase.
+    """
     stale = []
     for preset in PRESETS:
         if preset.config is None:
             continue
         path = Path(config_dir) / (preset.config + ".yaml")
         text = path.read_text()
+        header = " ".join(line.lstrip("# ").strip() for line in text.split("\ndefaults:")[0].splitlines())
+        missing = [fact for fact in header_facts(preset) if fact not in header]
+        if missing:
+            raise ValueError("{}: the comment at the top should say {} (see presets.py)".format(
+                path, " and ".join(repr(f) for f in missing)))
         m = MODEL_SECTION.search(text)
         if m is None:
             raise ValueError("{} has no top-level 'model:' section".format(path))
