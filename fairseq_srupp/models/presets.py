@@ -88,7 +88,7 @@ class Preset:
         return "{} {}".format(self.reported, self.dataset.metric) if self.reported is not None else "—"
 
 
-# SRUppLMConfig's architecture fields, in its order; other fields (if any) are not preset.
+# SRUppLMConfig's architecture fields, in the order configs/*.yaml list them; other fields are not preset.
 FIELDS = (
     "hidden_size", "proj_size", "num_layers", "num_heads", "attention_every_n_layers", "dropout",
     "attn_dropout", "emb_dropout", "no_layer_norm", "normalize_after", "no_attn_layer_norm", "highway_bias",
