@@ -4,8 +4,9 @@ See fairseq_srupp/bench/generation.py.
     .venv/bin/python benchmarks/generation.py --lengths 1000,4000,16000 --device cpu --json generation.json
 
 glibc's malloc thresholds are tuned first (see bench_timing.tune_malloc; --no-malloc-tuning keeps the
-defaults): otherwise the multi-MB key/value caches both models reallocate at every token may be served
-by fresh mmaps, and page faults then dominate the time per token on some machines.
+defaults): otherwise the multi-MB key/value cache the Transformer reallocates at every token (SRU++'s
+only while its window fills, doubling) may be served by fresh mmaps, and page faults then dominate
+the time per token on some machines.
 """
 import logging
 import os

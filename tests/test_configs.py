@@ -191,6 +191,30 @@ def test_row_and_base_files_set_disjoint_keys(row):
             "optimizer.weight_decay", "task.eval_unroll_size"} <= set(seen)
 
 
+def test_model_sections_and_readme_table_are_rendered_from_the_preset_table():
+    from fairseq_srupp.models import presets
+
+    assert presets.sync_configs() == [], "run: python -m fairseq_srupp.models"
+    assert not presets.sync_readme(), "README's preset table is stale: run python -m fairseq_srupp.models"
+    assert sorted(p.config for p in presets.PRESETS if p.config) == ROWS
+
+
+def test_preset_sync_finds_and_rewrites_a_stale_model_section(tmp_path):
+    from fairseq_srupp.models import presets
+
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, configs)
+    path = configs / "srupp_lm_wt103_base.yaml"
+    original = path.read_text()
+    path.write_text(original.replace("  proj_size: 768\n", "  proj_size: 512\n", 1))
+    assert presets.main(["--check", "--config-dir", str(configs)]) == 1
+    assert presets.sync_configs(configs, write=True) == [path]
+    assert path.read_text() == original and presets.sync_configs(configs) == []
+    path.write_text(original.replace("147.7M parameters", "147.8M parameters"))  # the comment's facts too
+    with pytest.raises(ValueError, match="should say '147.7M parameters'"):
+        presets.sync_configs(configs)
+
+
 @pytest.mark.parametrize("file, line, bad", [
     ("srupp_lm.yaml", "  hidden_size: 3072\n", "  hiden_size: 3072\n"),
     ("base/enwik8.yaml", "  eval_unroll_size: 3072", "  eval_unrol_size: 3072"),

@@ -7,6 +7,7 @@ from conftest import assert_close
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 
 import fairseq_srupp  # noqa: F401  (registers the model)
+from fairseq_srupp.models.presets import BY_NAME, FIELDS, PRESETS
 from fairseq_srupp.models.srupp_lm import SRUppDecoder, SRUppLMConfig
 
 
@@ -49,9 +50,26 @@ ENWIK8_VOCAB, WT103_VOCAB, LM1B_VOCAB = 205, 267735, 793471
 )
 def test_preset_parameter_counts_match_the_paper(arch, vocab_size, expected_millions):
     assert ARCH_MODEL_REGISTRY[arch].__name__ == "SRUppLanguageModel"
+    assert (BY_NAME[arch].params, BY_NAME[arch].dataset.vocab) == (expected_millions, vocab_size)  # the table's note
     n = count_parameters_on_meta(preset_config(arch), vocab_size)
     print("{}: {:.2f}M".format(arch, n / 1e6))
     assert abs(n / 1e6 - expected_millions) / expected_millions < 0.005
+
+
+def test_every_arch_name_is_registered_from_its_row_and_fills_every_field():
+    registered = {name for name, model in ARCH_MODEL_REGISTRY.items() if model.__name__ == "SRUppLanguageModel"}
+    assert registered == set(BY_NAME)
+    defaults = SRUppLMConfig()
+    assert {name: getattr(defaults, name) for name in FIELDS} == BY_NAME["srupp_lm"].values()  # --arch srupp_lm
+    for preset in PRESETS:
+        for name in preset.arch_names:
+            args = Namespace()
+            ARCH_CONFIG_REGISTRY[name](args)
+            expected = preset.values() if name != "srupp_lm" else {}  # fairseq's own no-op entry
+            assert vars(args) == expected, name
+            with_override = Namespace(hidden_size=8, adaptive_softmax_cutoff=None)
+            ARCH_CONFIG_REGISTRY[name](with_override)
+            assert (with_override.hidden_size, with_override.adaptive_softmax_cutoff) == (8, None), name
 
 
 def test_tiny_preset_is_small_and_overridable():
@@ -59,6 +77,7 @@ def test_tiny_preset_is_small_and_overridable():
     assert (cfg.hidden_size, cfg.proj_size, cfg.num_layers) == (256, 128, 4)
     assert preset_config("srupp_lm_tiny", hidden_size=64).hidden_size == 64
     assert count_parameters_on_meta(cfg, 208) < 1.5e6
+    assert abs(count_parameters_on_meta(cfg, ENWIK8_VOCAB) / 1e6 - BY_NAME["srupp_lm_tiny"].params) < 0.005
 
 
 @pytest.mark.parametrize(

@@ -19,9 +19,6 @@ memory during the run: on CPU the process's peak RSS (reset before each run thro
 ``/proc/self/clear_refs``, freed heap returned first with ``malloc_trim``), on CUDA also
 ``torch.cuda.max_memory_allocated``. Then, per model, time per token and memory at the longest
 length over the shortest, and per length SRU++ over the Transformer.
-
-The SRU++ side needs incremental decoding in ``SRUppDecoder``; where the installed model raises
-``NotImplementedError`` the Transformer is measured alone and the report says why.
 """
 import argparse
 import ctypes
@@ -293,18 +290,6 @@ def time_sequence_generator(model, task, length, args, device):
             "tokens_per_second": generated * args.batch / seconds, "ms_per_token": 1000.0 * seconds / generated}
 
 
-def probe_incremental(model, device):
-    """None if the decoder decodes incrementally, else the reason it cannot."""
-    tokens = torch.full((1, 2), model.decoder.dictionary.eos(), dtype=torch.long, device=device)
-    try:
-        state = {}
-        model.decoder(tokens[:, :1], incremental_state=state)
-        model.decoder(tokens, incremental_state=state)
-    except NotImplementedError as e:
-        return "incremental decoding not implemented ({})".format(e)
-    return None
-
-
 # ----------------------------------------------------------------------------------- report
 
 
@@ -360,8 +345,6 @@ def format_report(results):
              "{decoding}; SRU++ window {window}; malloc tuned: {malloc_tuned}".format(**setup), ""]
     for name, m in results["models"].items():
         lines.append("{:<15} {:>10,} parameters  {}".format(name, m["params"], m["description"]))
-        if m.get("skipped"):
-            lines.append("{:<15} skipped: {}".format("", m["skipped"]))
     lines.append("")
     header = ["model", "tokens", "tok/s", "ms/tok", "first ms/tok", "last ms/tok", "last/first", "state MiB",
               "peak RSS +MiB"]
@@ -446,15 +429,10 @@ def run_benchmark(args, malloc_tuned=False):
                 results["setup"]["window"] = getattr(cfg, "eval_window", None)
             else:
                 info["description"] = "dim {}, ffn {}, {} layers, {} heads".format(*args.transformer.split(","))
-            with torch.no_grad():
-                reason = probe_incremental(model, device)
-                if reason is None:  # warm-up: first-call allocations, lazily compiled ops
-                    generate(model, min(WARMUP_TOKENS, args.lengths[0]), args.batch, device)
-            if reason is not None:
-                info["skipped"] = reason
-            else:
-                info["runs"] = []
-                models[name] = (model, task)
+            with torch.no_grad():  # warm-up: first-call allocations, lazily compiled ops
+                generate(model, min(WARMUP_TOKENS, args.lengths[0]), args.batch, device)
+            info["runs"] = []
+            models[name] = (model, task)
             results["models"][name] = info
         with torch.no_grad():
             for length in args.lengths:

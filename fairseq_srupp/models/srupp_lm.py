@@ -1,4 +1,4 @@
-"""``srupp_lm``: the SRU++ language model as a fairseq model, with its architecture presets.
+"""``srupp_lm``: the SRU++ language model as a fairseq model (its presets: ``presets.py``).
 
 Char-level head (spec §3): Embedding(V, d) → dropout → SRU++ stack → dropout → Linear(d, V),
 embedding and output weights untied and initialised U(±√(3/d)), output bias 0.
@@ -10,7 +10,8 @@ returns features (B, T, d) instead of logits; ``get_normalized_probs`` and
 ``target_log_probs`` turn them into exact log-probabilities.
 
 Incremental decoding keeps, per layer, the cell state c and the attention keys/values of the last
-``eval_window`` positions, so time and memory per generated token are bounded.
+``eval_window`` + 1 positions (a :class:`~fairseq_srupp.modules.decoding_cache.DecodingCache`), so
+time and memory per generated token are bounded.
 """
 import logging
 import os
@@ -29,52 +30,58 @@ from fairseq.models import (
     register_model,
     register_model_architecture,
 )
-from fairseq.utils import safe_getattr
 from torch import Tensor, nn
 
 from fairseq_srupp.errors import SRUppUserError
 from fairseq_srupp.modules import Dropout, SRUpp
 from fairseq_srupp.modules.adaptive_softmax import ProjectedAdaptiveSoftmax
-from fairseq_srupp.modules.attention_masks import MASKED_SCORE, causal_mask, same_length_mask  # noqa: F401
+from fairseq_srupp.modules.attention_masks import causal_mask, same_length_mask
+from fairseq_srupp.modules.decoding_cache import DecodingCache
 from fairseq_srupp.tasks.carried_state import CarriedState, CarriedStateStore, SegmentContext
+
+from .presets import DEFAULT as DEFAULT_PRESET
+from .presets import PRESETS
 
 logger = logging.getLogger(__name__)
 
+_BASE = DEFAULT_PRESET.values()
+
+
 @dataclass
 class SRUppLMConfig(FairseqDataclass):
-    # Defaults are the enwik8 base preset (spec §4); named architectures override them.
-    hidden_size: int = field(default=3072, metadata={"help": "n_d: width of every layer's state c/h and of the embedding"})
-    proj_size: int = field(default=768, metadata={"help": "n_proj: attention (projection) width"})
-    num_layers: int = field(default=10, metadata={"help": "number of SRU++ layers"})
-    num_heads: int = field(default=1, metadata={"help": "attention heads (must divide proj_size)"})
+    # Defaults are the enwik8 base row of presets.PRESETS (spec §4); named architectures override them.
+    hidden_size: int = field(default=_BASE["hidden_size"], metadata={"help": "n_d: width of every layer's state c/h and of the embedding"})
+    proj_size: int = field(default=_BASE["proj_size"], metadata={"help": "n_proj: attention (projection) width"})
+    num_layers: int = field(default=_BASE["num_layers"], metadata={"help": "number of SRU++ layers"})
+    num_heads: int = field(default=_BASE["num_heads"], metadata={"help": "attention heads (must divide proj_size)"})
     attention_every_n_layers: int = field(
-        default=1, metadata={"help": "layer i (0-based) has attention iff (i+1) %% n == 0; others project only"}
+        default=_BASE["attention_every_n_layers"], metadata={"help": "layer i (0-based) has attention iff (i+1) %% n == 0; others project only"}
     )
-    dropout: float = field(default=0.22, metadata={"help": "dropout of embeddings, outputs, sub-layers and the variational mask"})
-    attn_dropout: float = field(default=0.22, metadata={"help": "dropout on attention probabilities"})
+    dropout: float = field(default=_BASE["dropout"], metadata={"help": "dropout of embeddings, outputs, sub-layers and the variational mask"})
+    attn_dropout: float = field(default=_BASE["attn_dropout"], metadata={"help": "dropout on attention probabilities"})
     # Booleans default to False because fairseq turns a True default into a store_false flag.
-    no_layer_norm: bool = field(default=False, metadata={"help": "no LayerNorm in the SRU++ layers (on in every preset)"})
-    normalize_after: bool = field(default=False, metadata={"help": "post-norm layers instead of pre-norm"})
+    no_layer_norm: bool = field(default=_BASE["no_layer_norm"], metadata={"help": "no LayerNorm in the SRU++ layers (on in every preset)"})
+    normalize_after: bool = field(default=_BASE["normalize_after"], metadata={"help": "post-norm layers instead of pre-norm"})
     no_attn_layer_norm: bool = field(
-        default=False, metadata={"help": "no LayerNorm inside the attention / projection block"}
+        default=_BASE["no_attn_layer_norm"], metadata={"help": "no LayerNorm inside the attention / projection block"}
     )
-    highway_bias: float = field(default=-2.0, metadata={"help": "initial bias of the reset (highway) gate"})
-    weight_c_init: float = field(default=1.0, metadata={"help": "v_f, v_r ~ U(-x, x) at init"})
+    highway_bias: float = field(default=_BASE["highway_bias"], metadata={"help": "initial bias of the reset (highway) gate"})
+    weight_c_init: float = field(default=_BASE["weight_c_init"], metadata={"help": "v_f, v_r ~ U(-x, x) at init"})
     adaptive_softmax_cutoff: Optional[str] = field(
-        default=None,
+        default=_BASE["adaptive_softmax_cutoff"],
         metadata={"help": "comma-separated cluster boundaries of the projected adaptive input/softmax "
                   "(word level; wt103 19997,39997,199997, lm1b 59998,159998); unset: char-level Linear head"},
     )
-    adaptive_embed_dim: int = field(default=1024, metadata={"help": "n_e: width of the head cluster's embeddings"})
-    adaptive_div_value: float = field(default=4.0, metadata={"help": "cluster i has width n_e // div_value**i"})
+    adaptive_embed_dim: int = field(default=_BASE["adaptive_embed_dim"], metadata={"help": "n_e: width of the head cluster's embeddings"})
+    adaptive_div_value: float = field(default=_BASE["adaptive_div_value"], metadata={"help": "cluster i has width n_e // div_value**i"})
     untie_adaptive_proj: bool = field(
-        default=False, metadata={"help": "separate input and output cluster projections (the paper's lm1b)"}
+        default=_BASE["untie_adaptive_proj"], metadata={"help": "separate input and output cluster projections (the paper's lm1b)"}
     )
     emb_dropout: float = field(
-        default=0.0, metadata={"help": "dropout on adaptive cluster embeddings and projected hidden states"}
+        default=_BASE["emb_dropout"], metadata={"help": "dropout on adaptive cluster embeddings and projected hidden states"}
     )
     eval_window: int = field(
-        default=3072,
+        default=_BASE["eval_window"],
         metadata={"help": "attention window W of incremental generation: each token attends to itself and the W "
                   "tokens before it (the paper's evaluation window: enwik8 3072, wt103 2560, lm1b 96)"},
     )
@@ -101,7 +108,6 @@ def check_config(cfg) -> None:
             raise ValueError("--{} must be in [0, 1), got {}".format(name.replace("_", "-"), getattr(cfg, name)))
 
 
-CACHE_FIELDS = ("key", "value", "pad", "next")
 
 
 class SRUppDecoder(FairseqIncrementalDecoder):
@@ -199,8 +205,8 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         the segment continues. Without it the call uses the causal mask and starts from zero state.
         ``carry``: the dict of earlier versions, converted by ``SegmentContext.from_legacy_dict``.
 
-        ``incremental_state`` (generation): the tokens not seen yet are consumed — the new suffix
-        when the whole prefix is passed (fairseq's generators), or the last token.
+        ``incremental_state`` (generation): pass the whole prefix (the suffix not consumed yet is
+        new: fairseq's generators) or only the newest token; anything else is rejected.
         """
         if segment is None and carry is not None:
             segment = SegmentContext.from_legacy_dict(carry)
@@ -253,44 +259,71 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         return h, {"attn": [None], "inner_states": None}
 
     # --------------------------------------------------------------------- incremental decoding
-    # The incremental state holds "c" (B, layers, d), per attention layer i "key_i"/"value_i"
-    # (B, H, M, hd) and "pad_i" (B, M) with M <= window + 1 (see SRUppAttention.forward_incremental)
-    # and "next_i" (1,), and "consumed" (1,), the number of tokens seen. All but the (1,)
-    # counters are batch-first, so reordering beams is one index_select each.
+    # fairseq's incremental state holds one entry for this decoder, "srupp_state": a DecodingCache
+    # packed by its to_state() (cell states, the attention layers' keys/values of the last
+    # eval_window + 1 positions, their padding, counters).
 
     def _extract_features_incremental(self, tokens: Tensor, incremental_state):
-        state = self.get_incremental_state(incremental_state, "srupp_state") or {}
-        consumed = int(state["consumed"].item()) if "consumed" in state else 0
-        new_tokens = tokens[:, consumed:] if tokens.shape[1] > consumed else tokens[:, -1:]
+        packed = self.get_incremental_state(incremental_state, "srupp_state")
+        if packed:
+            cache = DecodingCache.from_state(packed)
+            if cache.window != self.cfg.eval_window:
+                raise ValueError(
+                    "eval_window changed from {} to {} during incremental decoding: start from a new "
+                    "incremental state".format(cache.window, self.cfg.eval_window)
+                )
+        else:
+            cache = DecodingCache(self.cfg.eval_window, sum(self._attention_layers()))
+        new_tokens = self._new_tokens(tokens, cache)
         x = self.embed(new_tokens)  # (L, B, d)
         pad = new_tokens.eq(self.padding_idx)
-        caches: List[Dict[str, Tensor]] = []
-        for i in range(self.cfg.num_layers):
-            caches.append({k: state[k + "_" + str(i)] for k in CACHE_FIELDS if k + "_" + str(i) in state})
-        c0 = state["c"].transpose(0, 1) if "c" in state else None  # (layers, B, d)
+        pad = pad if pad.any() else None  # the step's only host synchronisation
+        cache.begin(new_tokens.shape[1], pad)
         h, c, _ = self.srupp(
             x,
-            c0=c0,
-            mask_pad=pad.t() if pad.any() else None,
-            caches=caches,
-            window=self.cfg.eval_window,
+            c0=cache.c,
+            mask_pad=None if pad is None else pad.t(),
+            caches=cache.layers(self._attention_layers()),
         )
-        new_state: Dict[str, Optional[Tensor]] = {"c": c.transpose(0, 1)}
-        for i, cache in enumerate(caches):
-            for k, v in cache.items():
-                new_state[k + "_" + str(i)] = v
-        new_state["consumed"] = torch.tensor([consumed + new_tokens.shape[1]])
-        self.set_incremental_state(incremental_state, "srupp_state", new_state)
+        cache.end(c)
+        self.set_incremental_state(incremental_state, "srupp_state", cache.to_state())
         return self.dropout_module(h).transpose(0, 1), {"attn": [None], "inner_states": None}
 
+    def _attention_layers(self) -> List[bool]:
+        return [hasattr(layer.transform_module, "forward_incremental") for layer in self.srupp.rnn_lst]
+
+    @staticmethod
+    def _new_tokens(tokens: Tensor, cache: DecodingCache) -> Tensor:
+        """The tokens (B, L) a call brings that the cache has not consumed yet.
+
+        A call passes either the whole prefix, longer than what was consumed (fairseq's generators:
+        the new tokens are the suffix), or only the newest token. Anything else (several tokens,
+        but no more than were consumed) cannot be told apart from a shorter prefix: rejected.
+        """
+        if tokens.dim() != 2:
+            raise ValueError("expected tokens of shape (batch, length), got {}".format(tuple(tokens.shape)))
+        if cache.c is not None and tokens.shape[0] != cache.c.shape[1]:
+            raise ValueError(
+                "the incremental state holds {} sequences but {} were passed: reorder it with "
+                "reorder_incremental_state, or start from a new one".format(cache.c.shape[1], tokens.shape[0])
+            )
+        length = tokens.shape[1]
+        if length > cache.consumed:
+            return tokens[:, cache.consumed:]
+        if length == 1:
+            return tokens
+        raise ValueError(
+            "incremental decoding got {} tokens after consuming {}: pass the whole prefix (more than {} "
+            "tokens, the new ones last) or only the newest token".format(length, cache.consumed, cache.consumed)
+        )
+
     def reorder_incremental_state(self, incremental_state, new_order: Tensor):
-        state = self.get_incremental_state(incremental_state, "srupp_state")
-        if state is None:
+        packed = self.get_incremental_state(incremental_state, "srupp_state")
+        if not packed:
             return
-        for key, value in state.items():
-            if value is not None and key != "consumed" and not key.startswith("next_"):
-                state[key] = value.index_select(0, new_order)
-        self.set_incremental_state(incremental_state, "srupp_state", state)
+        cache = DecodingCache.from_state(packed)
+        cache.reorder(new_order)
+        self.set_incremental_state(incremental_state, "srupp_state", cache.to_state())
 
     # ------------------------------------------------------------------------------- outputs
     def output_layer(self, features: Tensor, **kwargs) -> Tensor:
@@ -355,7 +388,7 @@ def check_checkpoint_architecture(path: str, cls) -> None:
 
 @register_model("srupp_lm", dataclass=SRUppLMConfig)
 class SRUppLanguageModel(FairseqLanguageModel):
-    """SRU++ language model (Lei 2021). See ``fairseq_srupp/models/srupp_lm.py`` for presets."""
+    """SRU++ language model (Lei 2021). Its presets: ``fairseq_srupp/models/presets.py``."""
 
     @classmethod
     def build_model(cls, cfg: SRUppLMConfig, task):
@@ -390,129 +423,9 @@ class SRUppLanguageModel(FairseqLanguageModel):
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
 
-def _set_defaults(args, **defaults):
-    for name, value in defaults.items():
-        setattr(args, name, safe_getattr(args, name, value))
-
-
-# `--arch srupp_lm` is registered by register_model itself and takes SRUppLMConfig's defaults,
-# which are the enwik8 base preset. Every preset fills only what is still unset (command-line
-# values win) and then falls back to the enwik8 base values. Parameter counts are those of the
-# spec's table (§4) with the dataset's vocabulary: enwik8 205, wt103 267,735, lm1b 793,471.
-def srupp_lm_enwik8_base(args):
-    """enwik8 base: n_d 3072, n_proj 768, 10 layers, attention everywhere (107.6M params)."""
-    _set_defaults(
-        args,
-        hidden_size=3072,
-        proj_size=768,
-        num_layers=10,
-        num_heads=1,
-        attention_every_n_layers=1,
-        dropout=0.22,
-        attn_dropout=0.22,
-        no_layer_norm=False,
-        normalize_after=False,
-        no_attn_layer_norm=False,
-        highway_bias=-2.0,
-        weight_c_init=1.0,
-        adaptive_softmax_cutoff=None,
-        adaptive_embed_dim=1024,
-        adaptive_div_value=4.0,
-        untie_adaptive_proj=False,
-        emb_dropout=0.0,
-        eval_window=3072,
-    )
-
-
-@register_model_architecture("srupp_lm", "srupp_lm_enwik8_base")
-def srupp_lm_enwik8_base_alias(args):
-    """Same as ``--arch srupp_lm``."""
-    srupp_lm_enwik8_base(args)
-
-
-@register_model_architecture("srupp_lm", "srupp_lm_large")
-def srupp_lm_enwik8_large(args):
-    """enwik8 large as trained by the paper's command: n_d 4096, n_proj 1024 (190.7M)."""
-    _set_defaults(args, hidden_size=4096, proj_size=1024, dropout=0.32, attn_dropout=0.32)
-    srupp_lm_enwik8_base(args)
-
-
-@register_model_architecture("srupp_lm", "srupp_lm_enwik8_large")
-def srupp_lm_enwik8_large_alias(args):
-    """Same as ``--arch srupp_lm_large``."""
-    srupp_lm_enwik8_large(args)
-
-
-@register_model_architecture("srupp_lm", "srupp_lm_enwik8_large_ratio8")
-def srupp_lm_enwik8_large_ratio8(args):
-    """enwik8 large with n_d / n_proj = 8: 6016 / 752 (195.1M; paper: 0.953 BPC)."""
-    _set_defaults(args, hidden_size=6016, proj_size=752)
-    srupp_lm_enwik8_large(args)
-
-
-@register_model_architecture("srupp_lm", "srupp_lm_wt103_base")
-def srupp_lm_wt103_base(args):
-    """WikiText-103 base: 3072 / 768, projected adaptive input/softmax with tied projections (147.7M)."""
-    _set_defaults(
-        args,
-        adaptive_softmax_cutoff="19997,39997,199997",
-        dropout=0.15,
-        attn_dropout=0.15,
-        emb_dropout=0.15,
-        eval_window=2560,
-    )
-    srupp_lm_enwik8_base(args)
-
-
-@register_model_architecture("srupp_lm", "srupp_lm_wt103_large")
-def srupp_lm_wt103_large(args):
-    """WikiText-103 large as trained by the paper's command: 4096 / 1024 (231.8M)."""
-    _set_defaults(args, hidden_size=4096, proj_size=1024, dropout=0.2, attn_dropout=0.2, emb_dropout=0.2)
-    srupp_lm_wt103_base(args)
-
-
-@register_model_architecture("srupp_lm", "srupp_lm_wt103_large_ratio8")
-def srupp_lm_wt103_large_ratio8(args):
-    """WikiText-103 large with n_d / n_proj = 8: 5952 / 744 (233.9M; paper: 17.1 PPL)."""
-    _set_defaults(args, hidden_size=5952, proj_size=744)
-    srupp_lm_wt103_large(args)
-
-
-@register_model_architecture("srupp_lm", "srupp_lm_wt103_large_ratio8_k5")
-def srupp_lm_wt103_large_ratio8_k5(args):
-    """As ratio 8 with attention in layers 5 and 10 only (225.0M; paper: 17.3 PPL)."""
-    _set_defaults(args, attention_every_n_layers=5)
-    srupp_lm_wt103_large_ratio8(args)
-
-
-@register_model_architecture("srupp_lm", "srupp_lm_lm1b_base")
-def srupp_lm_lm1b_base(args):
-    """Billion Word base: 4096 / 1024, adaptive softmax with untied projections (328.4M; 25.1 PPL)."""
-    _set_defaults(
-        args,
-        hidden_size=4096,
-        proj_size=1024,
-        adaptive_softmax_cutoff="59998,159998",
-        untie_adaptive_proj=True,
-        dropout=0.05,
-        attn_dropout=0.0,
-        emb_dropout=0.0,
-        eval_window=96,
-    )
-    srupp_lm_enwik8_base(args)
-
-
-@register_model_architecture("srupp_lm", "srupp_lm_lm1b_large_k5")
-def srupp_lm_lm1b_large_k5(args):
-    """Billion Word large: 7616 / 1024, attention in layers 5 and 10 (465.4M; 23.5 PPL)."""
-    _set_defaults(args, hidden_size=7616, attention_every_n_layers=5)
-    srupp_lm_lm1b_base(args)
-
-
-@register_model_architecture("srupp_lm", "srupp_lm_tiny")
-def srupp_lm_tiny(args):
-    """CPU-sized preset for demos and tests: n_d 256, n_proj 128, 4 layers (about 0.7M params)."""
-    _set_defaults(
-        args, hidden_size=256, proj_size=128, num_layers=4, dropout=0.1, attn_dropout=0.1, eval_window=256
-    )
-    srupp_lm_enwik8_base(args)
+# `--arch srupp_lm` is registered by register_model itself and takes SRUppLMConfig's defaults (the
+# enwik8 base row); every other preset's --arch function comes from its row of presets.PRESETS.
+for _preset in PRESETS:
+    for _arch in _preset.arch_names:
+        if _arch != "srupp_lm":
+            register_model_architecture("srupp_lm", _arch)(_preset.fill_args)

@@ -1,5 +1,5 @@
 """The SRU++ stack: a drop-in for ``sru.SRUpp`` (unidirectional, as used for language modelling)."""
-from typing import Dict, List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -166,8 +166,7 @@ class SRUpp(nn.Module):
         attn_mask: Optional[Tensor] = None,
         memory: Optional[List[Optional[Tensor]]] = None,
         memory_mask_pad: Optional[Tensor] = None,
-        caches: Optional[List[Dict[str, Tensor]]] = None,
-        window: Optional[int] = None,
+        caches: Optional[List] = None,
     ) -> Tuple[Tensor, Tensor, List[Tensor]]:
         """
         Args:
@@ -179,10 +178,9 @@ class SRUpp(nn.Module):
             memory: optional list of num_layers tensors (M, B, d_in of that layer) or Nones: the
                 raw inputs of each layer from the previous segment.
             memory_mask_pad: optional (M, B) bool padding of the memory.
-            caches: incremental decoding: one dict per layer holding the attention's key/value cache
-                of the last ``window`` positions, updated in place (empty dicts to start).
-            window: attention window of incremental decoding (each query sees itself and the
-                ``window`` positions before it).
+            caches: incremental decoding: one entry per layer, ``DecodingCache.layers(...)`` (see
+                fairseq_srupp/modules/decoding_cache.py): the attention layers' cached keys/values
+                of the last window + 1 positions, updated in place.
         Returns:
             h: (L, B, d) top-layer output (packed if the input was),
             c: (num_layers, B, d) last cell state of every layer,
@@ -213,10 +211,9 @@ class SRUpp(nn.Module):
                     self.num_layers, type(memory).__name__ if not isinstance(memory, (list, tuple)) else len(memory)
                 )
             )
-        if caches is not None and (len(caches) != self.num_layers or window is None or window < 1):
+        if caches is not None and len(caches) != self.num_layers:
             raise ValueError(
-                "incremental decoding needs one cache per layer ({}) and a window >= 1, got {} caches and "
-                "window {}".format(self.num_layers, len(caches), window)
+                "incremental decoding needs one cache entry per layer ({}), got {}".format(self.num_layers, len(caches))
             )
         if mask_pad is not None:
             mask_pad = mask_pad.bool()
@@ -234,7 +231,6 @@ class SRUpp(nn.Module):
                 memory=None if memory is None else memory[i],
                 memory_mask_pad=memory_mask_pad,
                 cache=None if caches is None else caches[i],
-                window=window,
             )
             last_c.append(c)
         # nn_rnn_compatible_return orders c as (layers · directions, B, d): with one direction that

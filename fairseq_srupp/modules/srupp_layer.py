@@ -1,6 +1,6 @@
 """One SRU++ layer: optional pre-norm, a transform producing U, the elementwise recurrence."""
 import math
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -86,8 +86,7 @@ class SRUppLayer(nn.Module):
         attn_mask: Optional[Tensor] = None,
         memory: Optional[Tensor] = None,
         memory_mask_pad: Optional[Tensor] = None,
-        cache: Optional[Dict[str, Tensor]] = None,
-        window: Optional[int] = None,
+        cache=None,
     ) -> Tuple[Tensor, Tensor]:
         """
         Args:
@@ -97,10 +96,9 @@ class SRUppLayer(nn.Module):
             attn_mask: optional additive (L, M+L) attention mask.
             memory: optional (M, B, d_in) raw inputs of this layer from the previous segment.
             memory_mask_pad: optional (M, B) bool.
-            cache: incremental decoding (instead of attn_mask / memory): the attention's rolling
-                key/value cache of earlier positions, updated in place (see
+            cache: incremental decoding (instead of attn_mask / memory): this layer's handle on a
+                :class:`~fairseq_srupp.modules.decoding_cache.DecodingCache` (see
                 :meth:`SRUppAttention.forward_incremental`); layers without attention ignore it.
-            window: attention window of incremental decoding.
         Returns:
             h: (L, B, d) and the last cell state c: (B, d).
         """
@@ -122,7 +120,7 @@ class SRUppLayer(nn.Module):
         if cache is not None and hasattr(self.transform_module, "forward_incremental"):
             if attn_mask is not None or memory is not None:
                 raise ValueError("incremental decoding takes a cache instead of attn_mask / memory")
-            U = self.transform_module.forward_incremental(input, cache, window, mask_pad=mask_pad)
+            U = self.transform_module.forward_incremental(input, cache)
         else:
             U = self.transform_module(
                 input, mask_pad=mask_pad, attn_mask=attn_mask, memory=memory, memory_mask_pad=memory_mask_pad

@@ -4,13 +4,12 @@ Both take the layer's (normalised) input x̃ (L, B, d_in) and return U (L, B, k*
 names follow ``sru.SRUpp`` (``linear1``, ``linear2``, ``linear3``, ``alpha``, ``layer_norm``)
 so its state dicts and the paper's released checkpoints load without renaming.
 """
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention_masks import same_length_mask
 from .dropout import Dropout
 
 
@@ -168,57 +167,23 @@ class SRUppAttention(nn.Module):
         bias = attention_bias(attn_mask, key_padding, tgt_len, src_len, q.dtype)
         return self._attend_and_project(q, k, v, bias, residual)
 
-    def forward_incremental(
-        self, input: Tensor, cache: Dict[str, Tensor], window: int, mask_pad: Optional[Tensor] = None
-    ) -> Tensor:
-        """Attention over the cached keys/values of the last positions plus ``input``.
+    def forward_incremental(self, input: Tensor, cache) -> Tensor:
+        """Attention of new positions over the cached earlier ones and themselves (generation).
 
         Args:
             input: (L, B, d_in) normalised layer input of the new positions.
-            cache: keys/values of the most recent positions, updated in place: ``"key"``,
-                ``"value"`` (B, H, M, hd) and ``"pad"`` (B, M) bool for M ≤ window + 1 positions,
-                and ``"next"`` (1,): where the oldest slot is once the cache is full. Empty to start.
-            window: each query sees itself and the ``window`` positions before it.
-            mask_pad: optional (L, B) bool, True at padding.
+            cache: this layer's handle on a
+                :class:`~fairseq_srupp.modules.decoding_cache.DecodingCache`: ``cache.attend(k, v)``
+                stores the new keys/values and returns what the queries attend to, with its mask.
         Returns:
             U: (L, B, out_features), equal to :meth:`forward` over the whole sequence with the
-            same-length mask of this window (keys depend only on their own position).
-
-        The cache holds the last window + 1 positions. Once full, a single new token overwrites the
-        oldest slot — the one position it must not see — and attends to every slot: attention has
-        no notion of order, so this ring needs no copy of the window per token. Several new tokens
-        at once (a prompt) take the ordered path with the same-length mask.
+            same-length mask of the cache's window (keys depend only on their own position).
         """
-        tgt_len, bsz, _ = input.shape
         z = self.linear1(input)  # (L, B, p)
         residual = z
         q = self._split_heads(z)  # (B, H, L, hd)
         k, v = (self._split_heads(t) for t in self.linear2(z).chunk(2, dim=-1))  # (B, H, L, hd)
-        pad = mask_pad.t().bool() if mask_pad is not None else input.new_zeros(bsz, tgt_len, dtype=torch.bool)
-        slots = window + 1
-        if tgt_len == 1 and "key" in cache and cache["key"].shape[2] == slots:
-            oldest = int(cache["next"].item())
-            cache["key"][:, :, oldest] = k[:, :, 0]
-            cache["value"][:, :, oldest] = v[:, :, 0]
-            cache["pad"][:, oldest] = pad[:, 0]
-            cache["next"] = cache["next"].new_tensor([(oldest + 1) % slots])
-            key_padding = cache["pad"].t() if cache["pad"].any() else None
-            bias = attention_bias(None, key_padding, 1, slots, q.dtype)
-            return self._attend_and_project(q, cache["key"], cache["value"], bias, residual)
-
-        mem_len = 0
-        if "key" in cache:
-            shift = -int(cache["next"].item())  # back to chronological order
-            mem_len = cache["key"].shape[2]
-            k = torch.cat([cache["key"].roll(shift, dims=2), k], dim=2)  # (B, H, M+L, hd)
-            v = torch.cat([cache["value"].roll(shift, dims=2), v], dim=2)
-            pad = torch.cat([cache["pad"].roll(shift, dims=1), pad], dim=1)  # (B, M+L)
-        mask = same_length_mask(tgt_len, mem_len, window, device=input.device, dtype=q.dtype)
-        bias = attention_bias(mask, pad.t() if pad.any() else None, tgt_len, mem_len + tgt_len, q.dtype)
-        keep = max(0, k.shape[2] - slots)
-        # Own storage (not views of k / v), so the ring can later be written in place.
-        cache["key"], cache["value"] = k[:, :, keep:].contiguous(), v[:, :, keep:].contiguous()
-        cache["pad"], cache["next"] = pad[:, keep:].contiguous(), torch.zeros(1, dtype=torch.long)
+        k, v, bias = cache.attend(k, v)  # (B, H, S, hd): cached and new positions
         return self._attend_and_project(q, k, v, bias, residual)
 
     def _split_heads(self, x: Tensor) -> Tensor:
