@@ -105,8 +105,9 @@ def test_row_matches_the_paper(row):
                          False, False, False, exp["cutoff"], exp["untie"], exp["eval_unroll"])
     if exp["cutoff"]:
         assert (m.adaptive_embed_dim, m.adaptive_div_value) == (1024, 4.0)
+    # One window: the model's eval_window (checked above); the task's deprecated alias stays unset.
     assert (t._name, t.tokens_per_sample, t.eval_unroll_size, t.shuffle_sentences, t.prepend_eos,
-            t.no_carry_state) == ("srupp_language_modeling", exp["unroll"], exp["eval_unroll"], exp["shuffle"],
+            t.no_carry_state) == ("srupp_language_modeling", exp["unroll"], 0, exp["shuffle"],
                                   exp["prepend_eos"], False)
     assert (cfg.dataset.batch_size, t.batch_size, cfg.dataset.max_tokens) == (exp["batch"], exp["batch"], None)
     assert cfg.criterion._name == exp["criterion"]
@@ -188,7 +189,7 @@ def test_row_and_base_files_set_disjoint_keys(row):
             assert key not in seen, "{} is set in both {} and {}".format(key, seen[key].name, path.name)
             seen[key] = path
     assert {"model.hidden_size", "task.tokens_per_sample", "dataset.batch_size", "optimization.lr",
-            "optimizer.weight_decay", "task.eval_unroll_size"} <= set(seen)
+            "optimizer.weight_decay", "model.eval_window"} <= set(seen)
 
 
 def test_model_sections_and_readme_table_are_rendered_from_the_preset_table():
@@ -217,7 +218,7 @@ def test_preset_sync_finds_and_rewrites_a_stale_model_section(tmp_path):
 
 @pytest.mark.parametrize("file, line, bad", [
     ("srupp_lm.yaml", "  hidden_size: 3072\n", "  hiden_size: 3072\n"),
-    ("base/enwik8.yaml", "  eval_unroll_size: 3072", "  eval_unrol_size: 3072"),
+    ("base/enwik8.yaml", "  shuffle_sentences: false", "  shufle_sentences: false"),
     ("base/srupp_train.yaml", "  weight_decay: 0.1", "  weight_decy: 0.1"),
     ("base/srupp_train.yaml", "  clip_norm: 1.0", "  clip_nrom: 1.0"),
 ])
@@ -244,7 +245,7 @@ def tiny_overrides(row, data, save_dir):
         "common.log_interval=1", "distributed_training.distributed_world_size=1", "dataset.num_workers=0",
         "model.hidden_size=32", "model.proj_size=16", "model.num_layers=2",
         "optimization.max_update=1", "lr_scheduler.warmup_updates=0",
-        "task.eval_unroll_size=8",  # the paper's windows are longer than the tiny valid streams (rejected)
+        "model.eval_window=8",  # the paper's windows are longer than the tiny valid streams (rejected)
     ]
     if family != "enwik8":
         # n_e 64 keeps every cluster width (64 / 4^i) >= 1 with up to 4 clusters.

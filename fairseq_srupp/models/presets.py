@@ -134,9 +134,6 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 # The model section runs from "model:" to the next top-level key (or the end of the file).
 MODEL_SECTION = re.compile(r"^model:.*?(?=^\S|\Z)", re.M | re.S)
 GENERATED_NOTE = "# generated from fairseq_srupp/models/presets.py: python -m fairseq_srupp.models"
-# The window is the task's evaluation window (base/<dataset>.yaml), which the model reads: keep
-# whatever line the file has for it.
-KEPT_FIELDS = ("eval_window",)
 CHAR_LEVEL_NOTES = dict(adaptive_softmax_cutoff="char level: Linear output head",
                         adaptive_embed_dim="unused at char level", adaptive_div_value="unused at char level",
                         untie_adaptive_proj="unused at char level")
@@ -152,19 +149,15 @@ def _yaml_value(value) -> str:
     return str(value)
 
 
-def render_model_section(preset: Preset, current: str = "") -> str:
-    """The ``model:`` section of ``configs/<preset.config>.yaml``; ``current`` supplies the kept lines."""
-    kept = {}
-    for line in current.splitlines():
-        m = re.match(r"  (\w+):", line)
-        if m and m.group(1) in KEPT_FIELDS:
-            kept[m.group(1)] = line
+def render_model_section(preset: Preset) -> str:
+    """The ``model:`` section of ``configs/<preset.config>.yaml`` (eval_window included: the task
+    reads the evaluation window from the model)."""
     lines = ["model:", "  " + GENERATED_NOTE, "  _name: srupp_lm"]
     for name, value in preset.values().items():
         line = "  {}: {}".format(name, _yaml_value(value))
         if preset.dataset.cutoff is None and name in CHAR_LEVEL_NOTES:
             line += "  # " + CHAR_LEVEL_NOTES[name]
-        lines.append(kept.get(name, line))
+        lines.append(line)
     return "\n".join(lines) + "\n\n"
 
 
@@ -196,7 +189,7 @@ def sync_configs(config_dir: Path = CONFIG_DIR, write: bool = False):
         m = MODEL_SECTION.search(text)
         if m is None:
             raise ValueError("{} has no top-level 'model:' section".format(path))
-        wanted = render_model_section(preset, m.group(0))
+        wanted = render_model_section(preset)
         if m.group(0) != wanted:
             stale.append(path)
             if write:
