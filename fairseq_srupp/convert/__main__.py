@@ -71,12 +71,12 @@ def check_outputs(args) -> None:
 
 def print_eval_command(data_bin: str, model: Path, window: int, prepend_eos: bool = False) -> None:
     # fairseq-eval-lm builds its task from the command line, not from the checkpoint: the stateful
-    # task and its window must be named there.
+    # task must be named there; the window (the model's eval_window) comes from the checkpoint.
     user_dir = Path(__file__).resolve().parents[1]
     print("then evaluate as the paper does (one contiguous stream, window {}):".format(window))
     print("  fairseq-eval-lm {d} --user-dir {u} --task srupp_language_modeling --path {m} --gen-subset test "
-          "--eval-unroll-size {w} --batch-size 1{p}".format(d=data_bin, u=user_dir, m=model, w=window,
-                                                            p=" --prepend-eos" if prepend_eos else ""))
+          "--batch-size 1{p}".format(d=data_bin, u=user_dir, m=model,
+                                             p=" --prepend-eos" if prepend_eos else ""))
 
 
 def main(argv=None):

@@ -17,19 +17,14 @@ def build_cfg(data_dir: Path, arch: str, overrides: Dict[str, object], window: i
     evaluates as the paper; the model's generation window is ``window`` too. ``prepend_eos``:
     Billion Word's sentence layout.
     """
-    from dataclasses import fields
-
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     import fairseq_srupp
-    from fairseq_srupp.tasks import SRUppLanguageModelingConfig
 
     user_dir = str(Path(fairseq_srupp.__file__).parent)
     argv = [str(data_dir), "--user-dir", user_dir, "--task", "srupp_language_modeling", "--arch", arch, "--cpu",
             "--tokens-per-sample", str(window), "--batch-size", "1"]
-    if "eval_unroll_size" in {f.name for f in fields(SRUppLanguageModelingConfig)}:
-        argv += ["--eval-unroll-size", str(window)]
     if prepend_eos:
         argv.append("--prepend-eos")
     for name, value in dict(overrides, eval_window=window).items():
