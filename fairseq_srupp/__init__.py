@@ -7,11 +7,14 @@ Two layers:
   costs no more than torch.
 * The fairseq-facing subpackages (:data:`FAIRSEQ_FACING`) register the task, model, criterion,
   optimizer, scheduler and BPE. :func:`register` imports all of them. It runs when this package
-  is imported while fairseq is already loaded (``--user-dir``, or ``import fairseq`` first), and
-  each fairseq-facing subpackage calls it once imported, so importing any one of them (e.g.
+  is imported while fairseq is already loaded (``--user-dir``, or ``import fairseq`` first), right
+  after fairseq loads when this package came first (a one-shot import hook), and each
+  fairseq-facing subpackage calls it once imported, so importing any one of them (e.g.
   ``fairseq_srupp.models.srupp_lm``) registers everything, as before.
 """
 import importlib
+import importlib.abc
+import importlib.machinery
 import sys
 
 from .errors import install_excepthook as _install_excepthook
@@ -42,5 +45,32 @@ def register() -> None:
         _registering = False
 
 
+class _RegisterWhenFairseqLoads(importlib.abc.MetaPathFinder):
+    """One-shot import hook: once ``fairseq`` itself has been imported, :func:`register` runs.
+
+    Without it, a process that imported ``fairseq_srupp`` (e.g. for the op) before fairseq would
+    never register: fairseq's ``--user-dir`` import skips a package already in ``sys.modules``.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "fairseq":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec  # found some other way: registration is then explicit (register())
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            register()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
 if "fairseq" in sys.modules:
     register()
+else:
+    sys.meta_path.insert(0, _RegisterWhenFairseqLoads())

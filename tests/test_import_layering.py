@@ -49,6 +49,9 @@ def test_op_and_module_do_not_import_fairseq():
     "from fairseq_srupp.modules import SRUpp\nimport fairseq_srupp.models.srupp_lm",
     # fairseq first, then the package (what --user-dir does)
     "import fairseq\nimport fairseq_srupp",
-], ids=["module-then-model", "fairseq-then-package"])
+    # the op first, fairseq later (a script, or a CLI's main() in the same process): the import hook
+    # registers once fairseq has loaded, since --user-dir skips a package already imported
+    "import fairseq_srupp.ops.recurrence\nimport fairseq.models",
+], ids=["module-then-model", "fairseq-then-package", "op-then-fairseq"])
 def test_fairseq_facing_imports_register_everything(statement):
     run_python(statement + "\n" + REGISTERED)
