@@ -30,8 +30,10 @@ $(STAMP): setup.py | $(PY)
 	$(PIP) install --no-build-isolation -e ".[test,compile-check]"
 	touch $(STAMP)
 
+# Two workers (one per core); --dist loadfile keeps each file's module fixtures in one worker.
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
 
 demo: $(STAMP)
 	$(PY) -m fairseq_srupp.demo --out $(DEMO_DIR) $(if $(DATA),--data $(DATA),)

@@ -31,7 +31,7 @@ setup(
         "cuda12": ["cupy-cuda12x"],
         "cuda13": ["cupy-cuda13x"],
         "plot": ["matplotlib"],
-        "test": ["pytest", "sru==3.0.0.dev6", "matplotlib"],
+        "test": ["pytest", "pytest-xdist", "sru==3.0.0.dev6", "matplotlib"],
         # Compiles the CUDA kernel source with NVRTC on machines without a GPU (tests only). Kept out
         # of "test" so a GPU machine with cupy-cuda13x does not get a second CuPy.
         "compile-check": ["cupy-cuda12x", "nvidia-cuda-nvrtc-cu12"],
