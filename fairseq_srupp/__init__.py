@@ -16,5 +16,8 @@ from . import data  # noqa: F401  (registers the srupp_bytes BPE)
 from . import models  # noqa: F401  (registers srupp_lm and its architectures)
 from . import optim  # noqa: F401  (registers radam and srupp_cosine)
 from . import tasks  # noqa: F401  (registers srupp_language_modeling)
+from .fairseq_fixes import install as _install_fairseq_fixes
+
+_install_fairseq_fixes()  # --log-file lines once; srupp_lm generation with empty forced prefixes
 
 __version__ = "0.1.0"
