@@ -161,3 +161,16 @@ def test_hub_word_level_score_matches_eval_lm(word_model, tmp_path):
     assert torch.allclose(scored["positional_scores"], reference[:7], atol=1e-5)
     continuation = lm.sample(sentence, beam=3, max_len_b=12)
     assert continuation.startswith(sentence) and len(continuation.split()) > 7
+
+
+def test_hub_warns_once_about_prompt_symbols_outside_the_dictionary(char_model, caplog):
+    from fairseq_srupp import fairseq_fixes
+
+    data_bin, ckpt = char_model
+    lm = hub(data_bin, ckpt, bpe="srupp_bytes")
+    fairseq_fixes._warned.clear()
+    with caplog.at_level("WARNING"):
+        lm.sample("the cañ", beam=2, max_len_b=20)  # ñ: two bytes the corpus never had
+        lm.sample("the cañ", beam=2, max_len_b=20)
+    warnings = [r.getMessage() for r in caplog.records if "dictionary" in r.getMessage()]
+    assert warnings == ["2 symbol(s) of the prompt are not in the model's dictionary and are read as <unk>"]
