@@ -38,8 +38,8 @@ EVAL_LOSS = re.compile(r"Loss \(base 2\): ([0-9.]+)")
 TRAIN_WPS = re.compile(r"epoch \d+ \| loss [0-9.]+ \|.*\| wps ([0-9.]+)")
 VALID_POINT = re.compile(r"valid on '\w+' subset \| loss ([0-9.]+) \|.*\| num_updates (\d+)")
 TRAIN_POINT = re.compile(r"epoch \d+ \| loss ([0-9.]+) \|.*\| num_updates (\d+)")
-# fairseq's --log-format simple line every --log-interval updates (stdout).
-PROGRESS = re.compile(r"num_updates=(\d+)")
+# Updates done, in fairseq's --log-format simple lines (every --log-interval, epoch and validation summaries).
+PROGRESS = re.compile(r"num_updates[= ](\d+)")
 EVAL_STREAMS = 4
 SAMPLE_TOP_K = 10
 
@@ -65,12 +65,12 @@ def run_training(args_list, planned_updates: int) -> int:
         for line in proc.stdout:
             sys.stdout.write(line)
             match = PROGRESS.search(line)
-            if match:
+            if match and int(match.group(1)) > done:
                 done = int(match.group(1))
                 now = time.time()
                 if first is None:
                     first = (now, done)
-                elif done > first[1]:
+                else:
                     left = (now - first[0]) / (done - first[1]) * (planned_updates - done)
                     sys.stdout.write("  demo: {} of {} updates, about {:.1f} min left\n".format(
                         done, planned_updates, left / 60))
