@@ -26,6 +26,9 @@ setup(
         "sacremoses",
         # The fast CPU recurrence is compiled on first use with torch.utils.cpp_extension.
         "ninja",
+        # fairseq's --tensorboard-logdir writes nothing (one warning) without a TensorBoard writer;
+        # tensorboardX is the light one (numpy + protobuf), torch.utils.tensorboard needs all of tensorboard.
+        "tensorboardX",
     ],
     extras_require={
         "cuda12": ["cupy-cuda12x"],
@@ -37,6 +40,9 @@ setup(
         "compile-check": ["cupy-cuda12x", "nvidia-cuda-nvrtc-cu12"],
     },
     entry_points={
-        "console_scripts": ["srupp-convert=fairseq_srupp.convert.__main__:main"],
+        "console_scripts": [
+            "srupp-convert=fairseq_srupp.convert.__main__:main",
+            "srupp-sample=fairseq_srupp.sample_cli:main",
+        ],
     },
 )

@@ -41,6 +41,9 @@ def register() -> None:
         install_numpy_compat()  # before fairseq builds any dataset
         for name in FAIRSEQ_FACING:
             importlib.import_module("{}.{}".format(__name__, name))
+        from .fairseq_fixes import install as install_fairseq_fixes
+
+        install_fairseq_fixes()  # --log-file lines once; srupp_lm generation with empty forced prefixes
     finally:
         _registering = False
 

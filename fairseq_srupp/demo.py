@@ -10,10 +10,19 @@ text file instead. Steps, each a fairseq command run in a subprocess (printed be
    with carried state as in the paper, but Adam (0.9, 0.98) with a short warm-up and cosine decay,
    which learns faster in a 1200-update run than the paper's RAdam + 16k-update warm-up recipe
    (made for 400k updates; ``--optimizer radam --lr-scheduler srupp_cosine`` reproduces it) →
-   ``OUT/checkpoints``;
-4. ``fairseq-eval-lm`` with the same task on valid and test → bits per byte (BPC).
+   ``OUT/checkpoints``. It runs exactly ``--max-update`` updates (no time cap, so a slow or busy
+   machine trains as long as needed and the BPC means the same everywhere), printing fairseq's log
+   every 50 updates with the estimated time left;
+4. ``fairseq-eval-lm`` with the same task on valid and test → bits per byte (BPC), with the window
+   ``--eval-unroll-size`` that the sample at the end uses too.
+
+Threads: the CPU kernels run OpenMP regions on every core. With fairseq's default waiting policy
+a thread that finishes early spins, which starves a core that another process also needs; the
+demo therefore runs fairseq with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep) unless the
+environment sets it (see README for the measured effect).
 """
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -29,7 +38,10 @@ EVAL_LOSS = re.compile(r"Loss \(base 2\): ([0-9.]+)")
 TRAIN_WPS = re.compile(r"epoch \d+ \| loss [0-9.]+ \|.*\| wps ([0-9.]+)")
 VALID_POINT = re.compile(r"valid on '\w+' subset \| loss ([0-9.]+) \|.*\| num_updates (\d+)")
 TRAIN_POINT = re.compile(r"epoch \d+ \| loss ([0-9.]+) \|.*\| num_updates (\d+)")
+# Updates done, in fairseq's --log-format simple lines (every --log-interval, epoch and validation summaries).
+PROGRESS = re.compile(r"num_updates[= ](\d+)")
 EVAL_STREAMS = 4
+SAMPLE_TOP_K = 10
 
 
 def builtin_corpus() -> bytes:
@@ -39,10 +51,33 @@ def builtin_corpus() -> bytes:
     return "\n".join(topics[key] for key in sorted(topics)).encode("utf-8")
 
 
-def run_attached(module, args):
-    """Run ``python -m module args`` on this terminal, so fairseq shows its own progress bar."""
-    if subprocess.run(module_command(module, args)).returncode != 0:
-        raise SystemExit("error: {} failed".format(module))
+def run_training(args_list, planned_updates: int) -> int:
+    """Run fairseq-train, echoing its log and, after each progress line, the estimated time left.
+
+    Returns the number of updates it ran (fairseq stops exactly at ``--max-update``).
+    """
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see the module docstring
+    cmd = module_command("fairseq_cli.train", args_list)
+    done, first = 0, None
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          env=env) as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            match = PROGRESS.search(line)
+            if match and int(match.group(1)) > done:
+                done = int(match.group(1))
+                now = time.time()
+                if first is None:
+                    first = (now, done)
+                else:
+                    left = (now - first[0]) / (done - first[1]) * (planned_updates - done)
+                    sys.stdout.write("  demo: {} of {} updates, about {:.1f} min left\n".format(
+                        done, planned_updates, left / 60))
+            sys.stdout.flush()
+    if proc.returncode != 0:
+        raise SystemExit("error: fairseq-train failed (exit status {})".format(proc.returncode))
+    return done
 
 
 def plot_learning_curve(train_log: str, path: Path) -> bool:
@@ -71,22 +106,19 @@ def plot_learning_curve(train_log: str, path: Path) -> bool:
 
 
 def generate_sample(save_dir: Path, data_bin: Path, args) -> str:
-    """Continue ``args.prompt`` with the trained model, newline bytes included."""
+    """Continue ``args.prompt`` with the trained model, newline bytes included (as ``srupp-sample``)."""
     import torch
-    from fairseq import checkpoint_utils
 
-    from fairseq_srupp.data.byte_bpe import SRUppBytesBPE
-    from fairseq_srupp.sampling import stream_tokens
+    from fairseq_srupp.sample_cli import load_model
+    from fairseq_srupp.sampling import TextCodec, set_window, stream_tokens
 
-    models, _, _ = checkpoint_utils.load_model_ensemble_and_task(
-        [str(save_dir / "checkpoint_best.pt")], arg_overrides={"data": str(data_bin)}
-    )
-    model = models[0].eval()
-    bpe, dictionary = SRUppBytesBPE(), model.decoder.dictionary
-    prompt = dictionary.encode_line(bpe.encode(args.prompt), append_eos=False, add_if_not_exist=False).tolist()
+    model, _ = load_model(str(save_dir / "checkpoint_best.pt"), str(data_bin), cpu=True)
+    set_window(model, args.eval_unroll_size)  # the window the BPC above was measured with
+    codec = TextCodec(model.decoder.dictionary)
+    to_text = codec.decoder()
     rng = torch.Generator().manual_seed(args.seed)
-    tokens = stream_tokens(model, prompt, args.sample_bytes, top_k=10, generator=rng)
-    return args.prompt + bpe.decode(dictionary.string(torch.tensor(list(tokens)), include_eos=True))
+    tokens = stream_tokens(model, codec.encode(args.prompt), args.sample_bytes, top_k=SAMPLE_TOP_K, generator=rng)
+    return args.prompt + "".join(to_text(token) for token in tokens)
 
 
 def main(argv=None):
@@ -96,9 +128,11 @@ def main(argv=None):
     parser.add_argument("--arch", default="srupp_lm_tiny")
     parser.add_argument("--max-update", type=int, default=1200)
     parser.add_argument("--tokens-per-sample", type=int, default=256, help="training unroll length")
-    parser.add_argument("--eval-unroll-size", type=int, default=512, help="evaluation attention window")
+    parser.add_argument("--eval-unroll-size", type=int, default=512,
+                        help="attention window of evaluation and of the sample at the end")
     parser.add_argument("--batch-size", type=int, default=16, help="training streams")
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--log-interval", type=int, default=50, help="updates between progress lines")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--prompt", default="The ", help="text the sample at the end continues")
     parser.add_argument("--sample-bytes", type=int, default=400, help="bytes to generate (0: no sample)")
@@ -124,17 +158,17 @@ def main(argv=None):
     if save_dir.exists():  # the demo's own output: a rerun trains afresh instead of resuming
         shutil.rmtree(save_dir)
     save_dir.mkdir(parents=True)
-    run_attached("fairseq_cli.train", [
+    updates = run_training([
         data_bin, "--user-dir", USER_DIR, "--task", "srupp_language_modeling", "--arch", args.arch, "--cpu",
         "--tokens-per-sample", args.tokens_per_sample, "--eval-unroll-size", args.eval_unroll_size,
         "--batch-size", args.batch_size, "--batch-size-valid", EVAL_STREAMS,
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--weight-decay", 0.01, "--lr", args.lr,
         "--lr-scheduler", "cosine", "--warmup-updates", 100, "--warmup-init-lr", 1e-7,
         "--max-update", args.max_update, "--clip-norm", 1.0,
-        "--stop-time-hours", 0.12, "--validate-interval-updates", 400, "--save-interval-updates", 400,
-        "--keep-interval-updates", 1, "--no-epoch-checkpoints", "--log-interval", 50,
+        "--validate-interval-updates", 400, "--save-interval-updates", 400,
+        "--keep-interval-updates", 1, "--no-epoch-checkpoints", "--log-interval", args.log_interval, "--log-format", "simple",
         "--num-workers", 0, "--seed", args.seed, "--save-dir", save_dir, "--log-file", log_file,
-    ])
+    ], args.max_update)
     train_end = time.time()
     train_log = log_file.read_text()
     curve = save_dir / "learning_curve.png"
@@ -155,14 +189,17 @@ def main(argv=None):
     print("\n==================== SRU++ demo: results ====================")
     print("model            {} (checkpoint {})".format(args.arch, save_dir / "checkpoint_best.pt"))
     print("data             {} (binarized in {})".format(corpus_name, data_bin))
+    print("updates          {} of {} planned".format(updates, args.max_update))
     if wps:
         print("training speed   {:,.0f} tokens/s on CPU".format(float(wps[-1])))
-    print("valid BPC        {:.3f} bits per byte".format(bpc["valid"]))
-    print("test  BPC        {:.3f} bits per byte".format(bpc["test"]))
+    print("valid BPC        {:.3f} bits per byte (window {})".format(bpc["valid"], args.eval_unroll_size))
+    print("test  BPC        {:.3f} bits per byte (window {})".format(bpc["test"], args.eval_unroll_size))
     print("wall time        {:.0f} s (training {:.0f} s)".format(time.time() - start, train_end - start))
     if sample is not None:
-        print("\nsample ({} bytes after the prompt, top-10 sampling, incremental decoding):\n{}\n{}\n{}".format(
-            args.sample_bytes, "-" * 60, sample, "-" * 60))
+        print("\nsample ({} bytes after the prompt, top-{} sampling, window {}, incremental decoding):\n{}\n{}\n{}".format(
+            args.sample_bytes, SAMPLE_TOP_K, args.eval_unroll_size, "-" * 60, sample, "-" * 60))
+        print("more: srupp-sample --path {} --prompt {!r} -n 1000 --top-k {}".format(
+            save_dir / "checkpoint_best.pt", args.prompt, SAMPLE_TOP_K))
     print("\nwritten:")
     print("  data             {}".format(data_bin))
     print("  checkpoints      {}".format(save_dir))

@@ -9,6 +9,7 @@
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -161,3 +162,32 @@ def test_hub_word_level_score_matches_eval_lm(word_model, tmp_path):
     assert torch.allclose(scored["positional_scores"], reference[:7], atol=1e-5)
     continuation = lm.sample(sentence, beam=3, max_len_b=12)
     assert continuation.startswith(sentence) and len(continuation.split()) > 7
+
+
+def test_hub_warns_once_about_prompt_symbols_outside_the_dictionary(char_model, caplog):
+    from fairseq_srupp import fairseq_fixes
+
+    data_bin, ckpt = char_model
+    lm = hub(data_bin, ckpt, bpe="srupp_bytes")
+    fairseq_fixes._warned.clear()
+    with caplog.at_level("WARNING"):
+        lm.sample("the cañ", beam=2, max_len_b=20)  # ñ: two bytes the corpus never had
+        lm.sample("the cañ", beam=2, max_len_b=20)
+    warnings = [r.getMessage() for r in caplog.records if "dictionary" in r.getMessage()]
+    assert warnings == ["2 symbol(s) of the prompt are not in the model's dictionary and are read as <unk>"]
+
+
+def test_srupp_sample_word_level_equals_the_hub_stream(word_model):
+    from fairseq_srupp.sampling import stream_text
+
+    data_bin, ckpt = word_model
+    proc = subprocess.run([sys.executable, "-m", "fairseq_srupp.sample_cli", "--path", str(ckpt), "--data",
+                           str(data_bin), "--prompt", "w3 w24\nw7", "-n", "30", "--top-p", "0.9", "--seed", "5", "--cpu",
+                           "--no-echo"], text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr
+    words = proc.stdout.split()
+    assert len(words) == 30 - proc.stdout.count("\n") + 1  # 30 tokens: words and line ends
+    assert all(re.fullmatch(r"w\d+", w) for w in words)
+    expected = "".join(stream_text(hub(data_bin, ckpt), "w3 w24\nw7", 30, top_p=0.9, seed=5))
+    assert proc.stdout == expected + "\n"

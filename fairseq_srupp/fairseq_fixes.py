@@ -1,0 +1,130 @@
+"""Two fairseq 0.12 behaviours that break everyday use of this plugin, wrapped (not rewritten) at import.
+
+1. ``--log-file``: fairseq's ``progress_bar()`` adds a new ``FileHandler`` for the log file each time it
+   is called — once per epoch and once per validation — so ``train.log`` repeats every line once more
+   per epoch. The wrapper passes the file on only while no handler writes to it yet.
+
+2. Generation with ``srupp_lm`` (only: other models' generation is left alone):
+
+   * ``SequenceGenerator`` with beam > 1 crashes (``AssertionError: 200 < 200``) when a forced
+     prefix starts with ``</s>``, as ``fairseq-generate --prefix-size`` forces for an empty line:
+     at step 0 only the first beam is searched, so the sentence can finish one hypothesis, never
+     ``beam`` of them. Such rows (the sentence ended before anything could be continued) are
+     decoded with beam 1, the rest of the batch with the requested beam.
+   * ``--max-len-b`` (``max_len_b``) counts the prompt: a prompt already as long as the limit gets
+     no continuation. One warning says so, with the numbers.
+   * prompt symbols outside the dictionary become ``<unk>`` silently: one warning with the count.
+"""
+import inspect
+import logging
+import os
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_installed = False
+_warned = set()
+
+
+def _warn_once(key, message, *args):
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message, *args)
+
+
+# ----------------------------------------------------------------------------------- --log-file
+def _writes_to(log, path) -> bool:
+    target = os.path.abspath(path)
+    return any(isinstance(h, logging.FileHandler) and h.baseFilename == target for h in log.handlers)
+
+
+def _wrap_progress_bar(module):
+    original = module.progress_bar
+    signature = inspect.signature(original)
+
+    def progress_bar(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        path = bound.arguments.get("log_file")
+        if path is not None and _writes_to(module.logger, path):
+            bound.arguments["log_file"] = None
+        return original(*bound.args, **bound.kwargs)
+
+    progress_bar.__doc__ = original.__doc__
+    module.progress_bar = progress_bar
+
+
+# ----------------------------------------------------------------------------------- generation
+def _serves_srupp(generator) -> bool:
+    from fairseq_srupp.models.srupp_lm import SRUppLanguageModel
+
+    return any(isinstance(m, SRUppLanguageModel) for m in getattr(generator.model, "models", []))
+
+
+def _rows(sample, rows, batch_size):
+    """The sub-batch ``rows`` of a sample: every tensor whose first dimension is the batch."""
+    if isinstance(sample, dict):
+        return {k: _rows(v, rows, batch_size) for k, v in sample.items()}
+    if torch.is_tensor(sample) and sample.dim() > 0 and sample.shape[0] == batch_size:
+        return sample[rows]
+    return sample
+
+
+def _check_prompts(generator, sample, prefix_tokens):
+    """Warn when a prompt holds <unk> or already reaches the length limit (see the module docstring)."""
+    src_tokens = sample["net_input"]["src_tokens"]
+    max_len = min(int(generator.max_len_a * src_tokens.size(1) + generator.max_len_b), generator.max_len - 1)
+    unknown = int(prefix_tokens.eq(generator.unk).sum())
+    if unknown:
+        _warn_once("unk", "%d symbol(s) of the prompt are not in the model's dictionary and are read as <unk>",
+                   unknown)
+    # Rows whose prefix holds </s> ended inside it: nothing was to be continued there.
+    open_rows = ~prefix_tokens.eq(generator.eos).any(dim=1)
+    lengths = prefix_tokens.ne(generator.pad).sum(dim=1)[open_rows]
+    if lengths.numel() and int(lengths.max()) >= max_len:
+        _warn_once("max_len", "a prompt of %d tokens reaches the length limit of %d tokens, so it gets no "
+                   "continuation: the limit (--max-len-b, max_len_b=) counts the prompt; raise it above the "
+                   "prompt's length", int(lengths.max()), max_len)
+
+
+def _wrap_generate(cls):
+    original = cls._generate
+
+    def _generate(self, sample, prefix_tokens=None, constraints=None, bos_token=None):
+        if prefix_tokens is None or prefix_tokens.size(1) == 0 or not _serves_srupp(self):
+            return original(self, sample, prefix_tokens=prefix_tokens, constraints=constraints, bos_token=bos_token)
+        _check_prompts(self, sample, prefix_tokens)
+        ended = prefix_tokens[:, 0].eq(self.eos)
+        if self.beam_size == 1 or constraints is not None or not ended.any():
+            return original(self, sample, prefix_tokens=prefix_tokens, constraints=constraints, bos_token=bos_token)
+        batch_size = prefix_tokens.size(0)
+        results = [None] * batch_size
+        beam_size = self.beam_size
+        try:
+            for rows, beam in ((ended.nonzero().view(-1), 1), ((~ended).nonzero().view(-1), beam_size)):
+                if rows.numel() == 0:
+                    continue
+                self.beam_size = beam
+                hypos = original(self, _rows(sample, rows, batch_size), prefix_tokens=prefix_tokens[rows],
+                                 bos_token=bos_token)
+                for row, row_hypos in zip(rows.tolist(), hypos):
+                    results[row] = row_hypos
+        finally:
+            self.beam_size = beam_size
+        return results
+
+    _generate.__doc__ = original.__doc__
+    cls._generate = _generate
+
+
+def install() -> None:
+    """Apply both wrappers (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    from fairseq import sequence_generator
+    from fairseq.logging import progress_bar
+
+    _wrap_progress_bar(progress_bar)
+    _wrap_generate(sequence_generator.SequenceGenerator)
+    _installed = True

@@ -1,0 +1,119 @@
+"""``srupp-sample``: write text sampled from a trained srupp_lm checkpoint, as it is produced, across lines.
+
+Examples::
+
+    srupp-sample --path checkpoints/my_corpus/checkpoint_best.pt --prompt "ROMEO:" -n 500 --top-k 10
+    srupp-sample --path CKPT --data data/my_corpus/data-bin --prompt-file prompt.txt -n 2000 --top-p 0.9 --seed 1
+
+``-n`` counts tokens: bytes for a char-level model, words for a word-level one. The prompt is
+echoed, then the continuation streams to stdout (see :mod:`fairseq_srupp.sampling` for the rule).
+"""
+import argparse
+import logging
+import os
+import sys
+
+import torch
+
+from fairseq_srupp.errors import SRUppUserError
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="srupp-sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--path", required=True, help="a checkpoint written by fairseq-train (checkpoint_best.pt)")
+    parser.add_argument("--data", help="data directory with the dict.txt the model was trained with "
+                        "(default: the one stored in the checkpoint)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="text to continue ('' starts from a fresh line)")
+    source.add_argument("--prompt-file", help="a UTF-8 file whose text is continued")
+    parser.add_argument("-n", "--num-tokens", type=int, required=True,
+                        help="tokens to generate: bytes (char level) or words (word level)")
+    parser.add_argument("--top-k", type=int, default=0, help="draw only from the k most probable tokens (0: all)")
+    parser.add_argument("--top-p", type=float, default=1.0,
+                        help="draw only from the smallest set of most probable tokens reaching probability p")
+    parser.add_argument("--temperature", type=float, default=1.0, help="divide log-probabilities by T (0: greedy)")
+    parser.add_argument("--seed", type=int, help="random seed, for a reproducible sample (default: random)")
+    parser.add_argument("--window", type=int,
+                        help="attention window W of the decoder (default: the checkpoint's eval_window)")
+    parser.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is available")
+    parser.add_argument("--no-echo", action="store_true", help="print only the continuation, not the prompt")
+    return parser.parse_args(argv)
+
+
+def read_prompt(args) -> str:
+    if args.prompt is not None:
+        return args.prompt
+    if os.path.isdir(args.prompt_file):
+        raise SRUppUserError("--prompt-file {} is a directory, not a text file".format(args.prompt_file))
+    try:
+        with open(args.prompt_file, "rb") as f:
+            return f.read().decode("utf-8")
+    except FileNotFoundError:
+        raise SRUppUserError("--prompt-file {} does not exist".format(args.prompt_file))
+    except UnicodeDecodeError as err:
+        raise SRUppUserError("--prompt-file {} is not UTF-8 text ({})".format(args.prompt_file, err))
+
+
+def load_model(path: str, data=None, cpu=False):
+    """Checkpoint → (model in eval mode, its config); the model on the GPU when there is one and not ``cpu``."""
+    from fairseq import checkpoint_utils
+
+    if not os.path.isfile(path):
+        raise SRUppUserError("--path {} is not a checkpoint file".format(path))
+    overrides = {}
+    if data is not None:
+        if not os.path.isfile(os.path.join(data, "dict.txt")):
+            raise SRUppUserError("--data {} has no dict.txt: give the data-bin directory the model was trained "
+                                 "on".format(data))
+        overrides["data"] = data
+    try:
+        models, cfg, _ = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides)
+    except FileNotFoundError as err:
+        raise SRUppUserError("{}: pass --data with the data-bin directory (dict.txt) the model was trained "
+                             "on".format(err))
+    model = models[0]
+    if not hasattr(model.decoder, "get_incremental_state"):
+        raise SRUppUserError("{} is not a language model checkpoint".format(path))
+    if torch.cuda.is_available() and not cpu:
+        model = model.cuda()
+    return model.eval(), cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import fairseq_srupp  # noqa: F401  (registers srupp_lm; one-line errors)
+    from fairseq.data import encoders
+
+    from fairseq_srupp.sampling import TextCodec, check_sampling_args, set_window, stream_tokens
+
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING, stream=sys.stderr, force=True)
+    if args.num_tokens < 0:
+        raise SRUppUserError("-n must be >= 0, got {}".format(args.num_tokens))
+    check_sampling_args(args.top_k, args.top_p, args.temperature)
+    prompt = read_prompt(args)
+    model, cfg = load_model(args.path, args.data, args.cpu)
+    set_window(model, args.window)
+    # A word-level model trained with --tokenizer (e.g. moses) reads its prompt the same way.
+    tokenizer = encoders.build_tokenizer(cfg.tokenizer) if cfg.get("tokenizer") is not None else None
+    codec = TextCodec(model.decoder.dictionary, tokenizer)
+    prompt_ids = codec.encode(prompt)
+    seed = args.seed if args.seed is not None else int(torch.randint(0, 2 ** 31 - 1, ()).item())
+    if args.seed is None:
+        print("seed: {} (pass --seed {} to draw this sample again)".format(seed, seed), file=sys.stderr)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    out = sys.stdout
+    if not args.no_echo:
+        out.write(prompt)
+    to_text = codec.decoder()
+    for token in stream_tokens(model, prompt_ids, args.num_tokens, args.top_k, args.top_p, args.temperature,
+                               generator):
+        out.write(to_text(token))
+        out.flush()
+    out.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
