@@ -1,4 +1,4 @@
-"""Two fairseq 0.12 behaviours that break everyday use of this plugin, wrapped (not rewritten) at import.
+"""Three fairseq 0.12 behaviours that break everyday use of this plugin, wrapped (not rewritten) at import.
 
 1. ``--log-file``: fairseq's ``progress_bar()`` adds a new ``FileHandler`` for the log file each time it
    is called — once per epoch and once per validation — so ``train.log`` repeats every line once more
@@ -14,6 +14,11 @@
    * ``--max-len-b`` (``max_len_b``) counts the prompt: a prompt already as long as the limit gets
      no continuation. One warning says so, with the numbers.
    * prompt symbols outside the dictionary become ``<unk>`` silently: one warning with the count.
+
+3. ``--bf16``: fairseq's argument post-processing sets ``--tpu`` whenever ``--bf16`` is given, so
+   bf16 training on a GPU (or CPU) asks torch_xla for a device and fails with ``'NoneType' object
+   has no attribute 'xla_device'``. Where torch_xla is not installed no TPU can be meant, so the
+   wrapper of ``call_main`` clears ``common.tpu`` before any trainer is built.
 """
 import inspect
 import logging
@@ -117,14 +122,36 @@ def _wrap_generate(cls):
     cls._generate = _generate
 
 
+# ----------------------------------------------------------------------------------- --bf16 off TPUs
+def _torch_xla_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch_xla") is not None
+
+
+def _wrap_call_main(module):
+    original = module.call_main
+
+    def call_main(cfg, main, **kwargs):
+        common = getattr(cfg, "common", None)
+        if common is not None and common.bf16 and common.tpu and not _torch_xla_installed():
+            common.tpu = False  # set by --bf16 alone; without torch_xla there is no TPU to use
+        return original(cfg, main, **kwargs)
+
+    call_main.__doc__ = original.__doc__
+    module.call_main = call_main
+
+
 def install() -> None:
-    """Apply both wrappers (idempotent)."""
+    """Apply the wrappers (idempotent)."""
     global _installed
     if _installed:
         return
     from fairseq import sequence_generator
+    from fairseq.distributed import utils as distributed_utils
     from fairseq.logging import progress_bar
 
     _wrap_progress_bar(progress_bar)
     _wrap_generate(sequence_generator.SequenceGenerator)
+    _wrap_call_main(distributed_utils)
     _installed = True
