@@ -14,7 +14,7 @@ text file instead. Steps, each a fairseq command run in a subprocess (printed be
    machine trains as long as needed and the BPC means the same everywhere), printing fairseq's log
    every 50 updates with the estimated time left;
 4. ``fairseq-eval-lm`` with the same task on valid and test → bits per byte (BPC), with the window
-   ``--eval-unroll-size`` that the sample at the end uses too.
+   ``--eval-window`` that the sample at the end uses too.
 
 Threads: the CPU kernels run OpenMP regions on every core. With fairseq's default waiting policy
 a thread that finishes early spins, which starves a core that another process also needs; the
@@ -113,7 +113,7 @@ def generate_sample(save_dir: Path, data_bin: Path, args) -> str:
     from fairseq_srupp.sampling import TextCodec, set_window, stream_tokens
 
     model, _ = load_model(str(save_dir / "checkpoint_best.pt"), str(data_bin), cpu=True)
-    set_window(model, args.eval_unroll_size)  # the window the BPC above was measured with
+    set_window(model, args.eval_window)  # the window the BPC above was measured with
     codec = TextCodec(model.decoder.dictionary)
     to_text = codec.decoder()
     rng = torch.Generator().manual_seed(args.seed)
@@ -128,7 +128,7 @@ def main(argv=None):
     parser.add_argument("--arch", default="srupp_lm_tiny")
     parser.add_argument("--max-update", type=int, default=1200)
     parser.add_argument("--tokens-per-sample", type=int, default=256, help="training unroll length")
-    parser.add_argument("--eval-unroll-size", type=int, default=512,
+    parser.add_argument("--eval-window", type=int, default=512,
                         help="attention window of evaluation and of the sample at the end")
     parser.add_argument("--batch-size", type=int, default=16, help="training streams")
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -160,7 +160,7 @@ def main(argv=None):
     save_dir.mkdir(parents=True)
     updates = run_training([
         data_bin, "--user-dir", USER_DIR, "--task", "srupp_language_modeling", "--arch", args.arch, "--cpu",
-        "--tokens-per-sample", args.tokens_per_sample, "--eval-unroll-size", args.eval_unroll_size,
+        "--tokens-per-sample", args.tokens_per_sample, "--eval-window", args.eval_window,
         "--batch-size", args.batch_size, "--batch-size-valid", EVAL_STREAMS,
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--weight-decay", 0.01, "--lr", args.lr,
         "--lr-scheduler", "cosine", "--warmup-updates", 100, "--warmup-init-lr", 1e-7,
@@ -179,8 +179,7 @@ def main(argv=None):
         log = run_streaming("fairseq_cli.eval_lm", [
             data_bin, "--user-dir", USER_DIR, "--task", "srupp_language_modeling",
             "--path", save_dir / "checkpoint_best.pt", "--cpu", "--gen-subset", split,
-            "--tokens-per-sample", args.tokens_per_sample, "--eval-unroll-size", args.eval_unroll_size,
-            "--batch-size", EVAL_STREAMS, "--num-workers", 0,
+            "--batch-size", EVAL_STREAMS,  # segments = the checkpoint's window (--eval-window) "--num-workers", 0,
         ])
         bpc[split] = float(EVAL_LOSS.findall(log)[-1])
     wps = TRAIN_WPS.findall(train_log)
@@ -192,12 +191,12 @@ def main(argv=None):
     print("updates          {} of {} planned".format(updates, args.max_update))
     if wps:
         print("training speed   {:,.0f} tokens/s on CPU".format(float(wps[-1])))
-    print("valid BPC        {:.3f} bits per byte (window {})".format(bpc["valid"], args.eval_unroll_size))
-    print("test  BPC        {:.3f} bits per byte (window {})".format(bpc["test"], args.eval_unroll_size))
+    print("valid BPC        {:.3f} bits per byte (window {})".format(bpc["valid"], args.eval_window))
+    print("test  BPC        {:.3f} bits per byte (window {})".format(bpc["test"], args.eval_window))
     print("wall time        {:.0f} s (training {:.0f} s)".format(time.time() - start, train_end - start))
     if sample is not None:
         print("\nsample ({} bytes after the prompt, top-{} sampling, window {}, incremental decoding):\n{}\n{}\n{}".format(
-            args.sample_bytes, SAMPLE_TOP_K, args.eval_unroll_size, "-" * 60, sample, "-" * 60))
+            args.sample_bytes, SAMPLE_TOP_K, args.eval_window, "-" * 60, sample, "-" * 60))
         print("more: srupp-sample --path {} --prompt {!r} -n 1000 --top-k {}".format(
             save_dir / "checkpoint_best.pt", args.prompt, SAMPLE_TOP_K))
     print("\nwritten:")

@@ -12,7 +12,7 @@ def test_demo_trains_the_planned_updates_and_uses_one_window(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(synthetic_text(12000))
     cmd = [sys.executable, "-m", "fairseq_srupp.demo", "--data", corpus, "--out", tmp_path / "out",
-           "--max-update", 30, "--log-interval", 10, "--tokens-per-sample", 32, "--eval-unroll-size", 48,
+           "--max-update", 30, "--log-interval", 10, "--tokens-per-sample", 32, "--eval-window", 48,
            "--batch-size", 4, "--sample-bytes", 40]
     proc = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -147,9 +147,8 @@ def cli(dry_run):
         return list(args) if dry_run else [a for a in args if a != "--cpu"]
 
     lm_eval = ["--tokens-per-sample", 64, "--batch-size", 8]
-    srupp_eval = ["--task", "srupp_language_modeling", "--tokens-per-sample", 32, "--eval-unroll-size", 48,
-                  "--batch-size", 3]
-    stateful = STATEFUL_TRAIN_ARGS + ["--batch-size", 4]
+    srupp_eval = ["--task", "srupp_language_modeling", "--batch-size", 3]  # segments = the checkpoint's window
+    stateful = STATEFUL_TRAIN_ARGS + ["--batch-size", 4, "--eval-window", 48]
     if dry_run:  # one run: the others take the same code path, and each CPU run costs half a minute here
         runs = [("fp32 (CPU)", TINY_TRAIN_ARGS, [], lm_eval)]
         updates = 10

@@ -94,7 +94,7 @@ def model_specs(args, vocab):
             flops_per_token=srupp_flops_per_token(d, p, n, vocab, T),
             args=["--user-dir", USER_DIR, "--task", "srupp_language_modeling", "--arch", "srupp_lm_tiny",
                   "--hidden-size", d, "--proj-size", p, "--num-layers", n, "--attn-dropout", args.dropout,
-                  "--eval-unroll-size", T] + common,
+                  "--eval-window", T] + common,
         ),
         "transformer_lm": dict(
             flops_per_token=transformer_flops_per_token(dim, ffn, layers, vocab, T),
