@@ -73,18 +73,39 @@ __device__ __forceinline__ Step<float> load_step(const T* __restrict__ U, const 
   return s;
 }
 
+// The (batch, hidden unit) column this thread walks through time, with that unit's parameters;
+// valid is false for the spare threads of the last block.
+struct Column {
+  bool valid;
+  long long col, cols;  // column index in (B, d) order; number of columns B * d
+  int b;                // batch row of the column
+  Unit<float> unit;
+};
+
+__device__ __forceinline__ Column this_threads_column(const float* __restrict__ weight_c,
+                                                      const float* __restrict__ bias,
+                                                      const float* __restrict__ mask_c, int B, int d) {
+  Column c;
+  c.col = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  c.cols = (long long)B * d;
+  c.valid = c.col < c.cols;
+  if (!c.valid) return c;
+  c.b = (int)(c.col / d);
+  const int j = (int)(c.col % d);
+  c.unit = Unit<float>{weight_c[j], weight_c[d + j], bias[j], bias[d + j], (mask_c != nullptr) ? mask_c[c.col] : 1.f};
+  return c;
+}
+
 template <typename T, int K>
 __device__ void forward(const T* __restrict__ U, const T* __restrict__ x, const float* __restrict__ weight_c,
                         const float* __restrict__ bias, const float* __restrict__ c0,
                         const float* __restrict__ mask_c, const bool* __restrict__ mask_pad,
                         T* __restrict__ h, float* __restrict__ c_all, int L, int B, int d) {
-  const long long col = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  const long long cols = (long long)B * d;
-  if (col >= cols) return;
-  const int b = (int)(col / d);
-  const int j = (int)(col % d);
-  const Unit<float> unit{weight_c[j], weight_c[d + j], bias[j], bias[d + j],
-                         (mask_c != nullptr) ? mask_c[col] : 1.f};
+  const Column column = this_threads_column(weight_c, bias, mask_c, B, d);
+  if (!column.valid) return;
+  const long long col = column.col, cols = column.cols;
+  const int b = column.b;
+  const Unit<float> unit = column.unit;
   float c = c0[col];
   Step<float> next = load_step<T, K>(U, x, col);
   for (int t = 0; t < L; ++t) {
@@ -110,13 +131,11 @@ __device__ void backward(const T* __restrict__ U, const T* __restrict__ x, const
                          const float* __restrict__ grad_c_last, T* __restrict__ grad_U, T* __restrict__ grad_x,
                          float* __restrict__ grad_wc, float* __restrict__ grad_bias, float* __restrict__ grad_c0,
                          int L, int B, int d) {
-  const long long col = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  const long long cols = (long long)B * d;
-  if (col >= cols) return;
-  const int b = (int)(col / d);
-  const int j = (int)(col % d);
-  const Unit<float> unit{weight_c[j], weight_c[d + j], bias[j], bias[d + j],
-                         (mask_c != nullptr) ? mask_c[col] : 1.f};
+  const Column column = this_threads_column(weight_c, bias, mask_c, B, d);
+  if (!column.valid) return;
+  const long long col = column.col, cols = column.cols;
+  const int b = column.b;
+  const Unit<float> unit = column.unit;
   float gc = grad_c_last[col];
   UnitGrad<float> sums{0.f, 0.f, 0.f, 0.f};
   for (int t = L - 1; t >= 0; --t) {
