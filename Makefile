@@ -8,7 +8,7 @@ DATA ?=
 DEMO_DIR ?= demo_out
 WHEELHOUSE ?= wheelhouse
 
-.PHONY: install test demo bench clean-demo wheelhouse
+.PHONY: install test demo bench wheelhouse
 
 install: $(STAMP)
 
