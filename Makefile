@@ -30,10 +30,11 @@ $(STAMP): setup.py | $(PY)
 	$(PIP) install --no-build-isolation -e ".[test,compile-check]"
 	touch $(STAMP)
 
-# Two workers (one per core); --dist loadfile keeps each file's module fixtures in one worker.
+# Two workers (one per core); --dist loadfile keeps each file's module fixtures in one worker, and
+# --no-loadscope-reorder keeps conftest's longest-files-first order (xdist would sort files by test count).
 PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 demo: $(STAMP)
 	$(PY) -m fairseq_srupp.demo --out $(DEMO_DIR) $(if $(DATA),--data $(DATA),)

@@ -30,3 +30,17 @@ def assert_close(name, a, b, atol):
     diff = max_diff(a, b)
     print("{}: max diff {:.3e}".format(name, diff))
     assert diff <= atol, "{}: max diff {:.3e} > {:.1e}".format(name, diff, atol)
+
+
+# The longest files (many fairseq subprocesses each) start first, so that with two pytest workers
+# (make test: -n 2 --dist loadfile) neither worker is left running one of them alone at the end.
+LONGEST_FIRST = (
+    "test_stateful_cli.py", "test_resume.py", "test_gpu_kit.py", "test_quality_per_compute.py",
+    "test_data_scripts.py", "test_word_level_cli.py", "test_generation_tools.py", "test_bad_input_task.py",
+    "test_demo.py", "test_bad_input_data.py", "test_readme_generation.py", "test_sample_cli.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
