@@ -26,6 +26,7 @@ from typing import Iterator, List, Optional
 
 import torch
 
+from fairseq_srupp.data.char_level import BYTE_TOKENS, NEWLINE, byte_value
 from fairseq_srupp.errors import SRUppUserError
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def stream_tokens(model, prompt: List[int], num_tokens: int, top_k: int = 0, top
 def is_byte_level(dictionary) -> bool:
     """Whether every ordinary symbol is a decimal byte value (a char-level, one-token-per-byte model)."""
     ordinary = [s for s in dictionary.symbols[dictionary.nspecial:] if not s.startswith("madeupword")]
-    return bool(ordinary) and all(s.isascii() and s.isdigit() and int(s) < 256 for s in ordinary)
+    return bool(ordinary) and all(byte_value(s) is not None for s in ordinary)
 
 
 class TextCodec:
@@ -111,7 +112,7 @@ class TextCodec:
         """Prompt text → ids (newline → ``</s>``); warns once with the count of symbols read as ``<unk>``."""
         d = self.dictionary
         if self.byte_level:
-            ids = [d.eos() if b == 10 else d.index(str(b)) for b in text.encode("utf-8")]
+            ids = [d.eos() if b == NEWLINE else d.index(BYTE_TOKENS[b]) for b in text.encode("utf-8")]
             unit = "byte"
         else:
             ids = []
@@ -134,7 +135,7 @@ class TextCodec:
         d = self.dictionary
         if self.byte_level:
             utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            return lambda token: utf8.decode(b"\n" if token == d.eos() else bytes([int(d[token])]))
+            return lambda token: utf8.decode(bytes([byte_value(d[token])]))  # </s> is the newline byte
         at_line_start = [True]
 
         def word(token):
