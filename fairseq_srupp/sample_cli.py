@@ -45,13 +45,11 @@ def parse_args(argv=None):
 def read_prompt(args) -> str:
     if args.prompt is not None:
         return args.prompt
-    if os.path.isdir(args.prompt_file):
-        raise SRUppUserError("--prompt-file {} is a directory, not a text file".format(args.prompt_file))
+    from fairseq_srupp.data.files import existing_file
+
+    path = existing_file(args.prompt_file, "--prompt-file")  # the data scripts' messages for a directory / none
     try:
-        with open(args.prompt_file, "rb") as f:
-            return f.read().decode("utf-8")
-    except FileNotFoundError:
-        raise SRUppUserError("--prompt-file {} does not exist".format(args.prompt_file))
+        return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise SRUppUserError("--prompt-file {} is not UTF-8 text ({})".format(args.prompt_file, err))
 

@@ -195,8 +195,8 @@ def test_cli_bad_input_gives_one_error_line(checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--prompt-file", "{tmp}", "-n", 3], "--prompt-file {tmp} is a directory, not a text file"),
-    (["--prompt-file", "{tmp}/none.txt", "-n", 3], "--prompt-file {tmp}/none.txt does not exist"),
+    (["--prompt-file", "{tmp}", "-n", 3], "--prompt-file {tmp} is a directory: give the path of a file"),
+    (["--prompt-file", "{tmp}/none.txt", "-n", 3], "--prompt-file {tmp}/none.txt not found: give the path of an existing file"),
     (["--prompt", "x", "-n", 3, "--top-p", 0], "--top-p must be in (0, 1] (1 keeps every token), got 0.0"),
     (["--prompt", "x", "-n", 3, "--top-k", -1], "--top-k must be >= 0 (0 keeps every token), got -1"),
     (["--prompt", "x", "-n", 3, "--temperature", -1], "--temperature must be >= 0 (0 = greedy), got -1.0"),
