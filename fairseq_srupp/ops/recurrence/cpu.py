@@ -5,80 +5,29 @@ first call (about a minute, cached under ``TORCH_EXTENSIONS_DIR``), never at imp
 ``forward`` / ``backward`` follow the custom op's contract (see ``op.py``); they are registered as
 its CPU implementation there.
 """
-import hashlib
-import logging
-import platform
 from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-logger = logging.getLogger(__name__)
+# Re-exported: the build naming and flags are shared with the other CPU extensions.
+from ..cpp_extension import CXX_FLAGS, LD_FLAGS, ExtensionBuildError, build_name, cpu_features, load_extension  # noqa: F401
 
 _SOURCE = Path(__file__).with_name("recurrence_cpu.cpp")
 # Every file the build reads: a change to any of them gives a new build name (see build_name).
 BUILD_INPUTS = (_SOURCE, _SOURCE.with_name("recurrence_step.h"))
-# -march=native: the kernels run 4-8x faster than on the x86-64 baseline (AVX-512 expf, FMA; see
-# README "Builds"), so the build is keyed on the CPU's features (build_name) rather than dropped.
-# No -ffast-math: it lets GCC assume there is no NaN or inf. The gates still get glibc's vector
-# expf through the declarations in recurrence_cpu.cpp, which need only -fno-math-errno.
-# OpenMP: at::parallel_for is serial without it.
-CXX_FLAGS = ("-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-march=native")
-LD_FLAGS = ("-fopenmp",)
 _extension = None
-
-
-class ExtensionBuildError(RuntimeError):
-    pass
-
-
-def cpu_features() -> str:
-    """What -march=native depends on: the CPU's feature flags (Linux), else this host's name, so a
-    node with an older CPU never loads a build that uses instructions it lacks (SIGILL)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):  # x86 / ARM
-                    return " ".join(sorted(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return platform.machine() + " " + platform.node()
-
-
-def build_name(prefix: str, inputs, flags, features: str = "") -> str:
-    """``prefix`` + a hash of the sources, flags, torch version and CPU features: two checkouts, or
-    two CPUs sharing one TORCH_EXTENSIONS_DIR, get separate builds instead of rebuilding each other's."""
-    digest = hashlib.sha256()
-    for path in inputs:
-        digest.update(Path(path).read_bytes())
-    for part in (*flags, torch.__version__, features):
-        digest.update(b"\0" + part.encode())
-    return "{}_{}".format(prefix, digest.hexdigest()[:16])
 
 
 def load_cpu_extension():
     """Compile (first call only, or after the source / CPU changed) and return the C++ extension."""
     global _extension
     if _extension is None:
-        from torch.utils.cpp_extension import load
-
-        try:
-            logger.info("loading the SRU++ CPU recurrence extension (compiled on first use)")
-            _extension = load(
-                name=build_name("fairseq_srupp_recurrence_cpu", BUILD_INPUTS, CXX_FLAGS + LD_FLAGS, cpu_features()),
-                sources=[str(_SOURCE)],
-                extra_cflags=list(CXX_FLAGS),
-                extra_ldflags=list(LD_FLAGS),
-                verbose=False,
-            )
-        except Exception as err:  # compiler, ninja or headers missing
-            raise ExtensionBuildError(
-                "could not build the SRU++ CPU recurrence extension from {}: {}\n"
-                "It needs a C++ compiler (g++) and ninja (`pip install ninja`). "
-                "Set FAIRSEQ_SRUPP_RECURRENCE=reference to run the slow pure-PyTorch path "
-                "instead.".format(_SOURCE, err)
-            ) from err
+        _extension = load_extension(
+            "fairseq_srupp_recurrence_cpu", _SOURCE, BUILD_INPUTS, "SRU++ CPU recurrence",
+            "Set FAIRSEQ_SRUPP_RECURRENCE=reference to run the slow pure-PyTorch path instead.",
+        )
     return _extension
 
 
