@@ -49,7 +49,7 @@ warnings.filterwarnings("ignore", message="Running SRU on CPU with grad_enabled=
 
 from bench_timing import Timer, default_threads, tune_malloc  # noqa: E402
 from fairseq_srupp.models.srupp_lm import causal_mask  # noqa: E402
-from fairseq_srupp.modules import SRUpp  # noqa: E402
+from fairseq_srupp.modules import Dropout, SRUpp  # noqa: E402
 from fairseq_srupp.ops.recurrence.cpu import load_cpu_extension  # noqa: E402
 
 ENV = "FAIRSEQ_SRUPP_RECURRENCE"
@@ -93,10 +93,10 @@ def parse_args(argv=None):
 class TinyLM(nn.Module):
     """Embedding -> dropout -> SRU++ stack -> dropout -> Linear, time-major (L, B)."""
 
-    def __init__(self, vocab, d, stack, dropout):
+    def __init__(self, vocab, d, stack, drop):
         super().__init__()
         self.embed = nn.Embedding(vocab, d)
-        self.drop = nn.Dropout(dropout)
+        self.drop = drop
         self.srupp = stack
         self.out = nn.Linear(d, vocab)
 
@@ -119,8 +119,10 @@ def stack_kwargs(args):
 
 def build_models(args):
     torch.manual_seed(args.seed)
-    ref = TinyLM(args.vocab, args.d, sru.SRUpp(args.d, args.d, args.proj, **stack_kwargs(args)), args.dropout)
-    mine = TinyLM(args.vocab, args.d, SRUpp(args.d, args.d, args.proj, **stack_kwargs(args)), args.dropout)
+    # Each with its own implementation's dropout around the stack, as srupp_lm and the paper's
+    # script have: ours is fused on the CPU (fairseq_srupp.ops.dropout), theirs is nn.Dropout.
+    ref = TinyLM(args.vocab, args.d, sru.SRUpp(args.d, args.d, args.proj, **stack_kwargs(args)), nn.Dropout(args.dropout))
+    mine = TinyLM(args.vocab, args.d, SRUpp(args.d, args.d, args.proj, **stack_kwargs(args)), Dropout(args.dropout))
     mine.load_state_dict(ref.state_dict())  # strict: same names, shapes and values
     return mine, ref
 

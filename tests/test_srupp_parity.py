@@ -1,4 +1,7 @@
 """fairseq_srupp.modules.SRUpp against the reference sru.SRUpp (3.0.0.dev6), identical weights."""
+import os
+from unittest import mock
+
 import pytest
 import sru
 import torch
@@ -71,9 +74,16 @@ def test_eval_forward_matches_reference(config, use_memory, use_pad, L, B, input
 def assert_training_step_matches(ref, mine, x, c0, **forward_kwargs):
     """Seeded training forward + backward of both stacks: h, c, gradients of x, c0 and every parameter.
 
-    Same seed → same dropout masks (variational, sub-layer), so dropout may be on; attention
-    dropout must be 0 (scaled_dot_product_attention draws its mask differently).
+    Same seed → same dropout masks (variational, sub-layer), so dropout may be on, with our
+    dropout set to PyTorch's own draws (FAIRSEQ_SRUPP_DROPOUT=torch; the default fused CPU dropout
+    draws other masks); attention dropout must be 0 (scaled_dot_product_attention draws its mask
+    differently).
     """
+    with mock.patch.dict(os.environ, {"FAIRSEQ_SRUPP_DROPOUT": "torch"}):
+        _assert_training_step_matches(ref, mine, x, c0, **forward_kwargs)
+
+
+def _assert_training_step_matches(ref, mine, x, c0, **forward_kwargs):
     ref.train()
     mine.train()
     layers = c0.shape[0]

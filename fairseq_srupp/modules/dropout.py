@@ -11,6 +11,8 @@ from typing import List, Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fairseq_srupp.ops.dropout import dropout
+
 logger = logging.getLogger(__name__)
 
 
@@ -22,8 +24,10 @@ class Dropout(nn.Dropout):
         module_name: the class name of the owning module; ``--retain-dropout-modules`` selects
             dropouts by it (e.g. ``SRUppAttention SRUppLayer``), as fairseq's transformer does.
 
-    In training it calls ``F.dropout`` exactly as ``nn.Dropout`` does (same random draws, so seeded
-    runs match ``sru.SRUpp``); in eval mode it drops only when ``apply_during_inference`` is set.
+    In training it calls :func:`fairseq_srupp.ops.dropout.dropout`: fused on the CPU, ``F.dropout``
+    elsewhere; ``FAIRSEQ_SRUPP_DROPOUT=torch`` gives ``F.dropout`` everywhere, i.e. the random draws
+    of ``nn.Dropout``, so seeded runs match ``sru.SRUpp``. In eval mode it drops only when
+    ``apply_during_inference`` is set.
     """
 
     def __init__(self, p: float = 0.0, module_name: Optional[str] = None):
@@ -38,7 +42,9 @@ class Dropout(nn.Dropout):
 
     def forward(self, input: Tensor) -> Tensor:
         """input (any shape) → same shape."""
-        return F.dropout(input, self.p, self.active, self.inplace)
+        if self.inplace:
+            return F.dropout(input, self.p, self.active, inplace=True)
+        return dropout(input, self.p, self.active)
 
     def make_generation_fast_(
         self,

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fairseq_srupp.ops.dropout import fused_dropout, fused_dropout_enabled
+
 from .dropout import Dropout
 
 
@@ -49,6 +51,22 @@ def attention_bias(
         pad = key_padding.t().bool().view(-1, 1, 1, src_len)  # (B, 1, 1, src)
         bias = base.view(1, 1, tgt_len, src_len).masked_fill(pad, torch.finfo(dtype).min)
     return bias
+
+
+def attention_with_fused_dropout(
+    q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], dropout_p: float, seed: Optional[int] = None
+) -> Tensor:
+    """softmax(q·kᵀ/√hd + bias) with the fused CPU dropout, times v: q (B, H, L, hd), k / v
+    (B, H, S, hd), bias broadcastable to (B, H, L, S) → (B, H, L, hd).
+
+    What ``F.scaled_dot_product_attention`` computes with ``dropout_p`` (on the CPU it has no fused
+    kernel with dropout and runs the same steps), with the probabilities' mask drawn by
+    :func:`~fairseq_srupp.ops.dropout.fused_dropout` instead of ``bernoulli_``.
+    """
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # (B, H, L, S)
+    if bias is not None:
+        scores.add_(bias)
+    return torch.matmul(fused_dropout(torch.softmax(scores, dim=-1), dropout_p, seed), v)
 
 
 class SRUppAttention(nn.Module):
@@ -195,9 +213,11 @@ class SRUppAttention(nn.Module):
     def _attend_and_project(self, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], residual: Tensor):
         """q (B, H, L, hd), k/v (B, H, S, hd), residual z (L, B, p) → U (L, B, out_features)."""
         bsz, _, tgt_len, _ = q.shape
-        attn = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=self.attn_dropout if self.attn_dropout_module.active else 0.0
-        )  # (B, H, L, hd)
+        dropout_p = self.attn_dropout if self.attn_dropout_module.active else 0.0
+        if dropout_p > 0 and fused_dropout_enabled(q):
+            attn = attention_with_fused_dropout(q, k, v, bias, dropout_p)
+        else:
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)  # (B, H, L, hd)
         attn = attn.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.proj_features)  # (L, B, p)
         out = attn * self.alpha + residual
         if self.layer_norm is not None:
