@@ -12,7 +12,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.8",
     packages=find_packages(include=["fairseq_srupp", "fairseq_srupp.*"]),
-    package_data={"fairseq_srupp": ["ops/recurrence/*.cpp", "ops/recurrence/*.cu", "ops/recurrence/*.h"]},
+    package_data={
+        "fairseq_srupp": ["ops/recurrence/*.cpp", "ops/recurrence/*.cu", "ops/recurrence/*.h", "ops/dropout/*.cpp"]
+    },
     include_package_data=True,
     install_requires=[
         "torch>=2.0",
