@@ -7,6 +7,7 @@
   otherwise (run them on a GPU machine with ``pytest tests/test_cuda_kernel.py``).
 """
 import itertools
+import re
 
 import pytest
 import torch
@@ -15,21 +16,22 @@ from conftest import max_diff
 
 from fairseq_srupp.ops.recurrence import (NO_CUPY_WARNING, choose_implementation, elementwise_recurrence,
                                           elementwise_recurrence_cuda, elementwise_recurrence_ref)
-from fairseq_srupp.ops.recurrence.cupy_kernel import (CUPY_KERNELS, KERNEL_DTYPES, NVRTC_OPTIONS, SOURCE, STEP_HEADER,
-                                                      cupy_available, kernel_name, kernel_source, launch_cupy)
+from fairseq_srupp.ops.recurrence.cupy_kernel import (CUPY_KERNELS, DEFAULT_PREFETCH, KERNEL_DTYPES, PREFETCH_ENV,
+                                                      SOURCE, STEP_HEADER, cupy_available, kernel_name, kernel_source,
+                                                      kernel_variants, launch_cupy, nvrtc_options)
 
 GPU = torch.cuda.is_available() and cupy_available()
 needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU and CuPy")
 
 
-def nvrtc_compile(source, arch):
+def nvrtc_compile(source, arch, options=nvrtc_options(DEFAULT_PREFETCH)):
     """PTX of ``source`` for ``arch``; raises RuntimeError with NVRTC's log on a compile error."""
     from cupy_backends.cuda.libs import nvrtc
 
     program = nvrtc.createProgram(source, SOURCE.name, [], [])
     try:
         try:
-            nvrtc.compileProgram(program, ["--gpu-architecture=" + arch, *NVRTC_OPTIONS])
+            nvrtc.compileProgram(program, ["--gpu-architecture=" + arch, *options])
         except nvrtc.NVRTCError as err:
             raise RuntimeError("{}\n{}".format(err, nvrtc.getProgramLog(program)))
         ptx = nvrtc.getPTX(program)
@@ -38,17 +40,30 @@ def nvrtc_compile(source, arch):
         nvrtc.destroyProgram(program)
 
 
-@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
-def test_kernel_source_compiles_for_every_dtype_and_k(arch):
-    ptx = nvrtc_compile(kernel_source(), arch)
+@pytest.mark.parametrize("arch,prefetch", [("compute_80", DEFAULT_PREFETCH), ("compute_90", DEFAULT_PREFETCH),
+                                           ("compute_90", 1), ("compute_90", 3)])
+def test_kernel_source_compiles_for_every_dtype_and_k(arch, prefetch):
+    ptx = nvrtc_compile(kernel_source(), arch, nvrtc_options(prefetch))
     for direction, dtype, k in itertools.product(("forward", "backward"), KERNEL_DTYPES, (3, 4)):
         assert ".entry {}(".format(kernel_name(direction, dtype, k)) in ptx
+    # and the mixed storage of autocast (16-bit U, fp32 x and h), k=3 only
+    names = [kernel_name(direction, u_dtype, k, x_dtype)
+             for direction, (u_dtype, x_dtype, k) in itertools.product(("forward", "backward"), kernel_variants())]
+    assert len(names) == 16 and "srupp_backward_bfloat16_float32_k3" in names
+    assert set(re.findall(r"\.entry (\w+)\(", ptx)) == set(names)
+
+
+def test_kernel_source_needs_a_prefetch_depth():
+    with pytest.raises(RuntimeError, match="SRUPP_PREFETCH"):
+        nvrtc_compile(kernel_source(), "compute_90", ("--std=c++17",))
+    with pytest.raises(RuntimeError, match="SRUPP_PREFETCH must be 1..16"):
+        nvrtc_compile(kernel_source(), "compute_90", nvrtc_options(17))
 
 
 def test_compile_check_catches_errors():
     source = kernel_source()
-    assert "forward_step(cur, unit, c)" in source
-    broken = source.replace("forward_step(cur, unit, c)", "forward_step(cur, unit, f_undefined)")
+    assert "forward_step(cur.s, column.unit, c)" in source
+    broken = source.replace("forward_step(cur.s, column.unit, c)", "forward_step(cur.s, column.unit, f_undefined)")
     with pytest.raises(RuntimeError, match="f_undefined"):
         nvrtc_compile(broken, "compute_90")
 

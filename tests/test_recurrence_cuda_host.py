@@ -11,7 +11,7 @@ from conftest import max_diff
 
 from fairseq_srupp.ops.recurrence import elementwise_recurrence, elementwise_recurrence_ref, op
 from fairseq_srupp.ops.recurrence.cuda_host import launch_host
-from fairseq_srupp.ops.recurrence.cupy_kernel import THREADS_PER_BLOCK, CudaKernels
+from fairseq_srupp.ops.recurrence.cupy_kernel import DEFAULT_PREFETCH, THREADS_PER_BLOCK, CudaKernels
 
 # relative to max |reference| + 1, as in test_cuda_kernel.py
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 8e-2}
@@ -77,7 +77,7 @@ def test_cuda_entry_points_match_reference(cuda_source_on_cpu, dtype, k, pad, dr
 
 def test_host_launch_rejects_unknown_entry_points():
     with pytest.raises(ValueError, match="no entry point srupp_forward_float64_k3"):
-        launch_host("srupp_forward_float64_k3", torch.device("cpu"), 4, [0] * 12)
+        launch_host("srupp_forward_float64_k3", torch.device("cpu"), 4, [0] * 12, DEFAULT_PREFETCH)
 
 
 # (U, x, c0) dtypes -> (h, c_last) dtypes, by the dispatcher's rule
