@@ -5,6 +5,10 @@ grid runs in turn. It is driven through the real custom op and its registered au
 CPU slot is given ``CudaKernels(launch_host)``, i.e. the CUDA path with only CuPy's launcher
 swapped. Without a GPU in CI this is the only execution the GPU code gets between GPU runs.
 """
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import max_diff
@@ -111,6 +115,26 @@ def test_bad_prefetch_depth_is_one_clear_error(cuda_source_on_cpu, monkeypatch, 
     monkeypatch.setenv(PREFETCH_ENV, value)
     with pytest.raises(SRUppUserError, match="^{}={!r}: give the number of time steps".format(PREFETCH_ENV, value)):
         elementwise_recurrence(**inputs_for(3, 1, 4, 3, torch.float32, False, False), implementation="cpu")
+
+
+BAD_PREFETCH_SCRIPT = """
+import torch, fairseq_srupp
+from fairseq_srupp.ops.recurrence import elementwise_recurrence, op
+from fairseq_srupp.ops.recurrence.cuda_host import launch_host
+from fairseq_srupp.ops.recurrence.cupy_kernel import CudaKernels
+op.KERNELS["cpu"] = CudaKernels(launch_host)
+elementwise_recurrence(torch.zeros(2, 1, 6), torch.zeros(2, 1, 2), torch.zeros(4), torch.zeros(4), torch.zeros(1, 2))
+"""
+
+
+def test_bad_prefetch_depth_prints_one_line_through_the_plugin():
+    env = dict(os.environ, **{PREFETCH_ENV: "32"})
+    env.pop("FAIRSEQ_SRUPP_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-c", BAD_PREFETCH_SCRIPT], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: {}='32': give the number of time steps the CUDA recurrence loads ahead, an integer from 1 to 16 "
+        "(default 4)".format(PREFETCH_ENV)]
 
 
 @pytest.mark.parametrize("u_dtype", [torch.bfloat16, torch.float16])
