@@ -103,19 +103,13 @@ def test_dispatch_refuses_impossible_requests():
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 8e-2}  # relative to max |ref|
 
 
-@needs_gpu
-@pytest.mark.parametrize("dtype", list(KERNEL_DTYPES))
-@pytest.mark.parametrize("k", [3, 4])
-@pytest.mark.parametrize("pad,dropout", [(False, False), (True, True)])
-@pytest.mark.parametrize("L,B,d", [(1, 1, 5), (63, 3, 37), (1000, 2, 130), (10000, 1, 33)])
-@pytest.mark.parametrize("contiguous", [True, False])
-def test_kernel_matches_reference(dtype, k, pad, dropout, L, B, d, contiguous):
+def check_against_reference(u_dtype, x_dtype, k, pad, dropout, L, B, d, contiguous=True):
     dev = torch.device("cuda")
     U = torch.randn(L, B, d * k, device=dev)
     if not contiguous:  # same values through a transposed view
         U = U.transpose(0, 1).contiguous().transpose(0, 1)
     inputs = dict(
-        U=U.to(dtype), x=torch.randn(L, B, d, device=dev).to(dtype),
+        U=U.to(u_dtype), x=torch.randn(L, B, d, device=dev).to(x_dtype),
         weight_c=torch.empty(2 * d, device=dev).uniform_(-1, 1), bias=torch.randn(2 * d, device=dev),
         c0=torch.randn(B, d, device=dev),
         mask_c=(torch.rand(B, d, device=dev) > 0.2).float() / 0.8 if dropout else None,
@@ -131,14 +125,34 @@ def test_kernel_matches_reference(dtype, k, pad, dropout, L, B, d, contiguous):
         grads = {n: leaves[n].grad for n in ("U", "x", "weight_c", "bias", "c0")}
         results.append((h.float(), c.float(), grads))
     (h, c, g), (h_ref, c_ref, g_ref) = results
-    tol = TOLERANCE[dtype]
+    tol = TOLERANCE[u_dtype]
     for name, a, b in [("h", h, h_ref), ("c", c, c_ref)] + [("grad " + n, g[n], g_ref[n]) for n in g]:
         if k == 4 and name == "grad x":
             assert a is None and b is None
             continue
         scale = b.detach().abs().max().item() + 1.0
-        print("{} {}: max diff {:.3e} (scale {:.2e})".format(dtype, name, max_diff(a, b), scale))
+        print("{}/{} {}: max diff {:.3e} (scale {:.2e})".format(u_dtype, x_dtype, name, max_diff(a, b), scale))
         assert max_diff(a, b) <= tol * scale, name
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", list(KERNEL_DTYPES))
+@pytest.mark.parametrize("k", [3, 4])
+@pytest.mark.parametrize("pad,dropout", [(False, False), (True, True)])
+@pytest.mark.parametrize("L,B,d", [(1, 1, 5), (63, 3, 37), (1000, 2, 130), (10000, 1, 33)])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_kernel_matches_reference(dtype, k, pad, dropout, L, B, d, contiguous):
+    check_against_reference(dtype, dtype, k, pad, dropout, L, B, d, contiguous)
+
+
+@needs_gpu
+@pytest.mark.parametrize("u_dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("prefetch", [1, 3, 8])
+@pytest.mark.parametrize("L,B,d", [(63, 3, 37), (1000, 2, 130)])
+def test_kernel_with_16_bit_u_and_fp32_x_matches_reference(monkeypatch, u_dtype, prefetch, L, B, d):
+    """Autocast's storage (16-bit U, fp32 x and h) at prefetch depths around the default, L no multiple of them."""
+    monkeypatch.setenv(PREFETCH_ENV, str(prefetch))
+    check_against_reference(u_dtype, torch.float32, 3, True, True, L, B, d)
 
 
 @needs_gpu
@@ -158,6 +172,30 @@ def test_dispatch_uses_the_kernel_on_gpu(monkeypatch):
     assert "fairseq_srupp_elementwise_recurrence" in h.grad_fn.name()
     h.sum().backward()
     assert launched == ["srupp_forward_float32_k3", "srupp_backward_float32_k3"]
+
+
+@needs_gpu
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+def test_autocast_u_reaches_the_kernel_uncast(monkeypatch, autocast_dtype):
+    launched = []
+
+    def recording_launch(name, device, n_columns, args, prefetch):
+        launched.append((name, int(args[0])))
+        launch_cupy(name, device, n_columns, args, prefetch)
+
+    monkeypatch.setattr(CUPY_KERNELS, "launch", recording_launch)
+    linear = torch.nn.Linear(4, 12).cuda()
+    x = torch.randn(4, 2, 4, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=autocast_dtype):
+        U = linear(x)
+        U.retain_grad()
+        h, _ = elementwise_recurrence(U, x, torch.randn(8, device="cuda"), torch.randn(8, device="cuda"),
+                                      torch.zeros(2, 4, device="cuda"))
+    h.sum().backward()
+    name = KERNEL_DTYPES[autocast_dtype]
+    assert launched == [("srupp_forward_{}_float32_k3".format(name), U.data_ptr()),
+                        ("srupp_backward_{}_float32_k3".format(name), U.data_ptr())]
+    assert U.dtype == autocast_dtype and h.dtype == torch.float32 and U.grad.dtype == autocast_dtype
 
 
 @needs_gpu
