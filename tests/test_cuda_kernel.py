@@ -150,10 +150,10 @@ def test_kernel_matches_reference(dtype, k, pad, dropout, L, B, d, contiguous):
 
 @needs_gpu
 @pytest.mark.parametrize("u_dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("prefetch", [1, 3, 8])
+@pytest.mark.parametrize("prefetch", [1, 8])  # each depth compiles a module: the host-shim tests cover 3 and 4
 @pytest.mark.parametrize("L,B,d", [(63, 3, 37), (1000, 2, 130)])
 def test_kernel_with_16_bit_u_and_fp32_x_matches_reference(monkeypatch, u_dtype, prefetch, L, B, d):
-    """Autocast's storage (16-bit U, fp32 x and h) at prefetch depths around the default, L no multiple of them."""
+    """Autocast's storage (16-bit U, fp32 x and h) at prefetch depths around the default, L no multiple of 8."""
     monkeypatch.setenv(PREFETCH_ENV, str(prefetch))
     check_against_reference(u_dtype, torch.float32, 3, True, True, L, B, d)
 
