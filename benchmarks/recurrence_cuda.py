@@ -14,11 +14,11 @@ and reports ms per call, µs per time step (the recurrence is a chain over time:
 cost is the latency of one step), the bytes the kernels must move over the time taken, as a fraction
 of the device-to-device copy bandwidth measured on the same GPU, and sru's time over ours.
 
-With --prefetch it then times, at --prefetch-batch (16), the kernels compiled with each prefetch
+With --prefetch it then times, at each of --prefetch-batches (16 and 4), the kernels compiled with each prefetch
 depth P (time steps loaded ahead, ``FAIRSEQ_SRUPP_CUDA_PREFETCH``) in three cases: bf16 U and x;
 autocast's bf16 U next to an fp32 x, read as it is; and the same cast to fp32 first (the path
 before the kernels took mixed storage: a copy of U, and grad_U cast back), with the bytes each
-moves, and names the fastest P per case.
+moves, and names the fastest P per case and batch.
 
     python benchmarks/recurrence_cuda.py [--batches 4 16 32] [--dtypes float32 float16 bfloat16] [--prefetch 1 2 4 8]
 
@@ -175,28 +175,37 @@ def widened_u(fn):
     return run
 
 
-def measure_prefetch(length, hidden, batch, depths, warmup=2, repeats=5, copy_gbs=None,
+def measure_prefetch(length, hidden, batches, depths, warmup=2, repeats=5, copy_gbs=None,
                      fn=elementwise_recurrence_cuda, time_ms=cuda_time_ms, device="cuda", save=None):
-    """One row per (prefetch depth, case of PREFETCH_CASES), k=3; the fastest depth per case.
-    ``save(partial result)`` is called after each depth, so a run cut short keeps what it measured."""
+    """One row per (prefetch depth, batch, case of PREFETCH_CASES), k=3; the fastest depth per case and
+    batch; autocast's speed-up from reading U as it is (cast-first time / uncast time, at the depth
+    fastest for the uncast case). ``save(partial result)`` is called after each depth, so a run cut
+    short keeps what it measured."""
     k = 3
-    out = {"L": length, "B": batch, "d": hidden, "default_prefetch": DEFAULT_PREFETCH, "rows": [],
-           "fastest_prefetch": {}}
-    cases = []
-    for name, u_dtype, x_dtype, widen in PREFETCH_CASES:
-        inputs, grads = recurrence_inputs(length, batch, hidden, k, u_dtype, device, x_dtype)
-        moved = kernel_bytes(length, batch, hidden, k, inputs[0].element_size(), inputs[1].element_size(), widen)
-        cases.append((name, recurrence_step(widened_u(fn) if widen else fn, inputs, grads), moved))
+    out = {"L": length, "batches": list(batches), "d": hidden, "default_prefetch": DEFAULT_PREFETCH, "rows": [],
+           "fastest_prefetch": {}, "autocast_uncast_speedup": {}}
+    uncast, cast_first = PREFETCH_CASES[1][0], PREFETCH_CASES[2][0]
+    runs = []
+    for batch in batches:
+        for name, u_dtype, x_dtype, widen in PREFETCH_CASES:
+            inputs, grads = recurrence_inputs(length, batch, hidden, k, u_dtype, device, x_dtype)
+            moved = kernel_bytes(length, batch, hidden, k, inputs[0].element_size(), inputs[1].element_size(), widen)
+            runs.append((name, batch, recurrence_step(widened_u(fn) if widen else fn, inputs, grads), moved))
     for depth in depths:
         with prefetch_depth(depth):
-            for name, step, moved in cases:
+            for name, batch, step, moved in runs:
                 ms = time_ms(step, warmup, repeats)
                 gbs = moved / (ms * 1e-3) / 1e9
-                out["rows"].append({"case": name, "prefetch": depth, "ms": ms, "us_per_step": 1000.0 * ms / length,
-                                    "bytes": moved, "gbs": gbs, "of_copy_bandwidth": gbs / copy_gbs if copy_gbs else None})
-        for name, _, _ in cases:
-            timed = [r for r in out["rows"] if r["case"] == name]
-            out["fastest_prefetch"][name] = min(timed, key=lambda r: r["ms"])["prefetch"]
+                out["rows"].append({"case": name, "B": batch, "prefetch": depth, "ms": ms,
+                                    "us_per_step": 1000.0 * ms / length, "bytes": moved, "gbs": gbs,
+                                    "of_copy_bandwidth": gbs / copy_gbs if copy_gbs else None})
+        for name, batch, _, _ in runs:
+            best = min((r for r in out["rows"] if r["case"] == name and r["B"] == batch), key=lambda r: r["ms"])
+            out["fastest_prefetch"]["{}, B={}".format(name, batch)] = best["prefetch"]
+        for batch in batches:
+            best = out["fastest_prefetch"]["{}, B={}".format(uncast, batch)]
+            ms = {r["case"]: r["ms"] for r in out["rows"] if r["B"] == batch and r["prefetch"] == best}
+            out["autocast_uncast_speedup"]["B={}".format(batch)] = ms[cast_first] / ms[uncast]
         if save is not None:
             save(out)
     return out
@@ -204,14 +213,17 @@ def measure_prefetch(length, hidden, batch, depths, warmup=2, repeats=5, copy_gb
 
 def format_prefetch(result):
     """Markdown lines of a measure_prefetch result."""
-    lines = ["Prefetch depth P (time steps loaded ahead), L={L} B={B} d={d}, default P={default_prefetch}:".format(
-        **result), "", "| case | P | ms | µs/step | MB moved | GB/s | of copy bw |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["Prefetch depth P (time steps loaded ahead), L={L} d={d}, default P={default_prefetch}:".format(**result),
+             "", "| case | B | P | ms | µs/step | MB moved | GB/s | of copy bw |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["rows"]:
-        lines.append("| {} | {} | {:.3f} | {:.2f} | {:,.0f} | {:,.0f} | {} |".format(
-            r["case"], r["prefetch"], r["ms"], r["us_per_step"], r["bytes"] / 1e6, r["gbs"],
+        lines.append("| {} | {} | {} | {:.3f} | {:.2f} | {:,.0f} | {:,.0f} | {} |".format(
+            r["case"], r["B"], r["prefetch"], r["ms"], r["us_per_step"], r["bytes"] / 1e6, r["gbs"],
             _num(r["of_copy_bandwidth"], "{:.1%}")))
     lines.append("")
-    lines += ["Fastest P for {}: **{}**".format(name, p) for name, p in result["fastest_prefetch"].items()]
+    lines += ["- fastest P for {}: **{}**".format(name, p) for name, p in result["fastest_prefetch"].items()]
+    lines += ["- autocast, {}: U read as bf16 is {:.2f}x the speed of casting it to fp32 first".format(b, v)
+              for b, v in result["autocast_uncast_speedup"].items()]
     return lines
 
 
@@ -246,7 +258,8 @@ def main(argv=None):
     parser.add_argument("--reference", action="store_true", help="also time the pure-PyTorch loop (slow)")
     parser.add_argument("--prefetch", type=int, nargs="*", default=[],
                         help="prefetch depths to compare (e.g. 1 2 4 8; none: skip the comparison)")
-    parser.add_argument("--prefetch-batch", type=int, default=16, help="batch of the prefetch comparison")
+    parser.add_argument("--prefetch-batches", type=int, nargs="+", default=[16, 4],
+                        help="batches of the prefetch comparison")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("error: this benchmark needs a CUDA GPU")
@@ -256,7 +269,7 @@ def main(argv=None):
                                 copy_gbs, args.reference)
     print("\n".join(format_recurrence(result)))
     if args.prefetch:
-        sweep = measure_prefetch(args.length, args.hidden, args.prefetch_batch, args.prefetch, args.warmup,
+        sweep = measure_prefetch(args.length, args.hidden, args.prefetch_batches, args.prefetch, args.warmup,
                                  args.repeats, copy_gbs)
         print("\n" + "\n".join(format_prefetch(sweep)))
 

@@ -65,10 +65,17 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
     for key in ("recurrence", "training"):
         assert steps[key]["status"] == "skipped" and "no CUDA GPU" in steps[key]["reason"]
     sweep = steps["recurrence"]["results"]["smoke"]["prefetch"]  # the prefetch comparison's code, on the CPU
-    assert {(r["case"], r["prefetch"]) for r in sweep["rows"]} == {
-        (case[0], p) for case in recurrence_cuda.PREFETCH_CASES for p in (1, 2)}
-    for case, fastest in sweep["fastest_prefetch"].items():
-        assert fastest == min((r for r in sweep["rows"] if r["case"] == case), key=lambda r: r["ms"])["prefetch"]
+    assert {(r["case"], r["B"], r["prefetch"]) for r in sweep["rows"]} == {
+        (case[0], b, p) for case in recurrence_cuda.PREFETCH_CASES for b in (2, 1) for p in (1, 2)}
+    assert sweep["fastest_prefetch"] == {
+        "{}, B={}".format(case, b): min((r for r in sweep["rows"] if (r["case"], r["B"]) == (case, b)),
+                                        key=lambda r: r["ms"])["prefetch"]
+        for b in (2, 1) for case, *_ in recurrence_cuda.PREFETCH_CASES}
+    uncast, cast_first = (c[0] for c in recurrence_cuda.PREFETCH_CASES[1:])
+    for b in (2, 1):
+        best = sweep["fastest_prefetch"]["{}, B={}".format(uncast, b)]
+        ms = {r["case"]: r["ms"] for r in sweep["rows"] if (r["B"], r["prefetch"]) == (b, best)}
+        assert sweep["autocast_uncast_speedup"]["B={}".format(b)] == pytest.approx(ms[cast_first] / ms[uncast])
     training = steps["training"]["results"]
     assert not training["errors"]
     assert {(r["model"], r["dtype"]) for r in training["rows"]} == {
