@@ -14,17 +14,26 @@ and reports ms per call, µs per time step (the recurrence is a chain over time:
 cost is the latency of one step), the bytes the kernels must move over the time taken, as a fraction
 of the device-to-device copy bandwidth measured on the same GPU, and sru's time over ours.
 
-    python benchmarks/recurrence_cuda.py [--batches 4 16 32] [--dtypes float32 float16 bfloat16]
+With --prefetch it then times, at each of --prefetch-batches (16 and 4), the kernels compiled with each prefetch
+depth P (time steps loaded ahead, ``FAIRSEQ_SRUPP_CUDA_PREFETCH``) in three cases: bf16 U and x;
+autocast's bf16 U next to an fp32 x, read as it is; and the same cast to fp32 first (the path
+before the kernels took mixed storage: a copy of U, and grad_U cast back), with the bytes each
+moves, and names the fastest P per case and batch.
+
+    python benchmarks/recurrence_cuda.py [--batches 4 16 32] [--dtypes float32 float16 bfloat16] [--prefetch 1 2 4 8]
 
 ``benchmarks/gpu/run_all.sh`` runs the same measurement as step 3 of the GPU kit.
 """
 import argparse
+import contextlib
+import os
 import statistics
 import warnings
 
 import torch
 
 from fairseq_srupp.ops.recurrence import elementwise_recurrence_cuda, elementwise_recurrence_ref
+from fairseq_srupp.ops.recurrence.cupy_kernel import DEFAULT_PREFETCH, PREFETCH_ENV
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -73,9 +82,11 @@ def sru_recurrence():
     return run, None
 
 
-def recurrence_inputs(L, B, d, k, dtype, device="cuda"):
-    """Random (U, x, weight_c, bias, c0) and upstream gradients (grad_h, grad_c) of one shape."""
-    inputs = [torch.randn(L, B, d * k, device=device, dtype=dtype), torch.randn(L, B, d, device=device, dtype=dtype),
+def recurrence_inputs(L, B, d, k, dtype, device="cuda", x_dtype=None):
+    """Random (U, x, weight_c, bias, c0) and upstream gradients (grad_h, grad_c) of one shape; x in
+    ``x_dtype`` (default: U's)."""
+    inputs = [torch.randn(L, B, d * k, device=device, dtype=dtype),
+              torch.randn(L, B, d, device=device, dtype=x_dtype or dtype),
               torch.rand(2 * d, device=device) * 2 - 1, torch.randn(2 * d, device=device),
               torch.randn(B, d, device=device)]
     grads = (torch.randn(L, B, d, device=device), torch.randn(B, d, device=device))
@@ -96,11 +107,18 @@ def recurrence_step(fn, inputs, grads):
     return step
 
 
-def kernel_bytes(L, B, d, k, elem):
-    """Bytes the forward and backward kernels must move (per-position tensors only)."""
+def kernel_bytes(L, B, d, k, elem, x_elem=None, widen_u=False):
+    """Bytes the forward and backward move (per-position tensors only), with U stored in ``elem``
+    bytes and x, h and their gradients in ``x_elem`` (default: the same; k=3). ``widen_u``: U is cast
+    to fp32 before the kernels (a read and a write of it) and grad_U cast back (another), and the
+    kernels then read and write fp32."""
     per_pos = L * B * d
-    forward = per_pos * (k * elem + elem + elem + 4)  # read U, x; write h, c (fp32)
-    backward = per_pos * (k * elem + elem + 4 + elem + k * elem + elem)  # read U, x, c, grad_h; write grad_U, grad_x
+    x_elem = x_elem or elem
+    if widen_u:
+        return kernel_bytes(L, B, d, k, 4, x_elem) + 2 * per_pos * k * (elem + 4)
+    forward = per_pos * (k * elem + x_elem + x_elem + 4)  # read U, x; write h, c (fp32)
+    # read U, x, c, grad_h; write grad_U, grad_x
+    backward = per_pos * (k * elem + x_elem + 4 + x_elem + k * elem + x_elem)
     return forward + backward
 
 
@@ -127,6 +145,86 @@ def measure_recurrence(length, hidden, batches, dtypes, warmup=2, repeats=5, cop
             del inputs, grads
             torch.cuda.empty_cache()
     return {"copy_bandwidth_gbs": copy_gbs, "sru": sru_reason or "timed", "rows": rows}
+
+
+PREFETCH_CASES = (  # (name, U's dtype, x's dtype, U cast to fp32 before the kernels)
+    ("bf16 U, bf16 x", torch.bfloat16, torch.bfloat16, False),
+    ("bf16 U, fp32 x (autocast, U read as bf16)", torch.bfloat16, torch.float32, False),
+    ("bf16 U, fp32 x, U cast to fp32 first (old path)", torch.bfloat16, torch.float32, True),
+)
+
+
+@contextlib.contextmanager
+def prefetch_depth(depth):
+    """Kernels compiled with ``depth`` time steps loaded ahead, inside the block."""
+    old = os.environ.get(PREFETCH_ENV)
+    os.environ[PREFETCH_ENV] = str(depth)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[PREFETCH_ENV]
+        else:
+            os.environ[PREFETCH_ENV] = old
+
+
+def widened_u(fn):
+    """``fn`` given an fp32 copy of U: the cast, and that of grad_U back, are part of the timing."""
+    def run(U, *rest):
+        return fn(U.float(), *rest)
+    return run
+
+
+def measure_prefetch(length, hidden, batches, depths, warmup=2, repeats=5, copy_gbs=None,
+                     fn=elementwise_recurrence_cuda, time_ms=cuda_time_ms, device="cuda", save=None):
+    """One row per (prefetch depth, batch, case of PREFETCH_CASES), k=3; the fastest depth per case and
+    batch; autocast's speed-up from reading U as it is (cast-first time / uncast time, at the depth
+    fastest for the uncast case). ``save(partial result)`` is called after each depth, so a run cut
+    short keeps what it measured."""
+    k = 3
+    out = {"L": length, "batches": list(batches), "d": hidden, "default_prefetch": DEFAULT_PREFETCH, "rows": [],
+           "fastest_prefetch": {}, "autocast_uncast_speedup": {}}
+    uncast, cast_first = PREFETCH_CASES[1][0], PREFETCH_CASES[2][0]
+    runs = []
+    for batch in batches:
+        for name, u_dtype, x_dtype, widen in PREFETCH_CASES:
+            inputs, grads = recurrence_inputs(length, batch, hidden, k, u_dtype, device, x_dtype)
+            moved = kernel_bytes(length, batch, hidden, k, inputs[0].element_size(), inputs[1].element_size(), widen)
+            runs.append((name, batch, recurrence_step(widened_u(fn) if widen else fn, inputs, grads), moved))
+    for depth in depths:
+        with prefetch_depth(depth):
+            for name, batch, step, moved in runs:
+                ms = time_ms(step, warmup, repeats)
+                gbs = moved / (ms * 1e-3) / 1e9
+                out["rows"].append({"case": name, "B": batch, "prefetch": depth, "ms": ms,
+                                    "us_per_step": 1000.0 * ms / length, "bytes": moved, "gbs": gbs,
+                                    "of_copy_bandwidth": gbs / copy_gbs if copy_gbs else None})
+        for name, batch, _, _ in runs:
+            best = min((r for r in out["rows"] if r["case"] == name and r["B"] == batch), key=lambda r: r["ms"])
+            out["fastest_prefetch"]["{}, B={}".format(name, batch)] = best["prefetch"]
+        for batch in batches:
+            best = out["fastest_prefetch"]["{}, B={}".format(uncast, batch)]
+            ms = {r["case"]: r["ms"] for r in out["rows"] if r["B"] == batch and r["prefetch"] == best}
+            out["autocast_uncast_speedup"]["B={}".format(batch)] = ms[cast_first] / ms[uncast]
+        if save is not None:
+            save(out)
+    return out
+
+
+def format_prefetch(result):
+    """Markdown lines of a measure_prefetch result."""
+    lines = ["Prefetch depth P (time steps loaded ahead), L={L} d={d}, default P={default_prefetch}:".format(**result),
+             "", "| case | B | P | ms | µs/step | MB moved | GB/s | of copy bw |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result["rows"]:
+        lines.append("| {} | {} | {} | {:.3f} | {:.2f} | {:,.0f} | {:,.0f} | {} |".format(
+            r["case"], r["B"], r["prefetch"], r["ms"], r["us_per_step"], r["bytes"] / 1e6, r["gbs"],
+            _num(r["of_copy_bandwidth"], "{:.1%}")))
+    lines.append("")
+    lines += ["- fastest P for {}: **{}**".format(name, p) for name, p in result["fastest_prefetch"].items()]
+    lines += ["- autocast, {}: U read as bf16 is {:.2f}x the speed of casting it to fp32 first".format(b, v)
+              for b, v in result["autocast_uncast_speedup"].items()]
+    return lines
 
 
 def _num(v, spec):
@@ -158,13 +256,22 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--reference", action="store_true", help="also time the pure-PyTorch loop (slow)")
+    parser.add_argument("--prefetch", type=int, nargs="*", default=[],
+                        help="prefetch depths to compare (e.g. 1 2 4 8; none: skip the comparison)")
+    parser.add_argument("--prefetch-batches", type=int, nargs="+", default=[16, 4],
+                        help="batches of the prefetch comparison")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("error: this benchmark needs a CUDA GPU")
     print("GPU: {}".format(torch.cuda.get_device_name()))
+    copy_gbs = copy_bandwidth_gbs()
     result = measure_recurrence(args.length, args.hidden, args.batches, args.dtypes, args.warmup, args.repeats,
-                                copy_bandwidth_gbs(), args.reference)
+                                copy_gbs, args.reference)
     print("\n".join(format_recurrence(result)))
+    if args.prefetch:
+        sweep = measure_prefetch(args.length, args.hidden, args.prefetch_batches, args.prefetch, args.warmup,
+                                 args.repeats, copy_gbs)
+        print("\n" + "\n".join(format_prefetch(sweep)))
 
 
 if __name__ == "__main__":

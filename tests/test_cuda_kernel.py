@@ -6,7 +6,9 @@
 * Parity with the reference and fairseq-train --fp16/--bf16 — need a CUDA GPU and CuPy, skipped
   otherwise (run them on a GPU machine with ``pytest tests/test_cuda_kernel.py``).
 """
+import functools
 import itertools
+import re
 
 import pytest
 import torch
@@ -14,22 +16,23 @@ from cli_utils import TINY_TRAIN_ARGS, TRAIN_LOSS, make_char_data, run_tool
 from conftest import max_diff
 
 from fairseq_srupp.ops.recurrence import (NO_CUPY_WARNING, choose_implementation, elementwise_recurrence,
-                                          elementwise_recurrence_cuda, elementwise_recurrence_ref)
-from fairseq_srupp.ops.recurrence.cupy_kernel import (CUPY_KERNELS, KERNEL_DTYPES, NVRTC_OPTIONS, SOURCE, STEP_HEADER,
-                                                      cupy_available, kernel_name, kernel_source, launch_cupy)
+                                          elementwise_recurrence_cuda)
+from fairseq_srupp.ops.recurrence.cupy_kernel import (CUPY_KERNELS, DEFAULT_PREFETCH, KERNEL_DTYPES, PREFETCH_ENV,
+                                                      SOURCE, STEP_HEADER, cupy_available, kernel_name, kernel_source,
+                                                      kernel_variants, launch_cupy, nvrtc_options)
 
 GPU = torch.cuda.is_available() and cupy_available()
 needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU and CuPy")
 
 
-def nvrtc_compile(source, arch):
+def nvrtc_compile(source, arch, options=nvrtc_options(DEFAULT_PREFETCH)):
     """PTX of ``source`` for ``arch``; raises RuntimeError with NVRTC's log on a compile error."""
     from cupy_backends.cuda.libs import nvrtc
 
     program = nvrtc.createProgram(source, SOURCE.name, [], [])
     try:
         try:
-            nvrtc.compileProgram(program, ["--gpu-architecture=" + arch, *NVRTC_OPTIONS])
+            nvrtc.compileProgram(program, ["--gpu-architecture=" + arch, *options])
         except nvrtc.NVRTCError as err:
             raise RuntimeError("{}\n{}".format(err, nvrtc.getProgramLog(program)))
         ptx = nvrtc.getPTX(program)
@@ -38,17 +41,30 @@ def nvrtc_compile(source, arch):
         nvrtc.destroyProgram(program)
 
 
-@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
-def test_kernel_source_compiles_for_every_dtype_and_k(arch):
-    ptx = nvrtc_compile(kernel_source(), arch)
+@pytest.mark.parametrize("arch,prefetch", [("compute_80", DEFAULT_PREFETCH), ("compute_90", DEFAULT_PREFETCH),
+                                           ("compute_90", 1), ("compute_90", 3)])
+def test_kernel_source_compiles_for_every_dtype_and_k(arch, prefetch):
+    ptx = nvrtc_compile(kernel_source(), arch, nvrtc_options(prefetch))
     for direction, dtype, k in itertools.product(("forward", "backward"), KERNEL_DTYPES, (3, 4)):
         assert ".entry {}(".format(kernel_name(direction, dtype, k)) in ptx
+    # and the mixed storage of autocast (16-bit U, fp32 x and h), k=3 only
+    names = [kernel_name(direction, u_dtype, k, x_dtype)
+             for direction, (u_dtype, x_dtype, k) in itertools.product(("forward", "backward"), kernel_variants())]
+    assert len(names) == 16 and "srupp_backward_bfloat16_float32_k3" in names
+    assert set(re.findall(r"\.entry (\w+)\(", ptx)) == set(names)
+
+
+def test_kernel_source_needs_a_prefetch_depth():
+    with pytest.raises(RuntimeError, match="SRUPP_PREFETCH"):
+        nvrtc_compile(kernel_source(), "compute_90", ("--std=c++17",))
+    with pytest.raises(RuntimeError, match="SRUPP_PREFETCH must be 1..16"):
+        nvrtc_compile(kernel_source(), "compute_90", nvrtc_options(17))
 
 
 def test_compile_check_catches_errors():
     source = kernel_source()
-    assert "forward_step(cur, unit, c)" in source
-    broken = source.replace("forward_step(cur, unit, c)", "forward_step(cur, unit, f_undefined)")
+    assert "forward_step(cur.s, column.unit, c)" in source
+    broken = source.replace("forward_step(cur.s, column.unit, c)", "forward_step(cur.s, column.unit, f_undefined)")
     with pytest.raises(RuntimeError, match="f_undefined"):
         nvrtc_compile(broken, "compute_90")
 
@@ -88,19 +104,13 @@ def test_dispatch_refuses_impossible_requests():
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 8e-2}  # relative to max |ref|
 
 
-@needs_gpu
-@pytest.mark.parametrize("dtype", list(KERNEL_DTYPES))
-@pytest.mark.parametrize("k", [3, 4])
-@pytest.mark.parametrize("pad,dropout", [(False, False), (True, True)])
-@pytest.mark.parametrize("L,B,d", [(1, 1, 5), (63, 3, 37), (1000, 2, 130), (10000, 1, 33)])
-@pytest.mark.parametrize("contiguous", [True, False])
-def test_kernel_matches_reference(dtype, k, pad, dropout, L, B, d, contiguous):
+def check_against_reference(u_dtype, x_dtype, k, pad, dropout, L, B, d, contiguous=True):
     dev = torch.device("cuda")
     U = torch.randn(L, B, d * k, device=dev)
     if not contiguous:  # same values through a transposed view
         U = U.transpose(0, 1).contiguous().transpose(0, 1)
     inputs = dict(
-        U=U.to(dtype), x=torch.randn(L, B, d, device=dev).to(dtype),
+        U=U.to(u_dtype), x=torch.randn(L, B, d, device=dev).to(x_dtype),
         weight_c=torch.empty(2 * d, device=dev).uniform_(-1, 1), bias=torch.randn(2 * d, device=dev),
         c0=torch.randn(B, d, device=dev),
         mask_c=(torch.rand(B, d, device=dev) > 0.2).float() / 0.8 if dropout else None,
@@ -108,7 +118,9 @@ def test_kernel_matches_reference(dtype, k, pad, dropout, L, B, d, contiguous):
     )
     grad_h, grad_c = torch.randn(L, B, d, device=dev), torch.randn(B, d, device=dev)
     results = []
-    for fn in (elementwise_recurrence_cuda, elementwise_recurrence_ref):
+    # the reference through the dispatcher: itself when U and x share a dtype; with a 16-bit U next to an
+    # fp32 x it gets U widened, so its h is fp32 as the kernels' is
+    for fn in (elementwise_recurrence_cuda, functools.partial(elementwise_recurrence, implementation="reference")):
         leaves = {n: (t.detach().clone().requires_grad_(n in ("U", "x", "weight_c", "bias", "c0")) if t is not None and t.is_floating_point() else t)
                   for n, t in inputs.items()}
         h, c = fn(**leaves)
@@ -116,14 +128,34 @@ def test_kernel_matches_reference(dtype, k, pad, dropout, L, B, d, contiguous):
         grads = {n: leaves[n].grad for n in ("U", "x", "weight_c", "bias", "c0")}
         results.append((h.float(), c.float(), grads))
     (h, c, g), (h_ref, c_ref, g_ref) = results
-    tol = TOLERANCE[dtype]
+    tol = TOLERANCE[u_dtype]
     for name, a, b in [("h", h, h_ref), ("c", c, c_ref)] + [("grad " + n, g[n], g_ref[n]) for n in g]:
         if k == 4 and name == "grad x":
             assert a is None and b is None
             continue
         scale = b.detach().abs().max().item() + 1.0
-        print("{} {}: max diff {:.3e} (scale {:.2e})".format(dtype, name, max_diff(a, b), scale))
+        print("{}/{} {}: max diff {:.3e} (scale {:.2e})".format(u_dtype, x_dtype, name, max_diff(a, b), scale))
         assert max_diff(a, b) <= tol * scale, name
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", list(KERNEL_DTYPES))
+@pytest.mark.parametrize("k", [3, 4])
+@pytest.mark.parametrize("pad,dropout", [(False, False), (True, True)])
+@pytest.mark.parametrize("L,B,d", [(1, 1, 5), (63, 3, 37), (1000, 2, 130), (10000, 1, 33)])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_kernel_matches_reference(dtype, k, pad, dropout, L, B, d, contiguous):
+    check_against_reference(dtype, dtype, k, pad, dropout, L, B, d, contiguous)
+
+
+@needs_gpu
+@pytest.mark.parametrize("u_dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("prefetch", [1, 8])  # each depth compiles a module: the host-shim tests cover 3 and 4
+@pytest.mark.parametrize("L,B,d", [(63, 3, 37), (1000, 2, 130)])
+def test_kernel_with_16_bit_u_and_fp32_x_matches_reference(monkeypatch, u_dtype, prefetch, L, B, d):
+    """Autocast's storage (16-bit U, fp32 x and h) at prefetch depths around the default, L no multiple of 8."""
+    monkeypatch.setenv(PREFETCH_ENV, str(prefetch))
+    check_against_reference(u_dtype, torch.float32, 3, True, True, L, B, d)
 
 
 @needs_gpu
@@ -143,6 +175,30 @@ def test_dispatch_uses_the_kernel_on_gpu(monkeypatch):
     assert "fairseq_srupp_elementwise_recurrence" in h.grad_fn.name()
     h.sum().backward()
     assert launched == ["srupp_forward_float32_k3", "srupp_backward_float32_k3"]
+
+
+@needs_gpu
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+def test_autocast_u_reaches_the_kernel_uncast(monkeypatch, autocast_dtype):
+    launched = []
+
+    def recording_launch(name, device, n_columns, args, prefetch):
+        launched.append((name, int(args[0])))
+        launch_cupy(name, device, n_columns, args, prefetch)
+
+    monkeypatch.setattr(CUPY_KERNELS, "launch", recording_launch)
+    linear = torch.nn.Linear(4, 12).cuda()
+    x = torch.randn(4, 2, 4, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=autocast_dtype):
+        U = linear(x)
+        U.retain_grad()
+        h, _ = elementwise_recurrence(U, x, torch.randn(8, device="cuda"), torch.randn(8, device="cuda"),
+                                      torch.zeros(2, 4, device="cuda"))
+    h.sum().backward()
+    name = KERNEL_DTYPES[autocast_dtype]
+    assert launched == [("srupp_forward_{}_float32_k3".format(name), U.data_ptr()),
+                        ("srupp_backward_{}_float32_k3".format(name), U.data_ptr())]
+    assert U.dtype == autocast_dtype and h.dtype == torch.float32 and U.grad.dtype == autocast_dtype
 
 
 @needs_gpu

@@ -18,6 +18,7 @@ KIT = REPO / "benchmarks" / "gpu"
 sys.path.insert(0, str(KIT))
 sys.path.insert(0, str(KIT.parent))
 
+import recurrence_cuda  # noqa: E402
 import run_all  # noqa: E402
 import wheelhouse  # noqa: E402
 from train_bench import peak_bf16_tflops  # noqa: E402
@@ -63,6 +64,18 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
 
     for key in ("recurrence", "training"):
         assert steps[key]["status"] == "skipped" and "no CUDA GPU" in steps[key]["reason"]
+    sweep = steps["recurrence"]["results"]["smoke"]["prefetch"]  # the prefetch comparison's code, on the CPU
+    assert {(r["case"], r["B"], r["prefetch"]) for r in sweep["rows"]} == {
+        (case[0], b, p) for case in recurrence_cuda.PREFETCH_CASES for b in (2, 1) for p in (1, 2)}
+    assert sweep["fastest_prefetch"] == {
+        "{}, B={}".format(case, b): min((r for r in sweep["rows"] if (r["case"], r["B"]) == (case, b)),
+                                        key=lambda r: r["ms"])["prefetch"]
+        for b in (2, 1) for case, *_ in recurrence_cuda.PREFETCH_CASES}
+    uncast, cast_first = (c[0] for c in recurrence_cuda.PREFETCH_CASES[1:])
+    for b in (2, 1):
+        best = sweep["fastest_prefetch"]["{}, B={}".format(uncast, b)]
+        ms = {r["case"]: r["ms"] for r in sweep["rows"] if (r["B"], r["prefetch"]) == (b, best)}
+        assert sweep["autocast_uncast_speedup"]["B={}".format(b)] == pytest.approx(ms[cast_first] / ms[uncast])
     training = steps["training"]["results"]
     assert not training["errors"]
     assert {(r["model"], r["dtype"]) for r in training["rows"]} == {
@@ -102,6 +115,20 @@ def test_report_lists_the_targets_of_measured_steps(tmp_path):
     assert "| MFU >= 45% | - | - |" in md
     assert "| x |" not in md  # a skipped step's figures are no measurement
     assert json.loads((tmp_path / "report.json").read_text())["targets"] == measured["targets"]
+
+
+def test_recurrence_bytes_are_counted_per_tensor_moved():
+    L, B, d = 3, 2, 5
+    per_position = {  # bytes per (t, b, unit): forward reads U, x and writes h, c; backward reads U, x, c,
+        # grad_h and writes grad_U, grad_x
+        (2, 2, False): (3 * 2 + 2 + 2 + 4) + (3 * 2 + 2 + 4 + 2 + 3 * 2 + 2),
+        (2, 4, False): (3 * 2 + 4 + 4 + 4) + (3 * 2 + 4 + 4 + 4 + 3 * 2 + 4),
+        # U cast to fp32 (read 2, write 4 per value) and grad_U cast back (read 4, write 2), kernels all fp32
+        (2, 4, True): (3 * 4 + 4 + 4 + 4) + (3 * 4 + 4 + 4 + 4 + 3 * 4 + 4) + 2 * 3 * (2 + 4),
+    }
+    for (u_elem, x_elem, widen), expected in per_position.items():
+        assert recurrence_cuda.kernel_bytes(L, B, d, 3, u_elem, x_elem, widen) == L * B * d * expected
+    assert recurrence_cuda.kernel_bytes(L, B, d, 3, 2) == L * B * d * per_position[(2, 2, False)]
 
 
 def test_steps_that_do_not_fit_the_budget_are_skipped(tmp_path):

@@ -5,13 +5,20 @@ grid runs in turn. It is driven through the real custom op and its registered au
 CPU slot is given ``CudaKernels(launch_host)``, i.e. the CUDA path with only CuPy's launcher
 swapped. Without a GPU in CI this is the only execution the GPU code gets between GPU runs.
 """
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import max_diff
 
+from fairseq_srupp.errors import SRUppUserError
+
 from fairseq_srupp.ops.recurrence import elementwise_recurrence, elementwise_recurrence_ref, op
 from fairseq_srupp.ops.recurrence.cuda_host import launch_host
-from fairseq_srupp.ops.recurrence.cupy_kernel import THREADS_PER_BLOCK, CudaKernels
+from fairseq_srupp.ops.recurrence.cupy_kernel import (DEFAULT_PREFETCH, KERNEL_DTYPES, PREFETCH_ENV, THREADS_PER_BLOCK,
+                                                      CudaKernels, kernel_name, kernel_variants)
 
 # relative to max |reference| + 1, as in test_cuda_kernel.py
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 8e-2}
@@ -22,18 +29,18 @@ DIFFERENTIABLE = ("U", "x", "weight_c", "bias", "c0")
 def cuda_source_on_cpu(monkeypatch):
     launched = []
 
-    def recording_launch(name, *args):
+    def recording_launch(name, device, n_columns, args, prefetch):
         launched.append(name)
-        launch_host(name, *args)
+        launch_host(name, device, n_columns, args, prefetch)
 
     monkeypatch.setitem(op.KERNELS, "cpu", CudaKernels(recording_launch))
     return launched
 
 
-def inputs_for(L, B, d, k, dtype, pad, dropout):
+def inputs_for(L, B, d, k, dtype, pad, dropout, x_dtype=None):
     U = torch.randn(L, B, d * k)
     return dict(
-        U=U.to(dtype), x=torch.randn(L, B, d).to(dtype) if k == 3 else None,
+        U=U.to(dtype), x=torch.randn(L, B, d).to(x_dtype or dtype) if k == 3 else None,
         weight_c=torch.empty(2 * d).uniform_(-1, 1), bias=torch.randn(2 * d), c0=torch.randn(B, d),
         mask_c=(torch.rand(B, d) > 0.2).float() / 0.8 if dropout else None,
         mask_pad=(torch.rand(L, B) < 0.3) if pad else None,
@@ -49,35 +56,133 @@ def run(fn, inputs, grad_h, grad_c, **kwargs):
     return h, c, grads
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("k", [3, 4])
+VARIANTS = [pytest.param(u, x, k, id="U_{}-x_{}-k{}".format(KERNEL_DTYPES[u], KERNEL_DTYPES[x], k))
+            for u, x, k in kernel_variants()]
+
+
+@pytest.mark.parametrize("u_dtype,x_dtype,k", VARIANTS)
+@pytest.mark.parametrize("prefetch", [1, 3, 4])
 @pytest.mark.parametrize("pad,dropout", [(False, False), (True, True)])
-def test_cuda_entry_points_match_reference(cuda_source_on_cpu, dtype, k, pad, dropout):
-    # B*d = 300 columns: two blocks of 256 threads, the second one mostly idle (the bounds check)
-    L, B, d = 9, 3, 100
-    inputs = inputs_for(L, B, d, k, dtype, pad, dropout)
+def test_cuda_entry_points_match_reference(cuda_source_on_cpu, monkeypatch, u_dtype, x_dtype, k, prefetch, pad,
+                                           dropout):
+    # B*d = 300 columns: two blocks of 256 threads, the second one mostly idle (the bounds check);
+    # L = 10 is no multiple of 3 or 4: the last round of prefetched steps is partial
+    L, B, d = 10, 3, 100
+    monkeypatch.setenv(PREFETCH_ENV, str(prefetch))
+    inputs = inputs_for(L, B, d, k, u_dtype, pad, dropout, x_dtype)
     if pad:
         inputs["mask_pad"][0, 0] = True  # padding at the first step: c0 passes through
+        inputs["mask_pad"][L - 1, 1] = True  # and at the last one, where the backward starts
     grad_h, grad_c = torch.randn(L, B, d), torch.randn(B, d)
     h, c, g = run(elementwise_recurrence, inputs, grad_h, grad_c, implementation="cpu")
-    h_ref, c_ref, g_ref = run(elementwise_recurrence_ref, inputs, grad_h, grad_c)
-    suffix = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
-    assert cuda_source_on_cpu == ["srupp_forward_{}_k{}".format(suffix, k), "srupp_backward_{}_k{}".format(suffix, k)]
+    # the reference through the dispatcher: with U and x in one dtype that is the reference itself, with
+    # a 16-bit U next to an fp32 x it gets U widened, so h is fp32 as the kernels give it
+    h_ref, c_ref, g_ref = run(elementwise_recurrence, inputs, grad_h, grad_c, implementation="reference")
+    if u_dtype == x_dtype:
+        assert torch.equal(h_ref, run(elementwise_recurrence_ref, inputs, grad_h, grad_c)[0])
+    assert cuda_source_on_cpu == [kernel_name("forward", u_dtype, k, x_dtype), kernel_name("backward", u_dtype, k, x_dtype)]
+    if u_dtype == x_dtype:  # the names the entry points always had
+        suffix = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[u_dtype]
+        assert cuda_source_on_cpu == ["srupp_forward_{}_k{}".format(suffix, k), "srupp_backward_{}_k{}".format(suffix, k)]
     assert B * d > THREADS_PER_BLOCK
-    assert h.dtype == dtype and c.dtype == torch.float32  # the dispatcher's dtype rule
+    assert h.dtype == x_dtype and c.dtype == torch.float32  # the dispatcher's dtype rule
     assert set(g) == set(g_ref)
-    tol = TOLERANCE[dtype]
     for name, a, b in [("h", h, h_ref), ("c_last", c, c_ref)] + [("grad " + n, g[n], g_ref[n]) for n in g]:
+        # mixed storage: only grad_U is 16-bit, everything else must agree to fp32 precision
+        tol = TOLERANCE[u_dtype] if u_dtype == x_dtype else TOLERANCE[a.dtype]
         scale = b.detach().float().abs().max().item() + 1.0
-        print("{} k={} {}: max diff {:.3e} (scale {:.2e})".format(dtype, k, name, max_diff(a, b), scale))
+        print("{}/{} k={} P={} {}: max diff {:.3e} (scale {:.2e})".format(
+            u_dtype, x_dtype, k, prefetch, name, max_diff(a, b), scale))
         assert max_diff(a, b) <= tol * scale, name
     if pad:
         assert torch.all(h[inputs["mask_pad"]] == 0)
 
 
+@pytest.mark.parametrize("L", [1, 2, 10])
+def test_prefetch_depth_changes_no_bit(cuda_source_on_cpu, monkeypatch, L):
+    """Loading ahead reorders loads, never arithmetic: every depth gives the same bits, also when L < P."""
+    inputs = inputs_for(L, 3, 100, 3, torch.bfloat16, pad=True, dropout=True, x_dtype=torch.float32)
+    grad_h, grad_c = torch.randn(L, 3, 100), torch.randn(3, 100)
+    results = {}
+    for prefetch in (1, 3, 4):
+        monkeypatch.setenv(PREFETCH_ENV, str(prefetch))
+        results[prefetch] = run(elementwise_recurrence, inputs, grad_h, grad_c, implementation="cpu")
+    (h1, c1, g1) = results[1]
+    for prefetch in (3, 4):
+        h, c, g = results[prefetch]
+        assert torch.equal(h, h1) and torch.equal(c, c1), prefetch
+        for name in g1:
+            assert torch.equal(g[name], g1[name]), (prefetch, name)
+
+
+@pytest.mark.parametrize("value", ["0", "17", "four", "-1"])
+def test_bad_prefetch_depth_is_one_clear_error(cuda_source_on_cpu, monkeypatch, value):
+    monkeypatch.setenv(PREFETCH_ENV, value)
+    with pytest.raises(SRUppUserError, match="^{}={!r}: give the number of time steps".format(PREFETCH_ENV, value)):
+        elementwise_recurrence(**inputs_for(3, 1, 4, 3, torch.float32, False, False), implementation="cpu")
+
+
+BAD_PREFETCH_SCRIPT = """
+import torch, fairseq_srupp
+from fairseq_srupp.ops.recurrence import elementwise_recurrence, op
+from fairseq_srupp.ops.recurrence.cuda_host import launch_host
+from fairseq_srupp.ops.recurrence.cupy_kernel import CudaKernels
+op.KERNELS["cpu"] = CudaKernels(launch_host)
+elementwise_recurrence(torch.zeros(2, 1, 6), torch.zeros(2, 1, 2), torch.zeros(4), torch.zeros(4), torch.zeros(1, 2))
+"""
+
+
+def test_bad_prefetch_depth_prints_one_line_through_the_plugin():
+    env = dict(os.environ, **{PREFETCH_ENV: "32"})
+    env.pop("FAIRSEQ_SRUPP_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-c", BAD_PREFETCH_SCRIPT], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: {}='32': give the number of time steps the CUDA recurrence loads ahead, an integer from 1 to 16 "
+        "(default 4)".format(PREFETCH_ENV)]
+
+
+@pytest.mark.parametrize("u_dtype", [torch.bfloat16, torch.float16])
+def test_no_copy_of_u_under_autocast(monkeypatch, u_dtype):
+    """A 16-bit U next to an fp32 x reaches the kernels as it is (same storage), and grad_U leaves
+    them in U's dtype: no fp32 copy either way."""
+    launches = []
+
+    def recording_launch(name, device, n_columns, args, prefetch):
+        launches.append((name, [int(a) for a in args]))
+        launch_host(name, device, n_columns, args, prefetch)
+
+    monkeypatch.setitem(op.KERNELS, "cpu", CudaKernels(recording_launch))
+    inputs = inputs_for(5, 2, 4, 3, u_dtype, pad=True, dropout=True, x_dtype=torch.float32)
+    U = inputs.pop("U").requires_grad_()
+    h, c = elementwise_recurrence(U, **inputs, implementation="cpu")
+    (forward_name, forward_args), = launches
+    assert forward_name == kernel_name("forward", u_dtype, 3, torch.float32)
+    assert forward_args[0] == U.data_ptr() and forward_args[1] == inputs["x"].data_ptr()
+    assert h.dtype == torch.float32
+    # the op's own backward, as autograd calls it: grad_U in U's dtype, grad_x in x's
+    _, _, c_all = op.recurrence_op(U.detach(), *inputs.values())
+    grads = op.recurrence_backward_op(U.detach(), *inputs.values(), c_all, torch.randn(5, 2, 4), torch.randn(2, 4))
+    assert launches[-1][1][0] == U.data_ptr()
+    assert (grads[0].dtype, grads[1].dtype) == (u_dtype, torch.float32)
+
+
+@pytest.mark.parametrize("kernels", ["cuda source on the host", "cpu"])
+def test_opcheck_with_16_bit_u_and_fp32_x(monkeypatch, kernels):
+    """The fake (meta) implementations give the dtypes the kernels return, for torch.compile."""
+    if kernels == "cuda source on the host":
+        monkeypatch.setitem(op.KERNELS, "cpu", CudaKernels(launch_host))
+    inputs = inputs_for(5, 2, 3, 3, torch.bfloat16, pad=True, dropout=True, x_dtype=torch.float32)
+    args = tuple(inputs.values())
+    torch.library.opcheck(op.recurrence_op, args)
+    with torch.no_grad():
+        _, _, c_all = op.recurrence_op(*args)
+    torch.library.opcheck(op.recurrence_backward_op, args + (c_all, torch.randn(5, 2, 3), torch.randn(2, 3)))
+
+
 def test_host_launch_rejects_unknown_entry_points():
     with pytest.raises(ValueError, match="no entry point srupp_forward_float64_k3"):
-        launch_host("srupp_forward_float64_k3", torch.device("cpu"), 4, [0] * 12)
+        launch_host("srupp_forward_float64_k3", torch.device("cpu"), 4, [0] * 12, DEFAULT_PREFETCH)
 
 
 # (U, x, c0) dtypes -> (h, c_last) dtypes, by the dispatcher's rule

@@ -205,10 +205,14 @@ def cli_result(rows, unfinished=None):
 # --------------------------------------------------------------------------------------- 3
 
 
+PREFETCH_DEPTHS = (1, 2, 4, 8)
+
+
 def recurrence(dry_run):
-    """The recurrence kernel, forward + backward, at L=1024, d=3072, B=4/16/32, fp32/fp16/bf16."""
-    from recurrence_cuda import copy_bandwidth_gbs, format_recurrence, kernel_bytes, measure_recurrence
-    from recurrence_cuda import recurrence_inputs, recurrence_step
+    """The recurrence kernel, forward + backward, at L=1024, d=3072, B=4/16/32, fp32/fp16/bf16; then at B=16
+    and 4 the prefetch depths 1/2/4/8 for bf16 and for autocast's bf16 U + fp32 x (read as it is, or cast first)."""
+    from recurrence_cuda import copy_bandwidth_gbs, format_prefetch, format_recurrence, kernel_bytes
+    from recurrence_cuda import measure_prefetch, measure_recurrence, recurrence_inputs, recurrence_step
 
     if dry_run or not torch.cuda.is_available():
         from bench_timing import Timer
@@ -218,7 +222,10 @@ def recurrence(dry_run):
         inputs, grads = recurrence_inputs(16, 2, 8, 3, torch.float32, device="cpu")
         seconds = Timer().time_fn(recurrence_step(elementwise_recurrence, inputs, grads), 1, 3)[0]
         smoke = {"L": 16, "B": 2, "d": 8, "cpu_ms": 1000 * seconds, "kernel_bytes": kernel_bytes(16, 2, 8, 3, 4)}
-        return result("skipped", {"smoke": smoke}, reason=NO_GPU)
+        # the sweep's own code, on the CPU path (where the depth changes nothing)
+        smoke["prefetch"] = measure_prefetch(16, 8, [2, 1], PREFETCH_DEPTHS[:2], warmup=1, repeats=2, fn=elementwise_recurrence,
+                                             time_ms=lambda f, w, r: 1000 * Timer().time_fn(f, w, r)[0], device="cpu")
+        return result("skipped", {"smoke": smoke}, format_prefetch(smoke["prefetch"]), reason=NO_GPU)
     out = measure_recurrence(1024, 3072, [4, 16, 32], ["float32", "float16", "bfloat16"], warmup=2, repeats=5,
                              copy_gbs=copy_bandwidth_gbs())
     ok = out["sru"] == "timed"
@@ -227,7 +234,20 @@ def recurrence(dry_run):
         target("recurrence fwd+bwd, B=16 bf16: sru's time / ours >= 2", row.get("sru_over_ours"), lambda v: v >= 2),
         target("recurrence fwd+bwd, B=16 bf16: >= 60% of the copy bandwidth", row.get("of_copy_bandwidth"),
                lambda v: v >= 0.6, "{:.1%}")]
-    return result("ok" if ok else "failed", out, format_recurrence(out), None if ok else out["sru"])
+    md = format_recurrence(out)
+
+    def save_sweep(sweep, unfinished=True):
+        out["prefetch"] = sweep
+        lines = md + [""] + format_prefetch(sweep)
+        reason = "; ".join(filter(None, [None if ok else out["sru"], "prefetch sweep unfinished" if unfinished else None]))
+        return save(result("failed" if reason else "ok", out, lines, reason or None))
+
+    save_sweep({"rows": [], "fastest_prefetch": {}, "autocast_uncast_speedup": {}, "L": 1024, "d": 3072,
+                "default_prefetch": None})
+    # B=16: issue 11's target shape; B=4: enwik8-base training per GPU, where the step's latency matters most
+    sweep = measure_prefetch(1024, 3072, [16, 4], PREFETCH_DEPTHS, warmup=2, repeats=5,
+                             copy_gbs=out["copy_bandwidth_gbs"], save=save_sweep)
+    return save_sweep(sweep, unfinished=False)
 
 
 # --------------------------------------------------------------------------------------- 4

@@ -17,6 +17,12 @@ fp64 if any floating input is fp64, else in fp32 (fp16 / bf16 are storage format
 back in the promoted dtype of U and x (U's alone when k=4; fp64 when the arithmetic is), the last
 cell state in c0's dtype. So fp16 U with an fp32 residual x (autocast) gives fp32 h, and a carried
 fp32 state stays fp32 whatever the activations are stored in.
+
+Storage of U: the fused paths (``cpu``, ``cuda``) get U as it is when it is fp16 / bf16 and h is
+fp32 (:func:`keeps_u_dtype`): the CUDA kernels read it so, with no fp32 copy of U (read 2 bytes,
+write 4, read 4 again per element, and the same for grad_U), and return grad_U in U's dtype. The
+C++ CPU path still widens such a U to fp32 itself (``op.WidenedU``), and the reference gets U in
+h's dtype.
 """
 import os
 import warnings
@@ -36,6 +42,7 @@ __all__ = [
     "elementwise_recurrence_ref",
     "check_recurrence_inputs",
     "choose_implementation",
+    "keeps_u_dtype",
     "recurrence_dtypes",
 ]
 
@@ -106,6 +113,11 @@ def recurrence_dtypes(U: Tensor, x: Optional[Tensor], weight_c: Tensor, bias: Te
     return (compute if compute == torch.float64 else storage), compute
 
 
+def keeps_u_dtype(u_dtype: torch.dtype, storage: torch.dtype) -> bool:
+    """Whether the fused op gets U in ``u_dtype`` when h is stored in ``storage`` (else in ``storage``)."""
+    return u_dtype == storage or (storage == torch.float32 and u_dtype in (torch.float16, torch.bfloat16))
+
+
 def elementwise_recurrence(
     U: Tensor,
     x: Optional[Tensor],
@@ -137,8 +149,9 @@ def elementwise_recurrence(
             return None
         return (t if t.dtype == dtype else t.to(dtype)).contiguous()  # no no-op casts in traced graphs
 
+    u_dtype = U.dtype if chosen != "reference" and keeps_u_dtype(U.dtype, storage) else storage
     args = (
-        to(U, storage), to(x, storage), to(weight_c, compute), to(bias, compute), to(c0, compute),
+        to(U, u_dtype), to(x, storage), to(weight_c, compute), to(bias, compute), to(c0, compute),
         to(mask_c, compute), to(mask_pad, torch.bool),
     )
     if chosen == "reference":

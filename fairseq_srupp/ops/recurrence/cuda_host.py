@@ -1,7 +1,8 @@
 """``recurrence_cuda.cu`` compiled for the host, so its entry points run on the CPU (tests only).
 
-The .cu file is built as C++ under ``cuda_host_shim.h`` into a small shared library (g++, a few
-seconds, cached like the CPU extension under ``TORCH_EXTENSIONS_DIR``, keyed on the sources);
+The .cu file is built as C++ under ``cuda_host_shim.h`` into a small shared library per prefetch
+depth (g++, a few seconds, cached like the CPU extension under ``TORCH_EXTENSIONS_DIR``, keyed on
+the sources and flags);
 :func:`launch_host` has CuPy launcher's signature and runs every thread of the grid in turn, so
 ``CudaKernels(launch_host)`` is the CUDA path with only the launch swapped. It is slow (one column
 at a time, no SIMD) and meant for small test shapes.
@@ -10,7 +11,7 @@ import ctypes
 import os
 import subprocess
 from pathlib import Path
-from typing import Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
@@ -20,7 +21,7 @@ from .cupy_kernel import SOURCE, THREADS_PER_BLOCK, grid_blocks
 _DIR = Path(__file__).parent
 SHIM_SOURCES = (_DIR / "cuda_host_shim.cpp", _DIR / "cuda_host_shim.h", SOURCE, _DIR / "recurrence_step.h")
 SHIM_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC")
-_library = None
+_library: Optional[Dict[int, ctypes.CDLL]] = None  # per prefetch depth; None until the first build
 
 
 def _extensions_dir() -> Path:
@@ -29,36 +30,41 @@ def _extensions_dir() -> Path:
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
 
 
-def load_host_library() -> ctypes.CDLL:
-    """Build (first call, or after a source changed) and load the host build of the CUDA source."""
+def load_host_library(prefetch: int) -> ctypes.CDLL:
+    """Build (first call, or after a source changed) and load the host build of the CUDA source
+    with ``SRUPP_PREFETCH=prefetch``."""
     global _library
     if _library is None:
+        _library = {}
+    if prefetch not in _library:
         from torch.utils.cpp_extension import include_paths
 
-        out_dir = _extensions_dir() / build_name("fairseq_srupp_cuda_host", SHIM_SOURCES, SHIM_FLAGS)
-        library = out_dir / "cuda_host.so"
-        if not library.exists():
+        flags = SHIM_FLAGS + ("-DSRUPP_PREFETCH={}".format(prefetch),)
+        out_dir = _extensions_dir() / build_name("fairseq_srupp_cuda_host", SHIM_SOURCES, flags)
+        path = out_dir / "cuda_host.so"
+        if not path.exists():
             out_dir.mkdir(parents=True, exist_ok=True)
             partial = out_dir / "cuda_host.so.{}".format(os.getpid())  # renamed into place: atomic
-            command = ["g++", *SHIM_FLAGS, "-I" + include_paths()[0], str(SHIM_SOURCES[0]), "-o", str(partial)]
+            command = ["g++", *flags, "-I" + include_paths()[0], str(SHIM_SOURCES[0]), "-o", str(partial)]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError("host build of {} failed:\n{}".format(SOURCE.name, result.stderr))
-            partial.replace(library)
-        _library = ctypes.CDLL(str(library))
-        _library.srupp_host_launch.argtypes = [
+            partial.replace(path)
+        library = ctypes.CDLL(str(path))
+        library.srupp_host_launch.argtypes = [
             ctypes.c_char_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.POINTER(ctypes.c_longlong), ctypes.c_int,
         ]
-        _library.srupp_host_launch.restype = ctypes.c_int
-    return _library
+        library.srupp_host_launch.restype = ctypes.c_int
+        _library[prefetch] = library
+    return _library[prefetch]
 
 
-def launch_host(name: str, device: torch.device, n_columns: int, args: Sequence) -> None:
+def launch_host(name: str, device: torch.device, n_columns: int, args: Sequence, prefetch: int) -> None:
     """Run entry point ``name`` over the grid CuPy would launch, one thread after the other."""
     if device.type != "cpu":
         raise ValueError("the host build of the CUDA kernels takes CPU tensors, got {}".format(device))
     values = (ctypes.c_longlong * len(args))(*(int(a) for a in args))
-    status = load_host_library().srupp_host_launch(
+    status = load_host_library(prefetch).srupp_host_launch(
         name.encode(), grid_blocks(n_columns), THREADS_PER_BLOCK, values, len(args)
     )
     if status != 0:

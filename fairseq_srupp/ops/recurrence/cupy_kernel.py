@@ -5,34 +5,74 @@ PyTorch's current stream. Install CuPy with ``pip install -e .[cuda12]`` (or ``[
 ``CudaKernels(launch)`` holds ``forward`` / ``backward`` with the custom op's contract (see
 ``op.py``); ``launch`` runs one named entry point over a grid. On a GPU that is :func:`launch_cupy`;
 the tests put a launcher that runs the same source compiled for the host in its place.
+
+Storage: U is read in its own dtype, also when it is 16-bit next to an fp32 x (autocast), and
+grad_U comes back in it; h, grad_x in x's dtype (U's when k=4). Prefetch depth: the kernels keep the
+loads of the next ``SRUPP_PREFETCH`` time steps in flight, a compile-time constant;
+:data:`DEFAULT_PREFETCH` unless ``FAIRSEQ_SRUPP_CUDA_PREFETCH`` says otherwise (read at every call,
+so a benchmark can A/B depths in one process; one compiled module per device and depth).
 """
 import importlib.util
+import os
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ...errors import SRUppUserError
+
 SOURCE = Path(__file__).with_name("recurrence_cuda.cu")
 THREADS_PER_BLOCK = 256
 KERNEL_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+# (U's dtype, x's = h's dtype) pairs besides equal ones that have entry points (k=3 only: k=4 has no x).
+MIXED_STORAGE = ((torch.float16, torch.float32), (torch.bfloat16, torch.float32))
 STEP_HEADER = SOURCE.with_name("recurrence_step.h")  # the per-step math shared with the C++ path
-NVRTC_OPTIONS = ("--std=c++17",)
+PREFETCH_ENV = "FAIRSEQ_SRUPP_CUDA_PREFETCH"
+# Unmeasured on a GPU so far: benchmarks/gpu's recurrence step times 1, 2, 4 and 8.
+DEFAULT_PREFETCH = 4
+MAX_PREFETCH = 16  # the static_assert in recurrence_cuda.cu
 
-# launch(entry point name, device, number of (batch, unit) columns, kernel arguments)
-Launcher = Callable[[str, torch.device, int, Sequence], None]
+# launch(entry point name, device, number of (batch, unit) columns, kernel arguments, prefetch depth)
+Launcher = Callable[[str, torch.device, int, Sequence, int], None]
 
-_modules: Dict[int, object] = {}
+_modules: Dict[Tuple[int, int], object] = {}
 
 
 def cupy_available() -> bool:
     return importlib.util.find_spec("cupy") is not None
 
 
-def kernel_name(direction: str, dtype: torch.dtype, k: int) -> str:
-    """Entry point of ``recurrence_cuda.cu``, e.g. ``srupp_forward_bfloat16_k3``."""
-    return "srupp_{}_{}_k{}".format(direction, KERNEL_DTYPES[dtype], k)
+def prefetch_depth() -> int:
+    """Time steps the kernels load ahead: ``FAIRSEQ_SRUPP_CUDA_PREFETCH`` or :data:`DEFAULT_PREFETCH`."""
+    value = os.environ.get(PREFETCH_ENV, "").strip()
+    if not value:
+        return DEFAULT_PREFETCH
+    if not value.isdigit() or not 1 <= int(value) <= MAX_PREFETCH:
+        raise SRUppUserError("{}={!r}: give the number of time steps the CUDA recurrence loads ahead, an integer "
+                             "from 1 to {} (default {})".format(PREFETCH_ENV, value, MAX_PREFETCH, DEFAULT_PREFETCH))
+    return int(value)
+
+
+def nvrtc_options(prefetch: int) -> Tuple[str, ...]:
+    return ("--std=c++17", "-DSRUPP_PREFETCH={}".format(prefetch))
+
+
+def kernel_name(direction: str, dtype: torch.dtype, k: int, x_dtype: Optional[torch.dtype] = None) -> str:
+    """Entry point of ``recurrence_cuda.cu`` for U in ``dtype`` and x / h in ``x_dtype`` (default:
+    the same), e.g. ``srupp_forward_bfloat16_k3`` or ``srupp_backward_bfloat16_float32_k3``."""
+    x_dtype = dtype if x_dtype is None else x_dtype
+    if x_dtype != dtype and (k != 3 or (dtype, x_dtype) not in MIXED_STORAGE):
+        raise ValueError("no CUDA recurrence kernel for U in {} and x in {} with k={}".format(dtype, x_dtype, k))
+    x_part = "" if x_dtype == dtype else "_" + KERNEL_DTYPES[x_dtype]
+    return "srupp_{}_{}{}_k{}".format(direction, KERNEL_DTYPES[dtype], x_part, k)
+
+
+def kernel_variants():
+    """(U's dtype, x's dtype, k) of every entry-point pair in ``recurrence_cuda.cu``."""
+    same = [(dtype, dtype, k) for dtype in KERNEL_DTYPES for k in (3, 4)]
+    return same + [(u_dtype, x_dtype, 3) for u_dtype, x_dtype in MIXED_STORAGE]
 
 
 def grid_blocks(n_columns: int) -> int:
@@ -50,14 +90,14 @@ def kernel_source() -> str:
     return source.replace(include, STEP_HEADER.read_text(), 1)
 
 
-def _module(device_index: int):
-    module = _modules.get(device_index)
+def _module(device_index: int, prefetch: int):
+    module = _modules.get((device_index, prefetch))
     if module is None:
         import cupy
 
         with cupy.cuda.Device(device_index):
-            module = cupy.RawModule(code=kernel_source(), options=NVRTC_OPTIONS)
-        _modules[device_index] = module
+            module = cupy.RawModule(code=kernel_source(), options=nvrtc_options(prefetch))
+        _modules[(device_index, prefetch)] = module
     return module
 
 
@@ -65,16 +105,17 @@ def pointer(t: Optional[Tensor]) -> np.uint64:
     return np.uint64(0 if t is None else t.data_ptr())
 
 
-def launch_cupy(name: str, device: torch.device, n_columns: int, args: Sequence) -> None:
+def launch_cupy(name: str, device: torch.device, n_columns: int, args: Sequence, prefetch: int) -> None:
     import cupy
 
     index = device.index if device.index is not None else torch.cuda.current_device()
     with cupy.cuda.Device(index), cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
-        _module(index).get_function(name)((grid_blocks(n_columns),), (THREADS_PER_BLOCK,), tuple(args))
+        _module(index, prefetch).get_function(name)((grid_blocks(n_columns),), (THREADS_PER_BLOCK,), tuple(args))
 
 
 class CudaKernels:
-    """The op's forward / backward for U, x in a kernel dtype and fp32 weight_c, bias, c0, mask_c."""
+    """The op's forward / backward for U in a kernel dtype, x in U's dtype or (16-bit U) fp32, and fp32
+    weight_c, bias, c0, mask_c."""
 
     def __init__(self, launch: Launcher):
         self.launch = launch
@@ -82,31 +123,33 @@ class CudaKernels:
     def forward(self, U, x, weight_c, bias, c0, mask_c, mask_pad):
         L, B, d = U.shape[0], U.shape[1], c0.shape[1]
         k = U.shape[2] // d
-        h = torch.empty(L, B, d, dtype=U.dtype, device=U.device)
+        h_dtype = U.dtype if x is None else x.dtype
+        h = torch.empty(L, B, d, dtype=h_dtype, device=U.device)
         c_all = torch.empty(L, B, d, dtype=torch.float32, device=U.device)
-        self.launch(kernel_name("forward", U.dtype, k), U.device, B * d, (
+        self.launch(kernel_name("forward", U.dtype, k, h_dtype), U.device, B * d, (
             pointer(U), pointer(x), pointer(weight_c), pointer(bias), pointer(c0), pointer(mask_c),
             pointer(mask_pad), pointer(h), pointer(c_all), np.int32(L), np.int32(B), np.int32(d),
-        ))
+        ), prefetch_depth())
         return h, c_all[-1].clone(), c_all
 
     def backward(self, U, x, weight_c, bias, c0, mask_c, mask_pad, c_all, grad_h, grad_c_last):
         L, B, d = c_all.shape
         k = U.shape[2] // d
-        grad_h = grad_h.to(U.dtype).contiguous()
+        h_dtype = U.dtype if x is None else x.dtype
+        grad_h = grad_h.to(h_dtype).contiguous()
         grad_c_last = grad_c_last.float().contiguous()
         grad_U = torch.empty_like(U)
-        grad_x = torch.empty(L, B, d, dtype=U.dtype, device=U.device) if k == 3 else U.new_empty(0)
+        grad_x = torch.empty(L, B, d, dtype=h_dtype, device=U.device) if k == 3 else U.new_empty(0)
         # Per-column partial sums, (2, B, d): summed over B here rather than with atomics.
         grad_wc = torch.empty(2, B, d, dtype=torch.float32, device=U.device)
         grad_bias = torch.empty(2, B, d, dtype=torch.float32, device=U.device)
         grad_c0 = torch.empty(B, d, dtype=torch.float32, device=U.device)
-        self.launch(kernel_name("backward", U.dtype, k), U.device, B * d, (
+        self.launch(kernel_name("backward", U.dtype, k, h_dtype), U.device, B * d, (
             pointer(U), pointer(x), pointer(weight_c), pointer(bias), pointer(c0), pointer(mask_c),
             pointer(mask_pad), pointer(c_all), pointer(grad_h), pointer(grad_c_last), pointer(grad_U),
             pointer(grad_x if k == 3 else None), pointer(grad_wc), pointer(grad_bias), pointer(grad_c0),
             np.int32(L), np.int32(B), np.int32(d),
-        ))
+        ), prefetch_depth())
         return grad_U, grad_x, grad_wc.sum(1).view(2 * d), grad_bias.sum(1).view(2 * d), grad_c0
 
 

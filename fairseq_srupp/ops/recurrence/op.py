@@ -9,11 +9,14 @@ Two ops, each with a fake (meta) implementation for shape propagation and a CPU 
   grad_c_last) -> (grad_U, grad_x, grad_weight_c, grad_bias, grad_c0)``
 
 joined by ``register_autograd``. Contract (the dispatcher in ``__init__.py`` establishes it; the
-ops do not convert): U (L, B, k*d) and x (L, B, d, or None when k=4) contiguous in one storage
-dtype S (fp16, bf16, fp32 or fp64); weight_c, bias (2d,), c0 (B, d), mask_c (B, d) contiguous in
-the compute dtype C (fp64 when S is fp64, else fp32); mask_pad (L, B) bool contiguous. h comes back
-in S, c_last (B, d) and c_all (L, B, d, every step's cell state, kept for the backward and not
-differentiable) in C. grad_x is an empty tensor when k=4 (an op cannot return None).
+ops do not convert): x (L, B, d, or None when k=4) contiguous in the storage dtype S of h (fp16,
+bf16, fp32 or fp64; U's dtype when k=4); U (L, B, k*d) contiguous in S, or in fp16 / bf16 when S is
+fp32 (autocast: a 16-bit linear output next to the fp32 residual stream, which the CUDA kernels read
+as it is rather than through an fp32 copy); weight_c, bias (2d,), c0 (B, d), mask_c (B, d)
+contiguous in the compute dtype C (fp64 when S is fp64, else fp32); mask_pad (L, B) bool
+contiguous. h comes back in S, c_last (B, d) and c_all (L, B, d, every step's cell state, kept for
+the backward and not differentiable) in C; grad_U in U's dtype, grad_x in x's. grad_x is an empty
+tensor when k=4 (an op cannot return None).
 """
 import torch
 from torch import Tensor
@@ -21,9 +24,29 @@ from torch import Tensor
 from . import cpu
 from .cupy_kernel import CUPY_KERNELS
 
+
+class WidenedU:
+    """``kernels`` that take U in x's dtype only (the C++ CPU loop), behind the op's contract: a
+    16-bit U next to an fp32 x is widened here, a copy, and grad_U narrowed back to U's dtype."""
+
+    def __init__(self, kernels):
+        self.kernels = kernels
+
+    def forward(self, U, x, *rest):
+        return self.kernels.forward(_like_x(U, x), x, *rest)
+
+    def backward(self, U, x, *rest):
+        grad_U, *others = self.kernels.backward(_like_x(U, x), x, *rest)
+        return (grad_U.to(U.dtype), *others)
+
+
+def _like_x(U: Tensor, x) -> Tensor:
+    return U if x is None or U.dtype == x.dtype else U.to(x.dtype)
+
+
 # Implementations per device type, looked up at call time so a test can put the CUDA source
 # compiled for the host in the CPU slot and drive it through this very op and its autograd.
-KERNELS = {"cpu": cpu, "cuda": CUPY_KERNELS}
+KERNELS = {"cpu": WidenedU(cpu), "cuda": CUPY_KERNELS}
 
 
 def _no_kernel(U: Tensor, *_) -> None:
@@ -51,7 +74,8 @@ recurrence_backward_op = torch.library.custom_op(
 @recurrence_op.register_fake
 def _(U, x, weight_c, bias, c0, mask_c, mask_pad):
     L, B, d = U.shape[0], U.shape[1], c0.shape[1]
-    return U.new_empty(L, B, d), c0.new_empty(B, d), c0.new_empty(L, B, d)
+    h = U.new_empty(L, B, d, dtype=U.dtype if x is None else x.dtype)
+    return h, c0.new_empty(B, d), c0.new_empty(L, B, d)
 
 
 @recurrence_backward_op.register_fake
