@@ -92,7 +92,7 @@ def dense_mask(mask: Optional[AttentionMask], device, dtype: torch.dtype, key_pa
     if not is_structured(mask):
         return mask
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if not key_padding and sdpa_takes_structure(device) and attention_mode() == "auto":
+    if attention_mode() == "auto" and not key_padding and sdpa_takes_structure(device):
         return mask
     tgt_len, src_len = mask.seq_len_q, mask.seq_len_kv
     offset = src_len - tgt_len if mask.variant == CausalVariant.LOWER_RIGHT else 0
