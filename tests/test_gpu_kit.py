@@ -66,7 +66,11 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
     training = steps["training"]["results"]
     assert not training["errors"]
     assert {(r["model"], r["dtype"]) for r in training["rows"]} == {
-        (m, d) for m in ("srupp_lm", "sru_reference", "transformer_lm") for d in ("float32", "bfloat16")}
+        (m, d) for m in ("srupp_lm", "srupp_lm_additive", "sru_reference", "transformer_lm")
+        for d in ("float32", "bfloat16")}
+    assert set(training["ratios"]["bfloat16"]) >= {"structured_over_additive_tokens_per_s",
+                                                   "structured_over_additive_peak_memory"}
+    assert any("structured / additive causal mask tokens/s" in t["target"] for t in training["targets"])
     for r in training["rows"]:
         assert r["tokens_per_s"] == pytest.approx(training["batch"] * training["length"] / (r["ms_per_step"] / 1000))
 
