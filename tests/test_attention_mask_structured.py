@@ -20,7 +20,7 @@ from torch.nn.attention.bias import CausalBias, causal_lower_right, causal_upper
 from fairseq_srupp.errors import SRUppUserError
 from fairseq_srupp.modules import SRUpp, SRUppAttention
 from fairseq_srupp.modules import attention_masks
-from fairseq_srupp.modules.attention_masks import (ATTENTION_ENV, causal_mask, dense_mask, training_causal_mask)
+from fairseq_srupp.modules.attention_masks import (ATTENTION_ENV, causal_mask, mask_for_sdpa, training_causal_mask)
 
 L, B, MEM = 7, 3, 5
 ATOL = 1e-5  # the bool (-inf) and additive (-10000) masks reach different CPU kernels
@@ -47,19 +47,19 @@ def structure_reaches_sdpa(monkeypatch):
 
 
 @pytest.mark.parametrize("mem_len", [0, 1, MEM])
-def test_dense_mask_of_the_structure_is_the_additive_causal_mask(mem_len):
-    dense = dense_mask(causal_lower_right(L, mem_len + L), "cpu", torch.float32)
+def test_mask_for_sdpa_of_the_structure_is_the_additive_causal_mask(mem_len):
+    dense = mask_for_sdpa(causal_lower_right(L, mem_len + L), "cpu", torch.float32)
     assert torch.equal(dense, causal_mask(L, mem_len))
-    upper = dense_mask(causal_upper_left(L, mem_len + L), "cpu", torch.float32)
+    upper = mask_for_sdpa(causal_upper_left(L, mem_len + L), "cpu", torch.float32)
     assert torch.equal(upper, torch.triu(torch.full((L, mem_len + L), -10000.0), diagonal=1))
 
 
-def test_dense_mask_keeps_tensors_and_the_structure_where_sdpa_takes_it(structure_reaches_sdpa):
+def test_mask_for_sdpa_keeps_tensors_and_the_structure_where_sdpa_takes_it(structure_reaches_sdpa):
     tensor = causal_mask(L, MEM)
-    assert dense_mask(tensor, "cpu", torch.float32) is tensor
+    assert mask_for_sdpa(tensor, "cpu", torch.float32) is tensor
     structure = causal_lower_right(L, MEM + L)
-    assert dense_mask(structure, "cpu", torch.float32) is structure
-    assert torch.equal(dense_mask(structure, "cpu", torch.float32, key_padding=True), tensor)
+    assert mask_for_sdpa(structure, "cpu", torch.float32) is structure
+    assert torch.equal(mask_for_sdpa(structure, "cpu", torch.float32, key_padding=True), tensor)
 
 
 def stack_and_inputs(heads, mem_len, padded):

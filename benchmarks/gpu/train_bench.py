@@ -78,6 +78,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=["bfloat16", "float16"])
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--additive-dtypes", nargs="+", choices=DTYPES, default=["bfloat16"],
+                   help="dtypes srupp_lm_additive runs in (default bf16 only: the A/B of the mask, the MFU "
+                        "target's dtype, within the GPU kit's time)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--length", type=int, default=1024)
     p.add_argument("--vocab", type=int, default=209, help="dictionary size: 205 bytes + fairseq's 4 symbols")
@@ -159,7 +162,7 @@ def time_step(step, args, cuda):
     return 1000.0 * Timer().time_fn(step, args.warmup, args.repeats)[0]
 
 
-def sdpa_kernel_used(structured, args, dtype):
+def sdpa_kernel_used(structured, args, dtype, device="cuda"):
     """The SDPA kernel srupp_lm's attention gets in training at this shape on this GPU (memory as long as
     the segment, attention dropout on): what ``CausalBias`` picks for the structure (flash, else
     memory-efficient, else a materialised boolean mask), what SDPA picks for the additive float mask."""
@@ -168,7 +171,7 @@ def sdpa_kernel_used(structured, args, dtype):
 
     _, proj, _ = srupp_shape(args)
     heads = SRUppLMConfig().num_heads
-    q = torch.empty(args.batch, heads, args.length, proj // heads, device="cuda", dtype=dtype, requires_grad=True)
+    q = torch.empty(args.batch, heads, args.length, proj // heads, device=device, dtype=dtype, requires_grad=True)
     kv = q.new_empty(args.batch, heads, 2 * args.length, proj // heads).requires_grad_(True)
     if structured:
         params = SDPAParams(q, kv, kv, None, args.dropout, False, False)
@@ -245,6 +248,8 @@ def run(args, on_row=None):
         write_dictionary(tmp, args.vocab)
         for dtype_name in args.dtypes:
             for model_name in args.models:
+                if model_name == "srupp_lm_additive" and dtype_name not in args.additive_dtypes:
+                    continue
                 t0 = time.perf_counter()
                 try:
                     rows.append(measure(model_name, dtype_name, args, tmp, device, peak))

@@ -6,12 +6,12 @@ scripts build it) or, for the training causal mask only, a structure: a lower-ri
 ``F.scaled_dot_product_attention`` "query t sees all M memory positions and current positions <= t"
 without a tensor, so CUDA can run the flash / memory-efficient kernels (a float mask rules flash out
 and costs an L × (M+L) tensor per step). Where a structure cannot be used (CPU, key padding, the
-``additive`` switch) :func:`dense_mask` turns it into exactly the tensor :func:`causal_mask` builds.
+``additive`` switch) :func:`mask_for_sdpa` turns it into exactly the tensor :func:`causal_mask` builds.
 
-−10000 against exact exclusion: every query sees at least itself, so the largest score of a row is
-unmasked and a masked score sits ≥ 10000 below it; exp(−10000) underflows to 0 in fp32 and bf16
-(whose exponent range is fp32's), so both give the same probabilities. (fp16 scores overflow long
-before −10000 matters, and autocast runs softmax in fp32.)
+−10000 against exact exclusion (what the structure does): every query sees at least itself, so a
+row's largest score is an unmasked one and each masked score sits about 10000 below it (raw scores
+differ by far less); exp(−10000) underflows to exactly 0 in fp32 and in bf16 (fp32's exponent
+range), so both give the same probabilities.
 
 Switch: ``FAIRSEQ_SRUPP_ATTENTION`` = ``auto`` (default: the structure where it helps) | ``additive``
 (always the float tensor, the path before the structure existed; for A/B measurements).
@@ -81,7 +81,7 @@ def sdpa_takes_structure(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def dense_mask(mask: Optional[AttentionMask], device, dtype: torch.dtype, key_padding: bool = False
+def mask_for_sdpa(mask: Optional[AttentionMask], device, dtype: torch.dtype, key_padding: bool = False
                ) -> Optional[AttentionMask]:
     """``mask`` as SDPA should get it: the structure where it can be used (``auto``, a device that
     takes it, no key padding to combine it with), else a tensor; tensors and None pass through.

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .attention_masks import AttentionMask, dense_mask
+from .attention_masks import AttentionMask, mask_for_sdpa
 from .srupp_layer import SRUppLayer
 from .transforms import SRUppAttention, SRUppProjectedLinear
 
@@ -223,7 +223,7 @@ class SRUpp(nn.Module):
 
         # Where the structure cannot reach SDPA (CPU, key padding, the additive switch), build its
         # tensor once here rather than in every layer.
-        attn_mask = dense_mask(attn_mask, input.device, input.dtype,
+        attn_mask = mask_for_sdpa(attn_mask, input.device, input.dtype,
                                key_padding=mask_pad is not None or memory_mask_pad is not None)
         x = input if self.input_to_hidden is None else self.input_to_hidden(input)
         saved_inputs: List[Tensor] = []

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention_masks import AttentionMask, dense_mask, is_structured, mask_shape
+from .attention_masks import AttentionMask, mask_for_sdpa, is_structured, mask_shape
 from .dropout import Dropout
 
 
@@ -31,7 +31,7 @@ def attention_bias(
 
     ``attn_mask``: an additive float tensor or a causal structure (``CausalBias``, see
     :mod:`~fairseq_srupp.modules.attention_masks`); ``device``: where attention runs (decides
-    whether the structure is kept, see ``dense_mask``; default: the key padding's, else CPU).
+    whether the structure is kept, see ``mask_for_sdpa``; default: the key padding's, else CPU).
     Returns None, the structure itself (no key padding, a device that takes it), a (tgt, src)
     tensor, or a (B, 1, tgt, src) tensor to add to attention scores.
     Padded keys get the dtype's lowest finite value (not -inf) so a query that sees only padding
@@ -43,7 +43,7 @@ def attention_bias(
         )
     if device is None and key_padding is not None:
         device = key_padding.device
-    bias = dense_mask(attn_mask, device, dtype, key_padding=key_padding is not None)
+    bias = mask_for_sdpa(attn_mask, device, dtype, key_padding=key_padding is not None)
     if is_structured(bias):
         return bias
     if bias is not None:
