@@ -8,6 +8,7 @@ mask, or as ``is_causal`` without memory): that checks the alignment and the plu
 uses, against the tensor path. The GPU tests at the bottom (skipped without CUDA) run the structured
 path under the flash / memory-efficient backends only, so they fail if those cannot be used.
 """
+import os
 import subprocess
 import sys
 
@@ -205,7 +206,7 @@ def test_an_unknown_switch_value_is_one_line_on_stderr(tmp_path):
             "from fairseq_srupp.modules import SRUpp\n"
             "from torch.nn.attention.bias import causal_lower_right\n"
             "SRUpp(4, 4, 4, num_layers=1)(torch.randn(3, 1, 4), attn_mask=causal_lower_right(3, 3))\n")
-    env = {k: v for k, v in __import__("os").environ.items() if k != "FAIRSEQ_SRUPP_DEBUG"}
+    env = {k: v for k, v in os.environ.items() if k != "FAIRSEQ_SRUPP_DEBUG"}
     env[ATTENTION_ENV] = "flash"
     proc = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, timeout=120)
