@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 KIT = REPO / "benchmarks" / "gpu"
@@ -79,7 +80,11 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
     training = steps["training"]["results"]
     assert not training["errors"]
     assert {(r["model"], r["dtype"]) for r in training["rows"]} == {
-        (m, d) for m in ("srupp_lm", "sru_reference", "transformer_lm") for d in ("float32", "bfloat16")}
+        (m, d) for m in ("srupp_lm", "sru_reference", "transformer_lm") for d in ("float32", "bfloat16")} | {
+        ("srupp_lm_additive", "bfloat16")}  # the A/B of the attention mask: bf16 only
+    assert set(training["ratios"]["bfloat16"]) >= {"structured_over_additive_tokens_per_s",
+                                                   "structured_over_additive_peak_memory"}
+    assert any("structured / additive causal mask tokens/s" in t["target"] for t in training["targets"])
     for r in training["rows"]:
         assert r["tokens_per_s"] == pytest.approx(training["batch"] * training["length"] / (r["ms_per_step"] / 1000))
 
@@ -92,6 +97,18 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
     for s in report["steps"]:
         assert "| {} | {} |".format(s["title"], s["status"].upper() if s["status"] != "ok" else "ok") in md
     assert "## 5. Generation" in md and "| srupp_lm |" in md
+
+
+def test_attention_kernel_probe_names_sdpa_backends():
+    """The probe train_bench reports per srupp_lm row, run on CPU tensors (no fused CUDA kernel there)."""
+    import train_bench
+
+    args = train_bench.parse_args(["--srupp", "32,16,2", "--batch", "2", "--length", "16"])
+    assert train_bench.sdpa_kernel_used(True, args, torch.float32, "cpu") == "boolean mask (materialised)"
+    # CPU's fused kernel has no attention dropout: training (dropout 0.22) falls back to the math one.
+    assert train_bench.sdpa_kernel_used(False, args, torch.float32, "cpu") == "MATH (float mask)"
+    args.dropout = 0.0
+    assert train_bench.sdpa_kernel_used(False, args, torch.float32, "cpu") == "FLASH_ATTENTION (float mask)"
 
 
 def test_report_lists_the_targets_of_measured_steps(tmp_path):

@@ -254,14 +254,37 @@ def recurrence(dry_run):
 
 
 def training(dry_run):
-    """Training at the enwik8-base shape, bf16 and fp16: srupp_lm vs the paper's sru.SRUpp model vs
-    transformer_lm (see train_bench.py)."""
+    """Training at the enwik8-base shape, bf16 and fp16: srupp_lm (structured causal mask) vs the same with
+    the additive mask vs the paper's sru.SRUpp model vs transformer_lm (see train_bench.py); then, in the
+    time left, the GPU tests of the structured mask (flash / memory-efficient vs additive)."""
     import train_bench
 
     gpu = torch.cuda.is_available() and not dry_run
     argv = [] if gpu else ["--device", "cpu", "--dtypes", "float32", "bfloat16", "--srupp", "32,16,2", "--transformer",
                            "32,64,2,2", "--batch", "2", "--length", "16", "--warmup", "1", "--repeats", "2"]
-    out = train_bench.run(train_bench.parse_args(argv))
+    out = train_bench.run(train_bench.parse_args(argv), on_row=lambda part: save(training_result(part, gpu)))
+    if gpu and seconds_left() > 45:
+        out["attention_gpu_tests"] = attention_gpu_tests(seconds_left() - 10)
+    return training_result(out, gpu)
+
+
+def attention_gpu_tests(limit):
+    """pytest of the structured-mask GPU tests; "passed" only if none failed or was skipped."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "gpu",
+           "tests/test_attention_mask_structured.py"]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=limit)
+    except subprocess.TimeoutExpired:
+        return "stopped after {:.0f} s".format(limit)
+    print(proc.stdout, flush=True)
+    last = (proc.stdout.strip().splitlines() or ["no output"])[-1]
+    return "passed: " + last if proc.returncode == 0 and "skipped" not in last else "FAILED: " + last
+
+
+def training_result(out, gpu):
+    import train_bench
+
     md = train_bench.format_results(out)
     out["targets"] = []
     for dtype in ("bfloat16", "float16"):
@@ -273,10 +296,20 @@ def training(dry_run):
                    r.get("srupp_over_reference_peak_memory"), lambda v: v <= 1.0)]
     out["targets"].append(target("enwik8-base training bf16: srupp_lm MFU >= 45%", find(
         out["rows"], model="srupp_lm", dtype="bfloat16").get("mfu"), lambda v: v >= 0.45, "{:.1%}"))
+    ab = out["ratios"].get("bfloat16", {})
+    out["targets"] += [  # the structured causal mask must not lose to the additive one it replaces
+        target("enwik8-base training bf16: structured / additive causal mask tokens/s >= 1",
+               ab.get("structured_over_additive_tokens_per_s"), lambda v: v >= 1.0),
+        target("enwik8-base training bf16: structured / additive causal mask peak memory <= 1",
+               ab.get("structured_over_additive_peak_memory"), lambda v: v <= 1.0)]
+    tests = out.get("attention_gpu_tests")
+    if tests:
+        md += ["", "Structured-mask GPU tests (`pytest -k gpu tests/test_attention_mask_structured.py`): " + tests]
     if not gpu:
         return result("skipped", out, md, NO_GPU)
-    return result("failed" if out["errors"] else "ok", out, md,
-                  "; ".join("{model} {dtype}: {error}".format(**e) for e in out["errors"]) or None)
+    problems = ["{model} {dtype}: {error}".format(**e) for e in out["errors"]]
+    problems += ["attention GPU tests " + tests] if tests and not tests.startswith("passed") else []
+    return result("failed" if problems else "ok", out, md, "; ".join(problems) or None)
 
 
 # --------------------------------------------------------------------------------------- 5

@@ -1,11 +1,15 @@
 """Training throughput at the paper's enwik8-base shape: srupp_lm, the paper's sru.SRUpp model, transformer_lm.
 
-Three models, each trained for --warmup + --repeats steps on random bytes, B=--batch streams of
+Four models, each trained for --warmup + --repeats steps on random bytes, B=--batch streams of
 L=--length tokens per step (the paper's per-GPU batch: 4 x 1024), for every --dtypes entry:
 
 * ``srupp_lm``: this plugin's model as fairseq builds it (``--arch srupp_lm``, dropout 0.22), called
   as the ``srupp_language_modeling`` task calls it: cell state and memory carried from one step to
-  the next, so attention spans L memory + L current positions;
+  the next, so attention spans L memory + L current positions. Its causal mask reaches attention as
+  a structure (``FAIRSEQ_SRUPP_ATTENTION=auto``: lower-right ``CausalBias``, flash / memory-efficient
+  kernels, no mask tensor);
+* ``srupp_lm_additive``: the same model and steps with ``FAIRSEQ_SRUPP_ATTENTION=additive``, the
+  additive float mask over [memory; current] of before: the A/B of the mask alone;
 * ``sru_reference``: the paper's enwik8 model, Embedding -> dropout -> ``sru.SRUpp`` (its CUDA kernel)
   -> dropout -> Linear, carrying ``c`` and ``saved_inputs`` as memory the way its training script does;
 * ``transformer_lm``: fairseq's, sized to about the same parameter count (--transformer
@@ -16,18 +20,26 @@ float16, gradient clipping at 1.0, RAdam with decoupled weight decay. Reported p
 ms per step (median), tokens/s, peak allocated memory (from before the model is built), analytic
 training FLOPs per token (``fairseq_srupp.bench.flops``), achieved TFLOP/s and MFU against --peak-tflops
 (default: the dense bf16 peak of the GPU's name, see ``peak_bf16_tflops``), and the first and last
-loss (finite, or the run failed). Then srupp_lm over the reference (tokens/s, peak memory) and over
-the Transformer (tokens/s).
+loss (finite, or the run failed); for the srupp_lm rows also the SDPA kernel their attention gets at
+this shape (``sdpa_kernel``). Then srupp_lm over the reference (tokens/s, peak memory), over the
+Transformer (tokens/s), and over srupp_lm_additive (tokens/s, peak memory).
+
+MFU counts model FLOPs (``fairseq_srupp.bench.flops``): causal attention as the keys a query really
+sees, whatever the kernel computes (the additive path scores all L x 2L pairs, the structured one
+skips the masked blocks), so the two srupp_lm rows count the same work.
 """
 import argparse
+import contextlib
 import gc
 import json
 import math
+import os
 import sys
 import tempfile
 import time
 from argparse import Namespace
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +55,11 @@ from recurrence_cuda import DTYPES, cuda_time_ms  # noqa: E402
 from fairseq_srupp.bench.flops import srupp_flops_per_token, transformer_flops_per_token  # noqa: E402
 from fairseq_srupp.bench.generation import build_model, model_cli_args, write_dictionary  # noqa: E402
 from fairseq_srupp.models.srupp_lm import SRUppLMConfig  # noqa: E402
-from fairseq_srupp.modules.attention_masks import causal_mask  # noqa: E402
+from fairseq_srupp.modules.attention_masks import ATTENTION_ENV, causal_mask  # noqa: E402
 
-MODELS = ("srupp_lm", "sru_reference", "transformer_lm")
+# srupp_lm's pair first: if the step runs out of time, the A/B of the mask is what was measured.
+MODELS = ("srupp_lm", "srupp_lm_additive", "sru_reference", "transformer_lm")
+ATTENTION = {"srupp_lm": "auto", "srupp_lm_additive": "additive"}  # FAIRSEQ_SRUPP_ATTENTION per model
 TRANSFORMER = "1024,4480,8,16"  # about srupp_lm's 107.6M parameters with a byte vocabulary
 # Dense bf16 TFLOP/s by device name (vendor datasheets); the most specific name matches first.
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
@@ -64,6 +78,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=["bfloat16", "float16"])
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--additive-dtypes", nargs="+", choices=DTYPES, default=["bfloat16"],
+                   help="dtypes srupp_lm_additive runs in (default bf16 only: the A/B of the mask, the MFU "
+                        "target's dtype, within the GPU kit's time)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--length", type=int, default=1024)
     p.add_argument("--vocab", type=int, default=209, help="dictionary size: 205 bytes + fairseq's 4 symbols")
@@ -113,7 +130,7 @@ def build(name, args, dict_dir):
                      models=["srupp_lm", "transformer_lm"])
     cli = model_cli_args(opts, args.length)
     drop = ["--dropout", args.dropout, "--attn-dropout", args.dropout]
-    if name == "srupp_lm":
+    if name in ATTENTION:
         model = build_model(dict_dir, cli["srupp_lm"] + drop)[0]
         d, p, n = srupp_shape(args)
 
@@ -145,7 +162,33 @@ def time_step(step, args, cuda):
     return 1000.0 * Timer().time_fn(step, args.warmup, args.repeats)[0]
 
 
+def sdpa_kernel_used(structured, args, dtype, device="cuda"):
+    """The SDPA kernel srupp_lm's attention gets in training at this shape on this GPU (memory as long as
+    the segment, attention dropout on): what ``CausalBias`` picks for the structure (flash, else
+    memory-efficient, else a materialised boolean mask), what SDPA picks for the additive float mask."""
+    from torch.backends.cuda import SDPAParams, can_use_efficient_attention, can_use_flash_attention
+    from torch.nn.attention import SDPBackend
+
+    _, proj, _ = srupp_shape(args)
+    heads = SRUppLMConfig().num_heads
+    q = torch.empty(args.batch, heads, args.length, proj // heads, device=device, dtype=dtype, requires_grad=True)
+    kv = q.new_empty(args.batch, heads, 2 * args.length, proj // heads).requires_grad_(True)
+    if structured:
+        params = SDPAParams(q, kv, kv, None, args.dropout, False, False)
+        if can_use_flash_attention(params):
+            return "FLASH_ATTENTION"
+        return "EFFICIENT_ATTENTION" if can_use_efficient_attention(params) else "boolean mask (materialised)"
+    mask = q.new_empty(args.length, 2 * args.length)
+    return SDPBackend(torch._fused_sdp_choice(q, kv, kv, mask, args.dropout, False)).name + " (float mask)"
+
+
 def measure(name, dtype_name, args, dict_dir, device, peak_tflops):
+    mode = ATTENTION.get(name)
+    with mock.patch.dict(os.environ, {ATTENTION_ENV: mode}) if mode else contextlib.nullcontext():
+        return _measure(name, dtype_name, args, dict_dir, device, peak_tflops)
+
+
+def _measure(name, dtype_name, args, dict_dir, device, peak_tflops):
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
@@ -179,6 +222,8 @@ def measure(name, dtype_name, args, dict_dir, device, peak_tflops):
            "tflops": flops * tokens_per_s / 1e12, "first_loss": losses[0], "last_loss": losses[-1],
            "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
     row["mfu"] = row["tflops"] / peak_tflops if peak_tflops else None
+    if name in ATTENTION and cuda:
+        row["sdpa_kernel"] = sdpa_kernel_used(ATTENTION[name] == "auto", args, dtype)
     if not all(math.isfinite(v) for v in losses):
         raise FloatingPointError("non-finite training loss: {}".format(losses))
     del model, opt, forward
@@ -192,8 +237,9 @@ def ratio(rows, dtype, a, b, key):
     return va / vb if va and vb else None
 
 
-def run(args):
-    """All (dtype, model) measurements; a failing one is recorded with its error and the rest still run."""
+def run(args, on_row=None):
+    """All (dtype, model) measurements; a failing one is recorded with its error and the rest still run.
+    ``on_row(partial result)`` is called after each (to save what was measured if the caller is stopped)."""
     device = torch.device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     peak = args.peak_tflops or (peak_bf16_tflops(name) if device.type == "cuda" else None)
@@ -202,6 +248,8 @@ def run(args):
         write_dictionary(tmp, args.vocab)
         for dtype_name in args.dtypes:
             for model_name in args.models:
+                if model_name == "srupp_lm_additive" and dtype_name not in args.additive_dtypes:
+                    continue
                 t0 = time.perf_counter()
                 try:
                     rows.append(measure(model_name, dtype_name, args, tmp, device, peak))
@@ -209,12 +257,24 @@ def run(args):
                     errors.append({"model": model_name, "dtype": dtype_name, "error": "{}: {}".format(
                         type(err).__name__, str(err).splitlines()[0][:400] if str(err) else "")})
                 print("{} {}: {:.1f} s".format(model_name, dtype_name, time.perf_counter() - t0), flush=True)
-    ratios = {d: {"srupp_over_reference_tokens_per_s": ratio(rows, d, "srupp_lm", "sru_reference", "tokens_per_s"),
-                  "srupp_over_reference_peak_memory": ratio(rows, d, "srupp_lm", "sru_reference", "peak_mib"),
-                  "srupp_over_transformer_tokens_per_s": ratio(rows, d, "srupp_lm", "transformer_lm", "tokens_per_s")}
-              for d in args.dtypes}
-    return {"device": name, "peak_bf16_tflops": peak, "batch": args.batch, "length": args.length,
-            "rows": rows, "errors": errors, "ratios": ratios}
+                if on_row is not None:
+                    on_row(summarise(args, name, peak, rows, errors))
+    return summarise(args, name, peak, rows, errors)
+
+
+RATIOS = {  # key: (numerator model, denominator model, figure)
+    "srupp_over_reference_tokens_per_s": ("srupp_lm", "sru_reference", "tokens_per_s"),
+    "srupp_over_reference_peak_memory": ("srupp_lm", "sru_reference", "peak_mib"),
+    "srupp_over_transformer_tokens_per_s": ("srupp_lm", "transformer_lm", "tokens_per_s"),
+    "structured_over_additive_tokens_per_s": ("srupp_lm", "srupp_lm_additive", "tokens_per_s"),
+    "structured_over_additive_peak_memory": ("srupp_lm", "srupp_lm_additive", "peak_mib"),
+}
+
+
+def summarise(args, device_name, peak, rows, errors):
+    ratios = {d: {key: ratio(rows, d, *spec) for key, spec in RATIOS.items()} for d in args.dtypes}
+    return {"device": device_name, "peak_bf16_tflops": peak, "batch": args.batch, "length": args.length,
+            "rows": list(rows), "errors": list(errors), "ratios": ratios}
 
 
 def _num(v, spec):
@@ -224,12 +284,13 @@ def _num(v, spec):
 def format_results(result):
     lines = ["Batch {} x {} tokens per step; MFU against {} TFLOP/s (dense bf16).".format(
         result["batch"], result["length"], _num(result["peak_bf16_tflops"], "{:.0f}")), "",
-        "| dtype | model | params | ms/step | tokens/s | peak MiB | TFLOP/s | MFU | loss first → last |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        "| dtype | model | params | ms/step | tokens/s | peak MiB | TFLOP/s | MFU | loss first → last | attention kernel |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["rows"]:
-        lines.append("| {} | {} | {:.2f}M | {:.1f} | {:,.0f} | {} | {:.1f} | {} | {:.3f} → {:.3f} |".format(
+        lines.append("| {} | {} | {:.2f}M | {:.1f} | {:,.0f} | {} | {:.1f} | {} | {:.3f} → {:.3f} | {} |".format(
             r["dtype"], r["model"], r["params"] / 1e6, r["ms_per_step"], r["tokens_per_s"],
-            _num(r["peak_mib"], "{:,.0f}"), r["tflops"], _num(r["mfu"], "{:.1%}"), r["first_loss"], r["last_loss"]))
+            _num(r["peak_mib"], "{:,.0f}"), r["tflops"], _num(r["mfu"], "{:.1%}"), r["first_loss"], r["last_loss"],
+            r.get("sdpa_kernel") or "-"))
     for e in result["errors"]:
         lines.append("| {} | {} | failed: {} |".format(e["dtype"], e["model"], e["error"].replace("|", "/")))
     lines.append("")
@@ -238,6 +299,9 @@ def format_results(result):
                      "tokens/s {}".format(dtype, _num(r["srupp_over_reference_tokens_per_s"], "{:.2f}x"),
                                           _num(r["srupp_over_reference_peak_memory"], "{:.2f}x"),
                                           _num(r["srupp_over_transformer_tokens_per_s"], "{:.2f}x")))
+        lines.append("- {}: srupp_lm structured causal mask / additive mask: tokens/s {}, peak memory {}".format(
+            dtype, _num(r["structured_over_additive_tokens_per_s"], "{:.2f}x"),
+            _num(r["structured_over_additive_peak_memory"], "{:.2f}x")))
     return lines
 
 

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from fairseq_srupp.errors import SRUppUserError
 from fairseq_srupp.modules import Dropout, SRUpp
 from fairseq_srupp.modules.adaptive_softmax import ProjectedAdaptiveSoftmax
-from fairseq_srupp.modules.attention_masks import causal_mask, same_length_mask
+from fairseq_srupp.modules.attention_masks import causal_mask  # noqa: F401  (imported from here by tests, benchmarks)
+from fairseq_srupp.modules.attention_masks import same_length_mask, training_causal_mask
 from fairseq_srupp.modules.decoding_cache import DecodingCache
 from fairseq_srupp.tasks.carried_state import CarriedState, CarriedStateStore, SegmentContext
 
@@ -240,7 +241,9 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         if segment.mask == "same_length":
             attn_mask = same_length_mask(length, mem_len, segment.window, device=x.device, dtype=x.dtype)
         else:
-            attn_mask = causal_mask(length, mem_len, device=x.device, dtype=x.dtype)
+            # On CUDA a structure, not a tensor (unless FAIRSEQ_SRUPP_ATTENTION=additive), so attention
+            # can use the flash / memory-efficient kernels; the stack builds the tensor where it must.
+            attn_mask = training_causal_mask(length, mem_len, device=x.device, dtype=x.dtype)
         h, c, saved_inputs = self.srupp(
             x,
             c0=None if state is None else state.c,

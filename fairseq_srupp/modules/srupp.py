@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from .attention_masks import AttentionMask, mask_for_sdpa
 from .srupp_layer import SRUppLayer
 from .transforms import SRUppAttention, SRUppProjectedLinear
 
@@ -163,7 +164,7 @@ class SRUpp(nn.Module):
         input: Union[Tensor, PackedSequence],
         c0: Optional[Tensor] = None,
         mask_pad: Optional[Tensor] = None,
-        attn_mask: Optional[Tensor] = None,
+        attn_mask: Optional[AttentionMask] = None,
         memory: Optional[List[Optional[Tensor]]] = None,
         memory_mask_pad: Optional[Tensor] = None,
         caches: Optional[List] = None,
@@ -174,7 +175,9 @@ class SRUpp(nn.Module):
                 ``nn.RNN``): then ``mask_pad`` comes from its lengths and h is returned packed.
             c0: optional (num_layers, B, d) initial cell states.
             mask_pad: optional (L, B) bool, True at padding.
-            attn_mask: optional additive (L, M+L) float mask (M = memory length, 0 without memory).
+            attn_mask: optional additive (L, M+L) float mask (M = memory length, 0 without memory),
+                or the causal structure ``torch.nn.attention.bias.causal_lower_right(L, M+L)``: CUDA
+                attention then runs without a mask tensor (see ``attention_masks``).
             memory: optional list of num_layers tensors (M, B, d_in of that layer) or Nones: the
                 raw inputs of each layer from the previous segment.
             memory_mask_pad: optional (M, B) bool padding of the memory.
@@ -218,6 +221,10 @@ class SRUpp(nn.Module):
         if mask_pad is not None:
             mask_pad = mask_pad.bool()
 
+        # Where the structure cannot reach SDPA (CPU, key padding, the additive switch), build its
+        # tensor once here rather than in every layer.
+        attn_mask = mask_for_sdpa(attn_mask, input.device, input.dtype,
+                               key_padding=mask_pad is not None or memory_mask_pad is not None)
         x = input if self.input_to_hidden is None else self.input_to_hidden(input)
         saved_inputs: List[Tensor] = []
         last_c: List[Tensor] = []

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from fairseq_srupp.ops.recurrence import elementwise_recurrence
 
+from .attention_masks import AttentionMask
 from .dropout import Dropout
 
 
@@ -83,7 +84,7 @@ class SRUppLayer(nn.Module):
         input: Tensor,
         c0: Optional[Tensor] = None,
         mask_pad: Optional[Tensor] = None,
-        attn_mask: Optional[Tensor] = None,
+        attn_mask: Optional[AttentionMask] = None,
         memory: Optional[Tensor] = None,
         memory_mask_pad: Optional[Tensor] = None,
         cache=None,
@@ -93,7 +94,8 @@ class SRUppLayer(nn.Module):
             input: (L, B, d_in) raw layer input (also the k=3 skip term).
             c0: optional (B, d) initial cell state (zeros when None).
             mask_pad: optional (L, B) bool, True at padding.
-            attn_mask: optional additive (L, M+L) attention mask.
+            attn_mask: optional additive (L, M+L) attention mask, or the causal structure
+                ``causal_lower_right(L, M+L)`` (see :mod:`~fairseq_srupp.modules.attention_masks`).
             memory: optional (M, B, d_in) raw inputs of this layer from the previous segment.
             memory_mask_pad: optional (M, B) bool.
             cache: incremental decoding (instead of attn_mask / memory): this layer's handle on a

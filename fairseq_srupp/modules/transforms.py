@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from fairseq_srupp.ops.dropout import fused_dropout, fused_dropout_enabled
 
+from .attention_masks import AttentionMask, additive_mask, mask_for_sdpa, is_structured, mask_shape
 from .dropout import Dropout
 
 
@@ -21,25 +22,34 @@ def _linear(in_features: int, out_features: int) -> nn.Linear:
 
 
 def attention_bias(
-    attn_mask: Optional[Tensor],
+    attn_mask: Optional[AttentionMask],
     key_padding: Optional[Tensor],
     tgt_len: int,
     src_len: int,
     dtype: torch.dtype,
-) -> Optional[Tensor]:
-    """Combine an additive (tgt, src) mask and a (src, B) key padding mask.
+    device: Optional[torch.device] = None,
+) -> Optional[AttentionMask]:
+    """Combine an (tgt, src) mask and a (src, B) key padding mask into what SDPA gets.
 
-    Returns None, a (tgt, src) tensor, or a (B, 1, tgt, src) tensor to add to attention scores.
+    ``attn_mask``: an additive float tensor or a causal structure (``CausalBias``, see
+    :mod:`~fairseq_srupp.modules.attention_masks`); ``device``: where attention runs (decides
+    whether the structure is kept, see ``mask_for_sdpa``; default: the key padding's, else CPU).
+    Returns None, the structure itself (no key padding, a device that takes it), a (tgt, src)
+    tensor, or a (B, 1, tgt, src) tensor to add to attention scores.
     Padded keys get the dtype's lowest finite value (not -inf) so a query that sees only padding
     yields a finite uniform distribution instead of NaN.
     """
-    bias = None
-    if attn_mask is not None:
-        if tuple(attn_mask.shape) != (tgt_len, src_len):
-            raise ValueError(
-                "attn_mask has size {} but expect {}".format(list(attn_mask.shape), [tgt_len, src_len])
-            )
-        bias = attn_mask.to(dtype)
+    if attn_mask is not None and tuple(mask_shape(attn_mask)) != (tgt_len, src_len):
+        raise ValueError(
+            "attn_mask has size {} but expect {}".format(list(mask_shape(attn_mask)), [tgt_len, src_len])
+        )
+    if device is None and key_padding is not None:
+        device = key_padding.device
+    bias = mask_for_sdpa(attn_mask, device, dtype, key_padding=key_padding is not None)
+    if is_structured(bias):
+        return bias
+    if bias is not None:
+        bias = bias.to(dtype)
     if key_padding is not None:
         if key_padding.shape[0] != src_len:
             raise ValueError(
@@ -54,16 +64,19 @@ def attention_bias(
 
 
 def attention_with_fused_dropout(
-    q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], dropout_p: float, seed: Optional[int] = None
+    q: Tensor, k: Tensor, v: Tensor, bias: Optional[AttentionMask], dropout_p: float, seed: Optional[int] = None
 ) -> Tensor:
     """softmax(q·kᵀ/√hd + bias) with the fused CPU dropout, times v: q (B, H, L, hd), k / v
-    (B, H, S, hd), bias broadcastable to (B, H, L, S) → (B, H, L, hd).
+    (B, H, S, hd), bias an additive tensor broadcastable to (B, H, L, S) or a causal structure
+    → (B, H, L, hd).
 
     What ``F.scaled_dot_product_attention`` computes with ``dropout_p`` (on the CPU it has no fused
     kernel with dropout and runs the same steps), with the probabilities' mask drawn by
     :func:`~fairseq_srupp.ops.dropout.fused_dropout` instead of ``bernoulli_``.
     """
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # (B, H, L, S)
+    if is_structured(bias):  # only where a test routes the structure to the CPU
+        bias = additive_mask(bias, q.device, q.dtype)
     if bias is not None:
         scores.add_(bias)
     return torch.matmul(fused_dropout(torch.softmax(scores, dim=-1), dropout_p, seed), v)
@@ -140,7 +153,7 @@ class SRUppAttention(nn.Module):
         self,
         input: Tensor,
         mask_pad: Optional[Tensor] = None,
-        attn_mask: Optional[Tensor] = None,
+        attn_mask: Optional[AttentionMask] = None,
         memory: Optional[Tensor] = None,
         memory_mask_pad: Optional[Tensor] = None,
     ) -> Tensor:
@@ -148,7 +161,8 @@ class SRUppAttention(nn.Module):
         Args:
             input: (L, B, d_in) normalised layer input.
             mask_pad: optional (L, B) bool, True at padding (masked as keys).
-            attn_mask: optional additive (L, M+L) float mask.
+            attn_mask: optional additive (L, M+L) float mask, or the causal structure
+                ``causal_lower_right(L, M+L)`` (see :mod:`~fairseq_srupp.modules.attention_masks`).
             memory: optional (M, B, d_in) previous-segment layer inputs.
             memory_mask_pad: optional (M, B) bool padding of the memory.
         Returns:
@@ -182,7 +196,7 @@ class SRUppAttention(nn.Module):
                 )
                 cur = torch.cat([mem.bool(), cur.bool()], dim=0)
             key_padding = cur  # (M+L, B)
-        bias = attention_bias(attn_mask, key_padding, tgt_len, src_len, q.dtype)
+        bias = attention_bias(attn_mask, key_padding, tgt_len, src_len, q.dtype, device=q.device)
         return self._attend_and_project(q, k, v, bias, residual)
 
     def forward_incremental(self, input: Tensor, cache) -> Tensor:
@@ -210,8 +224,12 @@ class SRUppAttention(nn.Module):
         heads = self.num_heads
         return x.reshape(length, bsz, heads, self.proj_features // heads).permute(1, 2, 0, 3)
 
-    def _attend_and_project(self, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], residual: Tensor):
-        """q (B, H, L, hd), k/v (B, H, S, hd), residual z (L, B, p) → U (L, B, out_features)."""
+    def _attend_and_project(self, q: Tensor, k: Tensor, v: Tensor, bias: Optional[AttentionMask], residual: Tensor):
+        """q (B, H, L, hd), k/v (B, H, S, hd), residual z (L, B, p) → U (L, B, out_features).
+
+        ``bias``: from :func:`attention_bias`; a ``CausalBias`` reaches here only on CUDA, where SDPA
+        dispatches it to flash / memory-efficient attention (lower-right causal, or ``is_causal`` when
+        S = L), never as a tensor."""
         bsz, _, tgt_len, _ = q.shape
         dropout_p = self.attn_dropout if self.attn_dropout_module.active else 0.0
         if dropout_p > 0 and fused_dropout_enabled(q):
