@@ -128,3 +128,15 @@ def test_attention_module_draws_its_attention_mask_with_the_fused_dropout():
     mixed = (dropout_ref(probs, 0.4, seed) @ vv).permute(2, 0, 1, 3).reshape(5, 3, 4)
     expected = attn.linear3(attn.layer_norm(mixed * attn.alpha + z))
     assert_close("U", out, expected, 1e-12)
+
+
+def test_attention_with_fused_dropout_takes_a_causal_structure_as_its_tensor():
+    from torch.nn.attention.bias import causal_lower_right
+
+    from fairseq_srupp.modules.attention_masks import causal_mask
+
+    q = torch.randn(2, 1, 4, 3, dtype=torch.float64)
+    k, v = torch.randn(2, 1, 7, 3, dtype=torch.float64), torch.randn(2, 1, 7, 3, dtype=torch.float64)
+    structured = attention_with_fused_dropout(q, k, v, causal_lower_right(4, 7), 0.2, seed=4)
+    dense = attention_with_fused_dropout(q, k, v, causal_mask(4, 3, dtype=torch.float64), 0.2, seed=4)
+    assert torch.equal(structured, dense)
