@@ -18,9 +18,12 @@ With --prefetch it then times, at each of --prefetch-batches (16 and 4), the ker
 depth P (time steps loaded ahead, ``FAIRSEQ_SRUPP_CUDA_PREFETCH``) in three cases: bf16 U and x;
 autocast's bf16 U next to an fp32 x, read as it is; and the same cast to fp32 first (the path
 before the kernels took mixed storage: a copy of U, and grad_U cast back), with the bytes each
-moves, and names the fastest P per case and batch.
+moves, and names the fastest P per case and batch. With --blocks it times the first two cases at
+--prefetch-batches with each threads-per-block (``FAIRSEQ_SRUPP_CUDA_BLOCK``; ``auto``: the launch's
+own choice, spread over the SMs) at the default P.
 
     python benchmarks/recurrence_cuda.py [--batches 4 16 32] [--dtypes float32 float16 bfloat16] [--prefetch 1 2 4 8]
+                                         [--blocks auto 256 128 64]
 
 ``benchmarks/gpu/run_all.sh`` runs the same measurement as step 3 of the GPU kit.
 """
@@ -33,7 +36,8 @@ import warnings
 import torch
 
 from fairseq_srupp.ops.recurrence import elementwise_recurrence_cuda, elementwise_recurrence_ref
-from fairseq_srupp.ops.recurrence.cupy_kernel import DEFAULT_PREFETCH, PREFETCH_ENV
+from fairseq_srupp.ops.recurrence.cuda_host import HOST_SM_COUNT
+from fairseq_srupp.ops.recurrence.cupy_kernel import BLOCK_ENV, DEFAULT_PREFETCH, PREFETCH_ENV, sm_count, threads_per_block
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -155,17 +159,25 @@ PREFETCH_CASES = (  # (name, U's dtype, x's dtype, U cast to fp32 before the ker
 
 
 @contextlib.contextmanager
-def prefetch_depth(depth):
-    """Kernels compiled with ``depth`` time steps loaded ahead, inside the block."""
-    old = os.environ.get(PREFETCH_ENV)
-    os.environ[PREFETCH_ENV] = str(depth)
+def environment(name, value):
+    """``os.environ[name] = str(value)`` inside the block; None leaves it unset there."""
+    old = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = str(value)
     try:
         yield
     finally:
         if old is None:
-            del os.environ[PREFETCH_ENV]
+            os.environ.pop(name, None)
         else:
-            os.environ[PREFETCH_ENV] = old
+            os.environ[name] = old
+
+
+def prefetch_depth(depth):
+    """Kernels compiled with ``depth`` time steps loaded ahead, inside the block."""
+    return environment(PREFETCH_ENV, depth)
 
 
 def widened_u(fn):
@@ -181,16 +193,10 @@ def measure_prefetch(length, hidden, batches, depths, warmup=2, repeats=5, copy_
     batch; autocast's speed-up from reading U as it is (cast-first time / uncast time, at the depth
     fastest for the uncast case). ``save(partial result)`` is called after each depth, so a run cut
     short keeps what it measured."""
-    k = 3
     out = {"L": length, "batches": list(batches), "d": hidden, "default_prefetch": DEFAULT_PREFETCH, "rows": [],
            "fastest_prefetch": {}, "autocast_uncast_speedup": {}}
     uncast, cast_first = PREFETCH_CASES[1][0], PREFETCH_CASES[2][0]
-    runs = []
-    for batch in batches:
-        for name, u_dtype, x_dtype, widen in PREFETCH_CASES:
-            inputs, grads = recurrence_inputs(length, batch, hidden, k, u_dtype, device, x_dtype)
-            moved = kernel_bytes(length, batch, hidden, k, inputs[0].element_size(), inputs[1].element_size(), widen)
-            runs.append((name, batch, recurrence_step(widened_u(fn) if widen else fn, inputs, grads), moved))
+    runs = case_runs(length, hidden, batches, PREFETCH_CASES, fn, device)
     for depth in depths:
         with prefetch_depth(depth):
             for name, batch, step, moved in runs:
@@ -209,6 +215,48 @@ def measure_prefetch(length, hidden, batches, depths, warmup=2, repeats=5, copy_
         if save is not None:
             save(out)
     return out
+
+
+def case_runs(length, hidden, batches, cases, fn, device):
+    """(case name, B, timed step, bytes moved) for each batch and case of ``cases`` (as PREFETCH_CASES), k=3."""
+    runs = []
+    for batch in batches:
+        for name, u_dtype, x_dtype, widen in cases:
+            inputs, grads = recurrence_inputs(length, batch, hidden, 3, u_dtype, device, x_dtype)
+            moved = kernel_bytes(length, batch, hidden, 3, inputs[0].element_size(), inputs[1].element_size(), widen)
+            runs.append((name, batch, recurrence_step(widened_u(fn) if widen else fn, inputs, grads), moved))
+    return runs
+
+
+def measure_blocks(length, hidden, batches, block_sizes, warmup=2, repeats=5, fn=elementwise_recurrence_cuda,
+                   time_ms=cuda_time_ms, device="cuda", save=None):
+    """At the default prefetch depth, the bf16 and autocast (U read as bf16) cases with each threads-per-block
+    of ``block_sizes`` (``"auto"``: the launch's own choice, spread over the SMs); the fastest per case and
+    batch. ``save(partial result)`` after each size."""
+    sms = sm_count(torch.cuda.current_device()) if device == "cuda" else HOST_SM_COUNT
+    out = {"L": length, "d": hidden, "prefetch": DEFAULT_PREFETCH, "sm_count": sms, "rows": [], "fastest_block": {}}
+    runs = case_runs(length, hidden, batches, PREFETCH_CASES[:2], fn, device)
+    for size in block_sizes:
+        with environment(BLOCK_ENV, None if size == "auto" else size):
+            for name, batch, step, _ in runs:
+                ms = time_ms(step, warmup, repeats)
+                out["rows"].append({"case": name, "B": batch, "block": size, "ms": ms,
+                                    "threads": threads_per_block(batch * hidden, sms)})
+        for name, batch, _, _ in runs:
+            best = min((r for r in out["rows"] if r["case"] == name and r["B"] == batch), key=lambda r: r["ms"])
+            out["fastest_block"]["{}, B={}".format(name, batch)] = best["block"]
+        if save is not None:
+            save(out)
+    return out
+
+
+def format_blocks(result):
+    """Markdown lines of a measure_blocks result."""
+    lines = ["Threads per block (auto: spread over the {sm_count} SMs), L={L} d={d}, P={prefetch}:".format(**result),
+             "", "| case | B | block | threads | ms |", "| --- | --- | --- | --- | --- |"]
+    lines += ["| {} | {} | {} | {} | {:.3f} |".format(r["case"], r["B"], r["block"], r["threads"], r["ms"])
+              for r in result["rows"]]
+    return lines + [""] + ["- fastest block for {}: **{}**".format(n, b) for n, b in result["fastest_block"].items()]
 
 
 def format_prefetch(result):
@@ -260,6 +308,8 @@ def main(argv=None):
                         help="prefetch depths to compare (e.g. 1 2 4 8; none: skip the comparison)")
     parser.add_argument("--prefetch-batches", type=int, nargs="+", default=[16, 4],
                         help="batches of the prefetch comparison")
+    parser.add_argument("--blocks", nargs="*", default=[], type=lambda v: v if v == "auto" else int(v),
+                        help="threads per block to compare at the default prefetch depth (e.g. auto 256 128 64)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("error: this benchmark needs a CUDA GPU")
@@ -272,6 +322,9 @@ def main(argv=None):
         sweep = measure_prefetch(args.length, args.hidden, args.prefetch_batches, args.prefetch, args.warmup,
                                  args.repeats, copy_gbs)
         print("\n" + "\n".join(format_prefetch(sweep)))
+    if args.blocks:
+        sizes = measure_blocks(args.length, args.hidden, args.prefetch_batches, args.blocks, args.warmup, args.repeats)
+        print("\n" + "\n".join(format_blocks(sizes)))
 
 
 if __name__ == "__main__":

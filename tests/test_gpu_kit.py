@@ -77,6 +77,13 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
         best = sweep["fastest_prefetch"]["{}, B={}".format(uncast, b)]
         ms = {r["case"]: r["ms"] for r in sweep["rows"] if (r["B"], r["prefetch"]) == (b, best)}
         assert sweep["autocast_uncast_speedup"]["B={}".format(b)] == pytest.approx(ms[cast_first] / ms[uncast])
+    blocks = steps["recurrence"]["results"]["smoke"]["blocks"]  # the block-size comparison's code, on the CPU
+    assert [(r["case"], r["block"], r["threads"]) for r in blocks["rows"]] == [
+        (case[0], size, threads) for size, threads in (("auto", 32), (256, 256))  # 16 columns over 4 host "SMs"
+        for case in recurrence_cuda.PREFETCH_CASES[:2]]
+    assert blocks["fastest_block"] == {
+        "{}, B=2".format(case): min((r for r in blocks["rows"] if r["case"] == case), key=lambda r: r["ms"])["block"]
+        for case, *_ in recurrence_cuda.PREFETCH_CASES[:2]}
     training = steps["training"]["results"]
     assert not training["errors"]
     assert {(r["model"], r["dtype"]) for r in training["rows"]} == {

@@ -17,8 +17,9 @@ from fairseq_srupp.errors import SRUppUserError
 
 from fairseq_srupp.ops.recurrence import elementwise_recurrence, elementwise_recurrence_ref, op
 from fairseq_srupp.ops.recurrence.cuda_host import launch_host
-from fairseq_srupp.ops.recurrence.cupy_kernel import (DEFAULT_PREFETCH, KERNEL_DTYPES, PREFETCH_ENV, THREADS_PER_BLOCK,
-                                                      CudaKernels, kernel_name, kernel_variants)
+from fairseq_srupp.ops.recurrence.cupy_kernel import (BLOCK_ENV, DEFAULT_PREFETCH, KERNEL_DTYPES, PREFETCH_ENV,
+                                                      THREADS_PER_BLOCK, CudaKernels, grid_blocks, kernel_name,
+                                                      kernel_variants, threads_per_block)
 
 # relative to max |reference| + 1, as in test_cuda_kernel.py
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 8e-2}
@@ -113,6 +114,45 @@ def test_prefetch_depth_changes_no_bit(cuda_source_on_cpu, monkeypatch, L):
         assert torch.equal(h, h1) and torch.equal(c, c1), prefetch
         for name in g1:
             assert torch.equal(g[name], g1[name]), (prefetch, name)
+
+
+@pytest.mark.parametrize("columns, sms, threads", [
+    (4 * 3072, 132, 96),     # enwik8-base training per GPU on an H100: 128 blocks instead of 48 of 256
+    (16 * 3072, 132, 256),   # enough columns to fill every SM with the largest blocks
+    (10, 132, 32),           # never under one warp
+    (300, 4, 96),            # the host launches of these tests: 3 full blocks and a partial one
+])
+def test_blocks_spread_over_the_sms(monkeypatch, columns, sms, threads):
+    monkeypatch.delenv(BLOCK_ENV, raising=False)
+    assert threads_per_block(columns, sms) == threads
+    assert grid_blocks(columns, threads) * threads >= columns > (grid_blocks(columns, threads) - 1) * threads
+    monkeypatch.setenv(BLOCK_ENV, "64")
+    assert threads_per_block(columns, sms) == 64
+
+
+@pytest.mark.parametrize("value", ["0", "48", "512", "many"])
+def test_bad_block_size_is_one_clear_error(monkeypatch, value):
+    monkeypatch.setenv(BLOCK_ENV, value)
+    with pytest.raises(SRUppUserError, match="^{}={!r}: give the CUDA recurrence's threads per block".format(BLOCK_ENV, value)):
+        threads_per_block(1000, 4)
+
+
+def test_block_size_changes_no_bit(cuda_source_on_cpu, monkeypatch):
+    """A column's thread computes the same whatever block it is in; the spare threads of the last
+    block (300 columns: 256 + 44, 96 * 3 + 12, 32 * 9 + 12) write nothing."""
+    inputs = inputs_for(7, 3, 100, 3, torch.float32, pad=True, dropout=True)
+    grad_h, grad_c = torch.randn(7, 3, 100), torch.randn(3, 100)
+    results = {}
+    for threads in ("256", "96", "32"):
+        monkeypatch.setenv(BLOCK_ENV, threads)
+        results[threads] = run(elementwise_recurrence, inputs, grad_h, grad_c, implementation="cpu")
+    h_ref = run(elementwise_recurrence, inputs, grad_h, grad_c, implementation="reference")[0]
+    assert max_diff(results["256"][0], h_ref) <= TOLERANCE[torch.float32] * (h_ref.abs().max().item() + 1.0)
+    for threads in ("96", "32"):
+        h, c, g = results[threads]
+        assert torch.equal(h, results["256"][0]) and torch.equal(c, results["256"][1]), threads
+        for name in g:
+            assert torch.equal(g[name], results["256"][2][name]), (threads, name)
 
 
 @pytest.mark.parametrize("value", ["0", "17", "four", "-1"])

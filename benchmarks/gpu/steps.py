@@ -205,14 +205,16 @@ def cli_result(rows, unfinished=None):
 # --------------------------------------------------------------------------------------- 3
 
 
-PREFETCH_DEPTHS = (1, 2, 4, 8)
+PREFETCH_DEPTHS = (1, 2, 4, 8, 16)
+BLOCK_SIZES = ("auto", 256, 128, 64)  # threads per block; auto: the launch's spread over the SMs
 
 
 def recurrence(dry_run):
     """The recurrence kernel, forward + backward, at L=1024, d=3072, B=4/16/32, fp32/fp16/bf16; then at B=16
-    and 4 the prefetch depths 1/2/4/8 for bf16 and for autocast's bf16 U + fp32 x (read as it is, or cast first)."""
-    from recurrence_cuda import copy_bandwidth_gbs, format_prefetch, format_recurrence, kernel_bytes
-    from recurrence_cuda import measure_prefetch, measure_recurrence, recurrence_inputs, recurrence_step
+    and 4 the prefetch depths 1/2/4/8/16 for bf16 and for autocast's bf16 U + fp32 x (read as it is, or cast
+    first); then threads per block (the launch's spread over the SMs, 256, 128, 64) at the default depth."""
+    from recurrence_cuda import copy_bandwidth_gbs, format_blocks, format_prefetch, format_recurrence, kernel_bytes
+    from recurrence_cuda import measure_blocks, measure_prefetch, measure_recurrence, recurrence_inputs, recurrence_step
 
     if dry_run or not torch.cuda.is_available():
         from bench_timing import Timer
@@ -223,9 +225,13 @@ def recurrence(dry_run):
         seconds = Timer().time_fn(recurrence_step(elementwise_recurrence, inputs, grads), 1, 3)[0]
         smoke = {"L": 16, "B": 2, "d": 8, "cpu_ms": 1000 * seconds, "kernel_bytes": kernel_bytes(16, 2, 8, 3, 4)}
         # the sweep's own code, on the CPU path (where the depth changes nothing)
+        cpu_ms = lambda f, w, r: 1000 * Timer().time_fn(f, w, r)[0]  # noqa: E731
         smoke["prefetch"] = measure_prefetch(16, 8, [2, 1], PREFETCH_DEPTHS[:2], warmup=1, repeats=2, fn=elementwise_recurrence,
-                                             time_ms=lambda f, w, r: 1000 * Timer().time_fn(f, w, r)[0], device="cpu")
-        return result("skipped", {"smoke": smoke}, format_prefetch(smoke["prefetch"]), reason=NO_GPU)
+                                             time_ms=cpu_ms, device="cpu")
+        smoke["blocks"] = measure_blocks(16, 8, [2], BLOCK_SIZES[:2], warmup=1, repeats=2, fn=elementwise_recurrence,
+                                         time_ms=cpu_ms, device="cpu")
+        return result("skipped", {"smoke": smoke}, format_prefetch(smoke["prefetch"]) + [""] + format_blocks(smoke["blocks"]),
+                      reason=NO_GPU)
     out = measure_recurrence(1024, 3072, [4, 16, 32], ["float32", "float16", "bfloat16"], warmup=2, repeats=5,
                              copy_gbs=copy_bandwidth_gbs())
     ok = out["sru"] == "timed"
@@ -236,10 +242,10 @@ def recurrence(dry_run):
                lambda v: v >= 0.6, "{:.1%}")]
     md = format_recurrence(out)
 
-    def save_sweep(sweep, unfinished=True):
-        out["prefetch"] = sweep
-        lines = md + [""] + format_prefetch(sweep)
-        reason = "; ".join(filter(None, [None if ok else out["sru"], "prefetch sweep unfinished" if unfinished else None]))
+    def save_sweep(sweep, blocks=None, unfinished="prefetch sweep unfinished"):
+        out["prefetch"], out["blocks"] = sweep, blocks
+        lines = md + [""] + format_prefetch(sweep) + ([""] + format_blocks(blocks) if blocks else [])
+        reason = "; ".join(filter(None, [None if ok else out["sru"], unfinished]))
         return save(result("failed" if reason else "ok", out, lines, reason or None))
 
     save_sweep({"rows": [], "fastest_prefetch": {}, "autocast_uncast_speedup": {}, "L": 1024, "d": 3072,
@@ -247,7 +253,10 @@ def recurrence(dry_run):
     # B=16: issue 11's target shape; B=4: enwik8-base training per GPU, where the step's latency matters most
     sweep = measure_prefetch(1024, 3072, [16, 4], PREFETCH_DEPTHS, warmup=2, repeats=5,
                              copy_gbs=out["copy_bandwidth_gbs"], save=save_sweep)
-    return save_sweep(sweep, unfinished=False)
+    save_sweep(sweep, unfinished="block-size comparison unfinished")
+    blocks = measure_blocks(1024, 3072, [4, 16], BLOCK_SIZES, warmup=2, repeats=5,
+                            save=lambda b: save_sweep(sweep, b, "block-size comparison unfinished"))
+    return save_sweep(sweep, blocks, unfinished=None)
 
 
 # --------------------------------------------------------------------------------------- 4

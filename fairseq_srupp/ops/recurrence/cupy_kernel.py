@@ -24,7 +24,8 @@ from torch import Tensor
 from ...errors import SRUppUserError
 
 SOURCE = Path(__file__).with_name("recurrence_cuda.cu")
-THREADS_PER_BLOCK = 256
+THREADS_PER_BLOCK = 256  # the most threads per block the launch heuristic uses
+BLOCK_ENV = "FAIRSEQ_SRUPP_CUDA_BLOCK"
 KERNEL_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 # (U's dtype, x's = h's dtype) pairs besides equal ones that have entry points (k=3 only: k=4 has no x).
 MIXED_STORAGE = ((torch.float16, torch.float32), (torch.bfloat16, torch.float32))
@@ -75,9 +76,39 @@ def kernel_variants():
     return same + [(u_dtype, x_dtype, 3) for u_dtype, x_dtype in MIXED_STORAGE]
 
 
-def grid_blocks(n_columns: int) -> int:
-    """One thread per (batch, unit) column, THREADS_PER_BLOCK threads per block."""
-    return (n_columns + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
+def threads_per_block(n_columns: int, sm_count: int) -> int:
+    """Threads per block for ``n_columns`` threads on a GPU with ``sm_count`` SMs:
+    ``FAIRSEQ_SRUPP_CUDA_BLOCK`` if set (a multiple of 32 up to THREADS_PER_BLOCK), else the fewest
+    warps per block that still give every SM a block, at most THREADS_PER_BLOCK.
+
+    Why spread: each thread walks 1024+ dependent time steps, so a launch lasts as long as one
+    column does and fewer threads per SM cost nothing, while more SMs bring more load/store units
+    to the steps' memory traffic. At enwik8-base's training shape (B=4, d=3072) 256 threads per
+    block give 48 blocks, a third of an H100's 132 SMs; 96 threads give 128 blocks. (Unmeasured on
+    a GPU so far: the GPU kit's recurrence step compares block sizes.)
+    """
+    value = os.environ.get(BLOCK_ENV, "").strip()
+    if value:
+        if not value.isdigit() or int(value) % 32 or not 32 <= int(value) <= THREADS_PER_BLOCK:
+            raise SRUppUserError("{}={!r}: give the CUDA recurrence's threads per block, a multiple of 32 from 32 "
+                                 "to {} (unset: spread over the GPU's SMs)".format(BLOCK_ENV, value, THREADS_PER_BLOCK))
+        return int(value)
+    per_sm = -(-n_columns // max(sm_count, 1))
+    return min(THREADS_PER_BLOCK, max(32, -(-per_sm // 32) * 32))
+
+
+def grid_blocks(n_columns: int, threads: int = THREADS_PER_BLOCK) -> int:
+    """One thread per (batch, unit) column, ``threads`` threads per block."""
+    return (n_columns + threads - 1) // threads
+
+
+_sm_counts: Dict[int, int] = {}
+
+
+def sm_count(device_index: int) -> int:
+    if device_index not in _sm_counts:
+        _sm_counts[device_index] = torch.cuda.get_device_properties(device_index).multi_processor_count
+    return _sm_counts[device_index]
 
 
 def kernel_source() -> str:
@@ -109,8 +140,9 @@ def launch_cupy(name: str, device: torch.device, n_columns: int, args: Sequence,
     import cupy
 
     index = device.index if device.index is not None else torch.cuda.current_device()
+    threads = threads_per_block(n_columns, sm_count(index))
     with cupy.cuda.Device(index), cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
-        _module(index, prefetch).get_function(name)((grid_blocks(n_columns),), (THREADS_PER_BLOCK,), tuple(args))
+        _module(index, prefetch).get_function(name)((grid_blocks(n_columns, threads),), (threads,), tuple(args))
 
 
 class CudaKernels:
