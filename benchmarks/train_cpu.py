@@ -50,7 +50,7 @@ warnings.filterwarnings("ignore", message="Running SRU on CPU with grad_enabled=
 from bench_timing import Timer, default_threads, tune_malloc  # noqa: E402
 from fairseq_srupp.models.srupp_lm import causal_mask  # noqa: E402
 from fairseq_srupp.modules import Dropout, SRUpp  # noqa: E402
-from fairseq_srupp.ops.recurrence.cpu import load_cpu_extension  # noqa: E402
+from fairseq_srupp.ops import load_cpu_extensions  # noqa: E402
 
 ENV = "FAIRSEQ_SRUPP_RECURRENCE"
 
@@ -181,7 +181,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     L, B, V = args.length, args.batch, args.vocab
     tokens_per_step = L * B
-    load_cpu_extension()  # compile / load outside the timed region
+    load_cpu_extensions()  # compile / load outside the timed region
 
     mine, ref = build_models(args)
     g = torch.Generator().manual_seed(args.seed + 1)

@@ -210,11 +210,11 @@ def main(argv=None):
         corpus, corpus_name = builtin_corpus(), "pydoc_data.topics (built in)"
     data_bin = binarize_char_corpus(corpus, out / "data")
     if not args.gpu:
-        # Compile the CPU recurrence now: a first-use build inside fairseq-train would count
-        # against SRU++'s training-time budget.
-        from fairseq_srupp.ops.recurrence.cpu import load_cpu_extension
+        # Compile the CPU extensions (recurrence, dropout) now: a first-use build inside
+        # fairseq-train would count against SRU++'s training-time budget.
+        from fairseq_srupp.ops import load_cpu_extensions
 
-        load_cpu_extension()
+        load_cpu_extensions()
     vocab = sum(1 for _ in open(data_bin / "dict.txt")) + 4
     specs = model_specs(args, vocab)
 
