@@ -145,9 +145,13 @@ def test_build_is_keyed_on_source_flags_and_cpu(tmp_path):
     features = cpu_features()
     assert features
     same = build_name("ext", [a], CXX_FLAGS, features)
-    assert build_name("ext", [b], CXX_FLAGS, features) == same  # identical checkouts share one build
-    b.write_text(source + "\n// edited\n")
-    assert build_name("ext", [b], CXX_FLAGS, features) != same  # an edited checkout gets its own
+    assert build_name("ext", [a], CXX_FLAGS, features) == same  # the same checkout finds its build again
+    # Identical checkouts elsewhere get their own: ninja recompiles a build whose sources moved.
+    assert build_name("ext", [b], CXX_FLAGS, features) != same
+    a.write_text(source + "\n// edited\n")
+    assert build_name("ext", [a], CXX_FLAGS, features) != same  # an edited checkout gets a new one
+    a.write_text(source)
+    assert build_name("ext", [a], CXX_FLAGS, features) == same
     assert build_name("ext", [a], CXX_FLAGS + ("-g",), features) != same
     assert build_name("ext", [a], CXX_FLAGS, features + " an_older_cpu") != same  # -march=native differs
     assert "-ffast-math" not in CXX_FLAGS

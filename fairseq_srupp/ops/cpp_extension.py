@@ -40,10 +40,14 @@ def cpu_features() -> str:
 
 
 def build_name(prefix: str, inputs, flags, features: str = "") -> str:
-    """``prefix`` + a hash of the sources, flags, torch version and CPU features: two checkouts, or
-    two CPUs sharing one TORCH_EXTENSIONS_DIR, get separate builds instead of rebuilding each other's."""
+    """``prefix`` + a hash of the sources (where they are and what they say), flags, torch version
+    and CPU features: two checkouts, or two CPUs sharing one TORCH_EXTENSIONS_DIR, get separate
+    builds instead of rebuilding each other's. The location counts because the build file names the
+    sources by path: a build shared by two identical checkouts was recompiled by ninja whenever the
+    other one had used it last."""
     digest = hashlib.sha256()
     for path in inputs:
+        digest.update(str(Path(path).resolve()).encode() + b"\0")
         digest.update(Path(path).read_bytes())
     for part in (*flags, torch.__version__, features):
         digest.update(b"\0" + part.encode())
