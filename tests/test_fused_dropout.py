@@ -2,12 +2,16 @@
 answer and the pure-PyTorch reference, its masks and gradients against the reference, its keep rate,
 and where the modules use it."""
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_close
 
+from fairseq_srupp.errors import SRUppUserError
 from fairseq_srupp.modules import Dropout, SRUppAttention
 from fairseq_srupp.modules.transforms import attention_with_fused_dropout
 from fairseq_srupp.ops.dropout import dropout_ref, fused_dropout, keep_mask, keep_scale, philox_words, threshold
@@ -89,9 +93,19 @@ def test_dropout_module_takes_the_fused_path_unless_told_otherwise(monkeypatch):
     torch.manual_seed(1)
     assert torch.equal(drop(x), expected)
     monkeypatch.setenv("FAIRSEQ_SRUPP_DROPOUT", "fast")
-    with pytest.raises(ValueError, match="FAIRSEQ_SRUPP_DROPOUT='fast' is not one of auto, torch"):
+    with pytest.raises(SRUppUserError, match="FAIRSEQ_SRUPP_DROPOUT='fast' is not one of auto, torch"):
         drop(x)
     assert torch.equal(drop.eval()(x), x)  # eval mode never reads the choice
+
+
+def test_bad_dropout_choice_prints_one_line_through_the_plugin():
+    script = "import torch, fairseq_srupp\nfrom fairseq_srupp.modules import Dropout\nDropout(0.1)(torch.ones(3))"
+    env = dict(os.environ, FAIRSEQ_SRUPP_DROPOUT="fast")
+    env.pop("FAIRSEQ_SRUPP_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: FAIRSEQ_SRUPP_DROPOUT='fast' is not one of auto, torch: unset it or set it to one of them"]
 
 
 def test_attention_with_fused_dropout_equals_the_formula():

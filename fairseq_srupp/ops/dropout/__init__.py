@@ -18,20 +18,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...errors import SRUppUserError
 from .reference import dropout_ref, keep_mask, keep_scale, philox_words, threshold
 
 __all__ = ["dropout", "fused_dropout", "fused_dropout_enabled", "dropout_ref", "keep_mask", "keep_scale", "philox_words", "threshold"]
 
+DROPOUT_ENV = "FAIRSEQ_SRUPP_DROPOUT"
 CHOICES = ("auto", "torch")
 
 
 def fused_dropout_enabled(input: Tensor) -> bool:
     """Whether :func:`dropout` takes the fused path for ``input``."""
-    choice = os.environ.get("FAIRSEQ_SRUPP_DROPOUT", "auto")
+    choice = os.environ.get(DROPOUT_ENV, "auto") or "auto"
     if choice not in CHOICES:
-        raise ValueError(
-            "FAIRSEQ_SRUPP_DROPOUT={!r} is not one of {}".format(choice, ", ".join(CHOICES))
-        )
+        raise SRUppUserError("{}={!r} is not one of {}: unset it or set it to one of them".format(
+            DROPOUT_ENV, choice, ", ".join(CHOICES)))
     return choice == "auto" and input.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
