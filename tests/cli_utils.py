@@ -75,7 +75,8 @@ def run_distributed_train(world_size, *args, timeout=600, program="fairseq-train
     """fairseq-train (or ``program``, see tool_command) with one CPU process per rank (gloo,
     legacy_ddp); return rank 0's output."""
     port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # PYTHONFAULTHANDLER: a rank that aborts in native code still reports where its Python was.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
     procs = []
     for rank in range(world_size):
         cmd = [*tool_command(program), *map(str, args), "--distributed-world-size", str(world_size),
