@@ -223,7 +223,10 @@ def _measure(name, dtype_name, args, dict_dir, device, peak_tflops):
            "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
     row["mfu"] = row["tflops"] / peak_tflops if peak_tflops else None
     if name in ATTENTION and cuda:
-        row["sdpa_kernel"] = sdpa_kernel_used(ATTENTION[name] == "auto", args, dtype)
+        try:  # private torch API: a probe that fails must not lose the row it describes
+            row["sdpa_kernel"] = sdpa_kernel_used(ATTENTION[name] == "auto", args, dtype)
+        except Exception as err:  # noqa: BLE001
+            row["sdpa_kernel"] = "unknown ({}: {})".format(type(err).__name__, err)
     if not all(math.isfinite(v) for v in losses):
         raise FloatingPointError("non-finite training loss: {}".format(losses))
     del model, opt, forward
