@@ -1,4 +1,4 @@
-"""Three fairseq 0.12 behaviours that break everyday use of this plugin, wrapped (not rewritten) at import.
+"""Four fairseq 0.12 behaviours that break everyday use of this plugin, wrapped (not rewritten) at import.
 
 1. ``--log-file``: fairseq's ``progress_bar()`` adds a new ``FileHandler`` for the log file each time it
    is called — once per epoch and once per validation — so ``train.log`` repeats every line once more
@@ -19,6 +19,12 @@
    bf16 training on a GPU (or CPU) asks torch_xla for a device and fails with ``'NoneType' object
    has no attribute 'xla_device'``. Where torch_xla is not installed no TPU can be meant, so the
    wrapper of ``call_main`` clears ``common.tpu`` before any trainer is built.
+
+4. ``--required-batch-size-multiple`` (default 8): ``data_utils.batch_by_size`` drops the last batch
+   when its size is not a multiple of it (fairseq issue #5036), so ``fairseq-train`` validated on
+   part of the valid split with ``--task language_modeling`` (e.g. 16 blocks of 21 at batch size 8)
+   and never trained on the last blocks of an epoch. The wrapper hands that batch back; every other
+   batch is left as fairseq made it. (``srupp_language_modeling`` batches its streams itself.)
 """
 import inspect
 import logging
@@ -142,16 +148,38 @@ def _wrap_call_main(module):
     module.call_main = call_main
 
 
+# ----------------------------------------------------------------------- the dropped last batch
+def _wrap_batch_by_size(module):
+    import numpy as np
+
+    original = module.batch_by_size
+
+    def batch_by_size(indices, *args, **kwargs):
+        if not isinstance(indices, np.ndarray):
+            indices = np.fromiter(indices, dtype=np.int64, count=-1)
+        batches = original(indices, *args, **kwargs)
+        kept = sum(len(b) for b in batches)
+        if kept < len(indices):  # batches are consecutive slices of indices: the tail was dropped
+            batches = list(batches) + [indices[kept:]]
+        return batches
+
+    batch_by_size.__doc__ = original.__doc__
+    batch_by_size.__wrapped__ = original
+    module.batch_by_size = batch_by_size
+
+
 def install() -> None:
     """Apply the wrappers (idempotent)."""
     global _installed
     if _installed:
         return
     from fairseq import sequence_generator
+    from fairseq.data import data_utils
     from fairseq.distributed import utils as distributed_utils
     from fairseq.logging import progress_bar
 
     _wrap_progress_bar(progress_bar)
     _wrap_generate(sequence_generator.SequenceGenerator)
     _wrap_call_main(distributed_utils)
+    _wrap_batch_by_size(data_utils)
     _installed = True
