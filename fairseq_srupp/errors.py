@@ -9,6 +9,16 @@ import os
 import sys
 
 
+def env_choice(name: str, choices) -> str:
+    """The value of the environment switch ``name``: one of ``choices``, the first when unset or
+    empty; anything else is an :class:`SRUppUserError` naming the choices."""
+    value = os.environ.get(name, "") or choices[0]
+    if value not in choices:
+        raise SRUppUserError("{}={!r} is not one of {}: unset it or set it to one of them".format(
+            name, value, ", ".join(choices)))
+    return value
+
+
 class SRUppUserError(ValueError):
     """An error the user can act on; its message is the whole report."""
 

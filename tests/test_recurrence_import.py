@@ -18,7 +18,8 @@ from fairseq_srupp.ops.recurrence import cpu, cuda_host
 import torch
 assert torch.ops.fairseq_srupp.elementwise_recurrence.default is not None  # registered at import
 print(sorted(m for m in sys.modules if m == "fairseq" or m.startswith("fairseq.")))
-print(cpu._extension is None and cuda_host._library is None)
+from fairseq_srupp.ops.dropout import cpu as dropout_cpu
+print(cpu._extension is None and not cuda_host._libraries and dropout_cpu._extension is None)
 """
 
 

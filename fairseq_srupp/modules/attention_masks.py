@@ -16,14 +16,13 @@ range), so both give the same probabilities.
 Switch: ``FAIRSEQ_SRUPP_ATTENTION`` = ``auto`` (default: the structure where it helps) | ``additive``
 (always the float tensor, the path before the structure existed; for A/B measurements).
 """
-import os
 from typing import Optional, Union
 
 import torch
 from torch import Tensor
 from torch.nn.attention.bias import CausalBias, CausalVariant, causal_lower_right
 
-from fairseq_srupp.errors import SRUppUserError
+from fairseq_srupp.errors import env_choice
 
 # Added to attention scores of masked positions, as the paper's scripts do.
 MASKED_SCORE = -10000.0
@@ -35,11 +34,7 @@ AttentionMask = Union[Tensor, CausalBias]
 
 def attention_mode() -> str:
     """The ``FAIRSEQ_SRUPP_ATTENTION`` switch: ``auto`` (default) or ``additive``."""
-    mode = os.environ.get(ATTENTION_ENV, "auto") or "auto"
-    if mode not in ATTENTION_MODES:
-        raise SRUppUserError("{}={!r} is not one of {}: unset it or set it to one of them".format(
-            ATTENTION_ENV, mode, ", ".join(ATTENTION_MODES)))
-    return mode
+    return env_choice(ATTENTION_ENV, ATTENTION_MODES)
 
 
 def causal_mask(length: int, mem_len: int = 0, device=None, dtype=torch.float32) -> Tensor:

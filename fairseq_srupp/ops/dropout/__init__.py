@@ -12,13 +12,11 @@ PyTorch dropout is already one fused kernel) and code being traced by ``torch.co
 ``F.dropout``. ``FAIRSEQ_SRUPP_DROPOUT=torch`` forces ``F.dropout`` everywhere, e.g. to draw
 exactly the masks ``torch.nn.Dropout`` (and so ``sru.SRUpp``) draws under the same seed.
 """
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...errors import SRUppUserError
+from ...errors import env_choice
 from .reference import dropout_ref, keep_mask, keep_scale, philox_words, threshold
 
 __all__ = ["dropout", "fused_dropout", "fused_dropout_enabled", "dropout_ref", "keep_mask", "keep_scale", "philox_words", "threshold"]
@@ -29,11 +27,8 @@ CHOICES = ("auto", "torch")
 
 def fused_dropout_enabled(input: Tensor) -> bool:
     """Whether :func:`dropout` takes the fused path for ``input``."""
-    choice = os.environ.get(DROPOUT_ENV, "auto") or "auto"
-    if choice not in CHOICES:
-        raise SRUppUserError("{}={!r} is not one of {}: unset it or set it to one of them".format(
-            DROPOUT_ENV, choice, ", ".join(CHOICES)))
-    return choice == "auto" and input.device.type == "cpu" and not torch.compiler.is_compiling()
+    return (env_choice(DROPOUT_ENV, CHOICES) == "auto" and input.device.type == "cpu"
+            and not torch.compiler.is_compiling())
 
 
 class _FusedDropout(torch.autograd.Function):
@@ -48,7 +43,7 @@ class _FusedDropout(torch.autograd.Function):
     def backward(ctx, grad_output: Tensor):
         from .cpu import load_dropout_extension
 
-        grad_input = load_dropout_extension().dropout_apply(grad_output.contiguous(), *ctx.mask_args)
+        grad_input = load_dropout_extension().dropout_apply(grad_output, *ctx.mask_args)  # any layout
         return grad_input, None, None, None
 
 
