@@ -136,7 +136,8 @@ def test_nan_and_inf_propagate_like_the_reference(k, value, slot):
 
 
 def test_build_is_keyed_on_source_flags_and_cpu(tmp_path):
-    from fairseq_srupp.ops.recurrence.cpu import BUILD_INPUTS, CXX_FLAGS, build_name, cpu_features
+    from fairseq_srupp.ops.cpp_extension import CXX_FLAGS, build_name, cpu_features
+    from fairseq_srupp.ops.recurrence.cpu import BUILD_INPUTS
 
     a, b = tmp_path / "checkout_a.cpp", tmp_path / "checkout_b.cpp"
     source = BUILD_INPUTS[0].read_text()

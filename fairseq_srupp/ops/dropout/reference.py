@@ -5,6 +5,8 @@ Element i of a tensor (in contiguous order) takes 16-bit uniform ``i % 8`` of Ph
 counter ``(i // 8, 0, 0, 0)`` under the 64-bit key ``seed`` (the low half of word ``(i % 8) // 2``
 for even i, the high half for odd i) and is kept iff that is ``>= threshold(p)``.
 """
+import math
+
 import torch
 from torch import Tensor
 
@@ -46,9 +48,7 @@ def philox_words(first: int, n_counters: int, seed: int) -> Tensor:
 
 def keep_mask(shape, p: float, seed: int) -> Tensor:
     """Bool mask of ``shape``: True where the element is kept."""
-    numel = 1
-    for size in shape:
-        numel *= size
+    numel = math.prod(shape)
     words = philox_words(0, (numel + 7) // 8, seed)
     uniforms = torch.stack([words & 0xFFFF, words >> 16], dim=-1).reshape(-1)[:numel]
     return (uniforms >= threshold(p)).reshape(shape)

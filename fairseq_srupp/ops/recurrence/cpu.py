@@ -11,8 +11,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-# Re-exported: the build naming and flags are shared with the other CPU extensions.
-from ..cpp_extension import CXX_FLAGS, LD_FLAGS, ExtensionBuildError, build_name, cpu_features, load_extension  # noqa: F401
+from ..cpp_extension import load_extension
 
 _SOURCE = Path(__file__).with_name("recurrence_cpu.cpp")
 # Every file the build reads: a change to any of them gives a new build name (see build_name).

@@ -11,17 +11,17 @@ import ctypes
 import os
 import subprocess
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import torch
 
-from .cpu import build_name
+from ..cpp_extension import build_name
 from .cupy_kernel import SOURCE, grid_blocks, threads_per_block
 
 _DIR = Path(__file__).parent
 SHIM_SOURCES = (_DIR / "cuda_host_shim.cpp", _DIR / "cuda_host_shim.h", SOURCE, _DIR / "recurrence_step.h")
 SHIM_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC")
-_library: Optional[Dict[int, ctypes.CDLL]] = None  # per prefetch depth; None until the first build
+_libraries: Dict[int, ctypes.CDLL] = {}  # per prefetch depth
 
 
 def _extensions_dir() -> Path:
@@ -33,10 +33,7 @@ def _extensions_dir() -> Path:
 def load_host_library(prefetch: int) -> ctypes.CDLL:
     """Build (first call, or after a source changed) and load the host build of the CUDA source
     with ``SRUPP_PREFETCH=prefetch``."""
-    global _library
-    if _library is None:
-        _library = {}
-    if prefetch not in _library:
+    if prefetch not in _libraries:
         from torch.utils.cpp_extension import include_paths
 
         flags = SHIM_FLAGS + ("-DSRUPP_PREFETCH={}".format(prefetch),)
@@ -55,8 +52,8 @@ def load_host_library(prefetch: int) -> ctypes.CDLL:
             ctypes.c_char_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.POINTER(ctypes.c_longlong), ctypes.c_int,
         ]
         library.srupp_host_launch.restype = ctypes.c_int
-        _library[prefetch] = library
-    return _library[prefetch]
+        _libraries[prefetch] = library
+    return _libraries[prefetch]
 
 
 # A pretend SM count, so the launch heuristic picks blocks smaller than the largest at test sizes
