@@ -2,11 +2,12 @@
 import os
 import random
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 from fairseq_srupp.data.char_level import write_byte_tokens
+
+import fork_server
 
 BIN = Path(sys.executable).parent
 USER_DIR = str(Path(__file__).resolve().parents[1] / "fairseq_srupp")
@@ -23,8 +24,7 @@ def tool_command(name):
 def run_tool(name, *args, cwd=None, timeout=600):
     """Run a fairseq console script; fail with its output if it exits non-zero."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([*tool_command(name), *map(str, args)], cwd=cwd, env=env, timeout=timeout,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = fork_server.run([*tool_command(name), *args], cwd=cwd, env=env, timeout=timeout)
     assert proc.returncode == 0, "{} failed ({}):\n{}".format(name, proc.returncode, proc.stdout[-6000:])
     return proc.stdout
 
@@ -82,7 +82,7 @@ def run_distributed_train(world_size, *args, timeout=600, program="fairseq-train
         cmd = [*tool_command(program), *map(str, args), "--distributed-world-size", str(world_size),
                "--distributed-rank", str(rank), "--distributed-init-method", "tcp://127.0.0.1:{}".format(port),
                "--distributed-no-spawn", "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(fork_server.popen(cmd, env=env))
     outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     for rank, (proc, out) in enumerate(zip(procs, outputs)):
         assert proc.returncode == 0, "rank {} failed:\n{}".format(rank, out[-6000:])

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import fork_server
 from cli_utils import BIN, USER_DIR
 from test_data_scripts import (REPO, SCRIPTS, assert_no_output, decode, files_under, mtimes, run_fails, run_ok,
                                wikitext_zip)
@@ -142,10 +143,10 @@ def byte_model(tmp_path_factory):
 
 def test_interactive_takes_invalid_utf8_on_stdin_as_bytes(byte_model):
     data_dir, model = byte_model
-    proc = subprocess.run(
-        [str(BIN / "fairseq-interactive"), str(data_dir), "--user-dir", USER_DIR, "--task", "language_modeling",
-         "--path", str(model), "--bpe", "srupp_bytes", "--beam", "1", "--max-len-b", "12", "--cpu"],
-        input=b"ab\xffcd\nh\xc3\xa9\n", stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, timeout=300)
+    proc = fork_server.run(
+        [BIN / "fairseq-interactive", data_dir, "--user-dir", USER_DIR, "--task", "language_modeling",
+         "--path", model, "--bpe", "srupp_bytes", "--beam", 1, "--max-len-b", 12, "--cpu"],
+        input=b"ab\xffcd\nh\xc3\xa9\n", stderr_apart=True, text=False, env=ENV, timeout=300)
     out = proc.stdout.decode("utf-8")
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     # The 0xff byte reached the model as the byte 255 (not <unk>, not U+FFFD's three bytes), and
@@ -183,9 +184,8 @@ def test_converter_says_what_it_expected_and_what_it_found(byte_model, tmp_path,
     }
     args = ["--dict", str(data_dir / "dict.txt"), "--out", str(tmp_path / "out.pt"), "--vocab-bytes", "97,98"]
     in_subprocess = [tmp_path / "checkpoint_last.pt"]  # the others take the same path in process
-    procs = {path: subprocess.Popen([sys.executable, "-m", "fairseq_srupp.convert", "enwik8", "--paper-checkpoint",
-                                     str(path)] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    env=ENV, cwd=REPO) for path in in_subprocess}
+    procs = {path: fork_server.popen([sys.executable, "-m", "fairseq_srupp.convert", "enwik8", "--paper-checkpoint",
+                                      path] + args, stderr_apart=True, env=ENV, cwd=REPO) for path in in_subprocess}
     for path, message in cases.items():
         if path in procs:
             out, err = procs[path].communicate(timeout=300)

@@ -3,10 +3,10 @@ stderr (no traceback), existing files untouched; or a warning where the input is
 import os
 import re
 import shutil
-import subprocess
 
 import pytest
 import torch
+import fork_server
 from cli_utils import BIN, STATEFUL_TRAIN_ARGS, USER_DIR, make_char_data, run_tool
 
 from fairseq_srupp.errors import SRUppUserError
@@ -31,8 +31,7 @@ def trained(tmp_path_factory):
 def fails(tool, *args):
     """Run a console script that must fail: return its single stderr line (warnings silenced)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([str(BIN / tool), *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, timeout=600)
+    proc = fork_server.run([BIN / tool, *args], env=env, stderr_apart=True, timeout=600)
     # fairseq-eval-lm logs to stderr: set its log records aside, the rest must be the one error line
     lines = [line for line in proc.stderr.strip().splitlines() if not LOG_RECORD.match(line)]
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]

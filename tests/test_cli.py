@@ -1,6 +1,7 @@
 """fairseq-preprocess → fairseq-train → fairseq-eval-lm with srupp_lm, in subprocesses."""
 import pytest
-from cli_utils import EVAL_LOSS, TINY_TRAIN_ARGS, TRAIN_LOSS, USER_DIR, VALID_LOSS, make_char_data, run_tool
+import fork_server
+from cli_utils import BIN, EVAL_LOSS, TINY_TRAIN_ARGS, TRAIN_LOSS, USER_DIR, VALID_LOSS, make_char_data, run_tool
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +68,8 @@ def test_eval_lm_rejects_a_mismatched_dictionary(trained, tmp_path):
     (other / "dict.txt").write_text("".join("{} 1\n".format(b) for b in range(100, 160)))
     for split in ("valid.bin", "valid.idx"):
         (other / split).write_bytes((data_bin / split).read_bytes())
-    import subprocess, sys
-    from cli_utils import BIN
-    proc = subprocess.run([str(BIN / "fairseq-eval-lm"), str(other), "--user-dir", USER_DIR, "--path",
-                           str(root / "ckpt" / "checkpoint_last.pt"), "--cpu", "--tokens-per-sample", "64",
-                           "--gen-subset", "valid"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = fork_server.run([BIN / "fairseq-eval-lm", other, "--user-dir", USER_DIR, "--path",
+                            root / "ckpt" / "checkpoint_last.pt", "--cpu", "--tokens-per-sample", 64, "--gen-subset", "valid"])
     assert proc.returncode != 0
     assert "trained with a dictionary of" in proc.stdout
 

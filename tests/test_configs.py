@@ -16,7 +16,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 from argparse import Namespace
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from omegaconf import OmegaConf
 
 import fairseq_srupp  # noqa: F401  (registers the plugin's task, model, criterion, optimizer, scheduler)
+import fork_server
 from cli_utils import BIN, make_char_data, run_tool, synthetic_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -292,8 +292,7 @@ def test_one_update_through_fairseq_hydra_train(row, data, tmp_path):
     args = ["--config-dir", CONFIG_DIR, "--config-name", row, *tiny_overrides(row, data[EXPECTED[row]["family"]], save_dir)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     # From the repository root, as documented: common.user_dir (fairseq_srupp) is relative to it.
-    proc = subprocess.run([str(BIN / "fairseq-hydra-train"), *map(str, args)], cwd=REPO, env=env, timeout=300,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = fork_server.run([BIN / "fairseq-hydra-train", *args], cwd=REPO, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-6000:]
     losses = re.findall(r"\[train_inner\]\[INFO\] - .* loss=([0-9.]+)", proc.stdout)
     assert losses, proc.stdout[-6000:]

@@ -10,7 +10,6 @@ import importlib.util
 import io
 import os
 import random
-import subprocess
 import sys
 import tarfile
 import threading
@@ -18,6 +17,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+import fork_server
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "data_scripts"
@@ -563,8 +564,7 @@ def test_scripts_run_as_commands(tmp_path):
                          "--out", "out"], tmp_path)
     commands["char"] = ([sys.executable, str(SCRIPTS / "prepare_char_text.py"), "--text", str(corpus),
                          "--out", str(tmp_path / "char")], tmp_path)
-    procs = {k: subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for k, (cmd, cwd) in commands.items()}
+    procs = {k: fork_server.popen(cmd, cwd=cwd, env=env, stderr_apart=True) for k, (cmd, cwd) in commands.items()}
     results = {}
     for k, p in procs.items():
         out, err = p.communicate(timeout=300)

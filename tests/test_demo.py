@@ -2,9 +2,9 @@
 left while training, evaluates and samples with one window, and says so on its results screen."""
 import os
 import re
-import subprocess
 import sys
 
+import fork_server
 from cli_utils import synthetic_text
 
 
@@ -14,8 +14,7 @@ def test_demo_trains_the_planned_updates_and_uses_one_window(tmp_path):
     cmd = [sys.executable, "-m", "fairseq_srupp.demo", "--data", corpus, "--out", tmp_path / "out",
            "--max-update", 30, "--log-interval", 10, "--tokens-per-sample", 32, "--eval-window", 48,
            "--batch-size", 4, "--sample-bytes", 40]
-    proc = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = fork_server.run(cmd, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
     out = proc.stdout
     assert proc.returncode == 0, out[-5000:]
     assert re.findall(r"demo: (\d+) of 30 updates, about [0-9.]+ min left", out) == ["20", "30"]

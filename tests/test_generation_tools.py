@@ -8,11 +8,11 @@
 """
 import os
 import re
-import subprocess
 import sys
 
 import pytest
 import torch
+import fork_server
 from cli_utils import (ADAPTIVE_ARGS, BIN, STATEFUL_TRAIN_ARGS, USER_DIR, make_char_data, make_word_data,
                        run_tool)
 
@@ -44,8 +44,7 @@ def word_model(tmp_path_factory):
 
 
 def run_with_input(tool, stdin, *args):
-    proc = subprocess.run([str(BIN / tool), *map(str, args)], input=stdin, text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    proc = fork_server.run([BIN / tool, *args], input=stdin, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:]
     return proc.stdout
 
@@ -181,10 +180,9 @@ def test_srupp_sample_word_level_equals_the_hub_stream(word_model):
     from fairseq_srupp.sampling import stream_text
 
     data_bin, ckpt = word_model
-    proc = subprocess.run([sys.executable, "-m", "fairseq_srupp.sample_cli", "--path", str(ckpt), "--data",
-                           str(data_bin), "--prompt", "w3 w24\nw7", "-n", "30", "--top-p", "0.9", "--seed", "5", "--cpu",
-                           "--no-echo"], text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = fork_server.run([sys.executable, "-m", "fairseq_srupp.sample_cli", "--path", ckpt, "--data", data_bin,
+                            "--prompt", "w3 w24\nw7", "-n", 30, "--top-p", 0.9, "--seed", 5, "--cpu", "--no-echo"],
+                           stderr_apart=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr
     words = proc.stdout.split()
     assert len(words) == 30 - proc.stdout.count("\n") + 1  # 30 tokens: words and line ends

@@ -10,12 +10,12 @@
 """
 import math
 import os
-import subprocess
 import sys
 from argparse import Namespace
 
 import pytest
 import torch
+import fork_server
 from cli_utils import STATEFUL_TRAIN_ARGS, make_char_data, run_tool
 from fairseq.data import Dictionary
 from fairseq.models import ARCH_CONFIG_REGISTRY
@@ -160,8 +160,7 @@ def checkpoint(tmp_path_factory):
 
 
 def sample_cli(*args):
-    return subprocess.run([sys.executable, "-m", "fairseq_srupp.sample_cli", *map(str, args)], text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300,
+    return fork_server.run([sys.executable, "-m", "fairseq_srupp.sample_cli", *args], stderr_apart=True, timeout=300,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
