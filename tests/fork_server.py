@@ -15,8 +15,8 @@ plugin reads its environment switches when it is imported.
 
 Commands whose environment differs in a variable read when the interpreter or a library starts
 (``STARTUP_ENV_PREFIXES``) get a server of their own. ``FAIRSEQ_SRUPP_TEST_FORK=0`` runs every
-command as a plain subprocess. Tests that check what a fresh process imports start their processes
-with ``subprocess`` themselves.
+command as a plain subprocess, as does a machine with a GPU. Tests that check what a fresh process
+imports start their processes with ``subprocess`` themselves.
 
 Protocol (JSON lines): the client writes ``{"op": "start", ...}`` and reads ``{"pid": N}``, then
 writes ``{"op": "wait", "pid": N}`` and reads ``{"returncode": R}``.
@@ -247,7 +247,15 @@ class ForkedProcess:
 
 
 def enabled(env):
-    return env.get("FAIRSEQ_SRUPP_TEST_FORK", "1") != "0"
+    """Forking is on unless the command's environment says FAIRSEQ_SRUPP_TEST_FORK=0, or a GPU is visible:
+    CUDA does not survive a fork once a library has initialised it, and some initialise it as they import."""
+    return env.get("FAIRSEQ_SRUPP_TEST_FORK", "1") != "0" and not _gpu_visible()
+
+
+def _gpu_visible():
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def popen(cmd, env=None, cwd=None, stderr_apart=False, text=True):

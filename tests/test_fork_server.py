@@ -9,6 +9,7 @@ import pytest
 import fork_server
 from cli_utils import BIN, USER_DIR
 
+pytestmark = pytest.mark.skipif(fork_server._gpu_visible(), reason="the tests fork no command where a GPU is visible")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", FAIRSEQ_SRUPP_TEST_FORK="1")
 
 
