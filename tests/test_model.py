@@ -113,6 +113,24 @@ def test_initialisation_follows_the_spec():
     assert layer.transform_module.alpha.item() == 0.0
 
 
+@pytest.mark.parametrize("attention_every_n_layers", [1, 2])
+def test_fairseq_finds_no_shared_parameters(attention_every_n_layers):
+    """fairseq's trainer ties and logs every pair of identical entries among the modules' parameters;
+    bias-free linears must not offer it their None biases as one shared parameter."""
+    from fairseq.trainer import _catalog_shared_params
+
+    cfg = preset_config("srupp_lm_tiny", hidden_size=48, proj_size=16, num_layers=3,
+                        attention_every_n_layers=attention_every_n_layers)
+    decoder = SRUppDecoder(cfg, ByteDictionary(range(30)))
+    assert _catalog_shared_params(decoder) == []
+    names = [name for name, _ in decoder.named_parameters()]
+    assert "srupp.rnn_lst.0.transform_module.linear1.weight" in names
+    assert not any(name.endswith("linear1.bias") for name in names)
+    x = torch.randn(5, 2, 48)
+    linear = decoder.srupp.rnn_lst[0].transform_module.linear1
+    assert linear.bias is None and torch.equal(linear(x), x @ linear.weight.t())
+
+
 def test_batched_padded_forward_equals_single_sequences():
     cfg = preset_config("srupp_lm_tiny", hidden_size=32, proj_size=16, num_layers=2, dropout=0.0, attn_dropout=0.0)
     decoder = SRUppDecoder(cfg, ByteDictionary(range(20))).eval()

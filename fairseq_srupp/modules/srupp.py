@@ -7,7 +7,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .attention_masks import AttentionMask, mask_for_sdpa
 from .srupp_layer import SRUppLayer
-from .transforms import SRUppAttention, SRUppProjectedLinear
+from .transforms import SRUppAttention, SRUppProjectedLinear, linear_without_bias
 
 
 def layer_has_attention(
@@ -115,7 +115,7 @@ class SRUpp(nn.Module):
         self.input_to_hidden: Optional[nn.Linear] = None
         first_input_size = input_size
         if proj_input_to_hidden_first and input_size != hidden_size:
-            self.input_to_hidden = nn.Linear(input_size, hidden_size, bias=False)
+            self.input_to_hidden = linear_without_bias(input_size, hidden_size)
             nn.init.xavier_uniform_(self.input_to_hidden.weight)  # before the layers, as sru.SRUpp
             first_input_size = hidden_size
         self.rnn_lst = nn.ModuleList()

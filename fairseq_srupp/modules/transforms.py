@@ -16,9 +16,18 @@ from .attention_masks import AttentionMask, additive_mask, mask_for_sdpa, is_str
 from .dropout import Dropout
 
 
-def _linear(in_features: int, out_features: int) -> nn.Linear:
-    # Initialised by the owner's reset_parameters (xavier-uniform).
-    return nn.Linear(in_features, out_features, bias=False)
+def linear_without_bias(in_features: int, out_features: int) -> nn.Linear:
+    """``nn.Linear(bias=False)`` with no ``bias`` entry among its parameters (initialised by the owner's
+    reset_parameters, xavier-uniform).
+
+    ``nn.Linear`` keeps a None there, and fairseq's trainer, which catalogues parameters by identity,
+    takes every such None for one parameter shared by all these layers and logs a "detected shared
+    parameter" line for each. State dicts are the same either way.
+    """
+    linear = nn.Linear(in_features, out_features, bias=False)
+    del linear._parameters["bias"]
+    linear.bias = None  # a plain attribute: forward passes it to F.linear
+    return linear
 
 
 def attention_bias(
@@ -128,9 +137,9 @@ class SRUppAttention(nn.Module):
         # Applied by scaled_dot_product_attention; the module only carries p and the
         # train / retained-at-inference switch.
         self.attn_dropout_module = Dropout(attn_dropout, module_name=type(self).__name__)
-        self.linear1 = _linear(in_features, proj_features)
-        self.linear2 = _linear(proj_features, 2 * proj_features)
-        self.linear3 = _linear(proj_features, out_features)
+        self.linear1 = linear_without_bias(in_features, proj_features)
+        self.linear2 = linear_without_bias(proj_features, 2 * proj_features)
+        self.linear3 = linear_without_bias(proj_features, out_features)
         self.alpha = nn.Parameter(torch.full((1,), self.rezero_init_alpha))
         self.layer_norm = nn.LayerNorm(proj_features) if layer_norm else None
         self.reset_parameters()
@@ -265,8 +274,8 @@ class SRUppProjectedLinear(nn.Module):
         self.out_features = out_features
         self.proj_features = proj_features
         self.dropout = Dropout(dropout, module_name=type(self).__name__)
-        self.linear1 = _linear(in_features, proj_features)
-        self.linear2 = _linear(proj_features, out_features)
+        self.linear1 = linear_without_bias(in_features, proj_features)
+        self.linear2 = linear_without_bias(proj_features, out_features)
         self.layer_norm = nn.LayerNorm(proj_features) if layer_norm else None
         self.reset_parameters()
 
