@@ -1,6 +1,5 @@
 """radam and srupp_cosine against the paper's optimizer equations and training loop."""
 import math
-from argparse import Namespace
 
 import pytest
 import torch
