@@ -88,9 +88,12 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
     assert not training["errors"]
     assert {(r["model"], r["dtype"]) for r in training["rows"]} == {
         (m, d) for m in ("srupp_lm", "sru_reference", "transformer_lm") for d in ("float32", "bfloat16")} | {
-        ("srupp_lm_additive", "bfloat16")}  # the A/B of the attention mask: bf16 only
+        ("srupp_lm_additive", "bfloat16"),  # the A/B of the attention mask: bf16 only
+        ("srupp_lm_compiled", "bfloat16")}  # torch.compile (aot_eager on the CPU), last
     assert set(training["ratios"]["bfloat16"]) >= {"structured_over_additive_tokens_per_s",
                                                    "structured_over_additive_peak_memory"}
+    assert training["ratios"]["bfloat16"]["compiled_over_eager_tokens_per_s"] > 0
+    assert any("srupp_lm compiled / eager: tokens/s" in line for line in steps["training"]["markdown"])
     assert any("structured / additive causal mask tokens/s" in t["target"] for t in training["targets"])
     for r in training["rows"]:
         assert r["tokens_per_s"] == pytest.approx(training["batch"] * training["length"] / (r["ms_per_step"] / 1000))

@@ -13,7 +13,12 @@ L=--length tokens per step (the paper's per-GPU batch: 4 x 1024), for every --dt
 * ``sru_reference``: the paper's enwik8 model, Embedding -> dropout -> ``sru.SRUpp`` (its CUDA kernel)
   -> dropout -> Linear, carrying ``c`` and ``saved_inputs`` as memory the way its training script does;
 * ``transformer_lm``: fairseq's, sized to about the same parameter count (--transformer
-  dim,ffn,layers,heads), same tokens per step, no memory.
+  dim,ffn,layers,heads), same tokens per step, no memory;
+* ``srupp_lm_compiled`` (only when named in --models): ``srupp_lm`` with its decoder under
+  ``torch.compile`` (--compile-backend; the warm-up steps include compiling). Inside a compiled graph
+  the causal mask is the additive tensor (dynamo cannot build the structure), while Inductor fuses the
+  elementwise work around the matrix products and the recurrence: dropout, residuals, layer norms,
+  the attention's scaling. Compared with ``srupp_lm`` (tokens/s, peak memory).
 
 One loop for all three, the paper's: fp32 weights under ``torch.autocast(dtype)``, a GradScaler for
 float16, gradient clipping at 1.0, RAdam with decoupled weight decay. Reported per model: parameters,
@@ -56,10 +61,13 @@ from fairseq_srupp.bench.flops import srupp_flops_per_token, transformer_flops_p
 from fairseq_srupp.bench.generation import build_model, model_cli_args, write_dictionary  # noqa: E402
 from fairseq_srupp.models.srupp_lm import SRUppLMConfig  # noqa: E402
 from fairseq_srupp.modules.attention_masks import ATTENTION_ENV, causal_mask  # noqa: E402
+from fairseq_srupp.tasks.carried_state import SegmentContext  # noqa: E402
 
 # srupp_lm's pair first: if the step runs out of time, the A/B of the mask is what was measured.
 MODELS = ("srupp_lm", "srupp_lm_additive", "sru_reference", "transformer_lm")
-ATTENTION = {"srupp_lm": "auto", "srupp_lm_additive": "additive"}  # FAIRSEQ_SRUPP_ATTENTION per model
+OPTIONAL_MODELS = ("srupp_lm_compiled",)  # run only when named in --models
+# FAIRSEQ_SRUPP_ATTENTION per model
+ATTENTION = {"srupp_lm": "auto", "srupp_lm_additive": "additive", "srupp_lm_compiled": "auto"}
 TRANSFORMER = "1024,4480,8,16"  # about srupp_lm's 107.6M parameters with a byte vocabulary
 # Dense bf16 TFLOP/s by device name (vendor datasheets); the most specific name matches first.
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
@@ -77,7 +85,8 @@ def peak_bf16_tflops(device_name):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=["bfloat16", "float16"])
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--models", nargs="+", choices=MODELS + OPTIONAL_MODELS, default=list(MODELS))
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of srupp_lm_compiled")
     p.add_argument("--additive-dtypes", nargs="+", choices=DTYPES, default=["bfloat16"],
                    help="dtypes srupp_lm_additive runs in (default bf16 only: the A/B of the mask, the MFU "
                         "target's dtype, within the GPU kit's time)")
@@ -133,9 +142,13 @@ def build(name, args, dict_dir):
     if name in ATTENTION:
         model = build_model(dict_dir, cli["srupp_lm"] + drop)[0]
         d, p, n = srupp_shape(args)
+        decoder = model.decoder
+        if name == "srupp_lm_compiled":
+            decoder = torch.compile(decoder, backend=args.compile_backend)
+        segment = SegmentContext(mask="causal", state="train")  # memory carried from step to step
 
         def forward(tokens):
-            return model.decoder(tokens, carry={"key": "train"})[0]
+            return decoder(tokens, segment=segment)[0]
     elif name == "transformer_lm":
         model = build_model(dict_dir, cli["transformer_lm"] + drop[:2])[0]
         dim, ffn, layers, _ = (int(v) for v in args.transformer.split(","))
@@ -222,7 +235,7 @@ def _measure(name, dtype_name, args, dict_dir, device, peak_tflops):
            "tflops": flops * tokens_per_s / 1e12, "first_loss": losses[0], "last_loss": losses[-1],
            "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
     row["mfu"] = row["tflops"] / peak_tflops if peak_tflops else None
-    if name in ATTENTION and cuda:
+    if name in ATTENTION and name != "srupp_lm_compiled" and cuda:
         try:  # private torch API: a probe that fails must not lose the row it describes
             row["sdpa_kernel"] = sdpa_kernel_used(ATTENTION[name] == "auto", args, dtype)
         except Exception as err:  # noqa: BLE001
@@ -271,6 +284,8 @@ RATIOS = {  # key: (numerator model, denominator model, figure)
     "srupp_over_transformer_tokens_per_s": ("srupp_lm", "transformer_lm", "tokens_per_s"),
     "structured_over_additive_tokens_per_s": ("srupp_lm", "srupp_lm_additive", "tokens_per_s"),
     "structured_over_additive_peak_memory": ("srupp_lm", "srupp_lm_additive", "peak_mib"),
+    "compiled_over_eager_tokens_per_s": ("srupp_lm_compiled", "srupp_lm", "tokens_per_s"),
+    "compiled_over_eager_peak_memory": ("srupp_lm_compiled", "srupp_lm", "peak_mib"),
 }
 
 
@@ -305,6 +320,10 @@ def format_results(result):
         lines.append("- {}: srupp_lm structured causal mask / additive mask: tokens/s {}, peak memory {}".format(
             dtype, _num(r["structured_over_additive_tokens_per_s"], "{:.2f}x"),
             _num(r["structured_over_additive_peak_memory"], "{:.2f}x")))
+        if r.get("compiled_over_eager_tokens_per_s"):
+            lines.append("- {}: srupp_lm compiled / eager: tokens/s {}, peak memory {}".format(
+                dtype, _num(r["compiled_over_eager_tokens_per_s"], "{:.2f}x"),
+                _num(r["compiled_over_eager_peak_memory"], "{:.2f}x")))
     return lines
 
 
