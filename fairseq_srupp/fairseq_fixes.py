@@ -202,7 +202,7 @@ def _check_batch_size(cfg):
 def _check_devices(cfg):
     common, dist = cfg.common, cfg.distributed_training
     cuda = torch.cuda.device_count() if not common.cpu else 0
-    for flag in ("fp16", "memory_efficient_fp16"):
+    for flag in ("memory_efficient_fp16", "fp16"):  # the first sets the second too
         if common.get(flag) and cuda == 0:
             raise SRUppUserError("--{} needs a CUDA GPU{}: drop it (on CPU, --bf16 trains in bfloat16)".format(
                 flag.replace("_", "-"), " and --cpu was given" if common.cpu else ", and this machine has none"))

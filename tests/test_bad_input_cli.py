@@ -1,0 +1,211 @@
+"""User mistakes with the real commands (fairseq-train, fairseq-eval-lm, fairseq-generate,
+fairseq-interactive, srupp-sample): each ends in exactly one ``error:`` line naming the flag or file,
+exit status 1, no traceback, and the data and checkpoints it was pointed at are left as they were.
+
+One tiny checkpoint (one update) is shared by every case; the training cases run in its --save-dir,
+so a run that got as far as saving would show up as a changed checkpoint_last.pt.
+"""
+import os
+import re
+import shutil
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import fork_server
+from cli_utils import BIN, STATEFUL_TRAIN_ARGS, USER_DIR, make_char_data, run_tool
+from omegaconf import OmegaConf
+from test_bad_input_task import LOG_RECORD, snapshot
+
+from fairseq_srupp.errors import SRUppUserError
+
+TRAIN_ARGS = [*STATEFUL_TRAIN_ARGS, "--max-update", 1]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Data, a one-update checkpoint and broken copies of both (paths in a namespace)."""
+    root = tmp_path_factory.mktemp("bad_cli")
+    data = make_char_data(root, n_train=3000, n_valid=800)
+    save_dir = root / "ckpt"
+    run_tool("fairseq-train", data, *TRAIN_ARGS, "--batch-size", 2, "--save-dir", save_dir)
+    ckpt = save_dir / "checkpoint_last.pt"
+
+    truncated = root / "truncated.pt"
+    truncated.write_bytes(ckpt.read_bytes()[:4000])  # a copy cut short, as by a full disk
+    text = root / "notes.pt"
+    text.write_text("not a checkpoint\n")
+
+    # A dictionary with more symbols than the checkpoint's (every token id still in range).
+    other_dict = root / "other-dict"
+    shutil.copytree(data, other_dict)
+    with open(other_dict / "dict.txt", "a") as f:
+        f.write("".join("extra{} 1\n".format(i) for i in range(5)))
+
+    # An empty valid split, as fairseq-preprocess writes it for an empty text.
+    empty_valid = root / "empty-valid"
+    shutil.copytree(data, empty_valid)
+    from fairseq.data import indexed_dataset
+
+    builder = indexed_dataset.make_builder(str(empty_valid / "valid.bin"), impl="mmap", vocab_size=300)
+    builder.finalize(str(empty_valid / "valid.idx"))
+    return SimpleNamespace(root=root, data=data, save_dir=save_dir, ckpt=ckpt, truncated=truncated, text=text,
+                           other_dict=other_dict, empty_valid=empty_valid)
+
+
+def train(e, *args, data=None):
+    return [BIN / "fairseq-train", data or e.data, *TRAIN_ARGS, "--save-dir", e.save_dir, *args]
+
+
+def eval_lm(e, *args, path=None):
+    return [BIN / "fairseq-eval-lm", e.data, "--user-dir", USER_DIR, "--task", "srupp_language_modeling",
+            "--path", path or e.ckpt, "--cpu", "--gen-subset", "valid", "--batch-size", 2, "--num-workers", 0, *args]
+
+
+def generate(e, path):
+    return [BIN / "fairseq-generate", e.data, "--user-dir", USER_DIR, "--task", "language_modeling", "--path", path,
+            "--gen-subset", "test", "--sample-break-mode", "eos", "--prefix-size", 3, "--max-len-b", 10,
+            "--batch-size", 8, "--cpu", "--num-workers", 0]
+
+
+def interactive(e, path):
+    return [BIN / "fairseq-interactive", e.data, "--user-dir", USER_DIR, "--task", "language_modeling",
+            "--path", path, "--bpe", "srupp_bytes", "--max-len-b", 10, "--cpu"]
+
+
+def sample(e, *args):
+    return [sys.executable, "-m", "fairseq_srupp.sample_cli", "--path", e.ckpt, "--prompt", "the", "-n", 5, "--cpu",
+            *args]
+
+
+# (id, command, the error line's start): each names the flag or file to fix. One command per code path
+# (each costs ~1.5 s, mostly imports); the variants of each check are tried in process below.
+CASES = [
+    # configurations fairseq-train cannot run, caught before any data is read
+    ("no-batch-size", lambda e: train(e), "error: srupp_language_modeling needs --batch-size (streams per worker)"),
+    ("fp16-on-cpu", lambda e: train(e, "--batch-size", 2, "--fp16"),
+     "error: --fp16 needs a CUDA GPU and --cpu was given: drop it"),
+    ("world-size-without-gpus", lambda e: train(e, "--batch-size", 2, "--distributed-world-size", 2),
+     "error: --distributed-world-size 2 starts one process per GPU, but 0 GPU(s) are available: on CPU start "
+     "each rank yourself with --distributed-rank R"),
+    ("restore-file-missing", lambda e: train(e, "--batch-size", 2, "--restore-file", e.root / "nope.pt"),
+     "error: --restore-file {root}/nope.pt does not exist: give an existing checkpoint"),
+    ("fairseq-adaptive-loss", lambda e: train(e, "--batch-size", 2, "--criterion", "adaptive_loss"),
+     "error: --criterion adaptive_loss needs fairseq's own adaptive softmax; srupp_lm's projected one"),
+    # task, model, optimizer and schedule flags
+    ("negative-batch-size", lambda e: train(e, "--batch-size", -2),
+     "error: --batch-size must be >= 1 (streams per worker), got -2"),
+    ("heads-not-dividing-proj", lambda e: train(e, "--batch-size", 2, "--num-heads", 5),
+     "error: --proj-size (24) must be divisible by --num-heads (5)"),
+    ("cutoff-beyond-dictionary",
+     lambda e: train(e, "--batch-size", 2, "--criterion", "srupp_adaptive_loss", "--adaptive-softmax-cutoff", "50,400"),
+     "error: --adaptive-softmax-cutoff 50,400: the last cutoff must be smaller than the dictionary size (32 symbols)"),
+    ("radam-betas-one-number", lambda e: train(e, "--batch-size", 2, "--radam-betas", "(0.9)"),
+     "error: --radam-betas '(0.9)' must be two numbers in [0, 1)"),
+    ("warmup-beyond-max-update",
+     lambda e: train(e, "--batch-size", 2, "--lr-scheduler", "srupp_cosine", "--warmup-updates", 5),
+     "error: --warmup-updates 5 must be in [0, --max-update 1)"),
+    # data
+    ("empty-valid-split", lambda e: train(e, "--batch-size", 2, data=e.empty_valid),
+     "error: split 'valid' is empty ({root}/empty-valid/valid.bin has no tokens)"),
+    # checkpoints that do not fit: resumed in the same --save-dir, or given to the other commands
+    ("resume-with-other-sizes", lambda e: train(e, "--batch-size", 2, "--hidden-size", 32),
+     "error: the checkpoint's parameters do not fit this srupp_lm (14 of another size: decoder.embed_tokens.weight "
+     "(32, 48) (here (32, 32))"),
+    ("eval-lm-path-missing", lambda e: eval_lm(e, path=e.root / "nope.pt"),
+     "error: checkpoint {root}/nope.pt does not exist (--path)"),
+    ("generate-truncated", lambda e: generate(e, e.truncated),
+     "error: {root}/truncated.pt is not a complete PyTorch checkpoint (4000 bytes;"),
+    ("interactive-not-a-checkpoint", lambda e: interactive(e, path=e.text),
+     "error: {root}/notes.pt is not a complete PyTorch checkpoint (17 bytes;"),
+    ("sample-other-dictionary", lambda e: sample(e, "--data", e.other_dict),
+     "error: the checkpoint was trained with a dictionary of 32 symbols but the task's dictionary has 37"),
+    # already one line before this audit: pinned
+    ("eval-lm-context-window", lambda e: eval_lm(e, "--context-window", 5),
+     "error: --context-window does not apply to srupp_language_modeling"),
+]
+
+
+@pytest.mark.parametrize("make_cmd,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_one_error_line_and_nothing_lost(env, make_cmd, expected):
+    before = {d: snapshot(d) for d in (env.data, env.save_dir)}
+    proc = fork_server.run(make_cmd(env), env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
+                           input="the cat\n", stderr_apart=True, timeout=300)
+    # fairseq-eval-lm and friends log to stderr: set log records aside, the rest is the one error line
+    lines = [line for line in proc.stderr.strip().splitlines() if not LOG_RECORD.match(line)]
+    print(lines)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(expected.format(root=env.root)), proc.stderr[-3000:]
+    assert {d: snapshot(d) for d in before} == before
+
+
+# ------------------------------------------------------------------------- variants, in process
+@pytest.mark.parametrize("betas,ok", [("(0.9, 0.999)", (0.9, 0.999)), ([0.8, 0.9], (0.8, 0.9)), ("(0.9)", None),
+                                      ("abc", None), ("(0.9, 1.0)", None), ("(0.9, 0.99, 0.999)", None),
+                                      ("__import__('os')", None)])
+def test_radam_betas(betas, ok):
+    from fairseq_srupp.optim.radam import parse_betas
+
+    if ok is not None:
+        assert parse_betas(betas) == ok
+    else:
+        with pytest.raises(SRUppUserError, match=re.escape("--radam-betas {!r} must be two numbers in [0, 1)".format(betas))):
+            parse_betas(betas)
+
+
+@pytest.mark.parametrize("key,value,flag", [("lr", [-0.1], "--lr must be >= 0"), ("radam_eps", -1.0, "--radam-eps"),
+                                            ("weight_decay", float("nan"), "--weight-decay must be >= 0, got nan")])
+def test_radam_rejects_negative_settings(key, value, flag):
+    from fairseq_srupp.optim.radam import FairseqRAdam
+
+    cfg = OmegaConf.create({"_name": "radam", "lr": [0.01], "weight_decay": 0.0, "radam_betas": "(0.9, 0.999)",
+                            "radam_eps": 1e-8})
+    cfg[key] = value
+    with pytest.raises(SRUppUserError, match=re.escape(flag)):
+        FairseqRAdam(cfg, [torch.nn.Parameter(torch.zeros(2))])
+
+
+def test_train_config_checks_in_process(tmp_path):
+    """What the wrapper of call_main checks, on fairseq-train's own parsed configuration."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from fairseq_srupp.fairseq_fixes import check_train_config
+
+    def config(*args, task="srupp_language_modeling", arch="srupp_lm_tiny"):
+        parser = options.get_training_parser()
+        cmd = [str(tmp_path), "--user-dir", USER_DIR, "--task", task, "--arch", arch, "--cpu", *map(str, args)]
+        return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, cmd))
+
+    check_train_config(config("--batch-size", 2))  # a good one passes
+    existing = tmp_path / "pretrained.pt"
+    existing.write_bytes(b"")
+    check_train_config(config("--batch-size", 2, "--restore-file", existing))
+    for args, message in [
+        (("--max-tokens", 512), "needs --batch-size (streams per worker); --max-tokens does not set it"),
+        (("--batch-size", 2, "--memory-efficient-fp16"), "--memory-efficient-fp16 needs a CUDA GPU"),
+        (("--batch-size", 2, "--restore-file", tmp_path), "--restore-file {} is a directory".format(tmp_path)),
+    ]:
+        with pytest.raises(SRUppUserError, match=re.escape(message)):
+            check_train_config(config(*args))
+    with pytest.raises(SRUppUserError, match=re.escape(
+            "--criterion srupp_adaptive_loss needs a srupp_lm model (--arch srupp_lm...), got TransformerLanguageModel")):
+        check_train_config(config("--batch-size", 2, "--criterion", "srupp_adaptive_loss", task="language_modeling",
+                                  arch="transformer_lm"))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(num_layers=0), "--num-layers must be a positive integer, got 0"),
+    (dict(adaptive_softmax_cutoff="5", adaptive_div_value=0.0), "--adaptive-div-value must be > 0, got 0.0"),
+    (dict(adaptive_softmax_cutoff="5,a"), "--adaptive-softmax-cutoff must be comma-separated integers"),
+])
+def test_model_config_variants_are_user_errors(overrides, message):
+    """One line through the excepthook (test_model checks the other messages as ValueErrors)."""
+    from test_model import preset_config
+
+    from fairseq_srupp.models.srupp_lm import check_config
+
+    with pytest.raises(SRUppUserError, match=re.escape(message)):
+        check_config(preset_config("srupp_lm_tiny", **overrides), vocab_size=20)
