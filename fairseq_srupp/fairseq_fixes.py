@@ -30,7 +30,8 @@
    ``KeyError: 101``) or not at all: before ``fairseq-train`` starts, the wrapper of ``call_main``
    checks the batch size, ``--fp16`` without a GPU, ``--distributed-world-size`` beyond the local
    GPUs without a way to start the other ranks, a ``--restore-file`` that does not exist (fairseq
-   silently trains from scratch) and a criterion that does not fit ``srupp_lm``; the checkpoint
+   silently trains from scratch) and a criterion that does not fit ``srupp_lm`` (``cross_entropy``
+   with its adaptive softmax is allowed, with a warning: it builds the full softmax); the checkpoint
    loaders name a missing, truncated or non-checkpoint file. Each raises
    :class:`~fairseq_srupp.errors.SRUppUserError` (one ``error:`` line); a checkpoint that fails to
    load although its file is intact keeps fairseq's own error.
@@ -245,6 +246,9 @@ def _check_criterion(cfg):
     if criterion == "adaptive_loss" and srupp:
         raise SRUppUserError("--criterion adaptive_loss needs fairseq's own adaptive softmax; srupp_lm's projected "
                              "one (and its Linear head) trains with --criterion srupp_adaptive_loss")
+    if criterion == "cross_entropy" and srupp and cfg.model.get("adaptive_softmax_cutoff"):
+        logger.warning("--criterion cross_entropy with srupp_lm's adaptive softmax computes the full (batch, length, "
+                       "vocabulary) log-softmax; --criterion srupp_adaptive_loss gives the same loss without it")
     if criterion == "srupp_adaptive_loss" and not srupp:
         raise SRUppUserError("--criterion srupp_adaptive_loss needs a srupp_lm model (--arch srupp_lm...), got "
                              "{}: use --criterion cross_entropy or adaptive_loss".format(model.__name__))

@@ -167,7 +167,7 @@ def test_radam_rejects_negative_settings(key, value, flag):
         FairseqRAdam(cfg, [torch.nn.Parameter(torch.zeros(2))])
 
 
-def test_train_config_checks_in_process(tmp_path):
+def test_train_config_checks_in_process(tmp_path, caplog):
     """What the wrapper of call_main checks, on fairseq-train's own parsed configuration."""
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -180,6 +180,9 @@ def test_train_config_checks_in_process(tmp_path):
         return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, cmd))
 
     check_train_config(config("--batch-size", 2))  # a good one passes
+    assert "full (batch, length, vocabulary) log-softmax" not in caplog.text
+    check_train_config(config("--batch-size", 2, "--adaptive-softmax-cutoff", "10"))  # allowed, with a warning
+    assert "--criterion srupp_adaptive_loss gives the same loss without it" in caplog.text
     existing = tmp_path / "pretrained.pt"
     existing.write_bytes(b"")
     check_train_config(config("--batch-size", 2, "--restore-file", existing))
