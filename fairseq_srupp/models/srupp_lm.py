@@ -442,9 +442,12 @@ class SRUppLanguageModel(FairseqLanguageModel):
                     "adaptive softmax" if self.decoder.adaptive_softmax is not None else "Linear",
                 )
             )
-        if strict:
+        try:
+            return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        except RuntimeError:
+            # torch refused it (after fairseq's upgrade of old keys): say which parameters differ
             check_state_dict_fits(self.state_dict(), state_dict)
-        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+            raise
 
 
 def check_state_dict_fits(own: Dict[str, Tensor], theirs: Dict[str, Tensor]) -> None:
