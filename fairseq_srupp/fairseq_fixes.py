@@ -281,19 +281,19 @@ def _wrap_checkpoint_loaders(module):
             raise SRUppUserError("checkpoint {} {}".format(path, "is a directory" if os.path.isdir(path)
                                                            else "does not exist"))
         try:
-            state = load_to_cpu(path, *args, **kwargs)
+            return load_to_cpu(path, *args, **kwargs)
         except Exception as exc:
-            if not (local and _broken_checkpoint(path)):
-                raise  # the file is intact: a real failure, reported as fairseq does
-            raise SRUppUserError("{} is not a complete PyTorch checkpoint ({} bytes; truncated, still being "
-                                 "written, or another kind of file): give a checkpoint_*.pt written by "
-                                 "fairseq-train".format(path, os.path.getsize(path))) from exc
-        if not isinstance(state, dict) or (state.get("cfg") is None and state.get("args") is None):
-            raise SRUppUserError(
-                "{} is not a fairseq checkpoint (no 'cfg' or 'args'; top-level keys: {}); the paper's released "
-                "checkpoints must be converted first: python -m fairseq_srupp.convert".format(
-                    path, sorted(state)[:8] if isinstance(state, dict) else type(state).__name__))
-        return state
+            if not local:
+                raise
+            if _broken_checkpoint(path):
+                raise SRUppUserError("{} is not a complete PyTorch checkpoint ({} bytes; truncated, still being "
+                                     "written, or another kind of file): give a checkpoint_*.pt written by "
+                                     "fairseq-train".format(path, os.path.getsize(path))) from exc
+            # fairseq's upgrade of old checkpoints fails (KeyError) on a state dict it did not write
+            from fairseq_srupp.models.srupp_lm import checkpoint_model_name
+
+            checkpoint_model_name(path)  # SRUppUserError unless it is a fairseq checkpoint
+            raise
 
     signature = inspect.signature(load_ensemble)
 

@@ -382,8 +382,9 @@ def checkpoint_vocab_size(state_dict) -> Optional[int]:
     return sum(rows) if rows else None
 
 
-def check_checkpoint_architecture(path: str, cls) -> None:
-    """Raise SRUppUserError unless ``path`` is a fairseq checkpoint of a ``cls`` model."""
+def checkpoint_model_name(path: str) -> Optional[str]:
+    """The model (or --arch) name a fairseq checkpoint was saved with; SRUppUserError when ``path`` is
+    not a fairseq checkpoint."""
     try:
         # mmap: only the pickled structure is read, not the tensors.
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
@@ -400,6 +401,12 @@ def check_checkpoint_architecture(path: str, cls) -> None:
             "checkpoints must be converted first: python -m fairseq_srupp.convert".format(
                 path, sorted(state)[:8] if isinstance(state, dict) else type(state).__name__)
         )
+    return name
+
+
+def check_checkpoint_architecture(path: str, cls) -> None:
+    """Raise SRUppUserError unless ``path`` is a fairseq checkpoint of a ``cls`` model."""
+    name = checkpoint_model_name(path)
     found = MODEL_REGISTRY.get(name) or ARCH_MODEL_REGISTRY.get(name)
     if found is None or not issubclass(found, cls):
         raise SRUppUserError(
