@@ -184,16 +184,21 @@ def _wrap_batch_by_size(module):
 
 
 # ------------------------------------------------------------ mistakes fairseq reports as tracebacks
+def _name(section):
+    # a DictConfig, or an argparse Namespace for components without a dataclass (fairseq's conversion)
+    return getattr(section, "_name", None)
+
+
 def _model_class(cfg):
     from fairseq.models import ARCH_MODEL_REGISTRY, MODEL_REGISTRY
 
-    name = cfg.get("_name") or cfg.get("arch") if cfg is not None else None
+    name = _name(cfg)
     return MODEL_REGISTRY.get(name) or ARCH_MODEL_REGISTRY.get(name)
 
 
 def _check_batch_size(cfg):
     dataset, task = cfg.dataset, cfg.task
-    if task is not None and task.get("_name") == "srupp_language_modeling" and dataset.batch_size is None:
+    if _name(task) == "srupp_language_modeling" and dataset.batch_size is None:
         raise SRUppUserError("srupp_language_modeling needs --batch-size (streams per worker){}".format(
             "; --max-tokens does not set it" if dataset.max_tokens is not None else ""))
     if dataset.batch_size is None and dataset.max_tokens is None:
@@ -238,7 +243,7 @@ def _check_restore_file(cfg):
 def _check_criterion(cfg):
     from fairseq_srupp.models.srupp_lm import SRUppLanguageModel
 
-    criterion = cfg.criterion.get("_name") if cfg.criterion is not None else None
+    criterion = _name(cfg.criterion)
     model = _model_class(cfg.model)
     if model is None:
         return
@@ -246,7 +251,7 @@ def _check_criterion(cfg):
     if criterion == "adaptive_loss" and srupp:
         raise SRUppUserError("--criterion adaptive_loss needs fairseq's own adaptive softmax; srupp_lm's projected "
                              "one (and its Linear head) trains with --criterion srupp_adaptive_loss")
-    if criterion == "cross_entropy" and srupp and cfg.model.get("adaptive_softmax_cutoff"):
+    if criterion == "cross_entropy" and srupp and getattr(cfg.model, "adaptive_softmax_cutoff", None):
         logger.warning("--criterion cross_entropy with srupp_lm's adaptive softmax computes the full (batch, length, "
                        "vocabulary) log-softmax; --criterion srupp_adaptive_loss gives the same loss without it")
     if criterion == "srupp_adaptive_loss" and not srupp:
