@@ -234,10 +234,13 @@ def _check_restore_file(cfg):
             or cfg.distributed_training.ddp_backend == "fully_sharded"):
         return
     if not PathManager.isfile(restore):
-        raise SRUppUserError(
-            "--restore-file {} {}: give an existing checkpoint, or leave --restore-file out to resume from "
-            "--save-dir's checkpoint_last.pt (fairseq would silently train from scratch)".format(
-                restore, "is a directory" if os.path.isdir(restore) else "does not exist"))
+        in_save_dir = os.path.join(ckpt.save_dir, restore)
+        hint = ("give an existing checkpoint, or leave --restore-file out to resume from --save-dir's "
+                "checkpoint_last.pt (fairseq would silently train from scratch)")
+        if not os.path.isabs(restore) and os.path.isfile(in_save_dir):
+            hint = "it is read from the current directory, not --save-dir: pass {}".format(in_save_dir)
+        raise SRUppUserError("--restore-file {} {}: {}".format(
+            restore, "is a directory" if os.path.isdir(restore) else "does not exist", hint))
 
 
 def _check_criterion(cfg):

@@ -163,7 +163,13 @@ def test_train_config_checks_in_process(tmp_path, caplog):
     existing = tmp_path / "pretrained.pt"
     existing.write_bytes(b"")
     check_train_config(config("--batch-size", 2, "--restore-file", existing))
+    save_dir = tmp_path / "ckpt"
+    save_dir.mkdir()
+    (save_dir / "checkpoint_best.pt").write_bytes(b"")
     for args, message in [
+        (("--batch-size", 2, "--save-dir", save_dir, "--restore-file", "checkpoint_best.pt"),
+         "--restore-file checkpoint_best.pt does not exist: it is read from the current directory, not --save-dir: "
+         "pass {}".format(save_dir / "checkpoint_best.pt")),
         (("--max-tokens", 512), "needs --batch-size (streams per worker); --max-tokens does not set it"),
         (("--batch-size", 2, "--fp16"), "--fp16 needs a CUDA GPU and --cpu was given: drop it"),
         (("--batch-size", 2, "--distributed-world-size", 2),
