@@ -207,21 +207,22 @@ def _check_batch_size(cfg):
 
 def _check_devices(cfg):
     common, dist = cfg.common, cfg.distributed_training
-    cuda = torch.cuda.device_count() if not common.cpu else 0
+    gpus = torch.cuda.device_count()
     for flag in ("memory_efficient_fp16", "fp16"):  # the first sets the second too
-        if common.get(flag) and cuda == 0:
+        if common.get(flag) and (common.cpu or gpus == 0):
             raise SRUppUserError("--{} needs a CUDA GPU{}: drop it (on CPU, --bf16 trains in bfloat16)".format(
                 flag.replace("_", "-"), " and --cpu was given" if common.cpu else ", and this machine has none"))
-    # fairseq's single-node launch (no init method, torchrun or Slurm) starts one process per local GPU
+    # fairseq's single-node launch (no init method, torchrun or Slurm) starts one process per local GPU,
+    # --cpu or not
     launched = all(k in os.environ for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")) or (
         "SLURM_STEP_NODELIST" in os.environ and dist.distributed_port > 0)
     if (dist.distributed_world_size > 1 and dist.distributed_init_method is None and not launched
-            and not common.tpu and not dist.pipeline_model_parallel and dist.distributed_world_size > cuda):
+            and not common.tpu and not dist.pipeline_model_parallel and dist.distributed_world_size > gpus):
         raise SRUppUserError(
             "--distributed-world-size {} starts one process per GPU, but {} GPU(s) are available: on CPU "
             "start each rank yourself with --distributed-rank R --distributed-init-method tcp://HOST:PORT "
             "--distributed-no-spawn --distributed-backend gloo (see the README)".format(
-                dist.distributed_world_size, cuda))
+                dist.distributed_world_size, gpus))
 
 
 def _check_restore_file(cfg):

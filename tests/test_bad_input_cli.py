@@ -163,6 +163,7 @@ def test_train_config_checks_in_process(tmp_path, caplog):
     existing = tmp_path / "pretrained.pt"
     existing.write_bytes(b"")
     check_train_config(config("--batch-size", 2, "--restore-file", existing))
+    gpus = torch.cuda.device_count()
     save_dir = tmp_path / "ckpt"
     save_dir.mkdir()
     (save_dir / "checkpoint_best.pt").write_bytes(b"")
@@ -172,9 +173,9 @@ def test_train_config_checks_in_process(tmp_path, caplog):
          "pass {}".format(save_dir / "checkpoint_best.pt")),
         (("--max-tokens", 512), "needs --batch-size (streams per worker); --max-tokens does not set it"),
         (("--batch-size", 2, "--fp16"), "--fp16 needs a CUDA GPU and --cpu was given: drop it"),
-        (("--batch-size", 2, "--distributed-world-size", 2),
-         "--distributed-world-size 2 starts one process per GPU, but 0 GPU(s) are available: on CPU start each "
-         "rank yourself with --distributed-rank R"),
+        (("--batch-size", 2, "--distributed-world-size", gpus + 1),
+         "--distributed-world-size {} starts one process per GPU, but {} GPU(s) are available: on CPU start each "
+         "rank yourself with --distributed-rank R".format(gpus + 1, gpus)),
         (("--batch-size", 2, "--criterion", "adaptive_loss"),
          "--criterion adaptive_loss needs fairseq's own adaptive softmax; srupp_lm's projected one"),
         (("--batch-size", 2, "--memory-efficient-fp16"), "--memory-efficient-fp16 needs a CUDA GPU"),
