@@ -173,9 +173,9 @@ def test_train_config_checks_in_process(tmp_path, caplog):
          "pass {}".format(save_dir / "checkpoint_best.pt")),
         (("--max-tokens", 512), "needs --batch-size (streams per worker); --max-tokens does not set it"),
         (("--batch-size", 2, "--fp16"), "--fp16 needs a CUDA GPU and --cpu was given: drop it"),
-        (("--batch-size", 2, "--distributed-world-size", gpus + 1),
+        (("--batch-size", 2, "--distributed-world-size", max(gpus + 1, 2)),
          "--distributed-world-size {} starts one process per GPU, but {} GPU(s) are available: on CPU start each "
-         "rank yourself with --distributed-rank R".format(gpus + 1, gpus)),
+         "rank yourself with --distributed-rank R".format(max(gpus + 1, 2), gpus)),
         (("--batch-size", 2, "--criterion", "adaptive_loss"),
          "--criterion adaptive_loss needs fairseq's own adaptive softmax; srupp_lm's projected one"),
         (("--batch-size", 2, "--memory-efficient-fp16"), "--memory-efficient-fp16 needs a CUDA GPU"),
