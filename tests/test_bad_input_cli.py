@@ -128,7 +128,8 @@ def test_radam_betas(betas, ok):
     if ok is not None:
         assert parse_betas(betas) == ok
     else:
-        with pytest.raises(SRUppUserError, match=re.escape("--radam-betas {!r} must be two numbers in [0, 1)".format(betas))):
+        message = "--radam-betas {!r} must be two numbers in [0, 1)".format(betas)
+        with pytest.raises(SRUppUserError, match=re.escape(message)):
             parse_betas(betas)
 
 
@@ -183,8 +184,9 @@ def test_train_config_checks_in_process(tmp_path, caplog):
     ]:
         with pytest.raises(SRUppUserError, match=re.escape(message)):
             check_train_config(config(*args))
-    with pytest.raises(SRUppUserError, match=re.escape(
-            "--criterion srupp_adaptive_loss needs a srupp_lm model (--arch srupp_lm...), got TransformerLanguageModel")):
+    message = ("--criterion srupp_adaptive_loss needs a srupp_lm model (--arch srupp_lm...), got "
+               "TransformerLanguageModel")
+    with pytest.raises(SRUppUserError, match=re.escape(message)):
         check_train_config(config("--batch-size", 2, "--criterion", "srupp_adaptive_loss", task="language_modeling",
                                   arch="transformer_lm"))
 

@@ -93,7 +93,8 @@ def check_config(cfg, vocab_size: Optional[int] = None) -> None:
     with ``vocab_size`` (the dictionary's) also the adaptive softmax's cutoffs and widths."""
     for name in ("hidden_size", "proj_size", "num_layers", "num_heads", "attention_every_n_layers"):
         if getattr(cfg, name) < 1:
-            raise SRUppUserError("--{} must be a positive integer, got {}".format(name.replace("_", "-"), getattr(cfg, name)))
+            raise SRUppUserError(
+                "--{} must be a positive integer, got {}".format(name.replace("_", "-"), getattr(cfg, name)))
     if cfg.proj_size % cfg.num_heads != 0:
         raise SRUppUserError(
             "--proj-size ({}) must be divisible by --num-heads ({})".format(cfg.proj_size, cfg.num_heads)

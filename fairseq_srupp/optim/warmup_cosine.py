@@ -47,7 +47,8 @@ class SRUppCosineSchedule(FairseqLRScheduler):
         if cfg.max_update <= 0:
             raise SRUppUserError("--lr-scheduler srupp_cosine needs --max-update (the cosine reaches 0 there)")
         if cfg.warmup_updates < 0 or cfg.warmup_updates >= cfg.max_update:
-            raise SRUppUserError("--warmup-updates {} must be in [0, --max-update {})".format(cfg.warmup_updates, cfg.max_update))
+            raise SRUppUserError(
+                "--warmup-updates {} must be in [0, --max-update {})".format(cfg.warmup_updates, cfg.max_update))
         self.peak_lr = first_value(cfg.lr)
         self.step_update(0)
 
