@@ -25,12 +25,25 @@
    part of the valid split with ``--task language_modeling`` (e.g. 16 blocks of 21 at batch size 8)
    and never trained on the last blocks of an epoch. The wrapper hands that batch back; every other
    batch is left as fairseq made it. (``srupp_language_modeling`` batches its streams itself.)
+
+5. User mistakes that fairseq reports as a traceback (an ``AssertionError``, ``OSError: [Errno 22]``,
+   ``KeyError: 101``) or not at all: before ``fairseq-train`` starts, the wrapper of ``call_main``
+   checks the batch size, ``--fp16`` without a GPU, ``--distributed-world-size`` beyond the local
+   GPUs without a way to start the other ranks, a ``--restore-file`` that does not exist (fairseq
+   silently trains from scratch) and a criterion that does not fit ``srupp_lm`` (``cross_entropy``
+   with its adaptive softmax is allowed, with a warning: it builds the full softmax); the checkpoint
+   loaders name a missing, truncated or non-checkpoint file. Each raises
+   :class:`~fairseq_srupp.errors.SRUppUserError` (one ``error:`` line); a checkpoint that fails to
+   load although its file is intact keeps fairseq's own error.
 """
 import inspect
 import logging
 import os
+import zipfile
 
 import torch
+
+from fairseq_srupp.errors import SRUppUserError
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +155,8 @@ def _wrap_call_main(module):
         common = getattr(cfg, "common", None)
         if common is not None and common.bf16 and common.tpu and not _torch_xla_installed():
             common.tpu = False  # set by --bf16 alone; without torch_xla there is no TPU to use
+        if getattr(main, "__module__", None) in ("fairseq_cli.train", "fairseq_cli.hydra_train"):
+            check_train_config(cfg)
         return original(cfg, main, **kwargs)
 
     call_main.__doc__ = original.__doc__
@@ -168,12 +183,151 @@ def _wrap_batch_by_size(module):
     module.batch_by_size = batch_by_size
 
 
+# ------------------------------------------------------------ mistakes fairseq reports as tracebacks
+def _name(section):
+    # a DictConfig, or an argparse Namespace for components without a dataclass (fairseq's conversion)
+    return getattr(section, "_name", None)
+
+
+def _model_class(cfg):
+    from fairseq.models import ARCH_MODEL_REGISTRY, MODEL_REGISTRY
+
+    name = _name(cfg)
+    return MODEL_REGISTRY.get(name) or ARCH_MODEL_REGISTRY.get(name)
+
+
+def _check_batch_size(cfg):
+    dataset, task = cfg.dataset, cfg.task
+    if _name(task) == "srupp_language_modeling" and dataset.batch_size is None:
+        raise SRUppUserError("srupp_language_modeling needs --batch-size (streams per worker){}".format(
+            "; --max-tokens does not set it" if dataset.max_tokens is not None else ""))
+    if dataset.batch_size is None and dataset.max_tokens is None:
+        raise SRUppUserError("give --batch-size (sentences per batch) or --max-tokens (tokens per batch)")
+
+
+def _check_devices(cfg):
+    common, dist = cfg.common, cfg.distributed_training
+    gpus = torch.cuda.device_count()
+    for flag in ("memory_efficient_fp16", "fp16"):  # the first sets the second too
+        if common.get(flag) and (common.cpu or gpus == 0):
+            raise SRUppUserError("--{} needs a CUDA GPU{}: drop it (on CPU, --bf16 trains in bfloat16)".format(
+                flag.replace("_", "-"), " and --cpu was given" if common.cpu else ", and this machine has none"))
+    # fairseq's single-node launch (no init method, torchrun or Slurm) starts one process per local GPU,
+    # --cpu or not
+    launched = all(k in os.environ for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")) or (
+        "SLURM_STEP_NODELIST" in os.environ and dist.distributed_port > 0)
+    if (dist.distributed_world_size > 1 and dist.distributed_init_method is None and not launched
+            and not common.tpu and not dist.pipeline_model_parallel and dist.distributed_world_size > gpus):
+        raise SRUppUserError(
+            "--distributed-world-size {} starts one process per GPU, but {} GPU(s) are available: on CPU "
+            "start each rank yourself with --distributed-rank R --distributed-init-method tcp://HOST:PORT "
+            "--distributed-no-spawn --distributed-backend gloo (see the README)".format(
+                dist.distributed_world_size, gpus))
+
+
+def _check_restore_file(cfg):
+    from fairseq.file_io import PathManager
+
+    ckpt = cfg.checkpoint
+    restore = ckpt.restore_file
+    # Non-default paths are used as given (fairseq adds no shard suffix without model parallelism).
+    if (restore == "checkpoint_last.pt" or ckpt.checkpoint_suffix or cfg.common.model_parallel_size > 1
+            or cfg.distributed_training.ddp_backend == "fully_sharded"):
+        return
+    if not PathManager.isfile(restore):
+        in_save_dir = os.path.join(ckpt.save_dir, restore)
+        hint = ("give an existing checkpoint, or leave --restore-file out to resume from --save-dir's "
+                "checkpoint_last.pt (fairseq would silently train from scratch)")
+        if not os.path.isabs(restore) and os.path.isfile(in_save_dir):
+            hint = "it is read from the current directory, not --save-dir: pass {}".format(in_save_dir)
+        raise SRUppUserError("--restore-file {} {}: {}".format(
+            restore, "is a directory" if os.path.isdir(restore) else "does not exist", hint))
+
+
+def _check_criterion(cfg):
+    from fairseq_srupp.models.srupp_lm import SRUppLanguageModel
+
+    criterion = _name(cfg.criterion)
+    model = _model_class(cfg.model)
+    if model is None:
+        return
+    srupp = issubclass(model, SRUppLanguageModel)
+    if criterion == "adaptive_loss" and srupp:
+        raise SRUppUserError("--criterion adaptive_loss needs fairseq's own adaptive softmax; srupp_lm's projected "
+                             "one (and its Linear head) trains with --criterion srupp_adaptive_loss")
+    if criterion == "cross_entropy" and srupp and getattr(cfg.model, "adaptive_softmax_cutoff", None):
+        logger.warning("--criterion cross_entropy with srupp_lm's adaptive softmax computes the full (batch, length, "
+                       "vocabulary) log-softmax; --criterion srupp_adaptive_loss gives the same loss without it")
+    if criterion == "srupp_adaptive_loss" and not srupp:
+        raise SRUppUserError("--criterion srupp_adaptive_loss needs a srupp_lm model (--arch srupp_lm...), got "
+                             "{}: use --criterion cross_entropy or adaptive_loss".format(model.__name__))
+
+
+def check_train_config(cfg) -> None:
+    """Reject, before any data is read, a fairseq-train configuration that cannot run (see
+    the module docstring, item 5)."""
+    if cfg.get("dataset") is not None:
+        _check_batch_size(cfg)
+    _check_devices(cfg)
+    _check_restore_file(cfg)
+    _check_criterion(cfg)
+
+
+def _broken_checkpoint(path) -> bool:
+    """True when ``path`` is neither a complete torch.save archive nor a legacy pickled checkpoint."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head != b"\x80\x02" and not zipfile.is_zipfile(path)  # legacy (torch < 1.6) files start \x80\x02
+
+
+def _wrap_checkpoint_loaders(module):
+    load_to_cpu, load_ensemble = module.load_checkpoint_to_cpu, module.load_model_ensemble_and_task
+    from fairseq.file_io import PathManager
+
+    def load_checkpoint_to_cpu(path, *args, **kwargs):
+        local = not PathManager.path_requires_pathmanager(path)
+        if local and not os.path.isfile(path):
+            raise SRUppUserError("checkpoint {} {}".format(path, "is a directory" if os.path.isdir(path)
+                                                           else "does not exist"))
+        try:
+            return load_to_cpu(path, *args, **kwargs)
+        except Exception as exc:
+            if not local:
+                raise
+            if _broken_checkpoint(path):
+                raise SRUppUserError("{} is not a complete PyTorch checkpoint ({} bytes; truncated, still being "
+                                     "written, or another kind of file): give a checkpoint_*.pt written by "
+                                     "fairseq-train".format(path, os.path.getsize(path))) from exc
+            # fairseq's upgrade of old checkpoints fails (KeyError) on a state dict it did not write
+            from fairseq_srupp.models.srupp_lm import checkpoint_model_name
+
+            checkpoint_model_name(path)  # SRUppUserError unless it is a fairseq checkpoint
+            raise
+
+    signature = inspect.signature(load_ensemble)
+
+    def load_model_ensemble_and_task(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        for name in a["filenames"] if a["state"] is None else ():
+            first = module.get_maybe_sharded_checkpoint_filename(name, a["suffix"], 0, a["num_shards"])
+            if not PathManager.path_requires_pathmanager(first) and not os.path.isfile(first):
+                raise SRUppUserError("checkpoint {} {} (--path)".format(
+                    first, "is a directory" if os.path.isdir(first) else "does not exist"))
+        return load_ensemble(*args, **kwargs)
+
+    for wrapper, original in ((load_checkpoint_to_cpu, load_to_cpu), (load_model_ensemble_and_task, load_ensemble)):
+        wrapper.__doc__, wrapper.__wrapped__ = original.__doc__, original
+        setattr(module, original.__name__, wrapper)
+
+
 def install() -> None:
     """Apply the wrappers (idempotent)."""
     global _installed
     if _installed:
         return
-    from fairseq import sequence_generator
+    from fairseq import checkpoint_utils, sequence_generator
     from fairseq.data import data_utils
     from fairseq.distributed import utils as distributed_utils
     from fairseq.logging import progress_bar
@@ -182,4 +336,5 @@ def install() -> None:
     _wrap_generate(sequence_generator.SequenceGenerator)
     _wrap_call_main(distributed_utils)
     _wrap_batch_by_size(data_utils)
+    _wrap_checkpoint_loaders(checkpoint_utils)
     _installed = True

@@ -17,6 +17,8 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
+from fairseq_srupp.errors import SRUppUserError
+
 
 @dataclass
 class SRUppAdaptiveLossConfig(FairseqDataclass):
@@ -32,7 +34,7 @@ class SRUppAdaptiveLoss(FairseqCriterion):
     def forward(self, model, sample, reduce=True):
         decoder = getattr(model, "decoder", None)
         if not hasattr(decoder, "target_log_probs"):
-            raise ValueError(
+            raise SRUppUserError(
                 "--criterion srupp_adaptive_loss needs a srupp_lm model (its decoder computes target "
                 "log-probabilities); got {}".format(type(model).__name__)
             )

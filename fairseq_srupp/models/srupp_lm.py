@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from fairseq_srupp.errors import SRUppUserError
 from fairseq_srupp.modules import Dropout, SRUpp
-from fairseq_srupp.modules.adaptive_softmax import ProjectedAdaptiveSoftmax
+from fairseq_srupp.modules.adaptive_softmax import ProjectedAdaptiveSoftmax, cluster_widths, parse_cutoffs
 from fairseq_srupp.modules.attention_masks import causal_mask  # noqa: F401  (imported from here by tests, benchmarks)
 from fairseq_srupp.modules.attention_masks import same_length_mask, training_causal_mask
 from fairseq_srupp.modules.decoding_cache import DecodingCache
@@ -88,27 +88,47 @@ class SRUppLMConfig(FairseqDataclass):
     )
 
 
-def check_config(cfg) -> None:
-    """Reject impossible sizes with a message that says what to change."""
+def check_config(cfg, vocab_size: Optional[int] = None) -> None:
+    """Reject impossible sizes with a message that says what to change (an :class:`SRUppUserError`);
+    with ``vocab_size`` (the dictionary's) also the adaptive softmax's cutoffs and widths."""
     for name in ("hidden_size", "proj_size", "num_layers", "num_heads", "attention_every_n_layers"):
         if getattr(cfg, name) < 1:
-            raise ValueError("--{} must be a positive integer, got {}".format(name.replace("_", "-"), getattr(cfg, name)))
+            raise SRUppUserError(
+                "--{} must be a positive integer, got {}".format(name.replace("_", "-"), getattr(cfg, name)))
     if cfg.proj_size % cfg.num_heads != 0:
-        raise ValueError(
+        raise SRUppUserError(
             "--proj-size ({}) must be divisible by --num-heads ({})".format(cfg.proj_size, cfg.num_heads)
         )
     if cfg.eval_window < 1:
-        raise ValueError("--eval-window must be a positive integer, got {}".format(cfg.eval_window))
+        raise SRUppUserError("--eval-window must be a positive integer, got {}".format(cfg.eval_window))
     if cfg.proj_size > cfg.hidden_size:
         logger.warning(
             "--proj-size %d is larger than --hidden-size %d: allowed, but off the paper's design, where the "
             "attention projection is a bottleneck (n_proj = n_d/4 or n_d/8)", cfg.proj_size, cfg.hidden_size
         )
+    if cfg.attention_every_n_layers > cfg.num_layers:
+        logger.warning("--attention-every-n-layers %d is more than --num-layers %d: no layer has attention",
+                       cfg.attention_every_n_layers, cfg.num_layers)
     for name in ("dropout", "attn_dropout", "emb_dropout"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
-            raise ValueError("--{} must be in [0, 1), got {}".format(name.replace("_", "-"), getattr(cfg, name)))
+            raise SRUppUserError("--{} must be in [0, 1), got {}".format(name.replace("_", "-"), getattr(cfg, name)))
+    if cfg.adaptive_softmax_cutoff and vocab_size is not None:
+        _check_adaptive_config(cfg, vocab_size)
 
 
+def _check_adaptive_config(cfg, vocab_size: int) -> None:
+    if cfg.adaptive_div_value <= 0:
+        raise SRUppUserError("--adaptive-div-value must be > 0, got {}".format(cfg.adaptive_div_value))
+    try:
+        cutoffs = parse_cutoffs(cfg.adaptive_softmax_cutoff, float("inf"))
+        cluster_widths(cfg.adaptive_embed_dim, cfg.adaptive_div_value, len(cutoffs) + 1)
+    except ValueError as err:  # the module's own argument checks: the message names the flag
+        raise SRUppUserError(str(err)) from None
+    if cutoffs and cutoffs[-1] >= vocab_size:
+        raise SRUppUserError(
+            "--adaptive-softmax-cutoff {}: the last cutoff must be smaller than the dictionary size ({} symbols): "
+            "fit the cutoffs to this dict.txt or, for a trained checkpoint, give the data directory it was trained "
+            "with".format(cfg.adaptive_softmax_cutoff, vocab_size))
 
 
 class SRUppDecoder(FairseqIncrementalDecoder):
@@ -120,7 +140,7 @@ class SRUppDecoder(FairseqIncrementalDecoder):
 
     def __init__(self, cfg: SRUppLMConfig, dictionary):
         super().__init__(dictionary)
-        check_config(cfg)
+        check_config(cfg, len(dictionary))
         self.cfg = cfg
         d = cfg.hidden_size
         self.padding_idx = dictionary.pad()
@@ -363,8 +383,9 @@ def checkpoint_vocab_size(state_dict) -> Optional[int]:
     return sum(rows) if rows else None
 
 
-def check_checkpoint_architecture(path: str, cls) -> None:
-    """Raise SRUppUserError unless ``path`` is a fairseq checkpoint of a ``cls`` model."""
+def checkpoint_model_name(path: str) -> Optional[str]:
+    """The model (or --arch) name a fairseq checkpoint was saved with; SRUppUserError when ``path`` is
+    not a fairseq checkpoint."""
     try:
         # mmap: only the pickled structure is read, not the tensors.
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
@@ -381,6 +402,12 @@ def check_checkpoint_architecture(path: str, cls) -> None:
             "checkpoints must be converted first: python -m fairseq_srupp.convert".format(
                 path, sorted(state)[:8] if isinstance(state, dict) else type(state).__name__)
         )
+    return name
+
+
+def check_checkpoint_architecture(path: str, cls) -> None:
+    """Raise SRUppUserError unless ``path`` is a fairseq checkpoint of a ``cls`` model."""
+    name = checkpoint_model_name(path)
     found = MODEL_REGISTRY.get(name) or ARCH_MODEL_REGISTRY.get(name)
     if found is None or not issubclass(found, cls):
         raise SRUppUserError(
@@ -411,19 +438,44 @@ class SRUppLanguageModel(FairseqLanguageModel):
         own = len(self.decoder.dictionary)
         theirs = checkpoint_vocab_size(state_dict)
         if theirs is not None and theirs != own:
-            raise ValueError(
+            raise SRUppUserError(
                 "the checkpoint was trained with a dictionary of {} symbols but the task's dictionary "
                 "has {}: point the data directory at the dict.txt the model was trained with".format(theirs, own)
             )
         if (self.decoder.adaptive_softmax is None) != ("decoder.embed_tokens.weight" in state_dict):
-            raise ValueError(
+            raise SRUppUserError(
                 "the checkpoint's output layer ({}) does not match this model's ({}): build the model "
                 "with the checkpoint's own configuration".format(
                     "Linear" if "decoder.embed_tokens.weight" in state_dict else "adaptive softmax",
                     "adaptive softmax" if self.decoder.adaptive_softmax is not None else "Linear",
                 )
             )
-        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        try:
+            return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        except RuntimeError:
+            # torch refused it (after fairseq's upgrade of old keys): say which parameters differ
+            check_state_dict_fits(self.state_dict(), state_dict)
+            raise
+
+
+def check_state_dict_fits(own: Dict[str, Tensor], theirs: Dict[str, Tensor]) -> None:
+    """Raise SRUppUserError naming the first parameters a checkpoint lacks, adds or sizes differently
+    (torch's strict load lists all of them, and fairseq-train hides even that behind "please ensure
+    that the architectures match")."""
+    missing = [k for k in own if k not in theirs]
+    unexpected = [k for k in theirs if k not in own]
+    resized = ["{} {} (here {})".format(k, tuple(theirs[k].shape), tuple(v.shape)) for k, v in own.items()
+               if k in theirs and torch.is_tensor(theirs[k]) and theirs[k].shape != v.shape]
+    if not (missing or unexpected or resized):
+        return
+    found = []
+    for what, keys in (("of another size", resized), ("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            found.append("{} {}: {}{}".format(len(keys), what, ", ".join(keys[:2]), ", ..." if len(keys) > 2 else ""))
+    raise SRUppUserError(
+        "the checkpoint's parameters do not fit this srupp_lm ({}): build the model with the checkpoint's own "
+        "sizes (--hidden-size, --proj-size, --num-layers, ...) or start a new run in another --save-dir".format(
+            "; ".join(found)))
 
 
 # `--arch srupp_lm` is registered by register_model itself and takes SRUppLMConfig's defaults (the

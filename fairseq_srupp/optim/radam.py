@@ -5,15 +5,29 @@ the rectified Adam step when the variance estimate is tractable (ρ_t > 5) and a
 momentum (SGD-like) step before that — the behaviour of the paper's ``radam.RAdam`` with
 ``degenerated_to_sgd=True``.
 """
+import ast
 from dataclasses import dataclass, field
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import torch
 from fairseq.dataclass import FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
 
+from fairseq_srupp.errors import SRUppUserError
+
 from .config_values import first_value
+
+
+def parse_betas(value) -> Tuple[float, float]:
+    """``--radam-betas``: fairseq passes tuples on the command line as the string "(0.9, 0.999)"."""
+    try:
+        betas = tuple(float(b) for b in (ast.literal_eval(value) if isinstance(value, str) else value))
+    except (ValueError, TypeError, SyntaxError):
+        betas = ()
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise SRUppUserError("--radam-betas {!r} must be two numbers in [0, 1), e.g. '(0.9, 0.999)'".format(value))
+    return betas
 
 
 @dataclass
@@ -32,15 +46,16 @@ class FairseqRAdam(FairseqOptimizer):
 
     @property
     def optimizer_config(self):
-        betas = self.cfg.radam_betas
-        if isinstance(betas, str):
-            betas = eval(betas, {}, {})  # fairseq passes tuples on the command line as "(0.9, 0.999)"
-        return {
+        config = {
             "lr": first_value(self.cfg.lr),
-            "betas": tuple(betas),
+            "betas": parse_betas(self.cfg.radam_betas),
             "eps": self.cfg.radam_eps,
             "weight_decay": self.cfg.weight_decay,
         }
+        for flag, key in (("--lr", "lr"), ("--radam-eps", "eps"), ("--weight-decay", "weight_decay")):
+            if not config[key] >= 0:
+                raise SRUppUserError("{} must be >= 0, got {}".format(flag, config[key]))
+        return config
 
     @property
     def supports_flat_params(self):

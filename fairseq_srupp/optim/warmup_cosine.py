@@ -19,6 +19,8 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.optim.lr_scheduler import FairseqLRScheduler, register_lr_scheduler
 from omegaconf import II
 
+from fairseq_srupp.errors import SRUppUserError
+
 from .config_values import first_value
 
 
@@ -43,9 +45,10 @@ class SRUppCosineSchedule(FairseqLRScheduler):
     def __init__(self, cfg: SRUppCosineConfig, optimizer):
         super().__init__(cfg, optimizer)
         if cfg.max_update <= 0:
-            raise ValueError("--lr-scheduler srupp_cosine needs --max-update (the cosine reaches 0 there)")
+            raise SRUppUserError("--lr-scheduler srupp_cosine needs --max-update (the cosine reaches 0 there)")
         if cfg.warmup_updates < 0 or cfg.warmup_updates >= cfg.max_update:
-            raise ValueError("--warmup-updates must be in [0, --max-update)")
+            raise SRUppUserError(
+                "--warmup-updates {} must be in [0, --max-update {})".format(cfg.warmup_updates, cfg.max_update))
         self.peak_lr = first_value(cfg.lr)
         self.step_update(0)
 

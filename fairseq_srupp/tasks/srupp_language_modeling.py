@@ -234,7 +234,11 @@ class SRUppLanguageModelingTask(FairseqTask):
     def setup_task(cls, cfg: SRUppLanguageModelingConfig, **kwargs):
         if not cfg.data:
             raise SRUppUserError("srupp_language_modeling needs a data directory (the first positional argument)")
-        path = os.path.join(cfg.data.split(os.pathsep)[0], "dict.txt")
+        data = cfg.data.split(os.pathsep)[0]
+        if not os.path.isdir(data):
+            raise SRUppUserError("the data directory {} {}: give the --destdir of fairseq-preprocess".format(
+                data, "is a file" if os.path.exists(data) else "does not exist"))
+        path = os.path.join(data, "dict.txt")
         if not os.path.isfile(path):
             raise SRUppUserError(
                 "no dictionary at {}: binarize the data with fairseq-preprocess --only-source first".format(path)
@@ -243,6 +247,9 @@ class SRUppLanguageModelingTask(FairseqTask):
         logger.info("dictionary: %d types", len(dictionary))
         if cfg.tokens_per_sample < 1 or cfg.eval_unroll_size < 0:
             raise SRUppUserError("--tokens-per-sample must be >= 1 and --eval-unroll-size >= 0")
+        for flag, value in (("--batch-size", cfg.batch_size), ("--batch-size-valid", cfg.batch_size_valid)):
+            if value is not None and value < 1:
+                raise SRUppUserError("{} must be >= 1 (streams per worker), got {}".format(flag, value))
         if cfg.eval_unroll_size:
             _warn_eval_unroll_size_once(cfg.eval_unroll_size)
         resume.install()
@@ -270,6 +277,10 @@ class SRUppLanguageModelingTask(FairseqTask):
         """Load a split as its flat token array plus sentence sizes (kept for re-ordering)."""
         path = os.path.join(self.cfg.data.split(os.pathsep)[0], split)
         check_binarized_split(path)
+        if os.path.isfile(path + ".bin") and os.path.getsize(path + ".bin") == 0:
+            # fairseq cannot map an empty file (AttributeError deep in MMapIndexedDataset)
+            raise SRUppUserError("split '{}' is empty ({}.bin has no tokens): binarize a non-empty text for it "
+                                 "with fairseq-preprocess".format(split, path))
         dataset = data_utils.load_indexed_dataset(path, self.dictionary, combine=combine)
         if dataset is None:
             raise SRUppUserError(

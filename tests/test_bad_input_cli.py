@@ -1,0 +1,254 @@
+"""User mistakes with the real commands (fairseq-train, fairseq-eval-lm, fairseq-generate, srupp-sample):
+each ends in exactly one ``error:`` line naming the flag or file, exit status 1, no traceback, and the
+data and checkpoints it was pointed at are left as they were.
+
+One tiny checkpoint (one update) is shared by every case; the training cases run in its --save-dir,
+so a run that got as far as saving would show up as a changed checkpoint_last.pt. A command costs
+~2 s (mostly imports), so there is one per way an error reaches the terminal; the variants of each
+check (other flags, fairseq-interactive's --path, ...) run in process at the end of the file.
+"""
+import os
+import re
+import shutil
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import fork_server
+from cli_utils import BIN, STATEFUL_TRAIN_ARGS, USER_DIR, make_char_data, run_tool
+from omegaconf import OmegaConf
+from test_bad_input_task import LOG_RECORD, snapshot
+
+from fairseq_srupp.errors import SRUppUserError
+
+TRAIN_ARGS = [*STATEFUL_TRAIN_ARGS, "--max-update", 1]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Data, a one-update checkpoint and broken copies of both (paths in a namespace)."""
+    root = tmp_path_factory.mktemp("bad_cli")
+    data = make_char_data(root, n_train=3000, n_valid=800)
+    save_dir = root / "ckpt"
+    run_tool("fairseq-train", data, *TRAIN_ARGS, "--batch-size", 2, "--save-dir", save_dir)
+    ckpt = save_dir / "checkpoint_last.pt"
+
+    truncated = root / "truncated.pt"
+    truncated.write_bytes(ckpt.read_bytes()[:4000])  # a copy cut short, as by a full disk
+    text = root / "notes.pt"
+    text.write_text("not a checkpoint\n")
+
+    # A dictionary with more symbols than the checkpoint's (every token id still in range).
+    other_dict = root / "other-dict"
+    shutil.copytree(data, other_dict)
+    with open(other_dict / "dict.txt", "a") as f:
+        f.write("".join("extra{} 1\n".format(i) for i in range(5)))
+
+    # An empty valid split, as fairseq-preprocess writes it for an empty text.
+    empty_valid = root / "empty-valid"
+    shutil.copytree(data, empty_valid)
+    from fairseq.data import indexed_dataset
+
+    builder = indexed_dataset.make_builder(str(empty_valid / "valid.bin"), impl="mmap", vocab_size=300)
+    builder.finalize(str(empty_valid / "valid.idx"))
+    return SimpleNamespace(root=root, data=data, save_dir=save_dir, ckpt=ckpt, truncated=truncated, text=text,
+                           other_dict=other_dict, empty_valid=empty_valid)
+
+
+def train(e, *args, data=None):
+    return [BIN / "fairseq-train", data or e.data, *TRAIN_ARGS, "--save-dir", e.save_dir, *args]
+
+
+def eval_lm(e, *args, path=None):
+    return [BIN / "fairseq-eval-lm", e.data, "--user-dir", USER_DIR, "--task", "srupp_language_modeling",
+            "--path", path or e.ckpt, "--cpu", "--gen-subset", "valid", "--batch-size", 2, "--num-workers", 0, *args]
+
+
+def generate(e, path):
+    return [BIN / "fairseq-generate", e.data, "--user-dir", USER_DIR, "--task", "language_modeling", "--path", path,
+            "--gen-subset", "test", "--sample-break-mode", "eos", "--prefix-size", 3, "--max-len-b", 10,
+            "--batch-size", 8, "--cpu", "--num-workers", 0]
+
+
+def sample(e, *args):
+    return [sys.executable, "-m", "fairseq_srupp.sample_cli", "--path", e.ckpt, "--prompt", "the", "-n", 5, "--cpu",
+            *args]
+
+
+# (id, command, the error line's start): each names the flag or file to fix.
+CASES = [
+    # configurations fairseq-train cannot run, caught before any data is read
+    ("no-batch-size", lambda e: train(e), "error: srupp_language_modeling needs --batch-size (streams per worker)"),
+    ("restore-file-missing", lambda e: train(e, "--batch-size", 2, "--restore-file", e.root / "nope.pt"),
+     "error: --restore-file {root}/nope.pt does not exist: give an existing checkpoint"),
+    # model flags (the optimizer's and scheduler's reach the terminal the same way)
+    ("heads-not-dividing-proj", lambda e: train(e, "--batch-size", 2, "--num-heads", 5),
+     "error: --proj-size (24) must be divisible by --num-heads (5)"),
+    # data
+    ("empty-valid-split", lambda e: train(e, "--batch-size", 2, data=e.empty_valid),
+     "error: split 'valid' is empty ({root}/empty-valid/valid.bin has no tokens)"),
+    # checkpoints that do not fit: resumed in the same --save-dir, or given to the other commands
+    ("resume-with-other-sizes", lambda e: train(e, "--batch-size", 2, "--hidden-size", 32),
+     "error: the checkpoint's parameters do not fit this srupp_lm (14 of another size: decoder.embed_tokens.weight "
+     "(32, 48) (here (32, 32))"),
+    ("eval-lm-path-missing", lambda e: eval_lm(e, path=e.root / "nope.pt"),
+     "error: checkpoint {root}/nope.pt does not exist (--path)"),
+    ("generate-truncated", lambda e: generate(e, e.truncated),
+     "error: {root}/truncated.pt is not a complete PyTorch checkpoint (4000 bytes;"),
+    ("sample-other-dictionary", lambda e: sample(e, "--data", e.other_dict),
+     "error: the checkpoint was trained with a dictionary of 32 symbols but the task's dictionary has 37"),
+    # already one line before this audit: pinned
+    ("eval-lm-context-window", lambda e: eval_lm(e, "--context-window", 5),
+     "error: --context-window does not apply to srupp_language_modeling"),
+]
+
+
+@pytest.mark.parametrize("make_cmd,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_one_error_line_and_nothing_lost(env, make_cmd, expected):
+    before = {d: snapshot(d) for d in (env.data, env.save_dir)}
+    proc = fork_server.run(make_cmd(env), env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
+                           stderr_apart=True, timeout=300)
+    # fairseq-eval-lm and friends log to stderr: set log records aside, the rest is the one error line
+    lines = [line for line in proc.stderr.strip().splitlines() if not LOG_RECORD.match(line)]
+    print(lines)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(expected.format(root=env.root)), proc.stderr[-3000:]
+    assert {d: snapshot(d) for d in before} == before
+
+
+# ------------------------------------------------------------------------- variants, in process
+@pytest.mark.parametrize("betas,ok", [("(0.9, 0.999)", (0.9, 0.999)), ([0.8, 0.9], (0.8, 0.9)), ("(0.9)", None),
+                                      ("abc", None), ("(0.9, 1.0)", None), ("(0.9, 0.99, 0.999)", None),
+                                      ("__import__('os')", None)])
+def test_radam_betas(betas, ok):
+    from fairseq_srupp.optim.radam import parse_betas
+
+    if ok is not None:
+        assert parse_betas(betas) == ok
+    else:
+        message = "--radam-betas {!r} must be two numbers in [0, 1)".format(betas)
+        with pytest.raises(SRUppUserError, match=re.escape(message)):
+            parse_betas(betas)
+
+
+@pytest.mark.parametrize("key,value,flag", [("lr", [-0.1], "--lr must be >= 0"), ("radam_eps", -1.0, "--radam-eps"),
+                                            ("weight_decay", float("nan"), "--weight-decay must be >= 0, got nan")])
+def test_radam_rejects_negative_settings(key, value, flag):
+    from fairseq_srupp.optim.radam import FairseqRAdam
+
+    cfg = OmegaConf.create({"_name": "radam", "lr": [0.01], "weight_decay": 0.0, "radam_betas": "(0.9, 0.999)",
+                            "radam_eps": 1e-8})
+    cfg[key] = value
+    with pytest.raises(SRUppUserError, match=re.escape(flag)):
+        FairseqRAdam(cfg, [torch.nn.Parameter(torch.zeros(2))])
+
+
+def test_train_config_checks_in_process(tmp_path, caplog):
+    """What the wrapper of call_main checks, on fairseq-train's own parsed configuration."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from fairseq_srupp.fairseq_fixes import check_train_config
+
+    def config(*args, task="srupp_language_modeling", arch="srupp_lm_tiny"):
+        parser = options.get_training_parser()
+        cmd = [str(tmp_path), "--user-dir", USER_DIR, "--task", task, "--arch", arch, "--cpu", *map(str, args)]
+        return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, cmd))
+
+    check_train_config(config("--batch-size", 2))  # a good one passes
+    assert "full (batch, length, vocabulary) log-softmax" not in caplog.text
+    check_train_config(config("--batch-size", 2, "--adaptive-softmax-cutoff", "10"))  # allowed, with a warning
+    assert "--criterion srupp_adaptive_loss gives the same loss without it" in caplog.text
+    existing = tmp_path / "pretrained.pt"
+    existing.write_bytes(b"")
+    check_train_config(config("--batch-size", 2, "--restore-file", existing))
+    gpus = torch.cuda.device_count()
+    save_dir = tmp_path / "ckpt"
+    save_dir.mkdir()
+    (save_dir / "checkpoint_best.pt").write_bytes(b"")
+    for args, message in [
+        (("--batch-size", 2, "--save-dir", save_dir, "--restore-file", "checkpoint_best.pt"),
+         "--restore-file checkpoint_best.pt does not exist: it is read from the current directory, not --save-dir: "
+         "pass {}".format(save_dir / "checkpoint_best.pt")),
+        (("--max-tokens", 512), "needs --batch-size (streams per worker); --max-tokens does not set it"),
+        (("--batch-size", 2, "--fp16"), "--fp16 needs a CUDA GPU and --cpu was given: drop it"),
+        (("--batch-size", 2, "--distributed-world-size", max(gpus + 1, 2)),
+         "--distributed-world-size {} starts one process per GPU, but {} GPU(s) are available: on CPU start each "
+         "rank yourself with --distributed-rank R".format(max(gpus + 1, 2), gpus)),
+        (("--batch-size", 2, "--criterion", "adaptive_loss"),
+         "--criterion adaptive_loss needs fairseq's own adaptive softmax; srupp_lm's projected one"),
+        (("--batch-size", 2, "--memory-efficient-fp16"), "--memory-efficient-fp16 needs a CUDA GPU"),
+        (("--batch-size", 2, "--restore-file", tmp_path), "--restore-file {} is a directory".format(tmp_path)),
+    ]:
+        with pytest.raises(SRUppUserError, match=re.escape(message)):
+            check_train_config(config(*args))
+    message = ("--criterion srupp_adaptive_loss needs a srupp_lm model (--arch srupp_lm...), got "
+               "TransformerLanguageModel")
+    with pytest.raises(SRUppUserError, match=re.escape(message)):
+        check_train_config(config("--batch-size", 2, "--criterion", "srupp_adaptive_loss", task="language_modeling",
+                                  arch="transformer_lm"))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(num_layers=0), "--num-layers must be a positive integer, got 0"),
+    (dict(adaptive_softmax_cutoff="5", adaptive_div_value=0.0), "--adaptive-div-value must be > 0, got 0.0"),
+    (dict(adaptive_softmax_cutoff="5,a"), "--adaptive-softmax-cutoff must be comma-separated integers"),
+    (dict(adaptive_softmax_cutoff="5,40"),
+     "--adaptive-softmax-cutoff 5,40: the last cutoff must be smaller than the dictionary size (20 symbols): fit the "
+     "cutoffs to this dict.txt or, for a trained checkpoint, give the data directory it was trained with"),
+])
+def test_model_config_variants_are_user_errors(overrides, message):
+    """One line through the excepthook (test_model checks the other messages as ValueErrors)."""
+    from test_model import preset_config
+
+    from fairseq_srupp.models.srupp_lm import check_config
+
+    with pytest.raises(SRUppUserError, match=re.escape(message)):
+        check_config(preset_config("srupp_lm_tiny", **overrides), vocab_size=20)
+
+
+def test_task_and_schedule_variants(env):
+    from fairseq_srupp.optim.radam import FairseqRAdam
+    from fairseq_srupp.optim.warmup_cosine import SRUppCosineSchedule
+    from fairseq_srupp.tasks.srupp_language_modeling import SRUppLanguageModelingTask
+
+    task_cfg = OmegaConf.create({"data": str(env.data), "tokens_per_sample": 8, "eval_unroll_size": 0,
+                                 "batch_size": 2, "batch_size_valid": 2})
+    SRUppLanguageModelingTask.setup_task(task_cfg)  # a good one passes
+    for key, value, message in [("batch_size", -2, "--batch-size must be >= 1 (streams per worker), got -2"),
+                                ("batch_size_valid", 0, "--batch-size-valid must be >= 1 (streams per worker), got 0"),
+                                ("data", str(env.ckpt), "the data directory {} is a file".format(env.ckpt))]:
+        with pytest.raises(SRUppUserError, match=re.escape(message)):
+            SRUppLanguageModelingTask.setup_task(OmegaConf.merge(task_cfg, {key: value}))
+
+    optimizer = FairseqRAdam(OmegaConf.create({"lr": [0.01], "weight_decay": 0.0, "radam_betas": "(0.9, 0.999)",
+                                               "radam_eps": 1e-8}), [torch.nn.Parameter(torch.zeros(2))])
+    for max_update, warmup, message in [(0, 0, "--lr-scheduler srupp_cosine needs --max-update"),
+                                        (1, 5, "--warmup-updates 5 must be in [0, --max-update 1)")]:
+        with pytest.raises(SRUppUserError, match=re.escape(message)):
+            SRUppCosineSchedule(OmegaConf.create({"warmup_updates": warmup, "lr": [0.01], "max_update": max_update}),
+                                optimizer)
+
+
+def test_checkpoint_loaders(env, tmp_path):
+    """fairseq's loaders as fairseq-interactive, -generate, -eval-lm and the hub call them."""
+    from fairseq import checkpoint_utils
+
+    models, _ = checkpoint_utils.load_model_ensemble([str(env.ckpt)])  # a good one loads
+    assert len(models) == 1
+    (tmp_path / "empty.pt").write_bytes(b"")
+    torch.save({"embedding_layer.weight": torch.zeros(2)}, str(tmp_path / "paper.pt"))
+    for path, message in [
+        (tmp_path / "nope.pt", "checkpoint {} does not exist (--path)".format(tmp_path / "nope.pt")),
+        (tmp_path, "checkpoint {} is a directory (--path)".format(tmp_path)),
+        (env.text, "{} is not a complete PyTorch checkpoint (17 bytes;".format(env.text)),
+        (tmp_path / "empty.pt", "{} is not a complete PyTorch checkpoint (0 bytes;".format(tmp_path / "empty.pt")),
+        (env.truncated, "{} is not a complete PyTorch checkpoint (4000 bytes;".format(env.truncated)),
+        (tmp_path / "paper.pt", "{} is not a fairseq checkpoint (no 'cfg' or 'args'; top-level keys: "
+                                "['embedding_layer.weight']); the paper's released checkpoints must be converted "
+                                "first".format(tmp_path / "paper.pt")),
+    ]:
+        with pytest.raises(SRUppUserError, match=re.escape(message)):
+            checkpoint_utils.load_model_ensemble([str(path)])
