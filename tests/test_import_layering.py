@@ -55,3 +55,14 @@ def test_op_and_module_do_not_import_fairseq():
 ], ids=["module-then-model", "fairseq-then-package", "op-then-fairseq"])
 def test_fairseq_facing_imports_register_everything(statement):
     run_python(statement + "\n" + REGISTERED)
+
+
+def test_the_plugin_does_not_load_torch_dynamo():
+    """torch.nn.attention.bias (the causal structure) loads torch._dynamo, 0.7 s of every command's start:
+    the plugin imports it only where a structure is made, which the CPU path never does."""
+    run_python("import fairseq\nimport fairseq_srupp\nimport sys\n"
+               "from fairseq_srupp.modules import attention_masks\n"
+               "assert attention_masks.training_causal_mask(4, 2).shape == (4, 6)\n"
+               "assert not attention_masks.is_structured(None)\n"
+               "loaded = [m for m in ('torch._dynamo', attention_masks.BIAS_MODULE) if m in sys.modules]\n"
+               "assert not loaded, loaded")

@@ -16,20 +16,27 @@ range), so both give the same probabilities.
 Switch: ``FAIRSEQ_SRUPP_ATTENTION`` = ``auto`` (default: the structure where it helps) | ``additive``
 (always the float tensor, the path before the structure existed; for A/B measurements).
 """
-from typing import Optional, Union
+import sys
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 from torch import Tensor
-from torch.nn.attention.bias import CausalBias, CausalVariant, causal_lower_right
 
 from fairseq_srupp.errors import env_choice
+
+if TYPE_CHECKING:
+    from torch.nn.attention.bias import CausalBias
+
+# torch.nn.attention.bias is imported where a structure is made or read, not here: it loads
+# torch._dynamo (0.7 s), which every fairseq command that loads the plugin would otherwise pay.
+BIAS_MODULE = "torch.nn.attention.bias"
 
 # Added to attention scores of masked positions, as the paper's scripts do.
 MASKED_SCORE = -10000.0
 ATTENTION_ENV = "FAIRSEQ_SRUPP_ATTENTION"
 ATTENTION_MODES = ("auto", "additive")
 
-AttentionMask = Union[Tensor, CausalBias]
+AttentionMask = Union[Tensor, "CausalBias"]
 
 
 def attention_mode() -> str:
@@ -54,12 +61,15 @@ def training_causal_mask(length: int, mem_len: int = 0, device=None, dtype=torch
     the tensor too: dynamo cannot construct a ``CausalBias`` (a tensor subclass) without a graph break."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     if attention_mode() == "auto" and sdpa_takes_structure(device) and not torch.compiler.is_compiling():
+        from torch.nn.attention.bias import causal_lower_right
+
         return causal_lower_right(length, mem_len + length)
     return causal_mask(length, mem_len, device=device, dtype=dtype)
 
 
 def is_structured(mask: Optional[AttentionMask]) -> bool:
-    return isinstance(mask, CausalBias)
+    bias = sys.modules.get(BIAS_MODULE)  # no structure exists before its module is imported
+    return bias is not None and isinstance(mask, bias.CausalBias)
 
 
 def mask_shape(mask: AttentionMask):
@@ -89,9 +99,11 @@ def mask_for_sdpa(mask: Optional[AttentionMask], device, dtype: torch.dtype, key
     return additive_mask(mask, device, dtype)
 
 
-def additive_mask(mask: CausalBias, device, dtype: torch.dtype) -> Tensor:
+def additive_mask(mask: "CausalBias", device, dtype: torch.dtype) -> Tensor:
     """The additive (L, S) tensor of a causal structure: a lower-right one is exactly
     :func:`causal_mask` (L, S−L), an upper-left one (query t sees keys <= t) its equivalent."""
+    from torch.nn.attention.bias import CausalVariant
+
     tgt_len, src_len = mask.seq_len_q, mask.seq_len_kv
     offset = src_len - tgt_len if mask.variant == CausalVariant.LOWER_RIGHT else 0
     if offset < 0:
