@@ -150,7 +150,7 @@ def test_train_config_checks_in_process(tmp_path, caplog):
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-    from fairseq_srupp.fairseq_fixes import check_train_config
+    from fairseq_srupp.train_checks import check_train_config
 
     def config(*args, task="srupp_language_modeling", arch="srupp_lm_tiny"):
         parser = options.get_training_parser()
