@@ -19,6 +19,11 @@ def env_choice(name: str, choices) -> str:
     return value
 
 
+def not_a_file(path) -> str:
+    """Why ``path`` (known not to be a readable file) is not one, for an error message."""
+    return "is a directory" if os.path.isdir(path) else "does not exist"
+
+
 class SRUppUserError(ValueError):
     """An error the user can act on; its message is the whole report."""
 

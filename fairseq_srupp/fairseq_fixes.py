@@ -40,7 +40,7 @@ import zipfile
 
 import torch
 
-from fairseq_srupp.errors import SRUppUserError
+from fairseq_srupp.errors import SRUppUserError, not_a_file
 from fairseq_srupp.train_checks import check_train_config
 
 logger = logging.getLogger(__name__)
@@ -196,8 +196,7 @@ def _wrap_checkpoint_loaders(module):
     def load_checkpoint_to_cpu(path, *args, **kwargs):
         local = not PathManager.path_requires_pathmanager(path)
         if local and not os.path.isfile(path):
-            raise SRUppUserError("checkpoint {} {}".format(path, "is a directory" if os.path.isdir(path)
-                                                           else "does not exist"))
+            raise SRUppUserError("checkpoint {} {}".format(path, not_a_file(path)))
         try:
             return load_to_cpu(path, *args, **kwargs)
         except Exception as exc:
@@ -222,8 +221,7 @@ def _wrap_checkpoint_loaders(module):
         for name in a["filenames"] if a["state"] is None else ():
             first = module.get_maybe_sharded_checkpoint_filename(name, a["suffix"], 0, a["num_shards"])
             if not PathManager.path_requires_pathmanager(first) and not os.path.isfile(first):
-                raise SRUppUserError("checkpoint {} {} (--path)".format(
-                    first, "is a directory" if os.path.isdir(first) else "does not exist"))
+                raise SRUppUserError("checkpoint {} {} (--path)".format(first, not_a_file(first)))
         return load_ensemble(*args, **kwargs)
 
     for wrapper, original in ((load_checkpoint_to_cpu, load_to_cpu), (load_model_ensemble_and_task, load_ensemble)):

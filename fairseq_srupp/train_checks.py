@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from fairseq_srupp.errors import SRUppUserError
+from fairseq_srupp.errors import SRUppUserError, not_a_file
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,7 @@ def _check_restore_file(cfg):
                 "checkpoint_last.pt (fairseq would silently train from scratch)")
         if not os.path.isabs(restore) and os.path.isfile(in_save_dir):
             hint = "it is read from the current directory, not --save-dir: pass {}".format(in_save_dir)
-        raise SRUppUserError("--restore-file {} {}: {}".format(
-            restore, "is a directory" if os.path.isdir(restore) else "does not exist", hint))
+        raise SRUppUserError("--restore-file {} {}: {}".format(restore, not_a_file(restore), hint))
 
 
 def _check_criterion(cfg):
