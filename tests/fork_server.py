@@ -199,8 +199,8 @@ def _server_for(env):
 class ForkedProcess:
     """The part of ``subprocess.Popen`` the tests use, for a command run by the fork server."""
 
-    def __init__(self, cmd, env, cwd, stdin_data, stderr_apart, text):
-        kind, target, args = _parse(cmd)
+    def __init__(self, cmd, parsed, env, cwd, stdin_data, stderr_apart, text):
+        kind, target, args = parsed
         self.args = cmd
         self.text = text
         self.returncode = None
@@ -262,8 +262,9 @@ def popen(cmd, env=None, cwd=None, stderr_apart=False, text=True):
     """Start ``cmd`` through the fork server when it is a Python command and forking is enabled, else as a
     plain subprocess; ``communicate`` returns its stdout (with stderr, unless ``stderr_apart``)."""
     cmd, env = [str(c) for c in cmd], dict(os.environ if env is None else env)
-    if enabled(env) and _parse(cmd) is not None:
-        return ForkedProcess(cmd, env, cwd, None, stderr_apart, text)
+    parsed = _parse(cmd) if enabled(env) else None
+    if parsed is not None:
+        return ForkedProcess(cmd, parsed, env, cwd, None, stderr_apart, text)
     return subprocess.Popen(cmd, env=env, cwd=cwd, text=text, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE if stderr_apart else subprocess.STDOUT)
 
@@ -271,8 +272,9 @@ def popen(cmd, env=None, cwd=None, stderr_apart=False, text=True):
 def run(cmd, env=None, cwd=None, input=None, timeout=None, stderr_apart=False, text=True):
     """``subprocess.run(cmd, stdout=PIPE, stderr=STDOUT, or PIPE with stderr_apart)``, forked when possible."""
     cmd, env = [str(c) for c in cmd], dict(os.environ if env is None else env)
-    if enabled(env) and _parse(cmd) is not None:
-        proc = ForkedProcess(cmd, env, cwd, input, stderr_apart, text)
+    parsed = _parse(cmd) if enabled(env) else None
+    if parsed is not None:
+        proc = ForkedProcess(cmd, parsed, env, cwd, input, stderr_apart, text)
         out, err = proc.communicate(timeout)
         return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     return subprocess.run(cmd, env=env, cwd=cwd, input=input, timeout=timeout, text=text,

@@ -282,11 +282,8 @@ def training(dry_run):
         compiled = train_bench.run(train_bench.parse_args(
             ["--models", "srupp_lm_compiled", "--dtypes", "bfloat16"] if gpu
             else tiny + ["--models", "srupp_lm_compiled", "--dtypes", "bfloat16", "--compile-backend", "aot_eager"]))
-        tests = out.get("attention_gpu_tests")
-        out = train_bench.summarise(args, out["device"], out["peak_bf16_tflops"], out["rows"] + compiled["rows"],
-                                    out["errors"] + compiled["errors"])
-        if tests:
-            out["attention_gpu_tests"] = tests
+        out.update(train_bench.summarise(args, out["device"], out["peak_bf16_tflops"], out["rows"] + compiled["rows"],
+                                         out["errors"] + compiled["errors"]))
     return training_result(out, gpu)
 
 
