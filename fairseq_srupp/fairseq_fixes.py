@@ -24,23 +24,32 @@
    when its size is not a multiple of it (fairseq issue #5036), so ``fairseq-train`` validated on
    part of the valid split with ``--task language_modeling`` (e.g. 16 blocks of 21 at batch size 8)
    and never trained on the last blocks of an epoch. The wrapper hands that batch back; every other
-   batch is left as fairseq made it. (``srupp_language_modeling`` batches its streams itself.)
+   batch is left as fairseq made it. (``srupp_language_modeling`` batches its streams itself.) A sample
+   longer than ``--max-tokens`` (fairseq's ``AssertionError`` from its Cython batcher) is named with the
+   size that fits.
 
 5. User mistakes that fairseq reports as a traceback (an ``AssertionError``, ``OSError: [Errno 22]``,
-   ``KeyError: 101``) or not at all: before ``fairseq-train`` (and ``fairseq-hydra-train``) starts,
-   the wrapper of ``call_main`` runs :func:`fairseq_srupp.train_checks.check_train_config`; the
-   checkpoint loaders name a missing, truncated or non-checkpoint file. Each raises
-   :class:`~fairseq_srupp.errors.SRUppUserError` (one ``error:`` line); a checkpoint that fails to
-   load although its file is intact keeps fairseq's own error.
+   ``KeyError: 101``, a ``RuntimeError`` mid-search) or not at all: before ``fairseq-train`` (and
+   ``fairseq-hydra-train``) starts, the wrapper of ``call_main`` runs
+   :func:`fairseq_srupp.train_checks.check_train_config`; before ``fairseq-interactive`` and
+   ``fairseq-eval-lm``, :mod:`fairseq_srupp.inference_checks` (``fairseq-generate``, which does not go
+   through ``call_main``, gets a wrapper of its ``main``); the checkpoint loaders name a missing,
+   truncated or non-checkpoint file; a model whose config reads a field its task lacks (``--arch
+   transformer_lm --task srupp_language_modeling``: an OmegaConf ``InterpolationKeyError``) is named
+   with the task it needs. Each raises :class:`~fairseq_srupp.errors.SRUppUserError` (one ``error:``
+   line); a checkpoint that fails to load although its file is intact keeps fairseq's own error.
 """
 import inspect
 import logging
 import os
+import re
+import sys
 import zipfile
 
 import torch
 
 from fairseq_srupp.errors import SRUppUserError, not_a_file
+from fairseq_srupp.inference_checks import check_eval_lm_config, check_generation_config
 from fairseq_srupp.train_checks import check_train_config
 
 logger = logging.getLogger(__name__)
@@ -153,12 +162,64 @@ def _wrap_call_main(module):
         common = getattr(cfg, "common", None)
         if common is not None and common.bf16 and common.tpu and not _torch_xla_installed():
             common.tpu = False  # set by --bf16 alone; without torch_xla there is no TPU to use
-        if getattr(main, "__module__", None) in ("fairseq_cli.train", "fairseq_cli.hydra_train"):
+        command = getattr(main, "__module__", None)
+        if command in ("fairseq_cli.train", "fairseq_cli.hydra_train"):
             check_train_config(cfg)
+        elif command == "fairseq_cli.interactive":
+            check_generation_config(cfg, "fairseq-interactive")
+        elif command == "fairseq_cli.eval_lm":
+            check_eval_lm_config(cfg)
         return original(cfg, main, **kwargs)
 
     call_main.__doc__ = original.__doc__
     module.call_main = call_main
+
+
+def _wrap_generate_main(module):
+    # fairseq-generate calls its main() directly, not through call_main
+    original = module.main
+
+    def main(cfg):
+        from argparse import Namespace
+
+        if isinstance(cfg, Namespace):
+            cfg = module.convert_namespace_to_omegaconf(cfg)
+        check_generation_config(cfg, "fairseq-generate")
+        return original(cfg)
+
+    main.__doc__, main.__wrapped__ = original.__doc__, original
+    module.main = main
+
+
+# ------------------------------------------------------------- a model the task cannot configure
+_MISSING_KEY = re.compile(r"Interpolation key '(task\.[^']+)' not found")
+
+
+def _wrap_convert_namespace(utils):
+    from omegaconf.errors import InterpolationKeyError
+
+    original = utils.convert_namespace_to_omegaconf
+
+    def convert_namespace_to_omegaconf(args):
+        try:
+            return original(args)
+        except InterpolationKeyError as exc:
+            missing = _MISSING_KEY.search(str(exc))
+            arch, task = getattr(args, "arch", None), getattr(args, "task", None)
+            if missing is None or arch is None or task is None:
+                raise
+            hint = ("srupp_language_modeling trains models that carry their state (--arch srupp_lm...); train {} with "
+                    "--task language_modeling".format(arch) if task == "srupp_language_modeling"
+                    else "choose a task this model is made for, e.g. --task language_modeling")
+            raise SRUppUserError("--arch {} takes {} from its task, which --task {} does not have: {}".format(
+                arch, missing.group(1), task, hint)) from exc
+
+    convert_namespace_to_omegaconf.__doc__, convert_namespace_to_omegaconf.__wrapped__ = original.__doc__, original
+    utils.convert_namespace_to_omegaconf = convert_namespace_to_omegaconf
+    # the command-line tools imported it by name before the plugin was loaded
+    for name, mod in list(sys.modules.items()):
+        if name.startswith(("fairseq_cli.", "fairseq.")) and getattr(mod, "convert_namespace_to_omegaconf", None) is original:
+            mod.convert_namespace_to_omegaconf = convert_namespace_to_omegaconf
 
 
 # ----------------------------------------------------------------------- the dropped last batch
@@ -167,10 +228,30 @@ def _wrap_batch_by_size(module):
 
     original = module.batch_by_size
 
+    signature = inspect.signature(original)
+
     def batch_by_size(indices, *args, **kwargs):
         if not isinstance(indices, np.ndarray):
             indices = np.fromiter(indices, dtype=np.int64, count=-1)
-        batches = original(indices, *args, **kwargs)
+        try:
+            batches = original(indices, *args, **kwargs)
+        except IndexError as exc:  # fairseq indexes the last of no batches
+            if len(indices):
+                raise
+            raise SRUppUserError(
+                "no sample left to batch: fairseq skipped every one as too long (longer than --max-tokens {} or the "
+                "model's positions; see its warning above): raise --max-tokens or lower --tokens-per-sample".format(
+                    signature.bind(indices, *args, **kwargs).arguments.get("max_tokens"))) from exc
+        except AssertionError as exc:
+            if "should not exceed max_tokens" not in str(exc):
+                raise
+            a = signature.bind(indices, *args, **kwargs).arguments
+            vec = a.get("num_tokens_vec")
+            longest = int(np.max(vec)) if vec is not None else max(int(a["num_tokens_fn"](i)) for i in indices)
+            raise SRUppUserError(
+                "a sample has {} tokens, more than --max-tokens {} allows in a batch: raise --max-tokens (or "
+                "--max-tokens-valid for validation) to at least {}, or lower --tokens-per-sample".format(
+                    longest, a["max_tokens"], longest)) from exc
         kept = sum(len(b) for b in batches)
         if kept < len(indices):  # batches are consecutive slices of indices: the tail was dropped
             batches = list(batches) + [indices[kept:]]
@@ -236,12 +317,16 @@ def install() -> None:
         return
     from fairseq import checkpoint_utils, sequence_generator
     from fairseq.data import data_utils
+    from fairseq.dataclass import utils as dataclass_utils
     from fairseq.distributed import utils as distributed_utils
     from fairseq.logging import progress_bar
 
     _wrap_progress_bar(progress_bar)
     _wrap_generate(sequence_generator.SequenceGenerator)
     _wrap_call_main(distributed_utils)
+    _wrap_convert_namespace(dataclass_utils)
+    if "fairseq_cli.generate" in sys.modules:
+        _wrap_generate_main(sys.modules["fairseq_cli.generate"])
     _wrap_batch_by_size(data_utils)
     _wrap_checkpoint_loaders(checkpoint_utils)
     _installed = True

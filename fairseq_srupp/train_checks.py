@@ -4,8 +4,9 @@ fairseq reports these as a traceback (an ``AssertionError``, a ``KeyError`` at t
 at all (a missing ``--restore-file`` silently trains from scratch). :func:`check_train_config`, called by
 the plugin's wrapper of fairseq's ``call_main`` (:mod:`fairseq_srupp.fairseq_fixes`), checks the batch
 size, ``--fp16`` without a GPU, ``--distributed-world-size`` beyond the local GPUs without a way to
-start the other ranks, the ``--restore-file`` and whether the criterion fits ``srupp_lm``
-(``cross_entropy`` with its adaptive softmax is allowed, with a warning: it builds the full softmax).
+start the other ranks, the ``--restore-file``, whether the criterion fits ``srupp_lm``
+(``cross_entropy`` with its adaptive softmax is allowed, with a warning: it builds the full softmax) and,
+for fairseq's ``language_modeling`` task, the data directory and its splits.
 Each refusal is an :class:`~fairseq_srupp.errors.SRUppUserError`: one ``error:`` line.
 """
 import logging
@@ -59,6 +60,32 @@ def _check_devices(cfg):
                 dist.distributed_world_size, gpus))
 
 
+def check_lm_data(cfg, splits) -> None:
+    """For fairseq's own ``language_modeling`` task (``srupp_language_modeling`` checks its data itself):
+    the data directory, its dictionary and each of ``splits`` in it, before fairseq's
+    ``FileNotFoundError`` traceback or its mmap of an empty split."""
+    if _name(cfg.task) != "language_modeling":
+        return
+    from fairseq_srupp.tasks.split_files import check_data_dir, check_split
+
+    first = check_data_dir(cfg.task.data, "language_modeling")
+    for split in splits:
+        check_split(first, split, raw=cfg.dataset.dataset_impl == "raw")
+
+
+def _check_data(cfg):
+    dataset = cfg.dataset
+    splits = [dataset.train_subset]
+    if not dataset.disable_validation:
+        splits += [s for s in dataset.valid_subset.split(",") if s]
+    check_lm_data(cfg, splits)
+    if _name(cfg.task) == "language_modeling":
+        from fairseq_srupp.tasks.split_files import check_split
+
+        for data_dir in cfg.task.data.split(os.pathsep)[1:]:  # epoch e trains on directory (e - 1) % n
+            check_split(data_dir, dataset.train_subset, raw=dataset.dataset_impl == "raw")
+
+
 def _check_restore_file(cfg):
     from fairseq.file_io import PathManager
 
@@ -104,3 +131,5 @@ def check_train_config(cfg) -> None:
     _check_devices(cfg)
     _check_restore_file(cfg)
     _check_criterion(cfg)
+    if cfg.get("dataset") is not None and cfg.get("task") is not None:
+        _check_data(cfg)

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import fork_server
-from cli_utils import BIN, STATEFUL_TRAIN_ARGS, USER_DIR, make_char_data, run_tool
+from cli_utils import BIN, STATEFUL_TRAIN_ARGS, TINY_TRAIN_ARGS, USER_DIR, make_char_data, run_tool
 from omegaconf import OmegaConf
 from test_bad_input_task import LOG_RECORD, snapshot
 
@@ -60,15 +60,26 @@ def train(e, *args, data=None):
     return [BIN / "fairseq-train", data or e.data, *TRAIN_ARGS, "--save-dir", e.save_dir, *args]
 
 
+def train_lm(e, *args):
+    """fairseq's own language_modeling task (the srupp task checks its data itself), with a model of other sizes
+    than the shared checkpoint's: in a --save-dir of its own."""
+    return [BIN / "fairseq-train", e.data, *TINY_TRAIN_ARGS, "--max-update", 1, "--save-dir", e.root / "lm-ckpt", *args]
+
+
+def interactive(e, *args):
+    return [BIN / "fairseq-interactive", e.data, "--user-dir", USER_DIR, "--task", "language_modeling", "--path", e.ckpt,
+            "--cpu", *args]
+
+
 def eval_lm(e, *args, path=None):
     return [BIN / "fairseq-eval-lm", e.data, "--user-dir", USER_DIR, "--task", "srupp_language_modeling",
             "--path", path or e.ckpt, "--cpu", "--gen-subset", "valid", "--batch-size", 2, "--num-workers", 0, *args]
 
 
-def generate(e, path):
+def generate(e, path, *args):
     return [BIN / "fairseq-generate", e.data, "--user-dir", USER_DIR, "--task", "language_modeling", "--path", path,
             "--gen-subset", "test", "--sample-break-mode", "eos", "--prefix-size", 3, "--max-len-b", 10,
-            "--batch-size", 8, "--cpu", "--num-workers", 0]
+            "--batch-size", 8, "--cpu", "--num-workers", 0, *args]
 
 
 def sample(e, *args):
@@ -98,6 +109,27 @@ CASES = [
      "error: {root}/truncated.pt is not a complete PyTorch checkpoint (4000 bytes;"),
     ("sample-other-dictionary", lambda e: sample(e, "--data", e.other_dict),
      "error: the checkpoint was trained with a dictionary of 32 symbols but the task's dictionary has 37"),
+    # fairseq's own task, and models it cannot configure
+    ("lm-valid-subset-missing", lambda e: train_lm(e, "--valid-subset", "valid,valid1"),
+     "error: split 'valid1' not found: expected {root}/data-bin/valid1.bin/.idx from fairseq-preprocess (splits in "
+     "{root}/data-bin: test, train, valid)"),
+    ("lm-samples-longer-than-max-tokens", lambda e: train_lm(e, "--max-tokens", 16),
+     "error: no sample left to batch: fairseq skipped every one as too long (longer than --max-tokens 16"),
+    ("srupp-task-transformer-arch", lambda e: [BIN / "fairseq-train", e.data, "--user-dir", USER_DIR, "--task",
+                                               "srupp_language_modeling", "--arch", "transformer_lm", "--cpu",
+                                               "--batch-size", 2, "--tokens-per-sample", 32, "--optimizer", "adam",
+                                               "--lr", 0.001, "--max-update", 1, "--save-dir", e.save_dir],
+     "error: --arch transformer_lm takes task.max_target_positions from its task, which --task "
+     "srupp_language_modeling does not have: srupp_language_modeling trains models that carry their state"),
+    # search settings, checked before the checkpoint is read (fairseq-generate is not run through call_main)
+    ("interactive-beam-0", lambda e: interactive(e, "--beam", 0), "error: --beam must be >= 1"),
+    ("generate-sampling-nbest", lambda e: generate(e, e.ckpt, "--sampling"),
+     "error: --sampling draws --beam (5) samples per input and fairseq needs --nbest (1) equal to it"),
+    ("generate-sample-over-max-tokens", lambda e: generate(e, e.ckpt, "--max-tokens", 3),
+     "error: a sample has "),
+    ("eval-lm-context-window-too-wide", lambda e: eval_lm(e, "--task", "language_modeling", "--tokens-per-sample", 8,
+                                                          "--context-window", 8),
+     "error: --context-window 8 must be below --tokens-per-sample 8"),
     # already one line before this audit: pinned
     ("eval-lm-context-window", lambda e: eval_lm(e, "--context-window", 5),
      "error: --context-window does not apply to srupp_language_modeling"),
@@ -189,6 +221,72 @@ def test_train_config_checks_in_process(tmp_path, caplog):
     with pytest.raises(SRUppUserError, match=re.escape(message)):
         check_train_config(config("--batch-size", 2, "--criterion", "srupp_adaptive_loss", task="language_modeling",
                                   arch="transformer_lm"))
+
+
+def _parsed(parser_name, *args, data, path=None):
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    parser = getattr(options, parser_name)()
+    cmd = [str(data), "--user-dir", USER_DIR, "--task", "language_modeling", "--cpu", *map(str, args)]
+    if path is not None:
+        cmd += ["--path", str(path)]
+    return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, cmd))
+
+
+@pytest.mark.parametrize("command,args,message", [
+    ("fairseq-generate", ("--beam", -1), "--beam must be >= 1 (hypotheses kept per sentence; 1 = greedy), got -1"),
+    ("fairseq-generate", ("--beam", 2, "--nbest", 3), "--nbest must be between 1 and --beam (2)"),
+    ("fairseq-interactive", ("--nbest", 0), "--nbest must be between 1 and --beam (5): it is how many of the beam's "
+                                            "hypotheses are printed, got 0"),
+    ("fairseq-interactive", ("--sampling", "--beam", 3), "add --beam 1 for 1 sample(s), or --nbest 3"),
+    ("fairseq-generate", ("--sampling-topk", 5), "--sampling-topk applies to sampling only: add --sampling"),
+    ("fairseq-generate", ("--sampling", "--beam", 1, "--sampling-topk", 0), "--sampling-topk must be >= 1 (or -1"),
+    ("fairseq-generate", ("--sampling", "--beam", 1, "--sampling-topp", 0), "--sampling-topp must be in (0, 1]"),
+    ("fairseq-generate", ("--sampling", "--beam", 1, "--sampling-topp", 1.5), "--sampling-topp must be in (0, 1]"),
+    ("fairseq-interactive", ("--temperature", -1), "--temperature must be > 0 (1 = the model's distribution)"),
+    ("fairseq-generate", ("--sampling", "--beam", 1, "--diverse-beam-groups", 2),
+     "--sampling and --diverse-beam-groups choose different search strategies"),
+    ("fairseq-generate", ("--min-len", 0), "--min-len must be >= 1, got 0"),
+    ("fairseq-interactive", ("--max-len-b", 4, "--min-len", 5), "--max-len-b 4 is below --min-len 5"),
+    ("fairseq-interactive", ("--batch-size", 4, "--buffer-size", 2), "--batch-size 4 is larger than --buffer-size 2"),
+    ("fairseq-generate", ("--replace-unk",), "--replace-unk needs the raw text (--dataset-impl raw)"),
+    ("fairseq-generate", ("--gen-subset", "dev"), "split 'dev' not found"),
+])
+def test_generation_config_variants(env, command, args, message):
+    from fairseq_srupp.inference_checks import check_generation_config
+
+    parser = "get_interactive_generation_parser" if command == "fairseq-interactive" else "get_generation_parser"
+    with pytest.raises(SRUppUserError, match=re.escape(message)):
+        check_generation_config(_parsed(parser, *args, data=env.data, path=env.ckpt), command)
+
+
+def test_generation_and_eval_lm_configs_that_run_pass(env):
+    from fairseq_srupp.inference_checks import check_eval_lm_config, check_generation_config
+
+    for args in [(), ("--sampling", "--beam", 1, "--sampling-topk", 10, "--sampling-topp", 0.9, "--temperature", 0.7),
+                 ("--beam", 3, "--nbest", 3, "--max-len-a", 1, "--max-len-b", 0),
+                 ("--diverse-beam-groups", 2, "--beam", 4)]:
+        check_generation_config(_parsed("get_generation_parser", *args, data=env.data, path=env.ckpt),
+                                "fairseq-generate")
+    check_generation_config(_parsed("get_interactive_generation_parser", "--batch-size", 4, "--buffer-size", 4,
+                                    data=env.data, path=env.ckpt), "fairseq-interactive")
+    check_eval_lm_config(_parsed("get_eval_lm_parser", "--tokens-per-sample", 16, "--context-window", 15,
+                                 data=env.data, path=env.ckpt))
+
+
+@pytest.mark.parametrize("args,message,path", [
+    (("--context-window", -1), "--context-window must be >= 0 (0 = score independent blocks), got -1", True),
+    (("--tokens-per-sample", 16, "--context-window", 20), "--context-window 20 must be below --tokens-per-sample 16",
+     True),
+    (("--gen-subset", "dev"), "split 'dev' not found", True),
+    ((), "fairseq-eval-lm needs --path CHECKPOINT", False),
+])
+def test_eval_lm_config_variants(env, args, message, path):
+    from fairseq_srupp.inference_checks import check_eval_lm_config
+
+    with pytest.raises(SRUppUserError, match=re.escape(message)):
+        check_eval_lm_config(_parsed("get_eval_lm_parser", *args, data=env.data, path=env.ckpt if path else None))
 
 
 @pytest.mark.parametrize("overrides,message", [

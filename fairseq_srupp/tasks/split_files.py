@@ -65,6 +65,47 @@ def check_binarized_split(prefix: str) -> None:
         raise _corrupt(bin_path, "{} bytes, its index {} says {}".format(bin_size, idx, expected_bin))
 
 
+def check_data_dir(data, task: str) -> str:
+    """The first directory of ``data`` (fairseq's ``dir1:dir2`` shard list) after checking that it holds
+    a ``dict.txt``; :class:`SRUppUserError` naming what is missing otherwise."""
+    if not data:
+        raise SRUppUserError("{} needs a data directory (the first positional argument)".format(task))
+    first = data.split(os.pathsep)[0]
+    if not os.path.isdir(first):
+        raise SRUppUserError("the data directory {} {}: give the --destdir of fairseq-preprocess".format(
+            first, "is a file" if os.path.exists(first) else "does not exist"))
+    path = os.path.join(first, "dict.txt")
+    if not os.path.isfile(path):
+        raise SRUppUserError(
+            "no dictionary at {}: binarize the data with fairseq-preprocess --only-source first".format(path)
+        )
+    return first
+
+
+def _splits_in(data_dir: str) -> str:
+    names = sorted(f[:-len(".idx")] for f in os.listdir(data_dir) if f.endswith(".idx"))
+    return ", ".join(names) if names else "none"
+
+
+def check_split(data_dir: str, split: str, raw: bool = False) -> None:
+    """Raise :class:`SRUppUserError` unless ``data_dir`` holds split ``split`` whole and non-empty:
+    ``split.idx`` + ``split.bin`` (checked by :func:`check_binarized_split`), or with ``raw`` (fairseq's
+    ``--dataset-impl raw``) the text file ``split``. The message lists the splits that are there."""
+    prefix = os.path.join(data_dir, split)
+    if raw:
+        if not os.path.isfile(prefix):
+            raise SRUppUserError("split '{}' not found: --dataset-impl raw reads the text file {}".format(split, prefix))
+        return
+    check_binarized_split(prefix)
+    if not os.path.exists(prefix + ".idx"):
+        raise SRUppUserError("split '{}' not found: expected {}.bin/.idx from fairseq-preprocess (splits in {}: "
+                             "{})".format(split, prefix, data_dir, _splits_in(data_dir)))
+    if os.path.getsize(prefix + ".bin") == 0:
+        # fairseq cannot map an empty file (AttributeError deep in MMapIndexedDataset)
+        raise SRUppUserError("split '{}' is empty ({}.bin has no tokens): binarize a non-empty text for it "
+                             "with fairseq-preprocess".format(split, prefix))
+
+
 def check_token_range(tokens: np.ndarray, vocab_size: int, prefix: str) -> None:
     """Token ids must index the dictionary, or the embedding lookup fails far from the cause."""
     if len(tokens) and (int(tokens.max()) >= vocab_size or int(tokens.min()) < 0):

@@ -53,10 +53,15 @@ from fairseq_srupp.errors import SRUppUserError
 
 from . import resume
 from .carried_state import SegmentContext
-from .split_files import check_binarized_split, check_token_range
+from .split_files import check_data_dir, check_split, check_token_range
 from .stream_layout import num_segments, reorder_sentences, sentence_offsets, stream_blocks
 
 logger = logging.getLogger(__name__)
+
+CONTEXT_WINDOW_UNSUPPORTED = (
+    "--context-window does not apply to srupp_language_modeling: the model carries its state across segments; "
+    "its attention window is the model's --eval-window"
+)
 
 
 @dataclass
@@ -232,17 +237,7 @@ class SRUppLanguageModelingTask(FairseqTask):
 
     @classmethod
     def setup_task(cls, cfg: SRUppLanguageModelingConfig, **kwargs):
-        if not cfg.data:
-            raise SRUppUserError("srupp_language_modeling needs a data directory (the first positional argument)")
-        data = cfg.data.split(os.pathsep)[0]
-        if not os.path.isdir(data):
-            raise SRUppUserError("the data directory {} {}: give the --destdir of fairseq-preprocess".format(
-                data, "is a file" if os.path.exists(data) else "does not exist"))
-        path = os.path.join(data, "dict.txt")
-        if not os.path.isfile(path):
-            raise SRUppUserError(
-                "no dictionary at {}: binarize the data with fairseq-preprocess --only-source first".format(path)
-            )
+        path = os.path.join(check_data_dir(cfg.data, "srupp_language_modeling"), "dict.txt")
         dictionary = Dictionary.load(path)
         logger.info("dictionary: %d types", len(dictionary))
         if cfg.tokens_per_sample < 1 or cfg.eval_unroll_size < 0:
@@ -276,16 +271,8 @@ class SRUppLanguageModelingTask(FairseqTask):
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         """Load a split as its flat token array plus sentence sizes (kept for re-ordering)."""
         path = os.path.join(self.cfg.data.split(os.pathsep)[0], split)
-        check_binarized_split(path)
-        if os.path.isfile(path + ".bin") and os.path.getsize(path + ".bin") == 0:
-            # fairseq cannot map an empty file (AttributeError deep in MMapIndexedDataset)
-            raise SRUppUserError("split '{}' is empty ({}.bin has no tokens): binarize a non-empty text for it "
-                                 "with fairseq-preprocess".format(split, path))
+        check_split(os.path.dirname(path), split)
         dataset = data_utils.load_indexed_dataset(path, self.dictionary, combine=combine)
-        if dataset is None:
-            raise SRUppUserError(
-                "split '{}' not found: expected {}.bin/.idx from fairseq-preprocess".format(split, path)
-            )
         sizes = np.asarray(dataset.sizes, dtype=np.int64)
         if len(sizes) and hasattr(dataset, "_bin_buffer") and hasattr(dataset, "_index"):
             # mmap datasets store the items back to back: read them in one go.
@@ -370,10 +357,7 @@ class SRUppLanguageModelingTask(FairseqTask):
     def eval_lm_dataloader(self, dataset, max_tokens=36000, batch_size=None, max_positions=None,
                            num_shards=1, shard_id=0, num_workers=1, data_buffer_size=10, context_window=0):
         if context_window > 0:
-            raise SRUppUserError(
-                "--context-window does not apply to srupp_language_modeling: the model carries its state "
-                "across segments; its attention window is the model's --eval-window"
-            )
+            raise SRUppUserError(CONTEXT_WINDOW_UNSUPPORTED)
         return self.get_batch_iterator(
             dataset, max_sentences=batch_size, num_shards=num_shards, shard_id=shard_id,
             num_workers=num_workers, data_buffer_size=data_buffer_size,

@@ -1,0 +1,94 @@
+"""Configurations fairseq-generate, fairseq-interactive and fairseq-eval-lm cannot run, refused before
+any checkpoint or data is read.
+
+fairseq reports these as an ``AssertionError`` traceback (``--sampling`` without ``--nbest`` equal to
+``--beam``, ``--temperature 0``), a ``RuntimeError`` from a reshape in the middle of decoding
+(``--beam 0``), a ``ValueError`` from its Cython block builder (``--context-window`` not below
+``--tokens-per-sample``) or not at all (``--nbest 0`` prints no hypothesis). The plugin's wrappers
+(:mod:`fairseq_srupp.fairseq_fixes`) call :func:`check_generation_config` and
+:func:`check_eval_lm_config`; each refusal is an :class:`~fairseq_srupp.errors.SRUppUserError`: one
+``error:`` line. They check any model's command, since the plugin is loaded only with ``--user-dir``.
+"""
+from fairseq_srupp.errors import SRUppUserError
+from fairseq_srupp.train_checks import check_lm_data
+
+
+def _task_name(cfg):
+    return getattr(cfg.task, "_name", None)
+
+
+def _check_path(cfg, command: str):
+    if not cfg.common_eval.path:
+        raise SRUppUserError("{} needs --path CHECKPOINT (a checkpoint_*.pt written by fairseq-train)".format(command))
+
+
+def _check_search(gen):
+    if gen.beam < 1:
+        raise SRUppUserError("--beam must be >= 1 (hypotheses kept per sentence; 1 = greedy), got {}".format(gen.beam))
+    if not 1 <= gen.nbest <= gen.beam:
+        raise SRUppUserError("--nbest must be between 1 and --beam ({}): it is how many of the beam's hypotheses are "
+                             "printed, got {}".format(gen.beam, gen.nbest))
+    strategies = [flag for flag, on in (("--sampling", gen.sampling), ("--diverse-beam-groups", gen.diverse_beam_groups > 0),
+                                        ("--match-source-len", gen.match_source_len),
+                                        ("--diversity-rate", gen.diversity_rate > 0)) if on]
+    if len(strategies) > 1:
+        raise SRUppUserError("{} choose different search strategies: give one of them".format(" and ".join(strategies)))
+    for flag, value in (("--sampling-topk", gen.sampling_topk), ("--sampling-topp", gen.sampling_topp)):
+        if value >= 0 and not gen.sampling:
+            raise SRUppUserError("{} applies to sampling only: add --sampling (and --beam 1 for one sample)".format(flag))
+    if gen.sampling and gen.nbest != gen.beam:
+        raise SRUppUserError(
+            "--sampling draws --beam ({}) samples per input and fairseq needs --nbest ({}) equal to it: add --beam {} "
+            "for {} sample(s), or --nbest {}".format(gen.beam, gen.nbest, gen.nbest, gen.nbest, gen.beam))
+    if gen.sampling_topk == 0 or gen.sampling_topk < -1:
+        raise SRUppUserError("--sampling-topk must be >= 1 (or -1: no limit), got {}".format(gen.sampling_topk))
+    if gen.sampling_topp >= 0 and not 0 < gen.sampling_topp <= 1:
+        raise SRUppUserError("--sampling-topp must be in (0, 1] (or -1: no limit), got {}".format(gen.sampling_topp))
+    if not gen.temperature > 0:
+        raise SRUppUserError("--temperature must be > 0 (1 = the model's distribution), got {}".format(gen.temperature))
+
+
+def _check_lengths(gen):
+    if gen.min_len < 1:
+        raise SRUppUserError("--min-len must be >= 1, got {}".format(gen.min_len))
+    if not gen.match_source_len and gen.max_len_a == 0 and gen.max_len_b < gen.min_len:
+        raise SRUppUserError("--max-len-b {} is below --min-len {}: no output length fits (for a language model "
+                             "--max-len-b counts the prompt too)".format(gen.max_len_b, gen.min_len))
+
+
+def check_generation_config(cfg, command: str) -> None:
+    """Refuse a fairseq-generate / fairseq-interactive configuration (``command`` names the tool) whose
+    search settings fairseq cannot run or would silently ignore."""
+    _check_path(cfg, command)
+    gen = cfg.generation
+    _check_search(gen)
+    _check_lengths(gen)
+    if command == "fairseq-interactive":
+        buffer_size = max(cfg.interactive.buffer_size, 1)  # fairseq reads 0 (the default) as 1
+        if cfg.dataset.batch_size and cfg.dataset.batch_size > buffer_size:
+            raise SRUppUserError("--batch-size {} is larger than --buffer-size {}: fairseq-interactive batches the lines "
+                                 "it has buffered; give --buffer-size {} too".format(
+                                     cfg.dataset.batch_size, buffer_size, cfg.dataset.batch_size))
+    else:
+        if gen.replace_unk is not None and cfg.dataset.dataset_impl != "raw":
+            raise SRUppUserError("--replace-unk needs the raw text (--dataset-impl raw) to copy words from")
+        check_lm_data(cfg, [cfg.dataset.gen_subset])
+
+
+def check_eval_lm_config(cfg) -> None:
+    """Refuse a fairseq-eval-lm configuration that fails after loading, or whose ``--context-window``
+    would be ignored."""
+    from fairseq_srupp.tasks.srupp_language_modeling import CONTEXT_WINDOW_UNSUPPORTED
+
+    _check_path(cfg, "fairseq-eval-lm")
+    window = cfg.eval_lm.context_window
+    if window < 0:
+        raise SRUppUserError("--context-window must be >= 0 (0 = score independent blocks), got {}".format(window))
+    if window > 0 and _task_name(cfg) == "srupp_language_modeling":
+        raise SRUppUserError(CONTEXT_WINDOW_UNSUPPORTED)
+    tokens_per_sample = getattr(cfg.task, "tokens_per_sample", None)
+    if window > 0 and tokens_per_sample is not None and window >= tokens_per_sample:
+        raise SRUppUserError(
+            "--context-window {} must be below --tokens-per-sample {}: each block scores --tokens-per-sample minus "
+            "--context-window new tokens after that many of context".format(window, tokens_per_sample))
+    check_lm_data(cfg, [cfg.dataset.gen_subset])
