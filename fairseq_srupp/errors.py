@@ -28,7 +28,8 @@ class SRUppUserError(ValueError):
     """An error the user can act on; its message is the whole report."""
 
 
-def _is_user_error(exc: BaseException) -> bool:
+def is_user_error(exc) -> bool:
+    """True when ``exc`` is, or was raised from or while handling, an :class:`SRUppUserError`."""
     # fairseq's distributed wrappers may re-raise with a cause chain; look through it.
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -56,7 +57,7 @@ def install_excepthook() -> None:
     previous = sys.excepthook
 
     def hook(exc_type, exc, tb):
-        if _is_user_error(exc) and os.environ.get("FAIRSEQ_SRUPP_DEBUG", "") in ("", "0"):
+        if is_user_error(exc) and os.environ.get("FAIRSEQ_SRUPP_DEBUG", "") in ("", "0"):
             sys.stderr.write("error: {}\n".format(_user_error_message(exc)))
             sys.stderr.flush()
             return

@@ -29,9 +29,10 @@
    size that fits.
 
 5. User mistakes that fairseq reports as a traceback (an ``AssertionError``, ``OSError: [Errno 22]``,
-   ``KeyError: 101``, a ``RuntimeError`` mid-search) or not at all: before ``fairseq-train`` (and
-   ``fairseq-hydra-train``) starts, the wrapper of ``call_main`` runs
-   :func:`fairseq_srupp.train_checks.check_train_config`; before ``fairseq-interactive`` and
+   ``KeyError: 101``, a ``RuntimeError`` mid-search) or not at all: before ``fairseq-train`` starts, the
+   wrapper of ``call_main`` runs :func:`fairseq_srupp.train_checks.check_train_config`
+   (``fairseq-hydra-train`` loads the plugin only inside ``fairseq_cli.train.main``: there the wrapper
+   of its ``add_defaults`` runs it, and Hydra re-raises a user error instead of printing its traceback); before ``fairseq-interactive`` and
    ``fairseq-eval-lm``, :mod:`fairseq_srupp.inference_checks` (``fairseq-generate``, which does not go
    through ``call_main``, gets a wrapper of its ``main``); the checkpoint loaders name a missing,
    truncated or non-checkpoint file; a model whose config reads a field its task lacks (``--arch
@@ -48,7 +49,7 @@ import zipfile
 
 import torch
 
-from fairseq_srupp.errors import SRUppUserError, not_a_file
+from fairseq_srupp.errors import SRUppUserError, is_user_error, not_a_file
 from fairseq_srupp.inference_checks import check_eval_lm_config, check_generation_config
 from fairseq_srupp.train_checks import check_train_config
 
@@ -56,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 _installed = False
 _warned = set()
+_train_checked = False  # check_train_config ran in this process (from the wrapper of call_main)
 
 
 def _warn_once(key, message, *args):
@@ -162,9 +164,11 @@ def _wrap_call_main(module):
         common = getattr(cfg, "common", None)
         if common is not None and common.bf16 and common.tpu and not _torch_xla_installed():
             common.tpu = False  # set by --bf16 alone; without torch_xla there is no TPU to use
+        global _train_checked
         command = getattr(main, "__module__", None)
         if command in ("fairseq_cli.train", "fairseq_cli.hydra_train"):
             check_train_config(cfg)
+            _train_checked = True
         elif command == "fairseq_cli.interactive":
             check_generation_config(cfg, "fairseq-interactive")
         elif command == "fairseq_cli.eval_lm":
@@ -173,6 +177,36 @@ def _wrap_call_main(module):
 
     call_main.__doc__ = original.__doc__
     module.call_main = call_main
+
+
+def _wrap_train_add_defaults(module):
+    # fairseq-hydra-train reaches call_main before it imports the plugin (fairseq_cli.train.main imports
+    # common.user_dir, then calls add_defaults): check there, before fairseq's asserts and the data
+    original = module.add_defaults
+
+    def add_defaults(cfg):
+        original(cfg)
+        if not _train_checked:
+            check_train_config(cfg)
+
+    add_defaults.__doc__, add_defaults.__wrapped__ = original.__doc__, original
+    module.add_defaults = add_defaults
+
+
+def _wrap_hydra_error_report(hydra_utils):
+    # Hydra prints an exception from the job as a trimmed traceback unless HYDRA_FULL_ERROR is set, in
+    # which case it re-raises it; a user error re-raised reaches the plugin's excepthook: one line.
+    original = getattr(hydra_utils, "_is_env_set", None)
+    if original is None:  # another Hydra: its own report stays
+        return
+
+    def _is_env_set(name):
+        if name == "HYDRA_FULL_ERROR" and is_user_error(sys.exc_info()[1]):
+            return True
+        return original(name)
+
+    _is_env_set.__wrapped__ = original
+    hydra_utils._is_env_set = _is_env_set
 
 
 def _wrap_generate_main(module):
@@ -325,6 +359,10 @@ def install() -> None:
     _wrap_generate(sequence_generator.SequenceGenerator)
     _wrap_call_main(distributed_utils)
     _wrap_convert_namespace(dataclass_utils)
+    if "hydra._internal.utils" in sys.modules:
+        _wrap_hydra_error_report(sys.modules["hydra._internal.utils"])
+    if "fairseq_cli.train" in sys.modules:
+        _wrap_train_add_defaults(sys.modules["fairseq_cli.train"])
     if "fairseq_cli.generate" in sys.modules:
         _wrap_generate_main(sys.modules["fairseq_cli.generate"])
     _wrap_batch_by_size(data_utils)

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -350,3 +351,26 @@ def test_checkpoint_loaders(env, tmp_path):
     ]:
         with pytest.raises(SRUppUserError, match=re.escape(message)):
             checkpoint_utils.load_model_ensemble([str(path)])
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["checkpoint.restore_file={root}/nope.pt"], "error: --restore-file {root}/nope.pt does not exist"),
+    (["dataset.batch_size=null"], "error: srupp_language_modeling needs --batch-size (streams per worker)"),
+])
+def test_hydra_train_one_error_line(env, overrides, expected):
+    """fairseq-hydra-train loads the plugin only inside fairseq_cli.train.main, and Hydra prints an
+    exception as a trimmed traceback: the checks still run, and the error is still one line."""
+    repo = Path(USER_DIR).parent
+    before = {d: snapshot(d) for d in (env.data, env.save_dir)}
+    args = ["--config-dir", repo / "configs", "--config-name", "srupp_lm", "task.data={}".format(env.data),
+            "common.cpu=true", "common.fp16=false", "distributed_training.distributed_world_size=1",
+            "checkpoint.save_dir={}".format(env.root / "hydra-ckpt"),
+            *(o.format(root=env.root) for o in overrides)]
+    proc = fork_server.run([BIN / "fairseq-hydra-train", *args], cwd=repo, stderr_apart=True, timeout=300,
+                           env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(expected.format(root=env.root)), proc.stderr[-3000:]
+    assert not list((env.root / "hydra-ckpt").glob("*.pt"))
+    assert {d: snapshot(d) for d in before} == before
