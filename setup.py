@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.8",
     packages=find_packages(include=["fairseq_srupp", "fairseq_srupp.*"]),
     package_data={
-        "fairseq_srupp": ["ops/recurrence/*.cpp", "ops/recurrence/*.cu", "ops/recurrence/*.h", "ops/dropout/*.cpp"]
+        "fairseq_srupp": ["ops/recurrence/*.cpp", "ops/recurrence/*.cu", "ops/recurrence/*.h", "ops/dropout/*.cpp", "bench/*.h"]
     },
     include_package_data=True,
     install_requires=[

@@ -59,6 +59,7 @@ from recurrence_cuda import DTYPES, cuda_time_ms  # noqa: E402
 
 from fairseq_srupp.bench.flops import srupp_flops_per_token, transformer_flops_per_token  # noqa: E402
 from fairseq_srupp.bench.generation import build_model, model_cli_args, write_dictionary  # noqa: E402
+from fairseq_srupp.bench.paper_sru import import_sru  # noqa: E402
 from fairseq_srupp.models.srupp_lm import SRUppLMConfig  # noqa: E402
 from fairseq_srupp.modules.attention_masks import ATTENTION_ENV, causal_mask  # noqa: E402
 from fairseq_srupp.tasks.carried_state import SegmentContext  # noqa: E402
@@ -107,9 +108,11 @@ def parse_args(argv=None):
 class PaperLM(nn.Module):
     """The paper's enwik8 model around ``sru.SRUpp``; tokens (L, B) -> logits (L, B, V), time-major."""
 
-    def __init__(self, vocab, hidden, proj, layers, dropout):
+    def __init__(self, vocab, hidden, proj, layers, dropout, device="cuda"):
         super().__init__()
-        import sru
+        sru, failed = import_sru()
+        if failed and device == "cuda":  # sru would run a dummy op: nothing to time
+            raise RuntimeError("sru's CUDA kernel did not compile: {}".format(failed))
 
         self.embed = nn.Embedding(vocab, hidden)
         self.drop = nn.Dropout(dropout)
@@ -159,7 +162,7 @@ def build(name, args, dict_dir):
         return model, forward, transformer_flops_per_token(dim, ffn, layers, args.vocab, args.length)
     else:
         d, p, n = srupp_shape(args)
-        model = PaperLM(args.vocab, d, p, n, args.dropout)
+        model = PaperLM(args.vocab, d, p, n, args.dropout, args.device)
         state = {}
 
         def forward(tokens):
