@@ -39,6 +39,9 @@
    transformer_lm --task srupp_language_modeling``: an OmegaConf ``InterpolationKeyError``) is named
    with the task it needs. Each raises :class:`~fairseq_srupp.errors.SRUppUserError` (one ``error:``
    line); a checkpoint that fails to load although its file is intact keeps fairseq's own error.
+
+The wrapper of ``call_main`` also destroys the process group of a run that returned: fairseq leaves it
+to interpreter shutdown, where a gloo rank can abort ("terminate called without an active exception").
 """
 import inspect
 import logging
@@ -173,7 +176,13 @@ def _wrap_call_main(module):
             check_generation_config(cfg, "fairseq-interactive")
         elif command == "fairseq_cli.eval_lm":
             check_eval_lm_config(cfg)
-        return original(cfg, main, **kwargs)
+        result = original(cfg, main, **kwargs)
+        # fairseq leaves its process group to interpreter shutdown, where a gloo rank can abort with
+        # "terminate called without an active exception" (pytorch issue #190489). Every rank got here
+        # past fairseq's final barrier; after an error the others may be mid-collective, so not then.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        return result
 
     call_main.__doc__ = original.__doc__
     module.call_main = call_main
