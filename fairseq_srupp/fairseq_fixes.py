@@ -29,16 +29,20 @@
    size that fits.
 
 5. User mistakes that fairseq reports as a traceback (an ``AssertionError``, ``OSError: [Errno 22]``,
-   ``KeyError: 101``, a ``RuntimeError`` mid-search) or not at all: before ``fairseq-train`` starts, the
-   wrapper of ``call_main`` runs :func:`fairseq_srupp.train_checks.check_train_config`
-   (``fairseq-hydra-train`` loads the plugin only inside ``fairseq_cli.train.main``: there the wrapper
-   of its ``add_defaults`` runs it, and Hydra re-raises a user error instead of printing its traceback); before ``fairseq-interactive`` and
-   ``fairseq-eval-lm``, :mod:`fairseq_srupp.inference_checks` (``fairseq-generate``, which does not go
-   through ``call_main``, gets a wrapper of its ``main``); the checkpoint loaders name a missing,
-   truncated or non-checkpoint file; a model whose config reads a field its task lacks (``--arch
-   transformer_lm --task srupp_language_modeling``: an OmegaConf ``InterpolationKeyError``) is named
-   with the task it needs. Each raises :class:`~fairseq_srupp.errors.SRUppUserError` (one ``error:``
-   line); a checkpoint that fails to load although its file is intact keeps fairseq's own error.
+   ``KeyError: 101``, a ``RuntimeError`` mid-search) or not at all:
+
+   * before ``fairseq-train`` starts, the wrapper of ``call_main`` runs
+     :func:`fairseq_srupp.train_checks.check_train_config`. ``fairseq-hydra-train`` loads the plugin
+     only inside ``fairseq_cli.train.main``: there the wrapper of its ``add_defaults`` runs it, and
+     Hydra re-raises a user error instead of printing it as a traceback;
+   * before ``fairseq-interactive`` and ``fairseq-eval-lm`` (``call_main``) and ``fairseq-generate``
+     (a wrapper of its ``main``), :mod:`fairseq_srupp.inference_checks`;
+   * the checkpoint loaders name a missing, truncated or non-checkpoint file;
+   * a model whose config reads a field its task lacks (``--arch transformer_lm --task
+     srupp_language_modeling``: an OmegaConf ``InterpolationKeyError``) is named with the task it needs.
+
+   Each raises :class:`~fairseq_srupp.errors.SRUppUserError` (one ``error:`` line); a checkpoint that
+   fails to load although its file is intact keeps fairseq's own error.
 
 The wrapper of ``call_main`` also destroys the process group of a run that returned: fairseq leaves it
 to interpreter shutdown, where a gloo rank can abort ("terminate called without an active exception").
@@ -261,8 +265,8 @@ def _wrap_convert_namespace(utils):
     utils.convert_namespace_to_omegaconf = convert_namespace_to_omegaconf
     # the command-line tools imported it by name before the plugin was loaded
     for name, mod in list(sys.modules.items()):
-        if name.startswith(("fairseq_cli.", "fairseq.")) and getattr(mod, "convert_namespace_to_omegaconf", None) is original:
-            mod.convert_namespace_to_omegaconf = convert_namespace_to_omegaconf
+        if name.startswith(("fairseq_cli.", "fairseq.")) and getattr(mod, original.__name__, None) is original:
+            setattr(mod, original.__name__, convert_namespace_to_omegaconf)
 
 
 # ----------------------------------------------------------------------- the dropped last batch

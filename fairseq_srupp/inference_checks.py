@@ -28,14 +28,16 @@ def _check_search(gen):
     if not 1 <= gen.nbest <= gen.beam:
         raise SRUppUserError("--nbest must be between 1 and --beam ({}): it is how many of the beam's hypotheses are "
                              "printed, got {}".format(gen.beam, gen.nbest))
-    strategies = [flag for flag, on in (("--sampling", gen.sampling), ("--diverse-beam-groups", gen.diverse_beam_groups > 0),
-                                        ("--match-source-len", gen.match_source_len),
-                                        ("--diversity-rate", gen.diversity_rate > 0)) if on]
+    chosen = (("--sampling", gen.sampling), ("--diverse-beam-groups", gen.diverse_beam_groups > 0),
+              ("--match-source-len", gen.match_source_len), ("--diversity-rate", gen.diversity_rate > 0))
+    strategies = [flag for flag, on in chosen if on]
     if len(strategies) > 1:
-        raise SRUppUserError("{} choose different search strategies: give one of them".format(" and ".join(strategies)))
+        raise SRUppUserError("{} choose different search strategies: give one of them".format(
+            " and ".join(strategies)))
     for flag, value in (("--sampling-topk", gen.sampling_topk), ("--sampling-topp", gen.sampling_topp)):
         if value >= 0 and not gen.sampling:
-            raise SRUppUserError("{} applies to sampling only: add --sampling (and --beam 1 for one sample)".format(flag))
+            raise SRUppUserError("{} applies to sampling only: add --sampling (and --beam 1 for one sample)".format(
+                flag))
     if gen.sampling and gen.nbest != gen.beam:
         raise SRUppUserError(
             "--sampling draws --beam ({}) samples per input and fairseq needs --nbest ({}) equal to it: add --beam {} "
@@ -66,8 +68,8 @@ def check_generation_config(cfg, command: str) -> None:
     if command == "fairseq-interactive":
         buffer_size = max(cfg.interactive.buffer_size, 1)  # fairseq reads 0 (the default) as 1
         if cfg.dataset.batch_size and cfg.dataset.batch_size > buffer_size:
-            raise SRUppUserError("--batch-size {} is larger than --buffer-size {}: fairseq-interactive batches the lines "
-                                 "it has buffered; give --buffer-size {} too".format(
+            raise SRUppUserError("--batch-size {} is larger than --buffer-size {}: fairseq-interactive batches the "
+                                 "lines it has buffered; give --buffer-size {} too".format(
                                      cfg.dataset.batch_size, buffer_size, cfg.dataset.batch_size))
     else:
         if gen.replace_unk is not None and cfg.dataset.dataset_impl != "raw":
