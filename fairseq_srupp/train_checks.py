@@ -60,11 +60,16 @@ def _check_devices(cfg):
                 dist.distributed_world_size, gpus))
 
 
+# fairseq's --dataset-impl values whose splits are split.idx + split.bin (None: inferred), or raw text;
+# fasta and huffman keep other files and are left to fairseq
+INDEX_FORMATS = (None, "mmap", "lazy", "cached", "raw")
+
+
 def check_lm_data(cfg, splits) -> None:
     """For fairseq's own ``language_modeling`` task (``srupp_language_modeling`` checks its data itself):
     the data directory, its dictionary and each of ``splits`` in it, before fairseq's
     ``FileNotFoundError`` traceback or its mmap of an empty split."""
-    if _name(cfg.task) != "language_modeling":
+    if _name(cfg.task) != "language_modeling" or cfg.dataset.dataset_impl not in INDEX_FORMATS:
         return
     from fairseq_srupp.tasks.split_files import check_data_dir, check_split
 
@@ -79,7 +84,7 @@ def _check_data(cfg):
     if not dataset.disable_validation:
         splits += [s for s in dataset.valid_subset.split(",") if s]
     check_lm_data(cfg, splits)
-    if _name(cfg.task) == "language_modeling":
+    if _name(cfg.task) == "language_modeling" and dataset.dataset_impl in INDEX_FORMATS:
         from fairseq_srupp.tasks.split_files import check_split
 
         for data_dir in cfg.task.data.split(os.pathsep)[1:]:  # epoch e trains on directory (e - 1) % n

@@ -100,7 +100,7 @@ def check_split(data_dir: str, split: str, raw: bool = False) -> None:
     if not os.path.exists(prefix + ".idx"):
         raise SRUppUserError("split '{}' not found: expected {}.bin/.idx from fairseq-preprocess (splits in {}: "
                              "{})".format(split, prefix, data_dir, _splits_in(data_dir)))
-    if os.path.getsize(prefix + ".bin") == 0:
+    if os.path.isfile(prefix + ".bin") and os.path.getsize(prefix + ".bin") == 0:
         # fairseq cannot map an empty file (AttributeError deep in MMapIndexedDataset)
         raise SRUppUserError("split '{}' is empty ({}.bin has no tokens): binarize a non-empty text for it "
                              "with fairseq-preprocess".format(split, prefix))
