@@ -28,22 +28,21 @@ class SRUppUserError(ValueError):
     """An error the user can act on; its message is the whole report."""
 
 
-def is_user_error(exc) -> bool:
-    """True when ``exc`` is, or was raised from or while handling, an :class:`SRUppUserError`."""
+def find_user_error(exc):
+    """The :class:`SRUppUserError` that ``exc`` is, or was raised from or while handling; else None."""
     # fairseq's distributed wrappers may re-raise with a cause chain; look through it.
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, SRUppUserError):
-            return True
+            return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
 
 
-def _user_error_message(exc: BaseException) -> str:
-    while not isinstance(exc, SRUppUserError):
-        exc = exc.__cause__ or exc.__context__
-    return str(exc)
+def is_user_error(exc) -> bool:
+    """True when ``exc`` is, or was raised from or while handling, an :class:`SRUppUserError`."""
+    return find_user_error(exc) is not None
 
 
 _installed = False
@@ -58,7 +57,7 @@ def install_excepthook() -> None:
 
     def hook(exc_type, exc, tb):
         if is_user_error(exc) and os.environ.get("FAIRSEQ_SRUPP_DEBUG", "") in ("", "0"):
-            sys.stderr.write("error: {}\n".format(_user_error_message(exc)))
+            sys.stderr.write("error: {}\n".format(find_user_error(exc)))
             sys.stderr.flush()
             return
         previous(exc_type, exc, tb)

@@ -34,7 +34,8 @@
    * before ``fairseq-train`` starts, the wrapper of ``call_main`` runs
      :func:`fairseq_srupp.train_checks.check_train_config`. ``fairseq-hydra-train`` loads the plugin
      only inside ``fairseq_cli.train.main``: there the wrapper of its ``add_defaults`` runs it, and
-     Hydra re-raises a user error instead of printing it as a traceback;
+     Hydra re-raises a user error instead of printing it as a traceback, its flags named with their
+     Hydra keys;
    * before ``fairseq-interactive`` and ``fairseq-eval-lm`` (``call_main``) and ``fairseq-generate``
      (a wrapper of its ``main``), :mod:`fairseq_srupp.inference_checks`;
    * the checkpoint loaders name a missing, truncated or non-checkpoint file;
@@ -56,7 +57,7 @@ import zipfile
 
 import torch
 
-from fairseq_srupp.errors import SRUppUserError, is_user_error, not_a_file
+from fairseq_srupp.errors import SRUppUserError, find_user_error, not_a_file
 from fairseq_srupp.inference_checks import check_eval_lm_config, check_generation_config
 from fairseq_srupp.train_checks import check_train_config
 
@@ -65,6 +66,7 @@ logger = logging.getLogger(__name__)
 _installed = False
 _warned = set()
 _train_checked = False  # check_train_config ran in this process (from the wrapper of call_main)
+_hydra_cfg = None  # the configuration of a fairseq-hydra-train run, once the plugin has seen it
 
 
 def _warn_once(key, message, *args):
@@ -198,8 +200,10 @@ def _wrap_train_add_defaults(module):
     original = module.add_defaults
 
     def add_defaults(cfg):
+        global _hydra_cfg
         original(cfg)
         if not _train_checked:
+            _hydra_cfg = cfg  # the errors below name flags; _hydra_keys finds their keys in it
             check_train_config(cfg)
 
     add_defaults.__doc__, add_defaults.__wrapped__ = original.__doc__, original
@@ -214,12 +218,32 @@ def _wrap_hydra_error_report(hydra_utils):
         return
 
     def _is_env_set(name):
-        if name == "HYDRA_FULL_ERROR" and is_user_error(sys.exc_info()[1]):
-            return True
-        return original(name)
+        error = find_user_error(sys.exc_info()[1]) if name == "HYDRA_FULL_ERROR" else None
+        if error is None:
+            return original(name)
+        keys = _hydra_keys(str(error), _hydra_cfg)
+        if keys:
+            error.args = ("{} (Hydra keys: {})".format(error, keys),)
+        return True
 
     _is_env_set.__wrapped__ = original
     hydra_utils._is_env_set = _is_env_set
+
+
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9-]*)")
+
+
+def _hydra_keys(message: str, cfg) -> str:
+    """``--flag = section.key`` for each command-line flag ``message`` names that ``cfg`` has, in order."""
+    if cfg is None:
+        return ""
+    found = []
+    for flag in dict.fromkeys(_FLAG.findall(message)):
+        field = flag.replace("-", "_")
+        section = next((name for name, sub in cfg.items() if hasattr(sub, "keys") and field in sub), None)
+        if section is not None:
+            found.append("--{} = {}.{}".format(flag, section, field))
+    return ", ".join(found)
 
 
 def _wrap_generate_main(module):

@@ -353,13 +353,16 @@ def test_checkpoint_loaders(env, tmp_path):
             checkpoint_utils.load_model_ensemble([str(path)])
 
 
-@pytest.mark.parametrize("overrides,expected", [
-    (["checkpoint.restore_file={root}/nope.pt"], "error: --restore-file {root}/nope.pt does not exist"),
-    (["dataset.batch_size=null"], "error: srupp_language_modeling needs --batch-size (streams per worker)"),
+@pytest.mark.parametrize("overrides,expected,keys", [
+    (["checkpoint.restore_file={root}/nope.pt"], "error: --restore-file {root}/nope.pt does not exist",
+     "(Hydra keys: --restore-file = checkpoint.restore_file, --save-dir = checkpoint.save_dir)"),
+    (["dataset.batch_size=null"], "error: srupp_language_modeling needs --batch-size (streams per worker)",
+     "(Hydra keys: --batch-size = dataset.batch_size)"),
 ])
-def test_hydra_train_one_error_line(env, overrides, expected):
+def test_hydra_train_one_error_line(env, overrides, expected, keys):
     """fairseq-hydra-train loads the plugin only inside fairseq_cli.train.main, and Hydra prints an
-    exception as a trimmed traceback: the checks still run, and the error is still one line."""
+    exception as a trimmed traceback: the checks still run, the error is still one line, and it names
+    the Hydra keys of the flags it mentions."""
     repo = Path(USER_DIR).parent
     before = {d: snapshot(d) for d in (env.data, env.save_dir)}
     args = ["--config-dir", repo / "configs", "--config-name", "srupp_lm", "task.data={}".format(env.data),
@@ -372,5 +375,6 @@ def test_hydra_train_one_error_line(env, overrides, expected):
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(expected.format(root=env.root)), proc.stderr[-3000:]
+    assert errors[0].endswith(keys), errors[0]
     assert not list((env.root / "hydra-ckpt").glob("*.pt"))
     assert {d: snapshot(d) for d in before} == before
