@@ -40,11 +40,6 @@ def find_user_error(exc):
     return None
 
 
-def is_user_error(exc) -> bool:
-    """True when ``exc`` is, or was raised from or while handling, an :class:`SRUppUserError`."""
-    return find_user_error(exc) is not None
-
-
 _installed = False
 
 
@@ -56,8 +51,9 @@ def install_excepthook() -> None:
     previous = sys.excepthook
 
     def hook(exc_type, exc, tb):
-        if is_user_error(exc) and os.environ.get("FAIRSEQ_SRUPP_DEBUG", "") in ("", "0"):
-            sys.stderr.write("error: {}\n".format(find_user_error(exc)))
+        error = find_user_error(exc)
+        if error is not None and os.environ.get("FAIRSEQ_SRUPP_DEBUG", "") in ("", "0"):
+            sys.stderr.write("error: {}\n".format(error))
             sys.stderr.flush()
             return
         previous(exc_type, exc, tb)

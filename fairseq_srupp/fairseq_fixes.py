@@ -175,7 +175,7 @@ def _wrap_call_main(module):
             common.tpu = False  # set by --bf16 alone; without torch_xla there is no TPU to use
         global _train_checked
         command = getattr(main, "__module__", None)
-        if command in ("fairseq_cli.train", "fairseq_cli.hydra_train"):
+        if command == "fairseq_cli.train":  # fairseq-hydra-train's pre_main too
             check_train_config(cfg)
             _train_checked = True
         elif command == "fairseq_cli.interactive":

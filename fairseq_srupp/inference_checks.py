@@ -10,11 +10,7 @@ fairseq reports these as an ``AssertionError`` traceback (``--sampling`` without
 ``error:`` line. They check any model's command, since the plugin is loaded only with ``--user-dir``.
 """
 from fairseq_srupp.errors import SRUppUserError
-from fairseq_srupp.train_checks import check_lm_data
-
-
-def _task_name(cfg):
-    return getattr(cfg.task, "_name", None)
+from fairseq_srupp.train_checks import check_lm_data, component_name
 
 
 def _check_path(cfg, command: str):
@@ -86,7 +82,7 @@ def check_eval_lm_config(cfg) -> None:
     window = cfg.eval_lm.context_window
     if window < 0:
         raise SRUppUserError("--context-window must be >= 0 (0 = score independent blocks), got {}".format(window))
-    if window > 0 and _task_name(cfg) == "srupp_language_modeling":
+    if window > 0 and component_name(cfg.task) == "srupp_language_modeling":
         raise SRUppUserError(CONTEXT_WINDOW_UNSUPPORTED)
     tokens_per_sample = getattr(cfg.task, "tokens_per_sample", None)
     if window > 0 and tokens_per_sample is not None and window >= tokens_per_sample:

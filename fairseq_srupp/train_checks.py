@@ -19,7 +19,8 @@ from fairseq_srupp.errors import SRUppUserError, not_a_file
 logger = logging.getLogger(__name__)
 
 
-def _name(section):
+def component_name(section):
+    """The registered name of a config section (``cfg.task``, ``cfg.model``, ...), or None."""
     # a DictConfig, or an argparse Namespace for components without a dataclass (fairseq's conversion)
     return getattr(section, "_name", None)
 
@@ -27,13 +28,13 @@ def _name(section):
 def _model_class(cfg):
     from fairseq.models import ARCH_MODEL_REGISTRY, MODEL_REGISTRY
 
-    name = _name(cfg)
+    name = component_name(cfg)
     return MODEL_REGISTRY.get(name) or ARCH_MODEL_REGISTRY.get(name)
 
 
 def _check_batch_size(cfg):
     dataset, task = cfg.dataset, cfg.task
-    if _name(task) == "srupp_language_modeling" and dataset.batch_size is None:
+    if component_name(task) == "srupp_language_modeling" and dataset.batch_size is None:
         raise SRUppUserError("srupp_language_modeling needs --batch-size (streams per worker){}".format(
             "; --max-tokens does not set it" if dataset.max_tokens is not None else ""))
     if dataset.batch_size is None and dataset.max_tokens is None:
@@ -65,30 +66,26 @@ def _check_devices(cfg):
 INDEX_FORMATS = (None, "mmap", "lazy", "cached", "raw")
 
 
-def check_lm_data(cfg, splits) -> None:
+def check_lm_data(cfg, splits, train_split=None) -> None:
     """For fairseq's own ``language_modeling`` task (``srupp_language_modeling`` checks its data itself):
-    the data directory, its dictionary and each of ``splits`` in it, before fairseq's
+    the data directory, its dictionary and each of ``splits`` in it, and ``train_split`` in every
+    directory of the ``dir1:dir2`` list (epoch e trains on directory (e - 1) % n), before fairseq's
     ``FileNotFoundError`` traceback or its mmap of an empty split."""
-    if _name(cfg.task) != "language_modeling" or cfg.dataset.dataset_impl not in INDEX_FORMATS:
+    if component_name(cfg.task) != "language_modeling" or cfg.dataset.dataset_impl not in INDEX_FORMATS:
         return
     from fairseq_srupp.tasks.split_files import check_data_dir, check_split
 
-    first = check_data_dir(cfg.task.data, "language_modeling")
+    first, raw = check_data_dir(cfg.task.data, "language_modeling"), cfg.dataset.dataset_impl == "raw"
     for split in splits:
-        check_split(first, split, raw=cfg.dataset.dataset_impl == "raw")
+        check_split(first, split, raw=raw)
+    for data_dir in cfg.task.data.split(os.pathsep) if train_split is not None else ():
+        check_split(data_dir, train_split, raw=raw)
 
 
 def _check_data(cfg):
     dataset = cfg.dataset
-    splits = [dataset.train_subset]
-    if not dataset.disable_validation:
-        splits += [s for s in dataset.valid_subset.split(",") if s]
-    check_lm_data(cfg, splits)
-    if _name(cfg.task) == "language_modeling" and dataset.dataset_impl in INDEX_FORMATS:
-        from fairseq_srupp.tasks.split_files import check_split
-
-        for data_dir in cfg.task.data.split(os.pathsep)[1:]:  # epoch e trains on directory (e - 1) % n
-            check_split(data_dir, dataset.train_subset, raw=dataset.dataset_impl == "raw")
+    valid = [] if dataset.disable_validation else [s for s in dataset.valid_subset.split(",") if s]
+    check_lm_data(cfg, valid, train_split=dataset.train_subset)
 
 
 def _check_restore_file(cfg):
@@ -112,7 +109,7 @@ def _check_restore_file(cfg):
 def _check_criterion(cfg):
     from fairseq_srupp.models.srupp_lm import SRUppLanguageModel
 
-    criterion = _name(cfg.criterion)
+    criterion = component_name(cfg.criterion)
     model = _model_class(cfg.model)
     if model is None:
         return
