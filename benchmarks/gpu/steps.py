@@ -275,6 +275,12 @@ def training(dry_run):
     argv = [] if gpu else tiny + ["--dtypes", "float32", "bfloat16"]
     args = train_bench.parse_args(argv)
     out = train_bench.run(args, on_row=lambda part: save(training_result(part, gpu)))
+    if not gpu or seconds_left() > 60:  # where the time goes: the input of the next speed-up
+        import step_profile
+
+        save(training_result(out, gpu))
+        out["profile"] = step_profile.run(args, ["srupp_lm", "sru_reference"] if gpu else ["srupp_lm"], "bfloat16",
+                                          steps=3 if gpu else 1)
     if gpu and seconds_left() > 45:
         out["attention_gpu_tests"] = attention_gpu_tests(seconds_left() - 10)
     if not gpu or seconds_left() > 60:  # last: compiling takes tens of seconds before the first step
@@ -321,6 +327,14 @@ def training_result(out, gpu):
                ab.get("structured_over_additive_tokens_per_s"), lambda v: v >= 1.0),
         target("enwik8-base training bf16: structured / additive causal mask peak memory <= 1",
                ab.get("structured_over_additive_peak_memory"), lambda v: v <= 1.0)]
+    profile = out.get("profile")
+    if profile:
+        import step_profile
+
+        md += ["", "Where a training step's time goes (`benchmarks/gpu/step_profile.py`):"]
+        for one in profile["profiles"]:
+            md += [""] + step_profile.format_profile(one)
+        md += ["profile of {model} {dtype} failed: {error}".format(**e) for e in profile["errors"]]
     tests = out.get("attention_gpu_tests")
     if tests:
         md += ["", "Structured-mask GPU tests (`pytest -k gpu tests/test_attention_mask_structured.py`): " + tests]
@@ -328,6 +342,7 @@ def training_result(out, gpu):
         return result("skipped", out, md, NO_GPU)
     problems = ["{model} {dtype}: {error}".format(**e) for e in out["errors"]]
     problems += ["attention GPU tests " + tests] if tests and not tests.startswith("passed") else []
+    problems += ["profile of {model} {dtype}: {error}".format(**e) for e in (profile or {}).get("errors", [])]
     return result("failed" if problems else "ok", out, md, "; ".join(problems) or None)
 
 

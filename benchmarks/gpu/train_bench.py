@@ -198,17 +198,23 @@ def sdpa_kernel_used(structured, args, dtype, device="cuda"):
     return SDPBackend(torch._fused_sdp_choice(q, kv, kv, mask, args.dropout, False)).name + " (float mask)"
 
 
-def measure(name, dtype_name, args, dict_dir, device, peak_tflops):
+@contextlib.contextmanager
+def attention_mode(name):
+    """``FAIRSEQ_SRUPP_ATTENTION`` as model ``name`` runs (see ATTENTION); unchanged for the other models."""
     mode = ATTENTION.get(name)
     with mock.patch.dict(os.environ, {ATTENTION_ENV: mode}) if mode else contextlib.nullcontext():
+        yield
+
+
+def measure(name, dtype_name, args, dict_dir, device, peak_tflops):
+    with attention_mode(name):
         return _measure(name, dtype_name, args, dict_dir, device, peak_tflops)
 
 
-def _measure(name, dtype_name, args, dict_dir, device, peak_tflops):
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+def training_step(name, dtype_name, args, dict_dir, device):
+    """(model, step() -> None, training FLOPs per token, the losses step appends to): model ``name`` built,
+    moved to ``device`` and trained by the paper's loop (see the module's docstring), one update per call.
+    Call it under :func:`attention_mode`."""
     torch.manual_seed(1)
     model, forward, flops = build(name, args, dict_dir)
     model = model.to(device).train()
@@ -230,6 +236,16 @@ def _measure(name, dtype_name, args, dict_dir, device, peak_tflops):
         opt.zero_grad(set_to_none=True)
         losses.append(loss.detach())
 
+    return model, step, flops, losses
+
+
+def _measure(name, dtype_name, args, dict_dir, device, peak_tflops):
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model, step, flops, losses = training_step(name, dtype_name, args, dict_dir, device)
+    dtype = DTYPES[dtype_name]
     ms = time_step(step, args, cuda)
     losses = [v.item() for v in losses]
     tokens_per_s = args.batch * args.length / (ms * 1e-3)
@@ -245,7 +261,7 @@ def _measure(name, dtype_name, args, dict_dir, device, peak_tflops):
             row["sdpa_kernel"] = "unknown ({}: {})".format(type(err).__name__, err)
     if not all(math.isfinite(v) for v in losses):
         raise FloatingPointError("non-finite training loss: {}".format(losses))
-    del model, opt, forward
+    del model, step
     gc.collect()
     return row
 
