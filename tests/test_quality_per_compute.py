@@ -45,3 +45,59 @@ def test_reduced_benchmark_writes_json_table_and_plot(tmp_path):
     assert "| srupp_lm |" in table and "| transformer_lm |" in table
     assert "Transformer needs" in table and "SRU++ needs" in table
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def curve(*losses):
+    return [{"flops": float(i + 1), "loss": loss} for i, loss in enumerate(losses)]
+
+
+def test_sweep_takes_each_models_best_rate_and_compares_every_pair():
+    from fairseq_srupp.bench.quality_sweep import compare, markdown
+
+    def results(srupp, transformer):
+        return {"runs": {"equal_flops": {"srupp_lm": {"points": srupp}, "transformer_lm": {"points": transformer}}}}
+
+    per_lr = {0.001: results(curve(4.0, 3.0, 2.0), curve(4.0, 3.5, 3.0)),  # Transformer's best: 3.0
+              0.002: results(curve(4.0, 2.5, 1.5), curve(4.0, 3.8, 3.6))}  # SRU++'s best: 1.5
+    sweep = compare(per_lr)
+    assert sweep["best_lr"] == {"srupp_lm": 0.002, "transformer_lm": 0.001}
+    # SRU++ at 2e-3 reaches 3.0 at 1 + (4.0 - 3.0) / (4.0 - 2.5) = 1.667 of the Transformer's 3 FLOPs.
+    assert sweep["best_pair"]["ratio"] == pytest.approx((1 + 1 / 1.5) / 3)
+    pair = {(p["srupp_lr"], p["transformer_lr"]): p for p in sweep["pairs"]}
+    assert len(pair) == 4 and pair[(0.001, 0.001)]["ratio"] == pytest.approx(2 / 3)
+    assert pair[(0.001, 0.002)]["ratio"] == pytest.approx((1 + 0.4 / 1.0) / 3)
+    text = markdown(sweep, 3.0)
+    assert "Best rates: srupp_lm 0.002, transformer_lm 0.001" in text and "**0.556**" in text
+
+
+def test_reduced_sweep_writes_each_rate_and_the_comparison(tmp_path):
+    from fairseq_srupp.bench.quality_sweep import main as sweep_main
+
+    text = tmp_path / "corpus.txt"
+    text.write_bytes(synthetic_text(60000))
+    out = tmp_path / "sweep"
+    sweep_main(["--data", str(text), "--out", str(out), "--lrs", "1e-3,4e-3", "--flops", "1e8", "--validate-every",
+                "10", "--srupp", "32,16,1", "--transformer", "16,32,1,2", "--tokens-per-sample", "32", "--batch-size",
+                "4", "--threads", "1", "--warmup-updates", "5"])
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert set(sweep["final_loss"]) == {"0.001", "0.004"} and len(sweep["pairs"]) == 4
+    for lr in ("0.001", "0.004"):
+        results = json.loads((out / "lr_{}".format(lr) / "results.json").read_text())
+        assert list(results["runs"]) == ["equal_flops"] and results["setup"]["lr"] == float(lr)
+        for model, record in results["runs"]["equal_flops"].items():
+            assert record["final_loss"] == sweep["final_loss"][lr][model]
+            assert record["points"][-1]["flops"] <= 1e8
+    assert finite(sweep["best_pair"]["ratio"]) or finite(sweep["best_pair"]["lower_bound"])
+    assert "| SRU++ lr \\ Transformer lr | 0.001 | 0.004 |" in (out / "sweep.md").read_text()
+
+
+def test_sweep_refuses_the_flags_it_sets():
+    from fairseq_srupp.bench.quality_sweep import parse_args
+
+    for argv in (["--flops", "1e8", "--lr", "1e-3"], ["--flops", "1e8", "--seconds=10"], ["--lrs", "0,1e-3", "--flops", "1"],
+                 ["--lrs", "x", "--flops", "1"]):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+    with pytest.raises(SystemExit):  # quality's own check: only equal-FLOPs runs need a FLOPs budget
+        from fairseq_srupp.bench.quality import parse_args as quality_args
+        quality_args(["--skip-wall-clock-runs"])

@@ -41,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=300, help="training seconds per model (equal wall clock)")
     p.add_argument("--flops", type=float, default=0, help="training FLOPs per model (0: what SRU++ used in its wall-clock run)")
     p.add_argument("--skip-flops-runs", action="store_true")
+    p.add_argument("--skip-wall-clock-runs", action="store_true",
+                   help="train only to --flops (results then do not depend on the machine's speed or load)")
     p.add_argument("--tokens-per-sample", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -52,7 +54,11 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--gpu", action="store_true", help="train on the GPU instead of the CPU")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.skip_wall_clock_runs and (args.skip_flops_runs or args.flops <= 0):
+        p.error("--skip-wall-clock-runs needs --flops > 0 (and no --skip-flops-runs): it leaves only the "
+                "equal-FLOPs runs")
+    return args
 
 
 def run_training(name, train_args, recorder, log_path, threads):
@@ -133,7 +139,7 @@ def train_pair(args, data_bin, out, specs, budget):
 
 def markdown(results):
     lines = ["# Quality per compute: srupp_lm vs transformer_lm", "",
-             "corpus: {corpus} · tokens per update: {tokens_per_update} · device: {device}".format(**results["setup"]), ""]
+             "corpus: {corpus} · tokens per update: {tokens_per_update} · device: {device} · lr: {lr}".format(**results["setup"]), ""]
     for run_name, runs in results["runs"].items():
         lines += ["## {} ({})".format(run_name, results["budgets"][run_name]), "",
                   "| model | parameters | final valid BPC | training tokens/s | peak memory (MiB) | updates | training FLOPs |",
@@ -144,7 +150,8 @@ def markdown(results):
                 model, r["params"] or 0, r["final_loss"], r["tokens_per_second"] or 0, r["peak_rss_mib"],
                 last["updates"], last["flops"]))
         lines.append("")
-    lines += ["## Compute the Transformer needs to reach SRU++'s final loss (SRU++'s wall-clock run)", ""]
+    lines += ["## Compute the Transformer needs to reach SRU++'s final loss (SRU++'s {} run)".format(
+        next(iter(results["runs"])).replace("_", " ")), ""]
     for axis, ratio in results["ratios"].items():
         lines.append("- {}: {}".format(axis, describe_ratio(ratio)))
     lines += ["", "## Compute SRU++ needs to reach the Transformer's final loss, as a fraction of the Transformer's", ""]
@@ -196,8 +203,8 @@ def plot(results, path):
     plt.close(fig)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def measure(args):
+    """Train both models under each budget of ``args``; return the results (see the module docstring)."""
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.data:
@@ -221,30 +228,48 @@ def main(argv=None):
     results = {
         "setup": {"corpus": corpus_name, "tokens_per_update": args.batch_size * args.tokens_per_sample,
                   "device": "GPU" if args.gpu else "CPU ({} threads)".format(args.threads), "vocab": vocab,
-                  "flops_per_token": {m: s["flops_per_token"] for m, s in specs.items()}},
-        "budgets": {"equal_wall_clock": "{:.0f} training seconds each".format(args.seconds)},
+                  "lr": args.lr, "flops_per_token": {m: s["flops_per_token"] for m, s in specs.items()}},
+        "budgets": {},
         "runs": {},
     }
-    results["runs"]["equal_wall_clock"] = train_pair(args, data_bin, out, specs, {"kind": "seconds", "value": args.seconds})
+    if not args.skip_wall_clock_runs:
+        results["budgets"]["equal_wall_clock"] = "{:.0f} training seconds each".format(args.seconds)
+        results["runs"]["equal_wall_clock"] = train_pair(args, data_bin, out, specs,
+                                                         {"kind": "seconds", "value": args.seconds})
     if not args.skip_flops_runs:
         flops = args.flops or results["runs"]["equal_wall_clock"]["srupp_lm"]["points"][-1]["flops"]
         results["budgets"]["equal_flops"] = "{:.3g} training FLOPs each".format(flops)
         results["runs"]["equal_flops"] = train_pair(args, data_bin, out, specs, {"kind": "flops", "value": flops})
-    srupp_curve = results["runs"]["equal_wall_clock"]["srupp_lm"]["points"]
+    # The final losses compared are those of the first budget's runs (the wall-clock ones unless skipped).
+    reference = next(iter(results["runs"].values()))
+    srupp_curve = reference["srupp_lm"]["points"]
     transformer_curves = [runs["transformer_lm"]["points"] for runs in results["runs"].values()]
     results["ratios"] = {axis: compute_ratio(srupp_curve, transformer_curves, axis)
                          for axis in ("flops", "seconds", "tokens")}
     # The converse (the brief's target): SRU++'s compute to reach the Transformer's final loss, as a
     # fraction of the Transformer's.
-    transformer_curve = results["runs"]["equal_wall_clock"]["transformer_lm"]["points"]
+    transformer_curve = reference["transformer_lm"]["points"]
     srupp_curves = [runs["srupp_lm"]["points"] for runs in results["runs"].values()]
     results["srupp_fraction"] = {axis: compute_ratio(transformer_curve, srupp_curves, axis)
                                  for axis in ("flops", "seconds", "tokens")}
+    return results
 
+
+def write_results(results, out):
+    """results.json, results.md and curves.png into ``out``; returns the markdown."""
+    out = Path(out)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(markdown(results))
+    text = markdown(results)
+    (out / "results.md").write_text(text)
     plot(results, out / "curves.png")
-    print("\n" + markdown(results))
+    return text
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    results = measure(args)
+    out = Path(args.out).resolve()
+    print("\n" + write_results(results, out))
     print("wrote {}, {} and {}".format(out / "results.json", out / "results.md", out / "curves.png"))
     print("Training FLOPs SRU++ needs to reach the Transformer's final validation loss: {}".format(
         describe_fraction(results["srupp_fraction"]["flops"])))
