@@ -102,3 +102,12 @@ def test_gpu_work_is_the_device_events_without_annotations():
               event("srupp_forward_bfloat16_k3", DeviceType.CUDA, 40, 90), event("empty", DeviceType.CUDA, 95, 95)]
     assert step_profile.device_work(events, cuda=True) == [("nvjet_gemm", 10, 40), ("srupp_forward_bfloat16_k3", 40, 90)]
     assert step_profile.device_work(events[:1], cuda=False) == [("aten::mm", 0.0, 50)]
+
+
+def test_a_profile_without_events_is_a_reported_error(monkeypatch):
+    args = train_bench.parse_args(["--device", "cpu", "--srupp", "32,16,1", "--batch", "1", "--length", "8"])
+    monkeypatch.setattr(step_profile, "device_work", lambda events, cuda: [])  # as without CUPTI on a GPU
+    out = step_profile.run(args, ["srupp_lm"], "float32", steps=1)
+    assert out["profiles"] == []
+    assert out["errors"] == [{"model": "srupp_lm", "dtype": "float32",
+                              "error": "RuntimeError: the profiler recorded no operators"}]

@@ -119,7 +119,10 @@ def profile_model(name, dtype_name, args, dict_dir, device, steps=3, warmup=2):
                 step()
             sync()
             wall_ms = (time.perf_counter() - t0) * 1000 / steps
-        out = breakdown(device_work(prof.events(), cuda), steps, wall_ms, cuda)
+        work = device_work(prof.events(), cuda)
+        if not work:  # e.g. CUPTI missing: the profiler then records CPU events only
+            raise RuntimeError("the profiler recorded no {}".format("GPU kernels" if cuda else "operators"))
+        out = breakdown(work, steps, wall_ms, cuda)
     out.update(model=name, dtype=dtype_name, last_loss=losses[-1].item())
     del model, step
     return out
