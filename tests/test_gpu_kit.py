@@ -89,10 +89,14 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
     assert {(r["model"], r["dtype"]) for r in training["rows"]} == {
         (m, d) for m in ("srupp_lm", "sru_reference", "transformer_lm") for d in ("float32", "bfloat16")} | {
         ("srupp_lm_additive", "bfloat16"),  # the A/B of the attention mask: bf16 only
+        ("srupp_lm_half", "bfloat16"),  # fairseq's --bf16 / --fp16 update: half precision only
         ("srupp_lm_compiled", "bfloat16")}  # torch.compile (aot_eager on the CPU), last
     assert set(training["ratios"]["bfloat16"]) >= {"structured_over_additive_tokens_per_s",
                                                    "structured_over_additive_peak_memory"}
     assert training["ratios"]["bfloat16"]["compiled_over_eager_tokens_per_s"] > 0
+    assert training["ratios"]["bfloat16"]["half_over_reference_tokens_per_s"] > 0
+    assert any("srupp_lm_half (fairseq --bf16) / sru reference" in line for line in steps["training"]["markdown"])
+    assert any(t["target"] == "enwik8-base training bf16: srupp_lm_half MFU >= 45%" for t in training["targets"])
     assert any("srupp_lm compiled / eager: tokens/s" in line for line in steps["training"]["markdown"])
     assert any("structured / additive causal mask tokens/s" in t["target"] for t in training["targets"])
     for r in training["rows"]:
@@ -216,20 +220,30 @@ def test_wheelhouse_commands_are_well_formed(tmp_path):
                            "--dest", str(tmp_path)], stdout=subprocess.PIPE, text=True, check=True)
     commands = [shlex.split(line) for line in proc.stdout.splitlines()]
     assert len(commands) == 4
-    from pip._internal.cli import cmdoptions
-    from pip._internal.commands import create_command
-
     download = commands[0]
     assert download[1:4] == ["-m", "pip", "download"]
-    options, args = create_command("download").parse_args(download[4:])
-    cmdoptions.check_dist_restriction(options)  # raises CommandError on an invalid combination
-    assert options.python_version == (3, 12) and options.ignore_dependencies
-    assert set(args) == set(wheelhouse.DOWNLOAD) and options.download_dir == str(tmp_path)
-    assert not any(a.split("==")[0].startswith(("torch", "cupy", "numpy")) for a in args)
     for cmd, name in zip(commands[1:], ("wheel", "download", "wheel")):
         assert cmd[3] == name
-        create_command(name).parse_args(cmd[4:])
     assert commands[3][-1] == str(REPO)
+    # pip's own parser, in a child: importing pip's internals imports the standard library's distutils,
+    # after which setuptools (and so torch's C++ extension builder) no longer imports in this process.
+    parse = """
+import json, sys
+from pip._internal.cli import cmdoptions
+from pip._internal.commands import create_command
+commands = json.loads(sys.argv[1])
+options, args = create_command("download").parse_args(commands[0][4:])
+cmdoptions.check_dist_restriction(options)  # raises CommandError on an invalid combination
+for cmd in commands[1:]:
+    create_command(cmd[3]).parse_args(cmd[4:])
+print(json.dumps({"python_version": options.python_version, "ignore_dependencies": options.ignore_dependencies,
+                  "args": args, "download_dir": options.download_dir}))
+"""
+    parsed = json.loads(subprocess.run([sys.executable, "-c", parse, json.dumps(commands)], stdout=subprocess.PIPE,
+                                       text=True, check=True).stdout)
+    assert parsed["python_version"] == [3, 12] and parsed["ignore_dependencies"]
+    assert set(parsed["args"]) == set(wheelhouse.DOWNLOAD) and parsed["download_dir"] == str(tmp_path)
+    assert not any(a.split("==")[0].startswith(("torch", "cupy", "numpy")) for a in parsed["args"])
 
 
 def test_every_requirement_of_the_project_is_in_the_wheelhouse_or_on_the_target():
@@ -341,3 +355,52 @@ def test_install_refuses_what_is_not_a_wheelhouse(tmp_path, make):
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
     assert ("no wheelhouse folder" if make == "missing" else "not a folder made by `make wheelhouse`") in proc.stderr
+
+
+# ------------------------------------------------------------------------------------ train_bench pieces
+
+
+def test_half_precision_update_is_radam_on_an_fp32_master_copy():
+    """srupp_lm_half's update against RAdam run on fp32 copies of the half parameters and gradients."""
+    from train_bench import HalfPrecisionUpdate, radam
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3)).to(torch.bfloat16)
+    reference = [p.detach().float().clone().requires_grad_(True) for p in model.parameters()]
+    update, ref_opt = HalfPrecisionUpdate(model, torch.bfloat16), radam(reference)
+    for _ in range(3):
+        x = torch.randn(4, 6, dtype=torch.bfloat16)
+        loss = model(x).float().pow(2).mean() * 50  # large gradients: clipping at 1.0 acts
+        loss.backward()
+        for ref, p in zip(reference, model.parameters()):
+            ref.grad = p.grad.float()
+        torch.nn.utils.clip_grad_norm_(reference, 1.0)
+        ref_opt.step()
+        for p in model.parameters():
+            p.grad = None
+        update(model(x).float().pow(2).mean() * 50)  # the same loss, recomputed: the same gradients
+        for ref, p in zip(reference, model.parameters()):
+            assert p.dtype == torch.bfloat16 and p.grad is None
+            torch.testing.assert_close(p.float(), ref.detach().to(torch.bfloat16).float(), rtol=0, atol=0)
+        torch.testing.assert_close(update.master.detach(), torch.cat([r.detach().reshape(-1) for r in reference]))
+        for ref, p in zip(reference, model.parameters()):
+            p.data.copy_(ref.detach())  # the next step starts where the reference is (bf16 rounding aside)
+
+
+def test_half_precision_update_scales_fp16_and_skips_an_overflow():
+    from train_bench import HalfPrecisionUpdate
+
+    model = torch.nn.Linear(4, 2).to(torch.float16)
+    update = HalfPrecisionUpdate(model, torch.float16)
+    assert update.scale == 128.0
+    before = [p.detach().clone() for p in model.parameters()]
+    master = update.master.detach().clone()
+    x = torch.full((1, 4), 1e4, dtype=torch.float16)
+    update(model(x).float().sum() * 1e3)  # 128 x the gradient overflows fp16
+    assert update.scale == 64.0
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))  # the update was skipped
+    assert torch.equal(master, update.master)
+    update(model(torch.ones(1, 4, dtype=torch.float16)).float().sum() * 0.01)  # gradients 0.01: norm < 1
+    assert update.scale == 64.0
+    torch.testing.assert_close(update.master.grad, torch.full_like(update.master, 0.01), rtol=1e-3, atol=0)  # unscaled
+    assert not torch.equal(master, update.master)  # (a step of 3e-6: below fp16's resolution of the weights)

@@ -25,7 +25,7 @@ STEPS = [
     ("kernel_tests", "1. pytest tests/test_cuda_kernel.py", 150),
     ("cli", "2. fairseq-train --fp16 / --bf16 / --amp and --task srupp_language_modeling, then fairseq-eval-lm", 100),
     ("recurrence", "3. Recurrence kernel fwd+bwd, L=1024 d=3072: bandwidth and sru's kernel", 90),
-    ("training", "4. Training at the enwik8-base shape: srupp_lm, sru reference, transformer_lm", 150),
+    ("training", "4. Training at the enwik8-base shape: srupp_lm, sru reference, transformer_lm", 170),
     ("generation", "5. Generation ms/token at 1k and 16k tokens", 150),
 ]
 STATUSES = ("ok", "failed", "timeout", "skipped")

@@ -8,6 +8,10 @@ L=--length tokens per step (the paper's per-GPU batch: 4 x 1024), for every --dt
   the next, so attention spans L memory + L current positions. Its causal mask reaches attention as
   a structure (``FAIRSEQ_SRUPP_ATTENTION=auto``: lower-right ``CausalBias``, flash / memory-efficient
   kernels, no mask tensor);
+* ``srupp_lm_half`` (bf16 and fp16 only): the same model trained the way ``fairseq-train --bf16`` /
+  ``--fp16`` trains it, as this project's configs do (``configs/base/srupp_train.yaml``): weights and
+  activations in half precision, no autocast, one flat fp32 copy of the parameters that RAdam updates
+  (fairseq's ``FP16Optimizer``, see :class:`HalfPrecisionUpdate`);
 * ``srupp_lm_additive``: the same model and steps with ``FAIRSEQ_SRUPP_ATTENTION=additive``, the
   additive float mask over [memory; current] of before: the A/B of the mask alone;
 * ``sru_reference``: the paper's enwik8 model, Embedding -> dropout -> ``sru.SRUpp`` (its CUDA kernel)
@@ -20,14 +24,15 @@ L=--length tokens per step (the paper's per-GPU batch: 4 x 1024), for every --dt
   elementwise work around the matrix products and the recurrence: dropout, residuals, layer norms,
   the attention's scaling. Compared with ``srupp_lm`` (tokens/s, peak memory).
 
-One loop for all three, the paper's: fp32 weights under ``torch.autocast(dtype)``, a GradScaler for
-float16, gradient clipping at 1.0, RAdam with decoupled weight decay. Reported per model: parameters,
+One loop for all but ``srupp_lm_half``, the paper's: fp32 weights under ``torch.autocast(dtype)``, a
+GradScaler for float16, gradient clipping at 1.0, RAdam with decoupled weight decay. Reported per model: parameters,
 ms per step (median), tokens/s, peak allocated memory (from before the model is built), analytic
 training FLOPs per token (``fairseq_srupp.bench.flops``), achieved TFLOP/s and MFU against --peak-tflops
 (default: the dense bf16 peak of the GPU's name, see ``peak_bf16_tflops``), and the first and last
 loss (finite, or the run failed); for the srupp_lm rows also the SDPA kernel their attention gets at
 this shape (``sdpa_kernel``). Then srupp_lm over the reference (tokens/s, peak memory), over the
-Transformer (tokens/s), and over srupp_lm_additive (tokens/s, peak memory).
+Transformer (tokens/s), and over srupp_lm_additive (tokens/s, peak memory); srupp_lm_half over the
+reference and over srupp_lm.
 
 MFU counts model FLOPs (``fairseq_srupp.bench.flops``): causal attention as the keys a query really
 sees, whatever the kernel computes (the additive path scores all L x 2L pairs, the structured one
@@ -65,10 +70,12 @@ from fairseq_srupp.modules.attention_masks import ATTENTION_ENV, causal_mask  # 
 from fairseq_srupp.tasks.carried_state import SegmentContext  # noqa: E402
 
 # srupp_lm's pair first: if the step runs out of time, the A/B of the mask is what was measured.
-MODELS = ("srupp_lm", "srupp_lm_additive", "sru_reference", "transformer_lm")
+MODELS = ("srupp_lm", "srupp_lm_half", "srupp_lm_additive", "sru_reference", "transformer_lm")
 OPTIONAL_MODELS = ("srupp_lm_compiled",)  # run only when named in --models
 # FAIRSEQ_SRUPP_ATTENTION per model
-ATTENTION = {"srupp_lm": "auto", "srupp_lm_additive": "additive", "srupp_lm_compiled": "auto"}
+ATTENTION = {"srupp_lm": "auto", "srupp_lm_half": "auto", "srupp_lm_additive": "additive",
+             "srupp_lm_compiled": "auto"}
+HALF_DTYPES = ("bfloat16", "float16")  # srupp_lm_half runs only in these
 TRANSFORMER = "1024,4480,8,16"  # about srupp_lm's 107.6M parameters with a byte vocabulary
 # Dense bf16 TFLOP/s by device name (vendor datasheets); the most specific name matches first.
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
@@ -211,6 +218,43 @@ def measure(name, dtype_name, args, dict_dir, device, peak_tflops):
         return _measure(name, dtype_name, args, dict_dir, device, peak_tflops)
 
 
+def radam(params):
+    return torch.optim.RAdam(params, lr=3e-4, weight_decay=0.1, decoupled_weight_decay=True)
+
+
+class HalfPrecisionUpdate:
+    """The update of ``fairseq-train --fp16`` / ``--bf16`` (fairseq's ``FP16Optimizer`` with flattened
+    parameters): the model's parameters stay in half precision; one flat fp32 copy of them is what RAdam
+    updates. Per step: backward of the (fp16: scaled) loss, the half gradients copied into the flat fp32
+    gradient, unscaled, clipped at 1.0; on overflow (a non-finite norm) the update is skipped and the fp16
+    scale halved, else RAdam steps and the result is copied back into the half parameters. fp16 starts at
+    fairseq's scale of 128; bf16 is not scaled."""
+
+    def __init__(self, model, dtype):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.master = nn.Parameter(torch.cat([p.detach().float().reshape(-1) for p in self.params]))
+        self.master.grad = torch.zeros_like(self.master)
+        self.optimizer = radam([self.master])
+        self.scale = 128.0 if dtype == torch.float16 else 1.0
+
+    def __call__(self, loss):
+        (loss * self.scale if self.scale != 1.0 else loss).backward()
+        grads = self.master.grad.split([p.numel() for p in self.params])
+        for param, grad in zip(self.params, grads):
+            grad.copy_(param.grad.reshape(-1))
+            param.grad = None
+        if self.scale != 1.0:
+            self.master.grad.mul_(1.0 / self.scale)
+        norm = torch.nn.utils.clip_grad_norm_([self.master], 1.0)
+        if not torch.isfinite(norm):  # a sync, as fairseq's overflow check
+            self.scale /= 2
+            return
+        self.optimizer.step()
+        with torch.no_grad():
+            for param, value in zip(self.params, self.master.split([p.numel() for p in self.params])):
+                param.copy_(value.view_as(param))
+
+
 def training_step(name, dtype_name, args, dict_dir, device):
     """(model, step() -> None, training FLOPs per token, the losses step appends to): model ``name`` built,
     moved to ``device`` and trained by the paper's loop (see the module's docstring), one update per call.
@@ -219,10 +263,23 @@ def training_step(name, dtype_name, args, dict_dir, device):
     model, forward, flops = build(name, args, dict_dir)
     model = model.to(device).train()
     dtype = DTYPES[dtype_name]
-    opt = torch.optim.RAdam(model.parameters(), lr=3e-4, weight_decay=0.1, decoupled_weight_decay=True)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     data = torch.randint(4, args.vocab, (args.batch, args.length + 1), device=device)
     losses = []
+    if name == "srupp_lm_half":
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError("srupp_lm_half trains in {} only, not {}".format(" or ".join(HALF_DTYPES), dtype_name))
+        update = HalfPrecisionUpdate(model.to(dtype), dtype)
+
+        def step():
+            logits = forward(data[:, :-1])
+            loss = F.cross_entropy(logits.float().flatten(0, 1), data[:, 1:].flatten())
+            update(loss)
+            losses.append(loss.detach())
+
+        return model, step, flops, losses
+
+    opt = radam(model.parameters())
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -285,6 +342,8 @@ def run(args, on_row=None):
             for model_name in args.models:
                 if model_name == "srupp_lm_additive" and dtype_name not in args.additive_dtypes:
                     continue
+                if model_name == "srupp_lm_half" and dtype_name not in HALF_DTYPES:
+                    continue
                 t0 = time.perf_counter()
                 try:
                     rows.append(measure(model_name, dtype_name, args, tmp, device, peak))
@@ -303,6 +362,10 @@ RATIOS = {  # key: (numerator model, denominator model, figure)
     "srupp_over_transformer_tokens_per_s": ("srupp_lm", "transformer_lm", "tokens_per_s"),
     "structured_over_additive_tokens_per_s": ("srupp_lm", "srupp_lm_additive", "tokens_per_s"),
     "structured_over_additive_peak_memory": ("srupp_lm", "srupp_lm_additive", "peak_mib"),
+    "half_over_reference_tokens_per_s": ("srupp_lm_half", "sru_reference", "tokens_per_s"),
+    "half_over_reference_peak_memory": ("srupp_lm_half", "sru_reference", "peak_mib"),
+    "half_over_autocast_tokens_per_s": ("srupp_lm_half", "srupp_lm", "tokens_per_s"),
+    "half_over_autocast_peak_memory": ("srupp_lm_half", "srupp_lm", "peak_mib"),
     "compiled_over_eager_tokens_per_s": ("srupp_lm_compiled", "srupp_lm", "tokens_per_s"),
     "compiled_over_eager_peak_memory": ("srupp_lm_compiled", "srupp_lm", "peak_mib"),
 }
@@ -336,6 +399,14 @@ def format_results(result):
                      "tokens/s {}".format(dtype, _num(r["srupp_over_reference_tokens_per_s"], "{:.2f}x"),
                                           _num(r["srupp_over_reference_peak_memory"], "{:.2f}x"),
                                           _num(r["srupp_over_transformer_tokens_per_s"], "{:.2f}x")))
+        if r.get("half_over_autocast_tokens_per_s"):
+            lines.append("- {}: srupp_lm_half (fairseq --{}) / sru reference tokens/s {}, peak memory {}; "
+                         "srupp_lm_half / srupp_lm (autocast) tokens/s {}, peak memory {}".format(
+                             dtype, "bf16" if dtype == "bfloat16" else "fp16",
+                             _num(r["half_over_reference_tokens_per_s"], "{:.2f}x"),
+                             _num(r["half_over_reference_peak_memory"], "{:.2f}x"),
+                             _num(r["half_over_autocast_tokens_per_s"], "{:.2f}x"),
+                             _num(r["half_over_autocast_peak_memory"], "{:.2f}x")))
         lines.append("- {}: srupp_lm structured causal mask / additive mask: tokens/s {}, peak memory {}".format(
             dtype, _num(r["structured_over_additive_tokens_per_s"], "{:.2f}x"),
             _num(r["structured_over_additive_peak_memory"], "{:.2f}x")))
