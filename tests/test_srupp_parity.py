@@ -119,6 +119,41 @@ def test_training_forward_and_gradients_match_reference(config):
     assert_training_step_matches(ref, mine, x, c0, attn_mask=causal_mask(L, 4), memory=memory)
 
 
+def test_memory_that_requires_grad_gets_the_references_gradient():
+    L, B, d, layers = 5, 2, 16, 2
+    ref, mine = build_pair(d, d, 8, num_layers=layers, dropout=0.0, **CONFIGS["ln_every_layer_1head"])
+    memory = [torch.randn(3, B, d) for _ in range(layers)]
+    x = torch.randn(L, B, d)
+    grads = {}
+    for name, model in (("ref", ref), ("mine", mine)):
+        mem = [m.clone().requires_grad_() for m in memory]
+        h, c, _ = model(x, attn_mask=causal_mask(L, 3), memory=mem)
+        (h.sum() + c.sum()).backward()
+        grads[name] = [m.grad for m in mem]
+    for i, (a, b) in enumerate(zip(grads["mine"], grads["ref"])):
+        assert_close("grad memory {}".format(i), a, b, 1e-4)
+
+
+def test_detached_memory_costs_no_input_gradient_product():
+    """W1 over [memory; x] is two products, so the (detached) memory's rows get no input gradient: a
+    training step with memory that requires grad costs exactly that product (2·M·B·d·p FLOPs per
+    attention layer) more, and none otherwise."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    M, L, B, d, p, layers = 6, 5, 2, 16, 8, 3
+    _, mine = build_pair(d, d, p, num_layers=layers, dropout=0.0, **CONFIGS["ln_every_layer_1head"])
+    memory = [torch.randn(M, B, d) for _ in range(layers)]
+
+    def step_flops(memory_requires_grad):
+        mem = [m.clone().requires_grad_(memory_requires_grad) for m in memory]
+        with FlopCounterMode(display=False) as counter:
+            h, c, _ = mine(torch.randn(L, B, d, requires_grad=True), attn_mask=causal_mask(L, M), memory=mem)
+            (h.sum() + c.sum()).backward()
+        return counter.get_total_flops()
+
+    assert step_flops(True) - step_flops(False) == layers * 2 * M * B * d * p
+
+
 def test_memory_equals_full_sequence():
     """Two segments with carried c and memory give the same outputs as one pass over both.
 
