@@ -101,3 +101,22 @@ def test_sweep_refuses_the_flags_it_sets():
     with pytest.raises(SystemExit):  # quality's own check: only equal-FLOPs runs need a FLOPs budget
         from fairseq_srupp.bench.quality import parse_args as quality_args
         quality_args(["--skip-wall-clock-runs"])
+
+
+def test_sweep_reuses_only_results_of_the_same_run(tmp_path):
+    from fairseq_srupp.bench.quality import model_specs, parse_args as quality_args
+    from fairseq_srupp.bench.quality_sweep import earlier_results
+
+    qargs = quality_args(["--data", "c.txt", "--lr", "0.002", "--flops", "1e8", "--skip-wall-clock-runs", "--out",
+                          str(tmp_path)])
+    assert earlier_results(qargs) is None  # nothing there yet
+    setup = {"corpus": "c.txt", "tokens_per_update": 16 * 256, "lr": 0.002, "vocab": 70,
+             "flops_per_token": {m: s["flops_per_token"] for m, s in model_specs(qargs, 70).items()}}
+    results = {"setup": setup, "budgets": {"equal_flops": "1e+08 training FLOPs each"}, "runs": {}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert earlier_results(qargs) == results
+    for other in (["--lr", "0.004"], ["--flops", "2e8"], ["--data", "d.txt"], ["--srupp", "128,64,4"],
+                  ["--batch-size", "8"]):
+        changed = quality_args(["--data", "c.txt", "--lr", "0.002", "--flops", "1e8", "--skip-wall-clock-runs",
+                                "--out", str(tmp_path)] + other)
+        assert earlier_results(changed) is None, other

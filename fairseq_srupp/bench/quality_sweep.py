@@ -27,6 +27,9 @@ def parse_args(argv=None):
     p.add_argument("--flops", type=float, required=True,
                    help="training FLOPs per model and rate (2.8e13 is about 300 s of SRU++ on 2 CPU cores)")
     p.add_argument("--out", default="quality_sweep_out")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep a rate's earlier results (--out/lr_<rate>/results.json) when they were trained to the "
+                        "same --flops on the same corpus and models, instead of training it again")
     args, rest = p.parse_known_args(argv)
     try:
         args.lrs = [float(v) for v in args.lrs.split(",")]
@@ -86,6 +89,26 @@ def markdown(sweep, flops):
     return "\n".join(lines) + "\n"
 
 
+def earlier_results(qargs):
+    """The results in ``qargs.out`` if they answer ``qargs`` (same rate, FLOPs budget, corpus and model
+    sizes), else None."""
+    path = Path(qargs.out) / "results.json"
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    corpus = qargs.data or "pydoc_data.topics (built in)"
+    budget = "{:.3g} training FLOPs each".format(qargs.flops)
+    setup = results.get("setup", {})
+    if "vocab" not in setup:
+        return None
+    # the models' sizes, as the FLOPs per token they determine
+    flops = {m: spec["flops_per_token"] for m, spec in quality.model_specs(qargs, setup["vocab"]).items()}
+    same = (setup.get("lr") == qargs.lr and setup.get("corpus") == corpus
+            and setup.get("tokens_per_update") == qargs.batch_size * qargs.tokens_per_sample
+            and setup.get("flops_per_token") == flops and results.get("budgets") == {"equal_flops": budget})
+    return results if same else None
+
+
 def main(argv=None):
     args, rest = parse_args(argv)
     out = Path(args.out).resolve()
@@ -93,6 +116,10 @@ def main(argv=None):
     for lr in args.lrs:
         qargs = quality.parse_args(rest + ["--lr", str(lr), "--flops", str(args.flops), "--skip-wall-clock-runs",
                                            "--out", str(out / "lr_{:g}".format(lr))])
+        per_lr[lr] = earlier_results(qargs) if args.reuse else None
+        if per_lr[lr] is not None:
+            print("lr {:g}: reusing {}".format(lr, Path(qargs.out) / "results.json"))
+            continue
         per_lr[lr] = quality.measure(qargs)
         quality.write_results(per_lr[lr], qargs.out)
     sweep = compare(per_lr)
