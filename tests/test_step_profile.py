@@ -107,7 +107,9 @@ def test_gpu_work_is_the_device_events_without_annotations():
 def test_a_profile_without_events_is_a_reported_error(monkeypatch):
     args = train_bench.parse_args(["--device", "cpu", "--srupp", "32,16,1", "--batch", "1", "--length", "8"])
     monkeypatch.setattr(step_profile, "device_work", lambda events, cuda: [])  # as without CUPTI on a GPU
-    out = step_profile.run(args, ["srupp_lm"], "float32", steps=1)
+    partial = []
+    out = step_profile.run(args, ["srupp_lm"], "float32", steps=1, on_result=partial.append)
+    assert partial == [out]  # what the GPU kit saves after each model
     assert out["profiles"] == []
     assert out["errors"] == [{"model": "srupp_lm", "dtype": "float32",
                               "error": "RuntimeError: the profiler recorded no operators"}]

@@ -145,8 +145,10 @@ def format_profile(result):
     return lines
 
 
-def run(args, models, dtype_name, steps=3):
-    """Profiles of ``models`` in ``dtype_name``; a model that fails is recorded with its error."""
+def run(args, models, dtype_name, steps=3, on_result=None):
+    """Profiles of ``models`` in ``dtype_name``; a model that fails is recorded with its error.
+    ``on_result(partial result)`` is called after each model (to keep what was measured if the caller is
+    stopped)."""
     device = torch.device(args.device)
     profiles, errors = [], []
     with tempfile.TemporaryDirectory(prefix="srupp_step_profile_") as tmp:
@@ -159,6 +161,8 @@ def run(args, models, dtype_name, steps=3):
                     type(err).__name__, str(err).splitlines()[0][:400] if str(err) else "")})
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            if on_result is not None:
+                on_result({"profiles": list(profiles), "errors": list(errors)})
     return {"profiles": profiles, "errors": errors}
 
 

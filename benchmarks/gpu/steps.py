@@ -279,8 +279,9 @@ def training(dry_run):
         import step_profile
 
         save(training_result(out, gpu))
-        out["profile"] = step_profile.run(args, ["srupp_lm", "srupp_lm_half", "sru_reference"] if gpu else ["srupp_lm"],
-                                          "bfloat16", steps=2 if gpu else 1)
+        out["profile"] = step_profile.run(
+            args, ["srupp_lm", "srupp_lm_half", "sru_reference"] if gpu else ["srupp_lm"], "bfloat16",
+            steps=2 if gpu else 1, on_result=lambda part: save(training_result(dict(out, profile=part), gpu)))
     if gpu and seconds_left() > 45:
         out["attention_gpu_tests"] = attention_gpu_tests(seconds_left() - 10)
     if not gpu or seconds_left() > 60:  # last: compiling takes tens of seconds before the first step
