@@ -266,7 +266,7 @@ def training_step(name, dtype_name, args, dict_dir, device):
     data = torch.randint(4, args.vocab, (args.batch, args.length + 1), device=device)
     losses = []
     if name == "srupp_lm_half":
-        if dtype not in (torch.float16, torch.bfloat16):
+        if dtype_name not in HALF_DTYPES:
             raise ValueError("srupp_lm_half trains in {} only, not {}".format(" or ".join(HALF_DTYPES), dtype_name))
         update = HalfPrecisionUpdate(model.to(dtype), dtype)
 
