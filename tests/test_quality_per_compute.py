@@ -71,24 +71,32 @@ def test_sweep_takes_each_models_best_rate_and_compares_every_pair():
 
 
 def test_reduced_sweep_writes_each_rate_and_the_comparison(tmp_path):
+    """One rate end to end (the comparison of several is test_sweep_takes_each_models_best_rate...), then
+    the same sweep again with --reuse: nothing is trained twice."""
     from fairseq_srupp.bench.quality_sweep import main as sweep_main
 
     text = tmp_path / "corpus.txt"
     text.write_bytes(synthetic_text(60000))
     out = tmp_path / "sweep"
-    sweep_main(["--data", str(text), "--out", str(out), "--lrs", "1e-3,4e-3", "--flops", "1e8", "--validate-every",
-                "10", "--srupp", "32,16,1", "--transformer", "16,32,1,2", "--tokens-per-sample", "32", "--batch-size",
-                "4", "--threads", "1", "--warmup-updates", "5"])
+    argv = ["--data", str(text), "--out", str(out), "--lrs", "4e-3", "--flops", "1e8", "--validate-every", "10",
+            "--srupp", "32,16,1", "--transformer", "16,32,1,2", "--tokens-per-sample", "32", "--batch-size", "4",
+            "--threads", "1", "--warmup-updates", "5"]
+    sweep_main(argv)
     sweep = json.loads((out / "sweep.json").read_text())
-    assert set(sweep["final_loss"]) == {"0.001", "0.004"} and len(sweep["pairs"]) == 4
-    for lr in ("0.001", "0.004"):
-        results = json.loads((out / "lr_{}".format(lr) / "results.json").read_text())
-        assert list(results["runs"]) == ["equal_flops"] and results["setup"]["lr"] == float(lr)
-        for model, record in results["runs"]["equal_flops"].items():
-            assert record["final_loss"] == sweep["final_loss"][lr][model]
-            assert record["points"][-1]["flops"] <= 1e8
+    assert list(sweep["final_loss"]) == ["0.004"] and len(sweep["pairs"]) == 1
+    results = json.loads((out / "lr_0.004" / "results.json").read_text())
+    assert list(results["runs"]) == ["equal_flops"] and results["setup"]["lr"] == 0.004
+    for model, record in results["runs"]["equal_flops"].items():
+        assert record["final_loss"] == sweep["final_loss"]["0.004"][model]
+        assert record["points"][-1]["flops"] <= 1e8
     assert finite(sweep["best_pair"]["ratio"]) or finite(sweep["best_pair"]["lower_bound"])
-    assert "| SRU++ lr \\ Transformer lr | 0.001 | 0.004 |" in (out / "sweep.md").read_text()
+    assert "| SRU++ lr \\ Transformer lr | 0.004 |" in (out / "sweep.md").read_text()
+
+    logs = sorted((out / "lr_0.004").glob("*.log"))
+    stamps = [log.stat().st_mtime_ns for log in logs]
+    sweep_main(argv + ["--reuse"])
+    assert [log.stat().st_mtime_ns for log in logs] == stamps  # not trained again
+    assert json.loads((out / "sweep.json").read_text()) == sweep
 
 
 def test_sweep_refuses_the_flags_it_sets():
