@@ -59,3 +59,18 @@ def test_transformer_count_matches_the_products_of_a_step(tmp_path):
                                                tmp_path, steps=1)
     assert analytic == transformer_flops_per_token(dim, ffn, layers, VOCAB, T)
     assert counted == pytest.approx(analytic - layers * 12 * dim * (T + 1) / 2)
+
+
+def test_srupp_count_with_attention_in_every_second_layer(tmp_path, monkeypatch):
+    d, p, n = 32, 16, 4
+    cli_args = train_bench.model_cli_args
+
+    def with_k2(opts, length):
+        specs = cli_args(opts, length)
+        specs["srupp_lm"] = specs["srupp_lm"] + ["--attention-every-n-layers", 2]
+        return specs
+
+    monkeypatch.setattr(train_bench, "model_cli_args", with_k2)
+    counted, _ = linear_flops_per_token("srupp_lm", ["--srupp", "{},{},{}".format(d, p, n)], tmp_path, steps=2)
+    analytic = srupp_flops_per_token(d, p, n, VOCAB, T, attention_every_n_layers=2)
+    assert counted == pytest.approx(analytic - 2 * 12 * p * (T + (T + 1) / 2) - n * 45 * d)  # 2 attention layers

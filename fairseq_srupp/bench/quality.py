@@ -49,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup-updates", type=int, default=100)
     p.add_argument("--validate-every", type=int, default=100, help="updates between validations")
     p.add_argument("--srupp", default="256,128,4", help="SRU++ hidden,proj,layers (default: srupp_lm_tiny)")
+    p.add_argument("--srupp-attention-every", type=int, default=1, metavar="K",
+                   help="attention in every K-th SRU++ layer only (the paper's k; default 1: every layer)")
     p.add_argument("--transformer", default="128,448,4,4",
                    help="transformer dim,ffn,layers,heads (default: about srupp_lm_tiny's parameter count)")
     p.add_argument("--dropout", type=float, default=0.1)
@@ -97,10 +99,10 @@ def model_specs(args, vocab):
         common.append("--cpu")
     return {
         "srupp_lm": dict(
-            flops_per_token=srupp_flops_per_token(d, p, n, vocab, T),
+            flops_per_token=srupp_flops_per_token(d, p, n, vocab, T, attention_every_n_layers=args.srupp_attention_every),
             args=["--user-dir", USER_DIR, "--task", "srupp_language_modeling", "--arch", "srupp_lm_tiny",
                   "--hidden-size", d, "--proj-size", p, "--num-layers", n, "--attn-dropout", args.dropout,
-                  "--eval-window", T] + common,
+                  "--attention-every-n-layers", args.srupp_attention_every, "--eval-window", T] + common,
         ),
         "transformer_lm": dict(
             flops_per_token=transformer_flops_per_token(dim, ffn, layers, vocab, T),
