@@ -23,7 +23,7 @@ def parse_args(argv=None):
     # no abbreviations: quality's --lr would otherwise be taken for --lrs
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--lrs", default="1e-3,2e-3,4e-3", help="comma-separated peak learning rates")
+    p.add_argument("--lrs", default="1e-3,2e-3,4e-3,8e-3,1.6e-2", help="comma-separated peak learning rates")
     p.add_argument("--flops", type=float, required=True,
                    help="training FLOPs per model and rate (2.8e13 is about 300 s of SRU++ on 2 CPU cores)")
     p.add_argument("--out", default="quality_sweep_out")
