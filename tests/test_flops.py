@@ -55,8 +55,8 @@ def test_srupp_count_without_memory(tmp_path):
 
 def test_transformer_count_matches_the_products_of_a_step(tmp_path):
     dim, ffn, layers = 32, 64, 2
-    counted, analytic = linear_flops_per_token("transformer_lm", ["--transformer", "{},{},{},4".format(dim, ffn, layers)],
-                                               tmp_path, steps=1)
+    shape = ["--transformer", "{},{},{},4".format(dim, ffn, layers)]
+    counted, analytic = linear_flops_per_token("transformer_lm", shape, tmp_path, steps=1)
     assert analytic == transformer_flops_per_token(dim, ffn, layers, VOCAB, T)
     assert counted == pytest.approx(analytic - layers * 12 * dim * (T + 1) / 2)
 

@@ -102,7 +102,8 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
     for r in training["rows"]:
         assert r["tokens_per_s"] == pytest.approx(training["batch"] * training["length"] / (r["ms_per_step"] / 1000))
     profile = training["profile"]  # where the step's time goes, srupp_lm only on the CPU
-    assert not profile["errors"] and [(p["model"], p["dtype"]) for p in profile["profiles"]] == [("srupp_lm", "bfloat16")]
+    assert not profile["errors"]
+    assert [(p["model"], p["dtype"]) for p in profile["profiles"]] == [("srupp_lm", "bfloat16")]
     spent = {c["name"]: c["ms_per_step"] for c in profile["profiles"][0]["categories"]}
     assert spent["matmul"] > 0 and spent["recurrence"] > 0
     assert any(line.startswith("srupp_lm bfloat16: ") for line in steps["training"]["markdown"])

@@ -102,8 +102,8 @@ def test_reduced_sweep_writes_each_rate_and_the_comparison(tmp_path):
 def test_sweep_refuses_the_flags_it_sets():
     from fairseq_srupp.bench.quality_sweep import parse_args
 
-    for argv in (["--flops", "1e8", "--lr", "1e-3"], ["--flops", "1e8", "--seconds=10"], ["--lrs", "0,1e-3", "--flops", "1"],
-                 ["--lrs", "x", "--flops", "1"]):
+    for argv in (["--flops", "1e8", "--lr", "1e-3"], ["--flops", "1e8", "--seconds=10"],
+                 ["--lrs", "0,1e-3", "--flops", "1"], ["--lrs", "x", "--flops", "1"]):
         with pytest.raises(SystemExit):
             parse_args(argv)
     with pytest.raises(SystemExit):  # quality's own check: only equal-FLOPs runs need a FLOPs budget

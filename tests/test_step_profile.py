@@ -100,7 +100,8 @@ def test_gpu_work_is_the_device_events_without_annotations():
     events = [event("aten::mm", DeviceType.CPU, 0, 50), event("nvjet_gemm", DeviceType.CUDA, 10, 40),
               event("Optimizer.step#RAdam.step", DeviceType.CUDA, 0, 100, annotation=True),  # spans kernels
               event("srupp_forward_bfloat16_k3", DeviceType.CUDA, 40, 90), event("empty", DeviceType.CUDA, 95, 95)]
-    assert step_profile.device_work(events, cuda=True) == [("nvjet_gemm", 10, 40), ("srupp_forward_bfloat16_k3", 40, 90)]
+    assert step_profile.device_work(events, cuda=True) == [
+        ("nvjet_gemm", 10, 40), ("srupp_forward_bfloat16_k3", 40, 90)]
     assert step_profile.device_work(events[:1], cuda=False) == [("aten::mm", 0.0, 50)]
 
 

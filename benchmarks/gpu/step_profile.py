@@ -138,7 +138,7 @@ def format_profile(result):
         "| category | ms/step | share | calls/step |", "| --- | --- | --- | --- |"]
     lines += ["| {name} | {ms_per_step:.2f} | {share:.1%} | {calls_per_step:,.0f} |".format(**r)
               for r in result["categories"]]
-    lines += ["", "| longest {} | ms/step | share | calls/step |".format("kernels" if idle is not None else "operators"),
+    lines += ["", "| longest {} | ms/step | share | calls/step |".format("operators" if idle is None else "kernels"),
               "| --- | --- | --- | --- |"]
     lines += ["| `{}` | {:.2f} | {:.1%} | {:,.0f} |".format(
         r["name"][:110].replace("|", "/"), r["ms_per_step"], r["share"], r["calls_per_step"]) for r in result["top"]]

@@ -5,10 +5,10 @@ keys with width p costs 2·2·p·S forward (scores and weighted sum), 12·p·S f
 average number of keys a query sees: (T+1)/2 for a causal block of T tokens, plus M memory positions.
 SRU++ also projects its M memory rows with W1 and W2 at every step (keys and values with the current
 weights): W2 costs 6n per row (its input gradient carries W1's), W1 4n (the memory is detached: no
-input gradient), i.e. (4·d_in·p + 6·2p²)·M/T per token and attention layer. Embedding lookups, softmax, layer
-norms and other elementwise work are left out except the SRU recurrence (about 15 FLOPs per unit
-forward, 30 backward), which is small but is the model's core. ``tests/test_flops.py`` checks the
-matrix products against PyTorch's FLOP counter on real training steps.
+input gradient), i.e. (4·d_in·p + 6·2p²)·M/T per token and attention layer. Embedding lookups,
+softmax, layer norms and other elementwise work are left out except the SRU recurrence (about 15
+FLOPs per unit forward, 30 backward), which is small but is the model's core. ``tests/test_flops.py``
+checks the matrix products against PyTorch's FLOP counter on real training steps.
 """
 
 

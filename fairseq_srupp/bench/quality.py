@@ -99,7 +99,8 @@ def model_specs(args, vocab):
         common.append("--cpu")
     return {
         "srupp_lm": dict(
-            flops_per_token=srupp_flops_per_token(d, p, n, vocab, T, attention_every_n_layers=args.srupp_attention_every),
+            flops_per_token=srupp_flops_per_token(d, p, n, vocab, T,
+                                                  attention_every_n_layers=args.srupp_attention_every),
             args=["--user-dir", USER_DIR, "--task", "srupp_language_modeling", "--arch", "srupp_lm_tiny",
                   "--hidden-size", d, "--proj-size", p, "--num-layers", n, "--attn-dropout", args.dropout,
                   "--attention-every-n-layers", args.srupp_attention_every, "--eval-window", T] + common,
@@ -141,7 +142,8 @@ def train_pair(args, data_bin, out, specs, budget):
 
 def markdown(results):
     lines = ["# Quality per compute: srupp_lm vs transformer_lm", "",
-             "corpus: {corpus} · tokens per update: {tokens_per_update} · device: {device} · lr: {lr}".format(**results["setup"]), ""]
+             "corpus: {corpus} · tokens per update: {tokens_per_update} · device: {device} · lr: {lr}".format(
+                 **results["setup"]), ""]
     for run_name, runs in results["runs"].items():
         lines += ["## {} ({})".format(run_name, results["budgets"][run_name]), "",
                   "| model | parameters | final valid BPC | training tokens/s | peak memory (MiB) | updates | training FLOPs |",

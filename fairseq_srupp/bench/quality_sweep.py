@@ -56,9 +56,8 @@ def compare(per_lr):
     best = {m: min(final, key=lambda lr: final[lr][m]) for m in MODELS}
     pairs = [{"srupp_lr": s, "transformer_lr": t,
               **fraction(curves[t]["transformer_lm"], curves[s]["srupp_lm"])} for s in curves for t in curves]
-    return {"final_loss": final, "best_lr": best,
-            "best_pair": fraction(curves[best["transformer_lm"]]["transformer_lm"], curves[best["srupp_lm"]]["srupp_lm"]),
-            "pairs": pairs}
+    best_pair = fraction(curves[best["transformer_lm"]]["transformer_lm"], curves[best["srupp_lm"]]["srupp_lm"])
+    return {"final_loss": final, "best_lr": best, "best_pair": best_pair, "pairs": pairs}
 
 
 def describe(ratio):

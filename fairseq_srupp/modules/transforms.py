@@ -179,18 +179,20 @@ class SRUppAttention(nn.Module):
         """
         tgt_len, bsz, in_dim = input.shape
         mem_len = 0
-        residual = z = self.linear1(input)  # (L, B, p)
         if memory is not None:
             if memory.dim() != 3 or tuple(memory.shape[1:]) != (bsz, in_dim):
                 raise ValueError(
                     "memory has size {} but expect {}".format(list(memory.shape), ["*", bsz, in_dim])
                 )
             mem_len = memory.shape[0]
+        src_len = mem_len + tgt_len
+
+        residual = z = self.linear1(input)  # (L, B, p)
+        if memory is not None:
             # W1·[mem; x̃] as two products: the (detached) memory then gets no input gradient, which a
             # product over the joined inputs computes and drops, and p-wide results are cheaper to
             # join than d_in-wide inputs.
             z = torch.cat([self.linear1(memory.to(input.dtype)), z], dim=0)  # (M+L, B, p)
-        src_len = mem_len + tgt_len
 
         q = self._split_heads(residual)  # (B, H, L, hd)
         k, v = (self._split_heads(t) for t in self.linear2(z).chunk(2, dim=-1))  # (B, H, M+L, hd)
