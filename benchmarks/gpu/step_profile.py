@@ -157,8 +157,7 @@ def run(args, models, dtype_name, steps=3, on_result=None):
             try:
                 profiles.append(profile_model(name, dtype_name, args, tmp, device, steps))
             except Exception as err:  # noqa: BLE001  (one model failing must not hide the others)
-                errors.append({"model": name, "dtype": dtype_name, "error": "{}: {}".format(
-                    type(err).__name__, str(err).splitlines()[0][:400] if str(err) else "")})
+                errors.append(train_bench.failure(name, dtype_name, err))
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             if on_result is not None:

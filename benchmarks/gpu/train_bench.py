@@ -232,6 +232,7 @@ class HalfPrecisionUpdate:
 
     def __init__(self, model, dtype):
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.sizes = [p.numel() for p in self.params]  # of each parameter's slice of the flat copy
         self.master = nn.Parameter(torch.cat([p.detach().float().reshape(-1) for p in self.params]))
         self.master.grad = torch.zeros_like(self.master)
         self.optimizer = radam([self.master])
@@ -239,8 +240,7 @@ class HalfPrecisionUpdate:
 
     def __call__(self, loss):
         (loss * self.scale if self.scale != 1.0 else loss).backward()
-        grads = self.master.grad.split([p.numel() for p in self.params])
-        for param, grad in zip(self.params, grads):
+        for param, grad in zip(self.params, self.master.grad.split(self.sizes)):
             grad.copy_(param.grad.reshape(-1))
             param.grad = None
         if self.scale != 1.0:
@@ -251,7 +251,7 @@ class HalfPrecisionUpdate:
             return
         self.optimizer.step()
         with torch.no_grad():
-            for param, value in zip(self.params, self.master.split([p.numel() for p in self.params])):
+            for param, value in zip(self.params, self.master.split(self.sizes)):
                 param.copy_(value.view_as(param))
 
 
@@ -323,6 +323,12 @@ def _measure(name, dtype_name, args, dict_dir, device, peak_tflops):
     return row
 
 
+def failure(model, dtype_name, err):
+    """What a run records of a model that failed: its name, dtype and the first line of the error."""
+    return {"model": model, "dtype": dtype_name,
+            "error": "{}: {}".format(type(err).__name__, str(err).splitlines()[0][:400] if str(err) else "")}
+
+
 def ratio(rows, dtype, a, b, key):
     va = next((r[key] for r in rows if r["dtype"] == dtype and r["model"] == a and r.get(key)), None)
     vb = next((r[key] for r in rows if r["dtype"] == dtype and r["model"] == b and r.get(key)), None)
@@ -348,8 +354,7 @@ def run(args, on_row=None):
                 try:
                     rows.append(measure(model_name, dtype_name, args, tmp, device, peak))
                 except Exception as err:  # noqa: BLE001  (one model failing must not hide the others)
-                    errors.append({"model": model_name, "dtype": dtype_name, "error": "{}: {}".format(
-                        type(err).__name__, str(err).splitlines()[0][:400] if str(err) else "")})
+                    errors.append(failure(model_name, dtype_name, err))
                 print("{} {}: {:.1f} s".format(model_name, dtype_name, time.perf_counter() - t0), flush=True)
                 if on_row is not None:
                     on_row(summarise(args, name, peak, rows, errors))

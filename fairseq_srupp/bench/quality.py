@@ -32,6 +32,12 @@ from fairseq_srupp.bench.quality_curves import CurveRecorder, compute_ratio, fin
 from fairseq_srupp.data.char_level import binarize_char_corpus, module_command
 
 USER_DIR = str(Path(__file__).resolve().parents[1])
+BUILTIN_CORPUS = "pydoc_data.topics (built in)"  # the corpus without --data, as results name it
+
+
+def flops_budget(flops: float) -> str:
+    """How results name an equal-FLOPs budget."""
+    return "{:.3g} training FLOPs each".format(flops)
 
 
 def parse_args(argv=None):
@@ -218,7 +224,7 @@ def measure(args):
     else:
         from fairseq_srupp.demo import builtin_corpus
 
-        corpus, corpus_name = builtin_corpus(), "pydoc_data.topics (built in)"
+        corpus, corpus_name = builtin_corpus(), BUILTIN_CORPUS
     data_bin = binarize_char_corpus(corpus, out / "data")
     if not args.gpu:
         # Compile the CPU extensions (recurrence, dropout) now: a first-use build inside
@@ -242,7 +248,7 @@ def measure(args):
                                                          {"kind": "seconds", "value": args.seconds})
     if not args.skip_flops_runs:
         flops = args.flops or results["runs"]["equal_wall_clock"]["srupp_lm"]["points"][-1]["flops"]
-        results["budgets"]["equal_flops"] = "{:.3g} training FLOPs each".format(flops)
+        results["budgets"]["equal_flops"] = flops_budget(flops)
         results["runs"]["equal_flops"] = train_pair(args, data_bin, out, specs, {"kind": "flops", "value": flops})
     # The final losses compared are those of the first budget's runs (the wall-clock ones unless skipped).
     reference = next(iter(results["runs"].values()))

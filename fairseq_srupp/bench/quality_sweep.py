@@ -95,8 +95,7 @@ def earlier_results(qargs):
     if not path.is_file():
         return None
     results = json.loads(path.read_text())
-    corpus = qargs.data or "pydoc_data.topics (built in)"
-    budget = "{:.3g} training FLOPs each".format(qargs.flops)
+    corpus = qargs.data or quality.BUILTIN_CORPUS
     setup = results.get("setup", {})
     if "vocab" not in setup:
         return None
@@ -104,7 +103,7 @@ def earlier_results(qargs):
     flops = {m: spec["flops_per_token"] for m, spec in quality.model_specs(qargs, setup["vocab"]).items()}
     same = (setup.get("lr") == qargs.lr and setup.get("corpus") == corpus
             and setup.get("tokens_per_update") == qargs.batch_size * qargs.tokens_per_sample
-            and setup.get("flops_per_token") == flops and results.get("budgets") == {"equal_flops": budget})
+            and setup.get("flops_per_token") == flops and results.get("budgets") == {"equal_flops": quality.flops_budget(qargs.flops)})
     return results if same else None
 
 
@@ -122,10 +121,7 @@ def main(argv=None):
         per_lr[lr] = quality.measure(qargs)
         quality.write_results(per_lr[lr], qargs.out)
     sweep = compare(per_lr)
-    (out / "sweep.json").write_text(json.dumps({"flops": args.flops, **{k: v for k, v in sweep.items()
-                                                                        if k != "final_loss"},
-                                                "final_loss": {str(lr): f for lr, f in sweep["final_loss"].items()}},
-                                               indent=2))
+    (out / "sweep.json").write_text(json.dumps({"flops": args.flops, **sweep}, indent=2))  # rates as "0.004"
     text = markdown(sweep, args.flops)
     (out / "sweep.md").write_text(text)
     print("\n" + text)
