@@ -98,6 +98,15 @@ def test_reduced_sweep_writes_each_rate_and_the_comparison(tmp_path):
     assert [log.stat().st_mtime_ns for log in logs] == stamps  # not trained again
     assert json.loads((out / "sweep.json").read_text()) == sweep
 
+    # an SRU++ ablation in another folder takes the Transformer's run from this one
+    ablation = tmp_path / "ablation"
+    argv[argv.index("--out") + 1] = str(ablation)
+    sweep_main(argv + ["--reuse-from", str(out), "--srupp-attention-every", "2", "--srupp", "32,16,2"])
+    assert sorted(p.name for p in (ablation / "lr_0.004").glob("*.log")) == ["srupp_lm_flops.log"]
+    runs = json.loads((ablation / "lr_0.004" / "results.json").read_text())["runs"]["equal_flops"]
+    assert runs["transformer_lm"] == results["runs"]["equal_flops"]["transformer_lm"]
+    assert runs["srupp_lm"]["flops_per_token"] != results["runs"]["equal_flops"]["srupp_lm"]["flops_per_token"]
+
 
 def test_sweep_refuses_the_flags_it_sets():
     from fairseq_srupp.bench.quality_sweep import parse_args
@@ -111,20 +120,47 @@ def test_sweep_refuses_the_flags_it_sets():
         quality_args(["--skip-wall-clock-runs"])
 
 
-def test_sweep_reuses_only_results_of_the_same_run(tmp_path):
-    from fairseq_srupp.bench.quality import model_specs, parse_args as quality_args
-    from fairseq_srupp.bench.quality_sweep import earlier_results
+def test_sweep_reuses_only_runs_with_the_same_arguments(tmp_path, monkeypatch):
+    """Per model: a run is reused when its fairseq-train arguments and FLOPs per token are exactly those it
+    would be trained with, on the same corpus; so an SRU++ ablation retrains SRU++ only."""
+    from fairseq_srupp.bench import quality
+    from fairseq_srupp.bench.quality_sweep import earlier_runs
 
-    qargs = quality_args(["--data", "c.txt", "--lr", "0.002", "--flops", "1e8", "--skip-wall-clock-runs", "--out",
-                          str(tmp_path)])
-    assert earlier_results(qargs) is None  # nothing there yet
-    setup = {"corpus": "c.txt", "tokens_per_update": 16 * 256, "lr": 0.002, "vocab": 70,
-             "flops_per_token": {m: s["flops_per_token"] for m, s in model_specs(qargs, 70).items()}}
-    results = {"setup": setup, "budgets": {"equal_flops": "1e+08 training FLOPs each"}, "runs": {}}
-    (tmp_path / "results.json").write_text(json.dumps(results))
-    assert earlier_results(qargs) == results
-    for other in (["--lr", "0.004"], ["--flops", "2e8"], ["--data", "d.txt"], ["--srupp", "128,64,4"],
-                  ["--batch-size", "8"]):
-        changed = quality_args(["--data", "c.txt", "--lr", "0.002", "--flops", "1e8", "--skip-wall-clock-runs",
-                                "--out", str(tmp_path)] + other)
-        assert earlier_results(changed) is None, other
+    trained = []
+
+    def fake_training(name, train_args, recorder, log_path, threads):
+        trained.append(name)
+        recorder.points, recorder.params = [{"seconds": 1.0, "tokens": 1, "flops": 1.0, "loss": 2.0, "updates": 1}], 9
+        return 1.0
+
+    monkeypatch.setattr(quality, "run_training", fake_training)
+    base = ["--data", "c.txt", "--lr", "0.002", "--flops", "1e12", "--skip-wall-clock-runs"]
+
+    def train(extra, earlier):
+        trained.clear()
+        qargs = quality.parse_args(base + ["--out", str(tmp_path / "new" / "lr_0.002")] + extra)
+        runs = quality.train_pair(qargs, "bin", tmp_path, quality.model_specs(qargs, 70),
+                                  {"kind": "flops", "value": qargs.flops}, earlier)
+        return qargs, runs, list(trained)
+
+    qargs, runs, first = train([], None)
+    assert first == ["srupp_lm", "transformer_lm"]
+    assert earlier_runs(qargs, [tmp_path / "new", tmp_path / "old"]) == {}  # nothing there yet
+    (tmp_path / "old" / "lr_0.002").mkdir(parents=True)
+    (tmp_path / "old" / "lr_0.002" / "results.json").write_text(
+        json.dumps({"setup": {"corpus": "c.txt"}, "runs": {"equal_flops": runs}}))
+    earlier = earlier_runs(qargs, [tmp_path / "new", tmp_path / "old"])
+    assert earlier == json.loads(json.dumps(runs))
+    assert train([], earlier)[2] == []  # the same arguments: nothing trained again
+    for extra, retrained in ((["--srupp", "128,64,4"], ["srupp_lm"]), (["--srupp-attention-every", "2"], ["srupp_lm"]),
+                             (["--transformer", "64,128,2,2"], ["transformer_lm"]),
+                             (["--flops", "2e12"], ["srupp_lm", "transformer_lm"]),
+                             (["--batch-size", "8"], ["srupp_lm", "transformer_lm"]),
+                             (["--dropout", "0.2"], ["srupp_lm", "transformer_lm"])):
+        assert train(extra, earlier)[2] == retrained, extra
+    # another rate or corpus finds nothing to reuse
+    for extra in (["--lr", "0.004"], ["--data", "d.txt"]):
+        assert earlier_runs(quality.parse_args(base + extra), [tmp_path / "old"]) == {}, extra
+    # a run whose FLOPs per token were counted otherwise (its FLOPs axis) is trained again
+    earlier["srupp_lm"]["flops_per_token"] *= 1.2
+    assert train([], earlier)[2] == ["srupp_lm"]

@@ -121,8 +121,10 @@ def model_specs(args, vocab):
     }
 
 
-def train_pair(args, data_bin, out, specs, budget):
-    """Train both models under one budget; return {model: run record}."""
+def train_pair(args, data_bin, out, specs, budget, earlier=None):
+    """Train both models under one budget; return {model: run record}. A record in ``earlier`` ({model: run
+    record} of an equal-FLOPs budget on the same corpus) is taken instead of training when it was trained with
+    exactly the arguments this run would use (``train_args``: model, optimizer, schedule, rate, batch, budget)."""
     runs = {}
     tokens_per_update = args.batch_size * args.tokens_per_sample
     for name, spec in specs.items():
@@ -131,6 +133,13 @@ def train_pair(args, data_bin, out, specs, budget):
         else:
             updates = max(1, int(budget["value"] // (spec["flops_per_token"] * tokens_per_update)))
             limit = ["--max-update", updates]
+        train_args = [str(a) for a in spec["args"] + limit]
+        before = (earlier or {}).get(name, {})
+        # the FLOPs per token too: the points' FLOPs axis is counted with it
+        if before.get("train_args") == train_args and before.get("flops_per_token") == spec["flops_per_token"]:
+            print("\n[{}] reusing the run trained with the same arguments".format(name))
+            runs[name] = before
+            continue
         recorder = CurveRecorder(tokens_per_update, spec["flops_per_token"])
         peak = run_training(name, [data_bin] + spec["args"] + limit, recorder,
                             out / "{}_{}.log".format(name, budget["kind"]), args.threads)
@@ -142,6 +151,7 @@ def train_pair(args, data_bin, out, specs, budget):
             "peak_rss_mib": peak,
             "final_loss": last["loss"],
             "points": recorder.points,
+            "train_args": train_args,  # fairseq-train's, but the data folder: what reuse compares
         }
     return runs
 
@@ -213,8 +223,10 @@ def plot(results, path):
     plt.close(fig)
 
 
-def measure(args):
-    """Train both models under each budget of ``args``; return the results (see the module docstring)."""
+def measure(args, earlier=None):
+    """Train both models under each budget of ``args``; return the results (see the module docstring).
+    ``earlier``: {model: run record} of equal-FLOPs runs on the same corpus that may be reused (see
+    :func:`train_pair`)."""
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.data:
@@ -249,7 +261,8 @@ def measure(args):
     if not args.skip_flops_runs:
         flops = args.flops or results["runs"]["equal_wall_clock"]["srupp_lm"]["points"][-1]["flops"]
         results["budgets"]["equal_flops"] = flops_budget(flops)
-        results["runs"]["equal_flops"] = train_pair(args, data_bin, out, specs, {"kind": "flops", "value": flops})
+        results["runs"]["equal_flops"] = train_pair(args, data_bin, out, specs, {"kind": "flops", "value": flops},
+                                                    earlier)
     # The final losses compared are those of the first budget's runs (the wall-clock ones unless skipped).
     reference = next(iter(results["runs"].values()))
     srupp_curve = reference["srupp_lm"]["points"]

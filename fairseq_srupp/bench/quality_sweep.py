@@ -28,8 +28,12 @@ def parse_args(argv=None):
                    help="training FLOPs per model and rate (2.8e13 is about 300 s of SRU++ on 2 CPU cores)")
     p.add_argument("--out", default="quality_sweep_out")
     p.add_argument("--reuse", action="store_true",
-                   help="keep a rate's earlier results (--out/lr_<rate>/results.json) when they were trained to the "
-                        "same --flops on the same corpus and models, instead of training it again")
+                   help="keep a model's earlier run at a rate (--out/lr_<rate>/results.json) when it was trained with "
+                        "the same fairseq-train arguments (sizes, optimizer, rate, batch, --flops) on the same corpus, "
+                        "instead of training it again")
+    p.add_argument("--reuse-from", action="append", default=[], metavar="DIR",
+                   help="also look for such runs in another sweep's --out folder (repeatable; implies --reuse): "
+                        "e.g. an SRU++ ablation trains only SRU++ and takes the Transformer's runs from there")
     args, rest = p.parse_known_args(argv)
     try:
         args.lrs = [float(v) for v in args.lrs.split(",")]
@@ -88,23 +92,27 @@ def markdown(sweep, flops):
     return "\n".join(lines) + "\n"
 
 
-def earlier_results(qargs):
-    """The results in ``qargs.out`` if they answer ``qargs`` (same rate, FLOPs budget, corpus and model
-    sizes), else None."""
-    path = Path(qargs.out) / "results.json"
-    if not path.is_file():
-        return None
-    results = json.loads(path.read_text())
+def earlier_runs(qargs, folders):
+    """{model: run record} of the equal-FLOPs runs at ``qargs.lr`` already in ``folders`` (sweeps' ``--out``
+    folders, searched in order: ``lr_<rate>/results.json``) on the same corpus. Which of them are reused is
+    :func:`quality.train_pair`'s decision: a run whose fairseq-train arguments (model, sizes, optimizer, rate,
+    batch, budget) are exactly those it would use. So changing only SRU++'s options retrains only SRU++."""
     corpus = qargs.data or quality.BUILTIN_CORPUS
-    setup = results.get("setup", {})
-    if "vocab" not in setup:
-        return None
-    # the models' sizes, as the FLOPs per token they determine
-    flops = {m: spec["flops_per_token"] for m, spec in quality.model_specs(qargs, setup["vocab"]).items()}
-    same = (setup.get("lr") == qargs.lr and setup.get("corpus") == corpus
-            and setup.get("tokens_per_update") == qargs.batch_size * qargs.tokens_per_sample
-            and setup.get("flops_per_token") == flops and results.get("budgets") == {"equal_flops": quality.flops_budget(qargs.flops)})
-    return results if same else None
+    runs = {}
+    for folder in folders:
+        path = Path(folder) / rate_folder(qargs.lr) / "results.json"
+        if not path.is_file():
+            continue
+        results = json.loads(path.read_text())
+        if results.get("setup", {}).get("corpus") != corpus:
+            continue
+        for model, record in results.get("runs", {}).get("equal_flops", {}).items():
+            runs.setdefault(model, record)
+    return runs
+
+
+def rate_folder(lr):
+    return "lr_{:g}".format(lr)
 
 
 def main(argv=None):
@@ -113,12 +121,9 @@ def main(argv=None):
     per_lr = {}
     for lr in args.lrs:
         qargs = quality.parse_args(rest + ["--lr", str(lr), "--flops", str(args.flops), "--skip-wall-clock-runs",
-                                           "--out", str(out / "lr_{:g}".format(lr))])
-        per_lr[lr] = earlier_results(qargs) if args.reuse else None
-        if per_lr[lr] is not None:
-            print("lr {:g}: reusing {}".format(lr, Path(qargs.out) / "results.json"))
-            continue
-        per_lr[lr] = quality.measure(qargs)
+                                           "--out", str(out / rate_folder(lr))])
+        earlier = earlier_runs(qargs, [out] + args.reuse_from) if args.reuse or args.reuse_from else None
+        per_lr[lr] = quality.measure(qargs, earlier)
         quality.write_results(per_lr[lr], qargs.out)
     sweep = compare(per_lr)
     (out / "sweep.json").write_text(json.dumps({"flops": args.flops, **sweep}, indent=2))  # rates as "0.004"
