@@ -156,7 +156,8 @@ def test_sweep_reuses_only_runs_with_the_same_arguments(tmp_path, monkeypatch):
                              (["--transformer", "64,128,2,2"], ["transformer_lm"]),
                              (["--flops", "2e12"], ["srupp_lm", "transformer_lm"]),
                              (["--batch-size", "8"], ["srupp_lm", "transformer_lm"]),
-                             (["--dropout", "0.2"], ["srupp_lm", "transformer_lm"])):
+                             (["--dropout", "0.2"], ["srupp_lm", "transformer_lm"]),
+                             (["--seed", "2"], ["srupp_lm", "transformer_lm"])):
         assert train(extra, earlier)[2] == retrained, extra
     # another rate or corpus finds nothing to reuse
     for extra in (["--lr", "0.004"], ["--data", "d.txt"]):

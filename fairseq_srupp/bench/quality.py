@@ -60,6 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--transformer", default="128,448,4,4",
                    help="transformer dim,ffn,layers,heads (default: about srupp_lm_tiny's parameter count)")
     p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=1, help="fairseq-train's --seed (initialisation, dropout, batch order)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--gpu", action="store_true", help="train on the GPU instead of the CPU")
     args = p.parse_args(argv)
@@ -100,7 +101,7 @@ def model_specs(args, vocab):
               "--warmup-init-lr", 1e-7, "--tokens-per-sample", T, "--batch-size", B, "--batch-size-valid", 4,
               "--validate-interval-updates", args.validate_every, "--validate-interval", 10 ** 6,
               "--no-save", "--log-format", "simple", "--log-interval", args.validate_every, "--num-workers", 0,
-              "--seed", 1, "--dropout", args.dropout]
+              "--seed", args.seed, "--dropout", args.dropout]
     if not args.gpu:
         common.append("--cpu")
     return {
