@@ -44,6 +44,9 @@ def register() -> None:
         from .fairseq_fixes import install as install_fairseq_fixes
 
         install_fairseq_fixes()  # --log-file lines once; srupp_lm generation with empty forced prefixes
+        from .hydra_warnings import silence_fairseq_hydra_notices
+
+        silence_fairseq_hydra_notices()  # fairseq's ~20 lines of Hydra deprecations would bury `error:` lines
     finally:
         _registering = False
 
