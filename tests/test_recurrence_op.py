@@ -156,3 +156,23 @@ def test_build_is_keyed_on_source_flags_and_cpu(tmp_path):
     assert build_name("ext", [a], CXX_FLAGS + ("-g",), features) != same
     assert build_name("ext", [a], CXX_FLAGS, features + " an_older_cpu") != same  # -march=native differs
     assert "-ffast-math" not in CXX_FLAGS
+
+
+def test_non_floating_inputs_and_empty_sizes_are_refused():
+    """Integer inputs were computed in fp32 and truncated back to int64; L, B or d = 0 hit an IndexError
+    or a ZeroDivisionError inside the implementations."""
+    from fairseq_srupp.ops.recurrence import elementwise_recurrence
+
+    L, B, d = 3, 2, 4
+    U, x, w, b, c0 = torch.randn(L, B, 3 * d), torch.randn(L, B, d), torch.randn(2 * d), torch.randn(2 * d), torch.zeros(B, d)
+    for name, bad in (("U", (U.long(), x, w, b, c0)), ("x", (U, x.int(), w, b, c0)), ("weight_c", (U, x, w.long(), b, c0)),
+                      ("bias", (U, x, w, b.to(torch.complex64), c0)), ("c0", (U, x, w, b, c0.long()))):
+        with pytest.raises(TypeError, match="^{} must be a floating-point tensor".format(name)):
+            elementwise_recurrence(*bad)
+    with pytest.raises(TypeError, match="^mask_c must be"):
+        elementwise_recurrence(U, x, w, b, c0, mask_c=torch.ones(B, d, dtype=torch.long))
+    for shapes in (((0, B, 3 * d), (0, B, d), (B, d)), ((L, 0, 3 * d), (L, 0, d), (0, d)), ((L, B, 0), (L, B, 0), (B, 0))):
+        (u_shape, x_shape, c_shape), width = shapes, shapes[2][1]
+        with pytest.raises(ValueError, match="needs L, B and d >= 1"):
+            elementwise_recurrence(torch.randn(u_shape), torch.randn(x_shape), torch.randn(2 * width),
+                                   torch.randn(2 * width), torch.zeros(c_shape))

@@ -115,3 +115,17 @@ def test_packed_sequence_input_equals_padded_input_with_mask():
 def test_unsupported_arguments_say_why(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SRUpp(16, 16, 8, **kwargs)
+
+
+def test_boolean_attention_mask_is_refused():
+    """sru.SRUpp adds a bool mask as 0 / 1, so "masked" future positions stay visible; ours says so."""
+    from fairseq_srupp.modules import SRUpp as Ours
+
+    model = Ours(16, 16, 8, num_layers=2).eval()
+    future = torch.ones(5, 5, dtype=torch.bool).triu(1)
+    with pytest.raises(TypeError, match="attn_mask must be an additive float mask .* got a torch.bool tensor"):
+        model(torch.randn(5, 2, 16), attn_mask=future)
+    model(torch.randn(5, 2, 16), attn_mask=future.float() * -10000.0)  # the conversion the message suggests
+    for empty in ((0, 2, 16), (5, 0, 16)):
+        with pytest.raises(ValueError, match=r"at least one position and one sequence \(L, B >= 1\)"):
+            model(torch.randn(*empty))

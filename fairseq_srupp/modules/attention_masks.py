@@ -90,8 +90,14 @@ def mask_for_sdpa(mask: Optional[AttentionMask], device, dtype: torch.dtype, key
                ) -> Optional[AttentionMask]:
     """``mask`` as SDPA should get it: the structure where it can be used (``auto``, a device that
     takes it, no key padding to combine it with), else its :func:`additive_mask`; tensors and None
-    pass through."""
+    pass through. A boolean tensor is refused: True means "masked" to ``nn.MultiheadAttention`` and
+    "attend" to SDPA, and added as 0 / 1 (what ``sru.SRUpp`` does with one) it masks nothing."""
     if not is_structured(mask):
+        if mask is not None and not mask.dtype.is_floating_point:
+            raise TypeError(
+                "attn_mask must be an additive float mask ({:g} where a query must not look) or a causal "
+                "structure, got a {} tensor; convert it, e.g. mask.float() * {:g} if True marks masked "
+                "positions".format(MASKED_SCORE, mask.dtype, MASKED_SCORE))
         return mask
     device = torch.device(device) if device is not None else torch.device("cpu")
     if attention_mode() == "auto" and not key_padding and sdpa_takes_structure(device):

@@ -198,6 +198,9 @@ class SRUpp(nn.Module):
         if input.dim() != 3:
             raise ValueError("input must be (L, B, input_size), got {}".format(tuple(input.shape)))
         length, batch, width = input.shape
+        if length == 0 or batch == 0:
+            raise ValueError("input must hold at least one position and one sequence (L, B >= 1), got {}".format(
+                tuple(input.shape)))
         if width != self.input_size:
             raise ValueError(
                 "input has size (*, *, {}) but expect a last dimension of {}".format(width, self.input_size)

@@ -74,13 +74,22 @@ def choose_implementation(choice: str, is_cuda: bool, dtype: torch.dtype, has_cu
 
 
 def check_recurrence_inputs(U, x, weight_c, bias, c0, mask_c=None, mask_pad=None) -> int:
-    """Raise ``ValueError`` naming the expected and actual shape of any bad input; return k."""
+    """Raise ``ValueError`` naming the expected and actual shape of any bad input (``TypeError`` for a
+    non-floating one); return k."""
+    named = (("U", U), ("x", x), ("weight_c", weight_c), ("bias", bias), ("c0", c0), ("mask_c", mask_c))
+    for name, t in named:
+        # integers would be computed in fp32 and truncated back; complex numbers lose their imaginary part
+        if t is not None and not t.dtype.is_floating_point:
+            raise TypeError("{} must be a floating-point tensor (fp16, bf16, fp32 or fp64), got {}".format(name, t.dtype))
     if U.dim() != 3:
         raise ValueError("U must be (L, B, d*k), got shape {}".format(tuple(U.shape)))
     length, batch = U.shape[0], U.shape[1]
     if c0.dim() != 2 or c0.shape[0] != batch:
         raise ValueError("c0 must be (B={}, d), got {}".format(batch, tuple(c0.shape)))
     d = c0.shape[1]
+    if length == 0 or batch == 0 or d == 0:
+        raise ValueError("the recurrence needs L, B and d >= 1, got U {} and c0 {}".format(
+            tuple(U.shape), tuple(c0.shape)))
     if U.shape[2] not in (3 * d, 4 * d):
         raise ValueError(
             "U's last dimension must be 3*d={} or 4*d={}, got {}".format(3 * d, 4 * d, U.shape[2])
