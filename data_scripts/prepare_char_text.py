@@ -23,7 +23,9 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--valid-fraction", type=float, default=0.05)
     parser.add_argument("--test-fraction", type=float, default=0.05)
-    parser.add_argument("--force", action="store_true", help="redo every step even if it is up to date")
+    parser.add_argument("--force", action="store_true",
+                        help="redo every step even if it is up to date, and replace outputs already in OUT "
+                             "that no data script made")
     args = parser.parse_args(argv)
     forwarded = ["--level", "char", "--text", args.text, "--out", args.out,
                  "--valid-fraction", str(args.valid_fraction), "--test-fraction", str(args.test_fraction)]

@@ -36,10 +36,11 @@ import _bootstrap  # noqa: E402,F401  (logs to stdout; this checkout's fairseq_s
 
 from fairseq_srupp.data.binarize import byte_level_steps, report
 from fairseq_srupp.data.fetch import archive_errors, check_file, obtain_archive, open_zip, redo_hint, zip_member
-from fairseq_srupp.data.files import existing_dir, fingerprint, optional_file
+from fairseq_srupp.data.files import existing_dir, fingerprint
 from fairseq_srupp.data.prep import PrepError, cli, count, log
-from fairseq_srupp.data.preprocess import default_workers
+from fairseq_srupp.data.preprocess import default_workers, positive_int
 from fairseq_srupp.data.steps import Steps
+from fairseq_srupp.data.vocab import checked_srcdict
 
 URL = "http://mattmahoney.net/dc/enwik8.zip"
 MEMBER = "enwik8"
@@ -52,6 +53,8 @@ ZIP_SHA256 = "547994d9980ebed1288380d652999f38a14fe291a6247c157c3d33d4932534bc"
 RAW_SIZE = 100000000
 RAW_SHA1 = "57b8363b814821dc9d47aa4d41f58733519076b2"
 STANDARD_SPLIT = (90000000, 5000000, 5000000)
+# What the script writes under OUT (besides .stamps/ and downloads/).
+OUTPUTS = ("train.tokens", "valid.tokens", "test.tokens", "splits.json", "dict.corpus.txt", "data-bin")
 
 
 def split_sizes(text: str):
@@ -79,8 +82,10 @@ def parse_args(argv=None):
     parser.add_argument("--vocab", choices=["corpus", "train"], default="corpus",
                         help="dictionary from every byte of the file (the paper's) or from the train split")
     parser.add_argument("--srcdict", help="binarize with this fairseq dict.txt instead")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="fairseq-preprocess workers")
-    parser.add_argument("--force", action="store_true", help="redo every step even if it is up to date")
+    parser.add_argument("--workers", type=positive_int, default=default_workers(), help="fairseq-preprocess workers")
+    parser.add_argument("--force", action="store_true",
+                        help="redo every step even if it is up to date, and replace outputs already in OUT "
+                             "that no data script made")
     return parser.parse_args(argv)
 
 
@@ -88,8 +93,8 @@ def prepare(args) -> Path:
     out = Path(args.out)
     sizes = args.split_sizes
     total = sum(sizes)
-    srcdict = optional_file(args.srcdict, "--srcdict")
-    steps = Steps(out, force=args.force)
+    srcdict = checked_srcdict(args.srcdict)
+    steps = Steps(out, force=args.force, writes=OUTPUTS)
     size_hint = ("the standard split needs the {} bytes of enwik8; for another file pass "
                  "--split-sizes TRAIN,VALID,TEST adding up to its size".format(count(RAW_SIZE)))
 

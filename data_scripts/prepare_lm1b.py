@@ -54,9 +54,9 @@ from fairseq_srupp.data.binarize import report, word_level_binarize
 from fairseq_srupp.data.fetch import archive_errors, check_file, obtain_archive, redo_hint
 from fairseq_srupp.data.files import CHUNK, atomic_dir, existing_dir, atomic_file, concatenate, fingerprint, optional_file
 from fairseq_srupp.data.prep import SPLITS, PrepError, cli, count, log
-from fairseq_srupp.data.preprocess import default_workers
+from fairseq_srupp.data.preprocess import default_workers, positive_int
 from fairseq_srupp.data.steps import Steps
-from fairseq_srupp.data.vocab import vocab_file_to_dict
+from fairseq_srupp.data.vocab import checked_srcdict, vocab_file_to_dict
 
 URL = "http://www.statmt.org/lm-benchmark/1-billion-word-language-modeling-benchmark-r13output.tar.gz"
 # Size and SHA-256 of the archive on statmt.org, as pinned by TensorFlow's tensor2tensor/lingvo
@@ -104,8 +104,10 @@ def parse_args(argv=None):
                        help="keep train words seen at least this often (default: %(default)s)")
     vocab.add_argument("--vocab-file", help="vocabulary file, one word per line (e.g. 1b_word_vocab.txt)")
     vocab.add_argument("--srcdict", help="binarize with this fairseq dict.txt (keeps its order)")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="fairseq-preprocess workers")
-    parser.add_argument("--force", action="store_true", help="redo every step even if it is up to date")
+    parser.add_argument("--workers", type=positive_int, default=default_workers(), help="fairseq-preprocess workers")
+    parser.add_argument("--force", action="store_true",
+                        help="redo every step even if it is up to date, and replace outputs already in OUT "
+                             "that no data script made")
     return parser.parse_args(argv)
 
 
@@ -138,9 +140,11 @@ def extract(archive: Path, raw: Path, hint: str) -> None:
 
 def prepare(args) -> Path:
     out = Path(args.out)
-    srcdict = optional_file(args.srcdict, "--srcdict")
+    srcdict = checked_srcdict(args.srcdict)
     vocab = optional_file(args.vocab_file, "--vocab-file")
-    steps = Steps(out, force=args.force)
+    writes = ["{}.txt".format(split) for split in SPLITS] + ["data-bin"] + (["raw"] if args.raw_dir is None else [])
+    steps = Steps(out, force=args.force, writes=writes + (["dict.vocab.txt"] if vocab is not None else []),
+                  inputs={"--vocab-file": vocab} if vocab is not None else None)
 
     if args.raw_dir is not None:
         hint = "--raw-dir needs the extracted {} directory with all 99 training and 50 held-out shards".format(TOP)
@@ -201,7 +205,9 @@ def prepare(args) -> Path:
         steps.run("vocabulary", dict(vocab=fingerprint(vocab)), [srcdict], convert)
 
     data_bin = word_level_binarize(steps, out, files, srcdict=srcdict, threshold=args.threshold,
-                                   workers=args.workers)
+                                   workers=args.workers,
+                                   # a --vocab-file may leave out words on purpose (the benchmark's: rare ones)
+                                   srcdict_option="--srcdict" if vocab is None else None)
     report(data_bin, steps)
     return data_bin
 

@@ -41,11 +41,11 @@ import _bootstrap  # noqa: E402,F401  (logs to stdout; this checkout's fairseq_s
 
 from fairseq_srupp.data.binarize import byte_level_steps, report, word_level_binarize
 from fairseq_srupp.data.fetch import check_file, download
-from fairseq_srupp.data.files import (atomic_file, check_utf8_text, existing_file, file_chunks, fingerprint,
-                                      optional_file)
+from fairseq_srupp.data.files import atomic_file, check_utf8_text, existing_file, file_chunks, fingerprint
 from fairseq_srupp.data.prep import SPLITS, PrepError, cli, count, log
-from fairseq_srupp.data.preprocess import default_workers
+from fairseq_srupp.data.preprocess import default_workers, positive_int
 from fairseq_srupp.data.steps import Steps
+from fairseq_srupp.data.vocab import checked_srcdict
 
 UTF8_HINT = ("word-level data must be UTF-8 text: convert it first (e.g. iconv -f latin1 -t utf-8) or "
              "use --level char, which takes any bytes")
@@ -71,8 +71,10 @@ def parse_args(argv=None):
                         help="word level: tokenize raw text first (default: %(default)s)")
     parser.add_argument("--lang", default="en", help="language of the Moses tokenizer (default: %(default)s)")
     parser.add_argument("--srcdict", help="binarize with this fairseq dict.txt")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="fairseq-preprocess workers")
-    parser.add_argument("--force", action="store_true", help="redo every step even if it is up to date")
+    parser.add_argument("--workers", type=positive_int, default=default_workers(), help="fairseq-preprocess workers")
+    parser.add_argument("--force", action="store_true",
+                        help="redo every step even if it is up to date, and replace outputs already in OUT "
+                             "that no data script made")
     args = parser.parse_args(argv)
     if (args.train is None) != (args.valid is None) or (args.train is None) != (args.test is None):
         parser.error("--train, --valid and --test go together")
@@ -106,10 +108,25 @@ def moses_tokenize(src: bytes, dest: Path, lang: str) -> int:
     return n
 
 
+def output_names(args):
+    """What this run writes under OUT (besides .stamps/ and downloads/)."""
+    tokens = ["{}.tokens".format(split) for split in SPLITS]
+    if args.level == "char":
+        return tokens + ["splits.json", "dict.corpus.txt", "data-bin"]
+    tokenized = args.train is None or args.tokenizer != "none"  # else the three files are binarized as they are
+    return (tokens if tokenized else []) + ["data-bin"]
+
+
 def prepare(args) -> Path:
     out = Path(args.out)
-    srcdict = optional_file(args.srcdict, "--srcdict")
-    steps = Steps(out, force=args.force)
+    srcdict = checked_srcdict(args.srcdict)
+    if args.text is not None:
+        inputs = {"--text": existing_file(args.text, "--text")}
+    elif args.train is not None:
+        inputs = {"--" + split: existing_file(getattr(args, split), "--" + split) for split in SPLITS}
+    else:
+        inputs = {}
+    steps = Steps(out, force=args.force, writes=output_names(args), inputs=inputs)
 
     if args.url is not None:
         name = args.url.rstrip("/").rsplit("/", 1)[-1] or "text"
@@ -118,10 +135,10 @@ def prepare(args) -> Path:
             download(args.url, text, option="--text")
         single = [text]
     elif args.text is not None:
-        single = [existing_file(args.text, "--text")]
+        single = [inputs["--text"]]
     else:
         single = []
-        named = {split: existing_file(getattr(args, split), "--" + split) for split in SPLITS}
+        named = {split: inputs["--" + split] for split in SPLITS}
     if single and args.sha256:
         steps.run("verify", dict(text=fingerprint(single[0]), sha256=args.sha256), [],
                   lambda: check_file(single[0], "file", None, args.sha256.lower(),

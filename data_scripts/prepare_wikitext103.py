@@ -38,10 +38,11 @@ import _bootstrap  # noqa: E402,F401  (logs to stdout; this checkout's fairseq_s
 
 from fairseq_srupp.data.binarize import report, word_level_binarize
 from fairseq_srupp.data.fetch import check_file, copy_zip_member, obtain_archive, open_zip, redo_hint, zip_member
-from fairseq_srupp.data.files import atomic_dir, existing_dir, count_lines, fingerprint, optional_file, require_nonempty
+from fairseq_srupp.data.files import atomic_dir, existing_dir, count_lines, fingerprint, require_nonempty
 from fairseq_srupp.data.prep import SPLITS, PrepError, cli, count, log
-from fairseq_srupp.data.preprocess import default_workers
+from fairseq_srupp.data.preprocess import default_workers, positive_int
 from fairseq_srupp.data.steps import Steps
+from fairseq_srupp.data.vocab import checked_srcdict
 
 URL = "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-v1.zip"
 # SHA-256 of wikitext-103-v1.zip, pinned identically by several independent loaders (Julia's
@@ -64,8 +65,10 @@ def parse_args(argv=None):
                         help="do not compare the checksum and line counts with the official data (custom data)")
     parser.add_argument("--srcdict", help="binarize with this fairseq dict.txt (keeps its order) instead of "
                                           "building one from the train split")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="fairseq-preprocess workers")
-    parser.add_argument("--force", action="store_true", help="redo every step even if it is up to date")
+    parser.add_argument("--workers", type=positive_int, default=default_workers(), help="fairseq-preprocess workers")
+    parser.add_argument("--force", action="store_true",
+                        help="redo every step even if it is up to date, and replace outputs already in OUT "
+                             "that no data script made")
     return parser.parse_args(argv)
 
 
@@ -77,8 +80,8 @@ def check_lines(split: str, lines: int, where: str, hint: str) -> None:
 
 def prepare(args) -> Path:
     out = Path(args.out)
-    srcdict = optional_file(args.srcdict, "--srcdict")
-    steps = Steps(out, force=args.force)
+    srcdict = checked_srcdict(args.srcdict)
+    steps = Steps(out, force=args.force, writes=["data-bin"] + (["raw"] if args.raw_dir is None else []))
 
     if args.raw_dir is not None:
         raw_dir = existing_dir(args.raw_dir, "--raw-dir", "give the unzipped wikitext-103 directory with "

@@ -6,6 +6,7 @@ error as ``error: <message>`` and exits with status 1; set ``FAIRSEQ_SRUPP_DEBUG
 traceback back. Other exceptions keep Python's normal report.
 """
 import os
+import stat
 import sys
 
 
@@ -21,7 +22,21 @@ def env_choice(name: str, choices) -> str:
 
 def not_a_file(path) -> str:
     """Why ``path`` (known not to be a readable file) is not one, for an error message."""
-    return "is a directory" if os.path.isdir(path) else "does not exist"
+    if os.path.isdir(path):
+        return "is a directory"
+    if os.path.exists(path):
+        return "is not a regular file ({})".format(special_file_kind(path))
+    return "does not exist"
+
+
+def special_file_kind(path) -> str:
+    """What an existing path that is neither a regular file nor a directory is, for a message."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "a special file"
 
 
 class SRUppUserError(ValueError):

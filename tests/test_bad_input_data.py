@@ -16,8 +16,8 @@ import pytest
 import torch
 import fork_server
 from cli_utils import BIN, USER_DIR
-from test_data_scripts import (REPO, SCRIPTS, assert_no_output, decode, files_under, mtimes, run_fails, run_ok,
-                               wikitext_zip)
+from test_data_scripts import (REPO, SCRIPTS, assert_no_output, decode, files_under, mtimes, run, run_fails,
+                               run_ok, script, wikitext_zip)
 
 from fairseq_srupp.data.files import TMP_MARK, check_utf8_text
 from fairseq_srupp.data.prep import PrepError
@@ -63,6 +63,152 @@ def test_a_directory_given_for_a_file_is_named_as_such(tmp_path):
     run_fails("prepare_enwik8", "--raw-dir", tmp_path / "enwik8", "--out", out / "h",
               expect="--raw-dir {} is a file, not a directory".format(tmp_path / "enwik8"))
     assert_no_output(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# --out and the inputs: what is already there is not replaced unasked
+# ---------------------------------------------------------------------------------------------
+
+
+def small_corpus(path, lines=120):
+    path.write_text("".join("the cat {} sees a dog .\n".format(i % 7) for i in range(lines)))
+    return path
+
+
+def contents(path):
+    return {p: p.read_bytes() for p in mtimes(path)}
+
+
+def test_an_out_dir_the_scripts_did_not_make_is_not_replaced(tmp_path):
+    corpus = small_corpus(tmp_path / "corpus.txt")
+    theirs = tmp_path / "theirs"
+    run_ok("prepare_text", "--text", corpus, "--out", tmp_path / "made")
+    (theirs / "data-bin").mkdir(parents=True)
+    for name in ("dict.txt", "train.bin", "train.idx"):
+        (theirs / "data-bin" / name).write_bytes((tmp_path / "made" / "data-bin" / name).read_bytes())
+    (theirs / "train.tokens").write_text("my notes\n")
+    before = contents(theirs)
+    for level in ("char", "word"):
+        run_fails("prepare_text", "--level", level, "--text", corpus, "--out", theirs,
+                  expect="--out {} already holds train.tokens, data-bin, which this script did not make".format(theirs))
+    run_fails("prepare_enwik8", "--raw-dir", tmp_path, "--out", theirs, expect="which this script did not make")
+    assert contents(theirs) == before
+    # A folder holding other things is fine, and --force replaces what the user asks to be replaced.
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("mine\n")
+    run_ok("prepare_text", "--text", corpus, "--out", tmp_path / "notes")
+    assert (tmp_path / "notes" / "readme.txt").read_text() == "mine\n"
+    run_ok("prepare_text", "--text", corpus, "--out", theirs, "--force")
+    assert decode(theirs / "data-bin", "train")[0][0][:3] == ["116", "104", "101"]  # "the" as byte tokens
+
+
+def test_a_first_run_interrupted_in_its_first_step_resumes(tmp_path, monkeypatch):
+    from fairseq_srupp.data import char_level
+
+    corpus = small_corpus(tmp_path / "corpus.txt")
+    out = tmp_path / "out"
+    real = char_level.write_byte_tokens
+
+    def interrupted_after_train(part, dest):  # train.tokens is in place, no stamp yet: then Ctrl-C
+        if "valid" in dest.name:
+            raise KeyboardInterrupt
+        return real(part, dest)
+
+    monkeypatch.setattr(char_level, "write_byte_tokens", interrupted_after_train)
+    code, _, err = run("prepare_text", "--text", corpus, "--out", out)
+    assert code == 130 and (out / "train.tokens").exists() and not list((out / ".stamps").iterdir()), err
+    monkeypatch.setattr(char_level, "write_byte_tokens", real)
+    log = run_ok("prepare_text", "--text", corpus, "--out", out)  # .stamps/, made first, marks out as ours
+    assert "running tokenize" in log and "running binarize" in log
+
+
+def test_an_input_among_the_outputs_is_refused(tmp_path):
+    selfout = tmp_path / "selfout"
+    selfout.mkdir()
+    small_corpus(selfout / "train.tokens")
+    before = contents(selfout)
+    run_fails("prepare_text", "--text", selfout / "train.tokens", "--out", selfout,
+              expect="--text {} is among the outputs this script writes into --out {} (train.tokens): it would be "
+                     "overwritten".format(selfout / "train.tokens", selfout))
+    assert contents(selfout) == before
+    # ... also in a folder the script made (the previous run's valid split as the next corpus)
+    out = tmp_path / "out"
+    run_ok("prepare_text", "--text", small_corpus(tmp_path / "corpus.txt", lines=200), "--out", out)
+    before = contents(out)
+    run_fails("prepare_text", "--level", "word", "--text", out / "valid.tokens", "--out", out,
+              expect="--text {} is among the outputs".format(out / "valid.tokens"))
+    splits = [a for s in ("train", "valid", "test") for a in ("--" + s, out / "data-bin" / "{}.bin".format(s))]
+    run_fails("prepare_text", *splits, "--out", out, expect="--train {} is among the outputs".format(
+        out / "data-bin" / "train.bin"))
+    assert contents(out) == before
+
+
+def test_out_naming_a_file_says_it_must_be_a_directory(tmp_path):
+    corpus = small_corpus(tmp_path / "corpus.txt")
+    before = corpus.read_bytes()
+    run_fails("prepare_text", "--text", corpus, "--out", corpus,
+              expect="--out {} is a file, not a directory: --out names the directory".format(corpus))
+    run_fails("prepare_enwik8", "--raw-dir", tmp_path, "--out", corpus, expect="is a file, not a directory")
+    assert corpus.read_bytes() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_an_input_that_is_not_a_regular_file_is_named_as_such(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(str(fifo))
+    for path, kind in ((os.devnull, "a device"), (fifo, "a named pipe")):
+        line = run_fails("prepare_text", "--text", path, "--out", tmp_path / "out",
+                         expect="--text {} is not a regular file ({})".format(path, kind))
+        assert "not found" not in line
+    assert_no_output(tmp_path / "out")
+
+
+@pytest.mark.parametrize("name", ["prepare_text", "prepare_enwik8", "prepare_wikitext103", "prepare_lm1b"])
+@pytest.mark.parametrize("workers", ["0", "-2", "two"])
+def test_workers_must_be_a_positive_integer(name, workers, capsys):
+    with pytest.raises(SystemExit) as exit:
+        script(name).parse_args(["--text", "corpus.txt"] * (name == "prepare_text") + ["--workers", workers])
+    assert exit.value.code == 2
+    assert "error: argument --workers: expected a positive integer, got '{}'".format(workers) in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# --srcdict: a malformed file, or one of the other level
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lines, problem", [
+    ("the 5\nfoo bar baz\n", "line 2: expected '<symbol> <count>', and 'baz' is not a count"),
+    ("the 5\n\nof 3\n", "line 2: an empty line"),
+    ("the 5\nof 3\nthe 2\n", "line 3: 'the' is already on line 1"),
+    ("<unk> 5\n", "line 1: '<unk>' is a fairseq special symbol"),
+])
+def test_a_malformed_srcdict_names_the_file_and_the_line(tmp_path, lines, problem):
+    corpus = small_corpus(tmp_path / "corpus.txt")
+    srcdict = tmp_path / "dict.txt"
+    srcdict.write_text(lines)
+    run_fails("prepare_text", "--level", "word", "--text", corpus, "--srcdict", srcdict, "--out", tmp_path / "a",
+              expect="--srcdict {}, {}".format(srcdict, problem))
+    run_fails("prepare_wikitext103", "--raw-dir", tmp_path, "--srcdict", srcdict, "--out", tmp_path / "b",
+              expect="--srcdict {}, {}".format(srcdict, problem))
+    assert_no_output(tmp_path / "a")
+    assert_no_output(tmp_path / "b")
+
+
+def test_a_srcdict_of_the_other_level_is_refused(tmp_path):
+    corpus = small_corpus(tmp_path / "corpus.txt")
+    words = tmp_path / "words.txt"
+    words.write_text("the 5\ncat 3\n")
+    out = tmp_path / "out"
+    line = run_fails("prepare_text", "--text", corpus, "--srcdict", words, "--out", out,
+                     expect="--srcdict {} does not fit the data: ".format(words))
+    assert "% of the tokens would become <unk>" in line and "other level" in line
+    assert not (out / "data-bin").exists()  # no useless data-bin
+    run_ok("prepare_text", "--text", corpus, "--out", out)  # the first run's own outputs: not "foreign"
+    byte_dict = out / "data-bin" / "dict.txt"
+    run_fails("prepare_text", "--level", "word", "--text", corpus, "--srcdict", byte_dict, "--out", tmp_path / "w",
+              expect="--srcdict {} does not fit the data".format(byte_dict))
+    assert not (tmp_path / "w" / "data-bin").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,3 +419,15 @@ def test_sigterm_removes_temporaries_and_workers_and_keeps_outputs(tmp_path):
     assert {p: p.read_bytes() for p in mtimes(out / "data-bin")} == before  # the earlier data-bin, untouched
     run_ok("prepare_text", "--level", "word", "--out", out, *splits)
     assert decode(out / "data-bin", "train")[0][-1] == ["a", "new", "line", ".", "</s>"]
+
+
+def test_why_a_path_is_not_a_file(tmp_path):
+    """The reason the fairseq-facing checks (--restore-file, --path, --input) give: a device or a pipe exists, so
+    "does not exist" misled."""
+    from fairseq_srupp.errors import not_a_file
+
+    os.mkfifo(tmp_path / "pipe")
+    assert not_a_file(tmp_path / "pipe") == "is not a regular file (a named pipe)"
+    assert not_a_file("/dev/null") == "is not a regular file (a device)"
+    assert not_a_file(tmp_path) == "is a directory"
+    assert not_a_file(tmp_path / "missing.pt") == "does not exist"

@@ -88,7 +88,8 @@ def byte_level_steps(steps: Steps, out_dir: PathLike, read_parts: Callable[[], S
                 if n != info[split]["bytes"]:
                     raise RuntimeError("{}: {} tokens for {} bytes".format(split, n, info[split]["bytes"]))
 
-        fairseq_preprocess(data_bin, tokens, srcdict=dictionary, workers=workers, finish=finish)
+        origin = "--srcdict {}".format(srcdict) if srcdict is not None else None  # the corpus dictionary fits
+        fairseq_preprocess(data_bin, tokens, srcdict=dictionary, workers=workers, finish=finish, srcdict_origin=origin)
 
     inputs = {split: fingerprint(path) for split, path in tokens.items()}
     inputs.update(layout=fingerprint(layout), dictionary=dict_inputs(dictionary), vocab=vocab)
@@ -97,19 +98,25 @@ def byte_level_steps(steps: Steps, out_dir: PathLike, read_parts: Callable[[], S
 
 
 def word_level_binarize(steps: Steps, out_dir: PathLike, files: Dict[str, Path], srcdict: Optional[Path] = None,
-                        threshold: int = 0, workers: int = 1, utf8_hint: Optional[str] = None) -> Path:
+                        threshold: int = 0, workers: int = 1, utf8_hint: Optional[str] = None,
+                        srcdict_option: Optional[str] = "--srcdict") -> Path:
     """Binarize whitespace-tokenized text files (one sentence or paragraph per line) into
     ``OUT/data-bin`` with a dictionary from ``srcdict`` or from the train split (``threshold``).
 
-    Each file must be UTF-8 text (checked first; ``utf8_hint`` says what to do otherwise)."""
+    Each file must be UTF-8 text (checked first; ``utf8_hint`` says what to do otherwise).
+    ``srcdict_option``: the option the user gave ``srcdict`` with (a ``srcdict`` that would turn most
+    tokens into ``<unk>`` is then refused), or None for one the script made on purpose."""
     data_bin = Path(out_dir) / "data-bin"
     inputs = {split: fingerprint(path) for split, path in files.items()}
     inputs.update(dictionary=dict_inputs(srcdict), threshold=threshold if srcdict is None else None)
 
+    origin = "{} {}".format(srcdict_option, srcdict) if srcdict is not None and srcdict_option else None
+
     def binarize():
         for path in files.values():
             check_utf8_text(file_chunks(path), str(path), **({"hint": utf8_hint} if utf8_hint else {}))
-        fairseq_preprocess(data_bin, files, srcdict=srcdict, threshold=threshold, workers=workers)
+        fairseq_preprocess(data_bin, files, srcdict=srcdict, threshold=threshold, workers=workers,
+                           srcdict_origin=origin)
 
     steps.run("binarize", inputs, [data_bin], binarize)
     return data_bin

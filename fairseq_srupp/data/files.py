@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, Optional, Union
 
+from fairseq_srupp.errors import special_file_kind
+
 from .prep import PrepError, count, log
 
 PathLike = Union[str, Path]
@@ -100,7 +102,21 @@ def existing_file(path: PathLike, option: str, missing: Optional[str] = None) ->
         raise PrepError("{} {} is a directory: give the path of a file{}".format(
             option, path, " inside it" if any(p.is_file() for p in path.iterdir()) else ""))
     if not path.is_file():
+        if path.exists():  # /dev/null, a FIFO, ...: there, but "not found" would send the user looking for it
+            raise PrepError("{} {} is not a regular file ({}): give the path of a file".format(
+                option, path, special_file_kind(path)))
         raise PrepError(missing or "{} {} not found: give the path of an existing file".format(option, path))
+    return path
+
+
+def output_dir(path: PathLike, option: str = "--out") -> Path:
+    """``path`` as given with ``option``, the directory the outputs go into: it may not exist yet,
+    but an existing file there is refused (``mkdir`` would only say "File exists")."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise PrepError("{} {} is {}, not a directory: {} names the directory the outputs go into "
+                        "(created if missing); give another path".format(
+                            option, path, "a file" if path.is_file() else special_file_kind(path), option))
     return path
 
 

@@ -3,6 +3,7 @@
 Used by the dataset scripts and by :func:`fairseq_srupp.data.char_level.binarize_char_corpus` (the
 demo and the benchmarks), so every binarized split comes out of the same code.
 """
+import argparse
 import logging
 import os
 import shlex
@@ -13,19 +14,37 @@ from .files import PathLike, atomic_dir, require_nonempty, temp_path
 from .prep import SPLITS, PrepError, count, log
 
 
+# Above this share of <unk>, a --srcdict does not fit the data (typically a word dictionary for
+# bytes, or the reverse): the binarized data would say little more than "<unk>".
+MAX_UNK_SHARE = 0.5
+
+
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def positive_int(text: str) -> int:
+    """argparse type of ``--workers``: fairseq-preprocess fails on 0 or fewer with a traceback."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected a positive integer, got {!r}".format(text))
+    return value
+
+
 def fairseq_preprocess(data_bin: PathLike, files: Dict[str, Path], srcdict: Optional[PathLike] = None,
                        threshold: int = 0, workers: int = 1,
-                       finish: Optional[Callable[[Path], None]] = None) -> Path:
+                       finish: Optional[Callable[[Path], None]] = None, srcdict_origin: Optional[str] = None) -> Path:
     """``fairseq-preprocess --only-source`` of ``files`` (split name → text file) into ``data_bin``.
 
     Runs in this process (it imports fairseq once, not twice) into a temporary directory that
     replaces ``data_bin`` when complete; ``finish(tmp_dir)`` may edit the result before that.
     The dictionary is ``srcdict`` verbatim if given, else built from the train split keeping
     words seen at least ``threshold`` times (fairseq's ``--thresholdsrc``; 0 keeps every word).
+    ``srcdict_origin``: how the user gave ``srcdict`` (``--srcdict PATH``), for a dictionary the user
+    chose: one that turns most tokens into ``<unk>`` is then refused (``data_bin`` is left as it was).
     """
     from fairseq import options
     from fairseq_cli import preprocess
@@ -53,9 +72,48 @@ def fairseq_preprocess(data_bin: PathLike, files: Dict[str, Path], srcdict: Opti
             for handler in fairseq_logger.handlers[len(handlers):]:  # its log file handler, per call
                 fairseq_logger.removeHandler(handler)
                 handler.close()
+        if srcdict is not None and srcdict_origin is not None:
+            refuse_mostly_unknown(tmp, srcdict_origin)
         if finish is not None:
             finish(tmp)
     return Path(data_bin)
+
+
+def unknown_share(data_bin: PathLike) -> float:
+    """The share of ``<unk>`` among all tokens of the binarized splits in ``data_bin``.
+
+    Read from the ``.bin`` files (memory-mapped, in slices): fairseq-preprocess only logs its
+    "replaced" share, and the ``.bin`` also counts a literal ``<unk>`` of the text."""
+    import numpy as np
+    from fairseq.data import Dictionary
+    from fairseq.data.indexed_dataset import MMapIndexedDataset, data_file_path, index_file_path
+
+    data_bin = Path(data_bin)
+    unk = Dictionary.load(str(data_bin / "dict.txt")).unk()
+    unknown = total = 0
+    for split in SPLITS:
+        prefix = str(data_bin / split)
+        index = MMapIndexedDataset.Index(index_file_path(prefix))
+        dtype = index.dtype
+        del index
+        if os.path.getsize(data_file_path(prefix)) == 0:
+            continue
+        tokens = np.memmap(data_file_path(prefix), dtype=dtype, mode="r")
+        for start in range(0, len(tokens), 1 << 24):
+            unknown += int(np.count_nonzero(tokens[start:start + (1 << 24)] == unk))
+        total += len(tokens)
+        del tokens
+    return unknown / total if total else 0.0
+
+
+def refuse_mostly_unknown(data_bin: PathLike, origin: str) -> None:
+    """A given dictionary that covers less than half the tokens is the wrong one (``origin`` names it)."""
+    share = unknown_share(data_bin)
+    if share > MAX_UNK_SHARE:
+        raise PrepError("{} does not fit the data: {:.1%} of the tokens would become <unk> (more than {:.0%}); "
+                        "is it a dictionary of the other level? byte-level data needs one of byte values "
+                        "(e.g. a data-bin's dict.txt made with --level char), word-level data one of words; "
+                        "or drop it to build the dictionary from the data".format(origin, share, MAX_UNK_SHARE))
 
 
 def drop_final_eos(prefix: PathLike) -> None:

@@ -5,14 +5,19 @@ records what it consumed in a stamp, ``OUT/.stamps/<step>.json``: its parameters
 (path, size, modification time) of every input file, plus the fingerprints of what it wrote. A rerun
 skips a step whose inputs and outputs still match its stamp, and redoes it (and, through the
 changed fingerprints of its outputs, every later step) when anything changed.
+
+``OUT/.stamps/`` also marks OUT as the scripts' own: it is made before the first step writes
+anything, so an interrupted first run resumes. A directory without it that already holds what a
+script would write (a data-bin, ``train.tokens``, ...) is someone else's, and is refused unless
+``--force``; an input among the outputs (``--text OUT/train.tokens``) is refused always.
 """
 import json
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
-from .files import PathLike, atomic_file, clean_stale_temps, fingerprint, remove
-from .prep import log
+from .files import PathLike, atomic_file, clean_stale_temps, fingerprint, output_dir, remove
+from .prep import PrepError, log
 
 # Bump when a step's output for the same inputs changes, so old stamps stop matching.
 STAMP_VERSION = 1
@@ -21,11 +26,18 @@ STAMP_VERSION = 1
 class Steps:
     """Run named steps in ``out_dir``, skipping those whose stamp matches inputs and outputs."""
 
-    def __init__(self, out_dir: PathLike, force: bool = False):
-        self.out_dir = Path(out_dir)
+    def __init__(self, out_dir: PathLike, force: bool = False, writes: Sequence[str] = (),
+                 inputs: Optional[Dict[str, Path]] = None):
+        """``writes``: the names under ``out_dir`` that this run's steps write; ``inputs``: the input
+        files by option (``{"--text": path}``). Both are checked before anything is written."""
+        self.out_dir = output_dir(out_dir)
         self.stamp_dir = self.out_dir / ".stamps"
         self.ran: List[str] = []
         self.skipped: List[str] = []
+        outputs = [self.out_dir / name for name in writes]
+        refuse_inputs_among_outputs(inputs or {}, outputs, self.out_dir)
+        if not force:
+            refuse_foreign_outputs(self.out_dir, self.stamp_dir, outputs)
         clean_stale_temps(self.out_dir)
         if force and self.stamp_dir.is_dir():
             log("--force: forgetting the finished steps recorded in {}".format(self.stamp_dir))
@@ -66,6 +78,7 @@ class Steps:
         stamp = self.stamp_path(name)
         if stamp.exists():
             stamp.unlink()  # the old outputs no longer count as done, whatever happens next
+        self.stamp_dir.mkdir(parents=True, exist_ok=True)  # OUT is ours from now on, even if interrupted
         log("running {}".format(name))
         started = time.time()
         action()
@@ -78,6 +91,32 @@ class Steps:
             json.dump(record, f, indent=1, sort_keys=True)
         self.ran.append(name)
         return True
+
+
+def _is_within(path: Path, target: Path) -> bool:
+    path, target = path.resolve(), target.resolve()
+    return path == target or target in path.parents
+
+
+def refuse_inputs_among_outputs(inputs: Dict[str, Path], outputs: Sequence[Path], out_dir: Path) -> None:
+    """An input file that a step would replace (e.g. ``--text OUT/train.tokens``) would be lost."""
+    for option, path in inputs.items():
+        hit = next((out for out in outputs if _is_within(Path(path), out)), None)
+        if hit is not None:
+            raise PrepError("{} {} is among the outputs this script writes into --out {} ({}): it would be "
+                            "overwritten; move it out of {} or give another --out".format(
+                                option, path, out_dir, hit.name, out_dir))
+
+
+def refuse_foreign_outputs(out_dir: Path, stamp_dir: Path, outputs: Sequence[Path]) -> None:
+    """Outputs already in ``out_dir`` that no script made (no ``stamp_dir``) are not replaced silently."""
+    if stamp_dir.is_dir():
+        return
+    present = [out.name for out in outputs if out.exists() or out.is_symlink()]
+    if present:
+        raise PrepError("--out {} already holds {}, which this script did not make (there is no {}): give "
+                        "another --out, or pass --force to replace them".format(
+                            out_dir, ", ".join(present), stamp_dir))
 
 
 def _normalize(value):

@@ -1,8 +1,8 @@
 """fairseq's special symbols and vocabulary files (one word, or ``word count``, per line)."""
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
-from .files import atomic_file, check_utf8_text, file_chunks
+from .files import atomic_file, check_utf8_text, existing_file, file_chunks
 from .prep import PrepError, count, log
 
 # Every fairseq Dictionary starts with these, at indices 0-3, before any word of the data.
@@ -52,3 +52,62 @@ def vocab_file_to_dict(vocab: Path, dest, aliases: Dict[str, str]) -> int:
     with atomic_file(dest, "w", encoding="utf-8") as out:
         out.writelines(words)
     return len(words)
+
+
+def checked_srcdict(path: Optional[Union[str, Path]], option: str = "--srcdict") -> Optional[Path]:
+    """``path`` as given with ``option``: a fairseq ``dict.txt``, read line by line as fairseq reads it,
+    so that a bad line is refused before any work, naming the option, the file and the line
+    (fairseq's own message, seen only once fairseq-preprocess runs, names neither)."""
+    if path is None:
+        return None
+    path = existing_file(path, option)
+    where = "{} {}".format(option, path)
+    check_utf8_text(file_chunks(path), where, "a fairseq dict.txt must be UTF-8 text")
+    seen = {symbol: 0 for symbol in FAIRSEQ_SPECIALS}  # a fairseq Dictionary holds them before line 1
+    with open(path, encoding="utf-8") as f:  # text mode splits lines as fairseq's readlines() does
+        for number, line in enumerate(f, 1):
+            problem = dictionary_line_problem(line, number, seen)
+            if problem:
+                raise PrepError("{}, line {}: {}; fix or remove that line, or drop {} to build the dictionary "
+                                "from the data".format(where, count(number), problem, option))
+    return path
+
+
+OVERWRITE_FLAG = "#fairseq:overwrite"
+
+
+def parse_dictionary_line(line: str) -> Tuple[str, bool]:
+    """(symbol, overwrite flag) of one line of a fairseq ``dict.txt``, parsed as
+    ``fairseq.data.Dictionary.add_from_file`` does: ``<symbol> <count> [#fairseq:overwrite]``.
+    Raises ValueError saying what is wrong."""
+    if not line.strip():
+        raise ValueError("an empty line")
+    fields = line.rstrip().rsplit(" ", 1)
+    overwrite = len(fields) == 2 and fields[1] == OVERWRITE_FLAG
+    if overwrite:
+        fields = fields[0].rsplit(" ", 1)
+    if len(fields) != 2:
+        raise ValueError("expected '<symbol> <count>'")
+    symbol, count = fields
+    try:
+        int(count)
+    except ValueError:
+        raise ValueError("expected '<symbol> <count>', and '{}' is not a count".format(count)) from None
+    return symbol, overwrite
+
+
+def dictionary_line_problem(line: str, number: int, seen: Dict[str, int]) -> Optional[str]:
+    """What fairseq would refuse in line ``number`` of a ``dict.txt`` (None: nothing); ``seen``
+    maps the symbols of the lines before to their line (0: fairseq's specials) and is updated."""
+    try:
+        symbol, overwrite = parse_dictionary_line(line)
+    except ValueError as err:
+        return str(err)
+    if symbol in seen and not overwrite:
+        if seen[symbol] == 0:
+            return "'{}' is a fairseq special symbol, which dict.txt leaves out".format(symbol)
+        return "'{}' is already on line {}".format(symbol, seen[symbol])
+    seen.setdefault(symbol, number)
+    return None
+
+
