@@ -1,6 +1,7 @@
 """Converting the paper's enwik8 Model state dict gives a fairseq model with the same log-probs."""
 import math
 import random
+import re
 
 import pytest
 import sru
@@ -163,3 +164,107 @@ def test_converted_checkpoint_evaluates_as_the_paper(corpus_and_dict):
     with torch.no_grad():
         result = eval_lm([models[0].eval()], task.source_dictionary, batches)
     assert result["loss"] == pytest.approx(reference, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs: one `error:` line each, and nothing lost
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def paper_case(corpus_and_dict):
+    """(tmp_path, CLI arguments of a conversion that works, minus --out)."""
+    tmp_path, corpus = corpus_and_dict
+    torch.manual_seed(0)
+    torch.save(PaperEnwik8Model(len(set(corpus)), 16, 8, 2, 1).state_dict(), str(tmp_path / "paper.pt"))
+    args = ["enwik8", "--paper-checkpoint", str(tmp_path / "paper.pt"), "--dict", str(tmp_path / "dict.txt"),
+            "--corpus", str(tmp_path / "corpus.raw"), "--eval-window", "32"]
+    return tmp_path, args
+
+
+def error_line(capsys, argv):
+    """The one stderr line of a refused conversion."""
+    assert convert_main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_out_never_replaces_an_input_or_a_different_file(paper_case, capsys):
+    tmp_path, args = paper_case
+    paper_bytes = (tmp_path / "paper.pt").read_bytes()
+    for flags in ([], ["--force"]):  # the input is lost either way: --force does not allow it
+        line = error_line(capsys, args + ["--out", str(tmp_path / "." / "paper.pt")] + flags)
+        assert "is the --paper-checkpoint file" in line and "give another --out" in line, line
+    assert (tmp_path / "paper.pt").read_bytes() == paper_bytes
+
+    trained = tmp_path / "checkpoint_best.pt"  # e.g. a trained checkpoint
+    trained.write_bytes(b"weights and optimizer state")
+    line = error_line(capsys, args + ["--out", str(trained)])
+    assert "{} already exists and differs".format(trained) in line and "--force" in line, line
+    assert trained.read_bytes() == b"weights and optimizer state"
+
+    assert convert_main(args + ["--out", str(tmp_path / "c.pt")]) == 0
+    converted = (tmp_path / "c.pt").read_bytes()
+    assert convert_main(args + ["--out", str(tmp_path / "c.pt")]) == 0  # a re-run writes the same bytes
+    assert (tmp_path / "c.pt").read_bytes() == converted
+    assert convert_main(args + ["--out", str(trained), "--force"]) == 0
+    assert trained.read_bytes() == converted
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_interrupted_conversion_keeps_the_old_file(paper_case, monkeypatch):
+    tmp_path, _ = paper_case
+    out = tmp_path / "c.pt"
+    out.write_bytes(b"the previous checkpoint")
+
+    def interrupted_save(state, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fairseq_srupp.convert.checkpoint.torch.save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        convert_enwik8(tmp_path / "paper.pt", tmp_path / "dict.txt", out, corpus=tmp_path / "corpus.raw",
+                       overwrite=True)
+    assert out.read_bytes() == b"the previous checkpoint"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_output_rows_differing_from_the_embedding_rows_are_named(paper_case, capsys):
+    tmp_path, args = paper_case
+    state = torch.load(str(tmp_path / "paper.pt"), weights_only=True)
+    rows = state["embedding_layer.weight"].shape[0]
+    state["output_layer.weight"] = torch.zeros(rows + 3, 16)
+    torch.save(state, str(tmp_path / "paper.pt"))
+    line = error_line(capsys, args + ["--out", str(tmp_path / "c.pt")])
+    assert "embedding_layer.weight has {} rows, output_layer.weight has {} rows".format(rows, rows + 3) in line, line
+
+
+def test_empty_corpus_is_named(paper_case, capsys):
+    tmp_path, args = paper_case
+    (tmp_path / "corpus.raw").write_bytes(b"")
+    line = error_line(capsys, args + ["--out", str(tmp_path / "c.pt")])
+    assert "the corpus {} is empty".format(tmp_path / "corpus.raw") in line, line
+
+
+@pytest.mark.parametrize("content, where", [
+    (b"97 5\nfoo bar baz\n", r"line 2 \('foo bar baz'\): .*'baz' is not a count"),
+    (b"97 5\n98\n", r"line 2 \('98'\): expected '<symbol> <count>'"),
+    (b"97 5\n\n98 4\n", r"line 2 \(''\): an empty line"),
+    (b"97 5\n98 4\n97 3\n", r"line 3 \('97 3'\): '97' is already on line 1"),
+    (b"</s> 5\n", r"line 1 \('</s> 5'\): '</s>' is a fairseq special symbol"),
+    (b"97 5\n\xff 4\n", r"is not UTF-8 text \(byte 0xff on line 2\)"),
+], ids=["not-a-count", "no-count", "empty-line", "duplicate", "special-symbol", "not-utf8"])
+def test_malformed_dict_names_the_file_and_line(paper_case, capsys, content, where):
+    tmp_path, args = paper_case
+    (tmp_path / "bad.txt").write_bytes(content)
+    args[args.index("--dict") + 1] = str(tmp_path / "bad.txt")
+    line = error_line(capsys, args + ["--out", str(tmp_path / "c.pt")])
+    assert re.search(r"--dict {} {}".format(re.escape(str(tmp_path / "bad.txt")), where), line), line
+
+
+def test_num_heads_not_dividing_the_checkpoint_width_names_the_converter_flag(paper_case, capsys):
+    tmp_path, args = paper_case
+    line = error_line(capsys, args + ["--out", str(tmp_path / "c.pt"), "--num-heads", "3"])
+    assert "--num-heads 3 does not divide the checkpoint's attention width 8" in line and "1, 2, 4, 8" in line, line
+    assert "--proj-size" not in line

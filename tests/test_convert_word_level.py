@@ -322,3 +322,61 @@ def test_cli(wt103_case, capsys):
                        str(tmp_path / "wiki.train.tokens"), "--out-dir", str(tmp_path / "bad")])
     err = capsys.readouterr().err
     assert rc == 2 and "error:" in err and not (tmp_path / "bad" / "model.pt").exists()
+
+
+def test_out_dir_never_replaces_a_different_file(wt103_case, capsys):
+    """--out-dir pointed at a data-bin must not replace its dict.txt (its .bin files were binarized
+    with it); a re-run into the same folder is fine, --force replaces."""
+    tmp_path, _, _ = wt103_case
+    args = ["wt103", "--paper-checkpoint", str(tmp_path / "paper.pt"), "--corpus", str(tmp_path / "wiki.train.tokens")]
+    data_bin = tmp_path / "data-bin"
+    data_bin.mkdir()
+    (data_bin / "dict.txt").write_text("w1 40\nw2 39\n")
+    assert convert_main(args + ["--out-dir", str(data_bin)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "{} already exists and differs".format(data_bin / "dict.txt") in err[0], err
+    assert "give a new --out-dir" in err[0]
+    assert (data_bin / "dict.txt").read_text() == "w1 40\nw2 39\n" and sorted(p.name for p in data_bin.iterdir()) == [
+        "dict.txt"]  # nothing written, no temporary file left
+
+    assert convert_main(args + ["--out-dir", str(tmp_path / "out")]) == 0
+    written = {name: (tmp_path / "out" / name).read_bytes() for name in ("model.pt", "dict.txt")}
+    assert convert_main(args + ["--out-dir", str(tmp_path / "out")]) == 0  # a re-run: the same bytes
+    assert convert_main(args + ["--out-dir", str(tmp_path / "out"), "--eval-window", "8"]) == 2  # another model.pt
+    assert "model.pt already exists and differs" in capsys.readouterr().err
+    assert {name: (tmp_path / "out" / name).read_bytes() for name in written} == written
+    assert convert_main(args + ["--out-dir", str(data_bin), "--force"]) == 0
+    assert (data_bin / "dict.txt").read_bytes() == written["dict.txt"]
+
+    capsys.readouterr()
+    rc = convert_main(["wt103", "--paper-checkpoint", str(tmp_path / "paper.pt"), "--vocab", str(data_bin / "dict.txt"),
+                       "--out-dir", str(data_bin), "--force"])
+    assert rc == 2 and "(its dict.txt) is the --vocab file" in capsys.readouterr().err
+
+
+def test_failed_write_changes_neither_output(wt103_case, monkeypatch):
+    tmp_path, _, words = wt103_case
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "dict.txt").write_text("old 1\n")
+
+    def failing_save(state, f):
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("fairseq_srupp.convert.checkpoint.torch.save", failing_save)
+    with pytest.raises(OSError):
+        convert_word_level(tmp_path / "paper.pt", out, vocabulary=words, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["dict.txt"] and (out / "dict.txt").read_text() == "old 1\n"
+
+
+def test_empty_corpus_and_num_heads_are_named(wt103_case, capsys):
+    tmp_path, _, _ = wt103_case
+    (tmp_path / "empty.txt").write_text("")
+    args = ["wt103", "--paper-checkpoint", str(tmp_path / "paper.pt"), "--out-dir", str(tmp_path / "out")]
+    assert convert_main(args + ["--corpus", str(tmp_path / "empty.txt")]) == 2
+    assert "the corpus {} holds no words".format(tmp_path / "empty.txt") in capsys.readouterr().err
+    assert convert_main(args + ["--corpus", str(tmp_path / "wiki.train.tokens"), "--num-heads", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--num-heads 3 does not divide the checkpoint's attention width {}".format(PROJ) in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

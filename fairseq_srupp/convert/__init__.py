@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 from .checkpoint import build_cfg, save_fairseq_checkpoint
-from .common import check_against_model, load_paper_state
+from .common import check_against_model, check_num_heads, load_fairseq_dictionary, load_paper_state
 from .enwik8 import EVAL_WINDOW, PAPER_PREFIXES, corpus_vocabulary, infer_model_config, remap_rows, strip_wrappers  # noqa: F401
+from .outputs import StagedOutputs, check_not_an_input
 from .word_level import (
     DATASETS,
     choose_tied,
@@ -51,6 +52,7 @@ def convert_enwik8(
     num_heads: int = 1,
     allow_missing: bool = False,
     eval_window: int = EVAL_WINDOW,
+    overwrite: bool = False,
 ) -> Path:
     """Convert a paper enwik8 state dict to a fairseq ``srupp_lm`` checkpoint at ``out_path``.
 
@@ -64,27 +66,33 @@ def convert_enwik8(
         allow_missing: accept a dictionary lacking some of the paper's bytes.
         eval_window: evaluation segment = attention window stored with the checkpoint (the
             paper's 3072), see :func:`~fairseq_srupp.convert.checkpoint.build_cfg`.
-    """
-    from fairseq.data import Dictionary
+        overwrite: replace an existing ``out_path`` that differs from the converted checkpoint
+            (default: refuse; the same bytes again are fine). ``out_path`` is never an input.
 
+    ``out_path`` appears complete or not at all (written under a temporary name, then renamed).
+    """
     if (corpus is None) == (vocabulary is None):
         raise ValueError("give exactly one of corpus (the raw training text) or vocabulary (byte values)")
+    out_path = Path(out_path)
+    check_not_an_input([(out_path, "--out {}".format(out_path))],
+                       {"--paper-checkpoint": paper_checkpoint, "--dict": dict_path, "--corpus": corpus}, "--out")
     paper_state = load_paper_state(paper_checkpoint)
+    overrides = infer_model_config(paper_state)
+    check_num_heads(num_heads, overrides["proj_size"])
+    overrides["num_heads"] = num_heads
     vocab = list(vocabulary) if vocabulary is not None else corpus_vocabulary(corpus)
     dict_path = Path(dict_path)
     if not dict_path.is_file():
         raise FileNotFoundError("no fairseq dictionary at {}".format(dict_path))
-    dictionary = Dictionary.load(str(dict_path))
-    overrides = infer_model_config(paper_state)
-    overrides["num_heads"] = num_heads
+    dictionary = load_fairseq_dictionary(dict_path, "--dict")
     state = remap_rows(paper_state, vocab, dictionary.symbols, allow_missing=allow_missing)
     cfg = build_cfg(dict_path.parent, "srupp_lm", overrides, window=eval_window)
     origins = {}
     for paper_prefix, prefix in PAPER_PREFIXES.items():
         origins.update({prefix + k[len(paper_prefix):]: k for k in paper_state if k.startswith(paper_prefix)})
     check_against_model(cfg, dictionary.symbols, state, origins)
-    out_path = Path(out_path)
-    save_fairseq_checkpoint(out_path, cfg, state)
+    with StagedOutputs("--out", overwrite) as outputs:
+        save_fairseq_checkpoint(outputs.stage(out_path), cfg, state)
     return out_path
 
 
@@ -109,6 +117,7 @@ def convert_word_level(
     tied_projections: Optional[bool] = None,
     num_heads: int = 1,
     eval_window: Optional[int] = None,
+    overwrite: bool = False,
 ) -> ConvertedWordLevel:
     """Convert a paper WikiText-103 / Billion Word state dict to ``OUT/model.pt`` + ``OUT/dict.txt``.
 
@@ -128,6 +137,12 @@ def convert_word_level(
         num_heads: attention heads (not recoverable from weight shapes; 1 in every preset).
         eval_window: evaluation segment = attention window, also of generation (default: the paper's,
             wt103 2560, lm1b 96), stored with the stateful task (see ``build_cfg``).
+        overwrite: replace an existing ``model.pt`` / ``dict.txt`` in ``out_dir`` that differs from
+            the converted one (default: refuse, e.g. a data-bin's dict.txt, which its binarized
+            data depend on; the same bytes again are fine). Neither is ever an input.
+
+    Both files appear complete, or neither is changed (written under temporary names, compared
+    with what is there, then renamed).
     """
     from fairseq.data import Dictionary
 
@@ -141,6 +156,10 @@ def convert_word_level(
                          "its vocabulary file".format(dataset))
     eos = setup.eos if eos_symbol is None else eos_symbol
     unk = setup.unk if unk_symbol is None else unk_symbol
+    out_dir = Path(out_dir).resolve()
+    model_path, dict_path = out_dir / "model.pt", out_dir / "dict.txt"
+    check_not_an_input([(path, "--out-dir {} (its {})".format(out_dir, path.name)) for path in (model_path, dict_path)],
+                       {"--paper-checkpoint": paper_checkpoint, "--vocab": vocab_file, "--corpus": corpus}, "--out-dir")
 
     paper_state = load_paper_state(paper_checkpoint)
     tied = choose_tied(paper_state, setup.tied_projections) if tied_projections is None else tied_projections
@@ -148,6 +167,7 @@ def convert_word_level(
         logger.warning("converting with %s projections; the paper's %s model %s them",
                        "tied" if tied else "untied", dataset, "ties" if setup.tied_projections else "unties")
     overrides, layout = infer_word_level_config(paper_state, tied)
+    check_num_heads(num_heads, overrides["proj_size"])
     if len(layout.sizes) < 2:
         raise ValueError("the output layer has a single cluster; srupp_lm's adaptive softmax needs tail clusters")
     if tuple(layout.cutoffs) != setup.cutoffs or layout.vocab_size != setup.vocab_size:
@@ -171,7 +191,6 @@ def convert_word_level(
     symbols, rows = fairseq_vocabulary(words, layout.sizes[0], eos, unk)
     state, cutoffs, origins = remap_word_level(paper_state, layout, rows, tied)
 
-    out_dir = Path(out_dir).resolve()
     overrides.update(
         adaptive_softmax_cutoff=",".join(str(c) for c in cutoffs),
         num_heads=num_heads,
@@ -183,11 +202,10 @@ def convert_word_level(
                     prepend_eos=setup.prepend_eos, extra_args=["--criterion", "srupp_adaptive_loss"])
     check_against_model(cfg, symbols, state, origins)
 
-    dict_path = write_dict(out_dir / "dict.txt", symbols)
-    if Dictionary.load(str(dict_path)).symbols != symbols:
-        dict_path.unlink()
-        raise ValueError("fairseq reads the written dict.txt differently from the converted vocabulary "
-                         "(a paper word fairseq cannot represent?)")
-    model_path = out_dir / "model.pt"
-    save_fairseq_checkpoint(model_path, cfg, state)
+    with StagedOutputs("--out-dir", overwrite) as outputs:
+        written_dict = write_dict(outputs.stage(dict_path), symbols)
+        if Dictionary.load(str(written_dict)).symbols != symbols:
+            raise ValueError("fairseq reads the written dict.txt differently from the converted vocabulary "
+                             "(a paper word fairseq cannot represent?)")
+        save_fairseq_checkpoint(outputs.stage(model_path), cfg, state)
     return ConvertedWordLevel(model_path, dict_path, len(symbols), cutoffs, tied)

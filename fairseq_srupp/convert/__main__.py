@@ -51,7 +51,14 @@ def add_word_level_parser(sub, dataset: str, help_text: str):
                      help="separate input and output projections")
     parser.add_argument("--num-heads", type=int, default=1, help="attention heads (default: %(default)s)")
     add_window_option(parser, setup.eval_window)
+    add_force_option(parser, "model.pt or dict.txt in --out-dir")
     return parser
+
+
+def add_force_option(parser, outputs: str) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing {} that differs from the converted one (default: refuse; "
+                             "the same content again is fine)".format(outputs))
 
 
 def add_window_option(parser, window: int) -> None:
@@ -93,6 +100,7 @@ def main(argv=None):
     enwik8.add_argument("--num-heads", type=int, default=1)
     enwik8.add_argument("--allow-missing", action="store_true", help="accept a dict.txt lacking some paper bytes")
     add_window_option(enwik8, EVAL_WINDOW)
+    add_force_option(enwik8, "--out file")
     add_word_level_parser(sub, "wt103", "the paper's WikiText-103 Model state dict (writes model.pt + dict.txt)")
     add_word_level_parser(sub, "lm1b", "the paper's Billion Word Model state dict (writes model.pt + dict.txt)")
     args = parser.parse_args(argv)
@@ -112,6 +120,7 @@ def main(argv=None):
                 num_heads=args.num_heads,
                 allow_missing=args.allow_missing,
                 eval_window=args.eval_window,
+                overwrite=args.force,
             )
             print("wrote {}".format(out))
             print_eval_command(str(Path(args.dict).parent), out, args.eval_window)
@@ -127,6 +136,7 @@ def main(argv=None):
             tied_projections=args.tied,
             num_heads=args.num_heads,
             eval_window=args.eval_window,
+            overwrite=args.force,
         )
     except ValueError as err:
         print("error: {}".format(err), file=sys.stderr)

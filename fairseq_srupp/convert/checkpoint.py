@@ -65,4 +65,7 @@ def save_fairseq_checkpoint(path: Path, cfg, model_state: Dict[str, Tensor]) -> 
         "last_optimizer_state": None,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, str(path))
+    # Through a file object: torch.save names the archive inside after a path it is given, and the
+    # converters write under a temporary name; this way a re-run writes the very same bytes.
+    with open(str(path), "wb") as f:
+        torch.save(state, f)

@@ -7,6 +7,7 @@
   initialisation) and compares names and shapes, so a converted checkpoint that would not load is
   reported at conversion time, in the paper's key names.
 """
+import io
 import pickle
 import re
 import zipfile
@@ -16,6 +17,7 @@ from typing import Dict, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
+from fairseq_srupp.data.vocab import dictionary_line_problem
 from fairseq_srupp.errors import SRUppUserError
 
 # exp(-1e4) underflows to 0 in fp32, and -1e4 still fits in fp16: the output bias of symbols the
@@ -175,3 +177,42 @@ def check_against_model(
     ]
     if wrong:
         raise ValueError("shape mismatch: {}".format("; ".join(wrong[:10])))
+
+
+def check_num_heads(num_heads: int, proj_size: int) -> None:
+    """The converter's ``--num-heads`` against the attention width read off the state dict.
+
+    The model's own check names ``--proj-size``, a training flag the converter does not have: here
+    the width is the checkpoint's, and only ``--num-heads`` can change.
+    """
+    if num_heads < 1:
+        raise SRUppUserError("--num-heads must be a positive integer, got {}".format(num_heads))
+    if proj_size % num_heads:
+        divisors = [h for h in range(1, proj_size + 1) if proj_size % h == 0]
+        raise SRUppUserError(
+            "--num-heads {} does not divide the checkpoint's attention width {} (the rows of "
+            "rnn.rnn_lst.0.transform_module.linear1.weight): pass a --num-heads among {} (the paper's models "
+            "use 1, the default)".format(num_heads, proj_size, ", ".join(map(str, divisors))))
+
+
+def load_fairseq_dictionary(path, option: str = "--dict"):
+    """``fairseq.data.Dictionary.load(path)``, with a malformed file refused in one line naming
+    ``option``, the file and its first bad line (fairseq's own message spans lines and names
+    neither, or is a bare ``Exception`` / ``RuntimeError`` with a traceback)."""
+    from fairseq.data import Dictionary
+
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = err.object[:err.start].count(b"\n") + 1
+        raise SRUppUserError("{} {} is not UTF-8 text (byte 0x{:02x} on line {}): give the dict.txt of the "
+                             "fairseq-binarized data".format(option, path, err.object[err.start], line)) from None
+    seen = {symbol: 0 for symbol in Dictionary().symbols}  # symbol → its line (0: fairseq's specials)
+    for number, line in enumerate(io.StringIO(text, newline=None).readlines(), 1):  # fairseq's line splitting
+        why = dictionary_line_problem(line, number, seen)
+        if why is not None:
+            line = line.rstrip("\n")
+            shown = line if len(line) <= 60 else line[:57] + "..."
+            raise SRUppUserError("{} {} line {} ({!r}): {}: give the dict.txt of the fairseq-binarized data".format(
+                option, path, number, shown, why))
+    return Dictionary.load(str(path))

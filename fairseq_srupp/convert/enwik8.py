@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from fairseq_srupp.data.char_level import byte_value
+from fairseq_srupp.errors import SRUppUserError
 
 from .common import NO_PROBABILITY, infer_rnn_config, strip_wrappers  # noqa: F401  (re-exported)
 
@@ -36,15 +37,43 @@ PAPER_PREFIXES = {
 
 def corpus_vocabulary(corpus: Union[str, Path]) -> List[int]:
     """The paper's vocabulary: sorted distinct bytes of the whole corpus file."""
-    counts = torch.bincount(torch.frombuffer(bytearray(Path(corpus).read_bytes()), dtype=torch.uint8).long(), minlength=256)
+    data = Path(corpus).read_bytes()
+    if not data:  # torch.frombuffer refuses an empty buffer with a message about its own arguments
+        raise SRUppUserError("the corpus {} is empty: pass the raw text the paper model was trained on (--corpus, "
+                             "the enwik8 file), or its bytes with --vocab-bytes".format(corpus))
+    counts = torch.bincount(torch.frombuffer(bytearray(data), dtype=torch.uint8).long(), minlength=256)
     return [b for b in range(256) if counts[b] > 0]
 
 
 def infer_model_config(paper_state: Dict[str, Tensor]) -> Dict[str, object]:
     """Read sizes and flags of an ``srupp_lm`` off a paper state dict."""
+    check_vocabulary_rows(paper_state)
     config = infer_rnn_config(paper_state)
     config["hidden_size"] = paper_state["embedding_layer.weight"].shape[1]
     return config
+
+
+# The tensors with one row per paper vocabulary byte, and their number of dimensions.
+VOCABULARY_TENSORS = {"embedding_layer.weight": 2, "output_layer.weight": 2, "output_layer.bias": 1}
+
+
+def check_vocabulary_rows(paper_state: Dict[str, Tensor]) -> None:
+    """The paper's embedding, output weight and output bias hold one row per vocabulary byte each:
+    rows that disagree mean a damaged state dict or another model, whatever vocabulary is given."""
+    for key, dims in VOCABULARY_TENSORS.items():
+        if key not in paper_state:
+            raise SRUppUserError("missing key in the paper state dict: {} (is it a complete checkpoint of the "
+                                 "paper's Model?)".format(key))
+        if paper_state[key].dim() != dims:
+            raise SRUppUserError("{} of the paper state dict has shape {}, expected {} dimensions: the state dict is "
+                                 "damaged or not the paper's enwik8 Model".format(
+                                     key, tuple(paper_state[key].shape), dims))
+    rows = {key: paper_state[key].shape[0] for key in VOCABULARY_TENSORS}
+    if len(set(rows.values())) > 1:
+        raise SRUppUserError(
+            "the paper state dict's vocabulary tensors disagree: {}, but the paper's Model has one row per "
+            "vocabulary byte in each: the state dict is damaged or not the paper's enwik8 Model".format(
+                ", ".join("{} has {} rows".format(key, n) for key, n in rows.items())))
 
 
 def remap_rows(
@@ -54,13 +83,14 @@ def remap_rows(
     allow_missing: bool = False,
 ) -> Dict[str, Tensor]:
     """Rename keys to ``srupp_lm``'s and re-index vocabulary rows for the fairseq ``symbols``."""
+    check_vocabulary_rows(paper_state)
     emb = paper_state["embedding_layer.weight"]
     out_w = paper_state["output_layer.weight"]
     out_b = paper_state["output_layer.bias"]
-    if emb.shape[0] != len(vocabulary) or out_w.shape[0] != len(vocabulary):
+    if emb.shape[0] != len(vocabulary):
         raise ValueError(
-            "the state dict has {} vocabulary rows but the paper vocabulary given has {} bytes: "
-            "pass the corpus the model was trained on (--corpus)".format(emb.shape[0], len(vocabulary))
+            "the state dict has {} vocabulary rows (embedding_layer.weight) but the paper vocabulary given has {} "
+            "bytes: pass the corpus the model was trained on (--corpus)".format(emb.shape[0], len(vocabulary))
         )
     paper_row = {b: i for i, b in enumerate(vocabulary)}
     fairseq_bytes = [byte_value(s) for s in symbols]

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from fairseq_srupp.data.vocab import EOS_ID, FAIRSEQ_SPECIALS, UNK_ID, read_vocab_lines
+from fairseq_srupp.errors import SRUppUserError
 from fairseq_srupp.modules.adaptive_softmax import cluster_widths
 
 from .common import NO_PROBABILITY, RNN_PREFIX, infer_rnn_config, rename_rnn_key
@@ -102,9 +103,16 @@ def wt103_vocabulary(corpus: PathLike, specials: Sequence[str] = ("<eos>",)) -> 
     (``Counter.most_common``'s stable sort).
     """
     counts: Counter = Counter()
-    with open(str(corpus), "r", encoding="utf-8") as f:
-        for line in f:
-            counts.update(line.split())
+    with open(str(corpus), "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                counts.update(raw.decode("utf-8").split())
+            except UnicodeDecodeError as err:
+                raise SRUppUserError("the corpus {} is not UTF-8 text (byte 0x{:02x} on line {}): pass "
+                                     "wiki.train.tokens as released".format(corpus, raw[err.start], number)) from None
+    if not counts:
+        raise SRUppUserError("the corpus {} holds no words: pass the training text the paper model was trained on "
+                             "(wiki.train.tokens)".format(corpus))
     vocab = list(dict.fromkeys(specials))
     present = set(vocab)
     for word, _ in sorted(counts.items(), key=lambda item: -item[1]):  # stable: ties keep first-seen order
