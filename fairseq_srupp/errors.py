@@ -43,6 +43,11 @@ class SRUppUserError(ValueError):
     """An error the user can act on; its message is the whole report."""
 
 
+class CheckpointMismatchError(SRUppUserError):
+    """A checkpoint's parameters do not fit the model built to load them (callers that know why, e.g.
+    a ``--model-overrides`` of a size, reword it)."""
+
+
 def find_user_error(exc):
     """The :class:`SRUppUserError` that ``exc`` is, or was raised from or while handling; else None."""
     # fairseq's distributed wrappers may re-raise with a cause chain; look through it.

@@ -38,7 +38,9 @@
      Hydra keys;
    * before ``fairseq-interactive`` and ``fairseq-eval-lm`` (``call_main``) and ``fairseq-generate``
      (a wrapper of its ``main``), :mod:`fairseq_srupp.inference_checks`;
-   * the checkpoint loaders name a missing, truncated or non-checkpoint file;
+   * the checkpoint loaders name a missing, truncated or non-checkpoint file, and a ``--model-overrides``
+     that changes the sizes the checkpoint's parameters were trained with (rather than advising a new
+     training run);
    * a model whose config reads a field its task lacks (``--arch transformer_lm --task
      srupp_language_modeling``: an OmegaConf ``InterpolationKeyError``) is named with the task it needs.
 
@@ -57,7 +59,7 @@ import zipfile
 
 import torch
 
-from fairseq_srupp.errors import SRUppUserError, find_user_error, not_a_file
+from fairseq_srupp.errors import CheckpointMismatchError, SRUppUserError, find_user_error, not_a_file
 from fairseq_srupp.inference_checks import check_eval_lm_config, check_generation_config
 from fairseq_srupp.train_checks import check_train_config
 
@@ -341,6 +343,26 @@ def _broken_checkpoint(path) -> bool:
     return head != b"\x80\x02" and not zipfile.is_zipfile(path)  # legacy (torch < 1.6) files start \x80\x02
 
 
+# srupp_lm settings that decide which parameters exist and their shapes (dropouts, eval_window, ... do not)
+_SHAPING_SETTINGS = ("hidden_size", "proj_size", "num_layers", "attention_every_n_layers", "no_layer_norm",
+                     "no_attn_layer_norm", "adaptive_softmax_cutoff", "adaptive_embed_dim", "adaptive_div_value",
+                     "untie_adaptive_proj")
+
+
+def _changed_model_settings(path, overrides):
+    """``key (old -> new)`` for each of ``overrides`` that changes a setting of the model saved in ``path``
+    that shapes its parameters (any changed setting if none of those is)."""
+    try:
+        # mmap: only the pickled structure is read, not the tensors
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        saved = state["cfg"]["model"]
+    except Exception:  # another kind of checkpoint: nothing to compare
+        return []
+    changed = [key for key, value in overrides.items() if key in saved and saved[key] != value]
+    shaping = [key for key in changed if key in _SHAPING_SETTINGS] or changed
+    return ["{} ({} -> {})".format(key, saved[key], overrides[key]) for key in shaping]
+
+
 def _wrap_checkpoint_loaders(module):
     load_to_cpu, load_ensemble = module.load_checkpoint_to_cpu, module.load_model_ensemble_and_task
     from fairseq.file_io import PathManager
@@ -370,11 +392,23 @@ def _wrap_checkpoint_loaders(module):
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         a = bound.arguments
-        for name in a["filenames"] if a["state"] is None else ():
-            first = module.get_maybe_sharded_checkpoint_filename(name, a["suffix"], 0, a["num_shards"])
+        firsts = [module.get_maybe_sharded_checkpoint_filename(name, a["suffix"], 0, a["num_shards"])
+                  for name in (a["filenames"] if a["state"] is None else ())]
+        for first in firsts:
             if not PathManager.path_requires_pathmanager(first) and not os.path.isfile(first):
                 raise SRUppUserError("checkpoint {} {} (--path)".format(first, not_a_file(first)))
-        return load_ensemble(*args, **kwargs)
+        try:
+            return load_ensemble(*args, **kwargs)
+        except CheckpointMismatchError as exc:
+            if not a["arg_overrides"]:
+                raise
+            changed = [c for path in firsts[:1] for c in _changed_model_settings(path, a["arg_overrides"])]
+            if not changed:
+                raise
+            raise SRUppUserError(
+                "--model-overrides changes {}, which the checkpoint's parameters were trained with, so they do not "
+                "fit: drop {} from --model-overrides (settings such as eval_window or dropout can be "
+                "overridden)".format(", ".join(changed), "it" if len(changed) == 1 else "them")) from exc
 
     for wrapper, original in ((load_checkpoint_to_cpu, load_to_cpu), (load_model_ensemble_and_task, load_ensemble)):
         wrapper.__doc__, wrapper.__wrapped__ = original.__doc__, original

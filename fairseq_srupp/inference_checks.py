@@ -4,18 +4,41 @@ any checkpoint or data is read.
 fairseq reports these as an ``AssertionError`` traceback (``--sampling`` without ``--nbest`` equal to
 ``--beam``, ``--temperature 0``), a ``RuntimeError`` from a reshape in the middle of decoding
 (``--beam 0``), a ``ValueError`` from its Cython block builder (``--context-window`` not below
-``--tokens-per-sample``) or not at all (``--nbest 0`` prints no hypothesis). The plugin's wrappers
+``--tokens-per-sample``), an ``OSError`` (``--results-path`` naming a file, ``--input`` a missing one, after
+the model is loaded), a ``SyntaxError`` (a ``--model-overrides`` that is not a dict literal), or not at
+all (``--nbest 0`` prints no hypothesis, ``--prefix-size -1`` forces all but the last reference token,
+``--max-tokens`` is ignored by ``srupp_language_modeling``). The plugin's wrappers
 (:mod:`fairseq_srupp.fairseq_fixes`) call :func:`check_generation_config` and
 :func:`check_eval_lm_config`; each refusal is an :class:`~fairseq_srupp.errors.SRUppUserError`: one
 ``error:`` line. They check any model's command, since the plugin is loaded only with ``--user-dir``.
 """
-from fairseq_srupp.errors import SRUppUserError
-from fairseq_srupp.train_checks import check_lm_data, component_name
+import ast
+import os
+
+from fairseq_srupp.errors import SRUppUserError, not_a_file
+from fairseq_srupp.train_checks import check_lm_data, check_no_max_tokens, component_name, existing_non_folder
+
+MODEL_OVERRIDES_EXAMPLE = "--model-overrides \"{'eval_window': 512}\""
 
 
 def _check_path(cfg, command: str):
     if not cfg.common_eval.path:
         raise SRUppUserError("{} needs --path CHECKPOINT (a checkpoint_*.pt written by fairseq-train)".format(command))
+
+
+def _check_model_overrides(cfg, command: str):
+    text = cfg.common_eval.model_overrides
+    try:
+        overrides = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+        syntax = isinstance(exc, SyntaxError)
+        if command == "fairseq-eval-lm" and not syntax:
+            return  # fairseq-eval-lm eval()s it: an expression such as {'eval_window': 2 ** 9} is allowed there
+        raise SRUppUserError("--model-overrides {} is not a Python dict literal ({}): write it as {}".format(
+            text, exc.msg if syntax else "not a literal", MODEL_OVERRIDES_EXAMPLE)) from None
+    if not isinstance(overrides, dict):
+        raise SRUppUserError("--model-overrides {} is a {}, not a dict: write it as {}".format(
+            text, type(overrides).__name__, MODEL_OVERRIDES_EXAMPLE))
 
 
 def _check_search(gen):
@@ -46,7 +69,33 @@ def _check_search(gen):
         raise SRUppUserError("--temperature must be > 0 (1 = the model's distribution), got {}".format(gen.temperature))
 
 
+def _dictionary_size(cfg):
+    """Symbols in the language model's dict.txt (in the first data directory), or None without one."""
+    from fairseq.data import Dictionary
+
+    data = getattr(cfg.task, "data", None)
+    path = os.path.join(data.split(os.pathsep)[0], "dict.txt") if data else None
+    if path is None or not os.path.isfile(path):
+        return None
+    try:
+        return len(Dictionary.load(path))
+    except Exception:  # a malformed dict.txt: fairseq's loader reports it
+        return None
+
+
+def _check_topk_fits(cfg):
+    # torch's topk fails mid-search ("selected index k out of range") when k exceeds the vocabulary
+    topk = cfg.generation.sampling_topk
+    size = _dictionary_size(cfg) if topk > 0 else None
+    if size is not None and topk > size:
+        raise SRUppUserError("--sampling-topk {} is larger than the dictionary ({} symbols): give at most {} (or -1: "
+                             "no limit)".format(topk, size, size))
+
+
 def _check_lengths(gen):
+    if gen.prefix_size < 0:
+        raise SRUppUserError("--prefix-size must be >= 0 (reference tokens forced as the prompt; 0 = none), got "
+                             "{}".format(gen.prefix_size))
     if gen.min_len < 1:
         raise SRUppUserError("--min-len must be >= 1, got {}".format(gen.min_len))
     if not gen.match_source_len and gen.max_len_a == 0 and gen.max_len_b < gen.min_len:
@@ -54,20 +103,39 @@ def _check_lengths(gen):
                              "--max-len-b counts the prompt too)".format(gen.max_len_b, gen.min_len))
 
 
+def _check_input(path):
+    # fairseq-interactive opens it only after loading the model
+    if path != "-" and not os.path.isfile(path):
+        raise SRUppUserError("--input {} {}: give a text file of prompts, one per line, or - (the default) for "
+                             "standard input".format(path, not_a_file(path)))
+
+
+def _check_results_path(path):
+    blocking = existing_non_folder(path) if path is not None else None
+    if blocking is not None:
+        where = "is a file" if blocking == os.path.abspath(path) else "is inside {}, a file".format(blocking)
+        raise SRUppUserError("--results-path {} {}: give a folder (it is created if missing; the hypotheses go to "
+                             "generate-SPLIT.txt in it)".format(path, where))
+
+
 def check_generation_config(cfg, command: str) -> None:
     """Refuse a fairseq-generate / fairseq-interactive configuration (``command`` names the tool) whose
     search settings fairseq cannot run or would silently ignore."""
     _check_path(cfg, command)
+    _check_model_overrides(cfg, command)
     gen = cfg.generation
     _check_search(gen)
     _check_lengths(gen)
+    _check_topk_fits(cfg)
     if command == "fairseq-interactive":
+        _check_input(cfg.interactive.input)
         buffer_size = max(cfg.interactive.buffer_size, 1)  # fairseq reads 0 (the default) as 1
         if cfg.dataset.batch_size and cfg.dataset.batch_size > buffer_size:
             raise SRUppUserError("--batch-size {} is larger than --buffer-size {}: fairseq-interactive batches the "
                                  "lines it has buffered; give --buffer-size {} too".format(
                                      cfg.dataset.batch_size, buffer_size, cfg.dataset.batch_size))
     else:
+        _check_results_path(cfg.common_eval.results_path)
         if gen.replace_unk is not None and cfg.dataset.dataset_impl != "raw":
             raise SRUppUserError("--replace-unk needs the raw text (--dataset-impl raw) to copy words from")
         check_lm_data(cfg, [cfg.dataset.gen_subset])
@@ -79,6 +147,8 @@ def check_eval_lm_config(cfg) -> None:
     from fairseq_srupp.tasks.srupp_language_modeling import CONTEXT_WINDOW_UNSUPPORTED
 
     _check_path(cfg, "fairseq-eval-lm")
+    _check_model_overrides(cfg, "fairseq-eval-lm")
+    check_no_max_tokens(cfg.dataset, cfg.task)
     window = cfg.eval_lm.context_window
     if window < 0:
         raise SRUppUserError("--context-window must be >= 0 (0 = score independent blocks), got {}".format(window))

@@ -3,10 +3,14 @@
 fairseq reports these as a traceback (an ``AssertionError``, a ``KeyError`` at the first forward) or not
 at all (a missing ``--restore-file`` silently trains from scratch). :func:`check_train_config`, called by
 the plugin's wrapper of fairseq's ``call_main`` (:mod:`fairseq_srupp.fairseq_fixes`), checks the batch
-size, ``--fp16`` without a GPU, ``--distributed-world-size`` beyond the local GPUs without a way to
-start the other ranks, the ``--restore-file``, whether the criterion fits ``srupp_lm``
-(``cross_entropy`` with its adaptive softmax is allowed, with a warning: it builds the full softmax) and,
-for fairseq's ``language_modeling`` task, the data directory and its splits.
+size (and a ``--max-tokens`` that ``srupp_language_modeling`` would ignore), ``--fp16`` without a GPU,
+``--distributed-world-size`` beyond the local GPUs without a way to start the other ranks, a
+``--distributed-rank`` outside the world (it would wait forever at the rendezvous), ``--update-freq``,
+``--lr-scheduler cosine`` without a period, ``--save-dir`` and the ``--log-file``'s folder, the
+``--restore-file`` / ``--finetune-from-model`` (missing, or a checkpoint of another architecture),
+whether the criterion fits ``srupp_lm`` (``cross_entropy`` with its adaptive softmax is allowed, with a
+warning: it builds the full softmax) and, for fairseq's ``language_modeling`` task, the data directory
+and its splits.
 Each refusal is an :class:`~fairseq_srupp.errors.SRUppUserError`: one ``error:`` line.
 """
 import logging
@@ -32,11 +36,28 @@ def _model_class(cfg):
     return MODEL_REGISTRY.get(name) or ARCH_MODEL_REGISTRY.get(name)
 
 
-def _check_batch_size(cfg):
-    dataset, task = cfg.dataset, cfg.task
-    if component_name(task) == "srupp_language_modeling" and dataset.batch_size is None:
+def check_no_max_tokens(dataset, task) -> None:
+    """``srupp_language_modeling`` batches ``--batch-size`` streams of one segment each: a ``--max-tokens``
+    cap would be silently ignored (batches larger than the user allowed, e.g. to fit memory), so it is
+    refused as it is without ``--batch-size``."""
+    if component_name(task) != "srupp_language_modeling":
+        return
+    if dataset.batch_size is None:
         raise SRUppUserError("srupp_language_modeling needs --batch-size (streams per worker){}".format(
             "; --max-tokens does not set it" if dataset.max_tokens is not None else ""))
+    # --max-tokens-valid defaults to --max-tokens: name the one the user gave
+    given = "--max-tokens" if dataset.max_tokens is not None else (
+        "--max-tokens-valid" if dataset.get("max_tokens_valid") is not None else None)
+    if given is not None:
+        raise SRUppUserError(
+            "{} does not apply to srupp_language_modeling: a batch is --batch-size ({}) streams of one segment "
+            "(--tokens-per-sample tokens in training, the model's --eval-window in evaluation); drop {} and lower "
+            "--batch-size or those lengths to make batches smaller".format(given, dataset.batch_size, given))
+
+
+def _check_batch_size(cfg):
+    dataset = cfg.dataset
+    check_no_max_tokens(dataset, cfg.task)
     if dataset.batch_size is None and dataset.max_tokens is None:
         raise SRUppUserError("give --batch-size (sentences per batch) or --max-tokens (tokens per batch)")
 
@@ -59,6 +80,82 @@ def _check_devices(cfg):
             "start each rank yourself with --distributed-rank R --distributed-init-method tcp://HOST:PORT "
             "--distributed-no-spawn --distributed-backend gloo (see the README)".format(
                 dist.distributed_world_size, gpus))
+    _check_distributed_rank(dist, launched)
+
+
+def _check_distributed_rank(dist, launched):
+    # fairseq takes the rank (or, when it spawns one process per GPU, the node's first rank) as given
+    # unless torchrun's or Slurm's environment sets it; a rank outside the world never joins the
+    # rendezvous, which waits forever
+    if launched and dist.distributed_init_method is None:
+        return
+    rank, world = dist.distributed_rank, dist.distributed_world_size
+    if rank is not None and not 0 <= rank < world:
+        raise SRUppUserError("--distributed-rank {} is outside --distributed-world-size {}: give a rank from 0 to "
+                             "{}{}".format(rank, world, world - 1, " (a rank outside the world waits forever at the "
+                                           "rendezvous)" if world > 1 else ""))
+
+
+def _check_update_freq(cfg):
+    for freq in cfg.optimization.update_freq:
+        if freq < 1:
+            raise SRUppUserError("--update-freq must be >= 1 (batches accumulated per update; one value, or one per "
+                                 "epoch separated by commas), got {}".format(
+                                     ",".join(map(str, cfg.optimization.update_freq))))
+
+
+def _check_lr_scheduler(cfg):
+    # fairseq's cosine asserts (a traceback) without a period
+    scheduler = cfg.get("lr_scheduler")
+    if component_name(scheduler) != "cosine" or scheduler.lr_period_updates > 0:
+        return
+    max_update, warmup = cfg.optimization.max_update, scheduler.warmup_updates
+    if max_update <= 0:
+        raise SRUppUserError("--lr-scheduler cosine needs --max-update (its period is --max-update minus "
+                             "--warmup-updates) or --lr-period-updates")
+    # a longer warmup never ends (allowed: the demo's short runs); an equal one leaves a period of 0 updates,
+    # which fairseq divides by at the last update, before the last checkpoint is saved
+    if warmup == max_update:
+        raise SRUppUserError("--warmup-updates {} equals --max-update {}: --lr-scheduler cosine's period (--max-update "
+                             "minus --warmup-updates) would be 0: change one of them or give --lr-period-updates".format(
+                                 warmup, max_update))
+
+
+def existing_non_folder(path):
+    """The first existing part of ``path``, walking up from it, when that is not a folder (so no folder
+    can be made at ``path``); else None."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return None if os.path.isdir(path) else path
+
+
+def _check_output_paths(cfg):
+    save_dir = cfg.checkpoint.save_dir
+    blocking = existing_non_folder(save_dir)
+    if blocking is not None:
+        where = "is a file" if blocking == os.path.abspath(save_dir) else "is inside {}, a file".format(blocking)
+        raise SRUppUserError("--save-dir {} {}: give a folder for the checkpoints (it is created if missing)".format(
+            save_dir, where))
+    log_file = cfg.common.log_file
+    if log_file is None:
+        return
+    if os.path.isdir(log_file):
+        raise SRUppUserError("--log-file {} is a directory: give the path of a file to write".format(log_file))
+    # fairseq opens the log before it creates --save-dir; like the README, ask for the folder rather
+    # than create one from a mistyped path
+    folder = os.path.dirname(os.path.abspath(log_file))
+    shown = os.path.dirname(log_file) or folder
+    blocking = existing_non_folder(folder)
+    if blocking is not None:
+        raise SRUppUserError("--log-file {}: {} is a file, not a folder: give a path in an existing folder".format(
+            log_file, blocking))
+    if not os.path.isdir(folder):
+        raise SRUppUserError("--log-file {}: its folder {} does not exist: create it first (mkdir -p {})".format(
+            log_file, shown, shown))
 
 
 # fairseq's --dataset-impl values whose splits are split.idx + split.bin (None: inferred), or raw text;
@@ -88,14 +185,82 @@ def _check_data(cfg):
     check_lm_data(cfg, valid, train_split=dataset.train_subset)
 
 
+def _sharded(cfg) -> bool:
+    """Whether fairseq adds a shard suffix to checkpoint names (only then are the paths not as given)."""
+    return bool(cfg.checkpoint.checkpoint_suffix or cfg.common.model_parallel_size > 1
+                or cfg.distributed_training.ddp_backend == "fully_sharded")
+
+
+def _check_finetune_from_model(cfg):
+    ckpt = cfg.checkpoint
+    if ckpt.finetune_from_model is None:
+        return
+    # fairseq's own ValueErrors (a traceback), raised in the same order
+    resets = [flag for flag in ("reset_optimizer", "reset_lr_scheduler", "reset_meters", "reset_dataloader")
+              if ckpt.get(flag)]
+    if resets:
+        raise SRUppUserError("--finetune-from-model resets the optimizer, lr scheduler, meters and data loader "
+                             "itself: drop {}".format(", ".join("--" + f.replace("_", "-") for f in resets)))
+    if ckpt.restore_file != "checkpoint_last.pt":
+        raise SRUppUserError("--finetune-from-model and --restore-file both name the checkpoint to start from: give "
+                             "one of them")
+    # read only on a first launch: a --save-dir with checkpoint_last.pt resumes from that
+    if os.path.exists(os.path.join(ckpt.save_dir, "checkpoint_last.pt")) or _sharded(cfg):
+        return
+    if not os.path.isfile(ckpt.finetune_from_model):
+        raise SRUppUserError("--finetune-from-model {} {}: give the checkpoint to start from".format(
+            ckpt.finetune_from_model, not_a_file(ckpt.finetune_from_model)))
+
+
+def _starting_checkpoint(cfg):
+    """(path, the flag that chose it) of the checkpoint fairseq-train will load, or (None, None)."""
+    ckpt = cfg.checkpoint
+    if ckpt.restore_file != "checkpoint_last.pt":
+        return ckpt.restore_file, "--restore-file"
+    last = os.path.join(ckpt.save_dir, "checkpoint_last.pt")
+    if os.path.isfile(last):
+        return last, "--save-dir"
+    if ckpt.finetune_from_model is not None:
+        return ckpt.finetune_from_model, "--finetune-from-model"
+    return None, None
+
+
+def _check_checkpoint_architecture(cfg):
+    """A checkpoint of another architecture cannot be loaded whatever the sizes: say so, rather than
+    listing its parameters as "of another size"."""
+    from fairseq.models import ARCH_MODEL_REGISTRY, MODEL_REGISTRY
+
+    from fairseq_srupp.models.srupp_lm import checkpoint_model_name
+
+    path, flag = _starting_checkpoint(cfg)
+    model = _model_class(cfg.model)
+    if path is None or model is None or _sharded(cfg) or not os.path.isfile(path):
+        return
+    try:
+        name = checkpoint_model_name(path)
+    except SRUppUserError:
+        return  # not a (complete) checkpoint: the loader's own message names that
+    found = MODEL_REGISTRY.get(name) or ARCH_MODEL_REGISTRY.get(name)
+    if found is None or issubclass(found, model) or issubclass(model, found):
+        return
+    arch = component_name(cfg.model)
+    if flag == "--save-dir":
+        named = "{}, which fairseq-train resumes from,".format(path)
+        hint = "use another --save-dir, or --arch {} to continue that run".format(name)
+    else:
+        named = "{} {}".format(flag, path)
+        hint = "give a checkpoint of a {} model, or train --arch {}".format(arch, name)
+    raise SRUppUserError("{} holds a '{}' model ({}), another architecture than the {} ({}) being trained: {}".format(
+        named, name, found.__name__, arch, model.__name__, hint))
+
+
 def _check_restore_file(cfg):
     from fairseq.file_io import PathManager
 
     ckpt = cfg.checkpoint
     restore = ckpt.restore_file
     # Non-default paths are used as given (fairseq adds no shard suffix without model parallelism).
-    if (restore == "checkpoint_last.pt" or ckpt.checkpoint_suffix or cfg.common.model_parallel_size > 1
-            or cfg.distributed_training.ddp_backend == "fully_sharded"):
+    if restore == "checkpoint_last.pt" or _sharded(cfg):
         return
     if not PathManager.isfile(restore):
         in_save_dir = os.path.join(ckpt.save_dir, restore)
@@ -131,7 +296,13 @@ def check_train_config(cfg) -> None:
     if cfg.get("dataset") is not None:
         _check_batch_size(cfg)
     _check_devices(cfg)
+    if cfg.get("optimization") is not None:
+        _check_update_freq(cfg)
+        _check_lr_scheduler(cfg)
+    _check_output_paths(cfg)
     _check_restore_file(cfg)
+    _check_finetune_from_model(cfg)
     _check_criterion(cfg)
+    _check_checkpoint_architecture(cfg)
     if cfg.get("dataset") is not None and cfg.get("task") is not None:
         _check_data(cfg)

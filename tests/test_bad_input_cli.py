@@ -131,6 +131,14 @@ CASES = [
     ("eval-lm-context-window-too-wide", lambda e: eval_lm(e, "--task", "language_modeling", "--tokens-per-sample", 8,
                                                           "--context-window", 8),
      "error: --context-window 8 must be below --tokens-per-sample 8"),
+    # a rank that can never join: refused before the rendezvous (it waited forever)
+    ("distributed-rank-outside-world", lambda e: train(e, "--batch-size", 2, "--distributed-world-size", 2,
+                                                       "--distributed-rank", 3, "--distributed-no-spawn",
+                                                       "--distributed-init-method", "tcp://127.0.0.1:29598",
+                                                       "--distributed-backend", "gloo"),
+     "error: --distributed-rank 3 is outside --distributed-world-size 2: give a rank from 0 to 1"),
+    ("eval-lm-model-overrides-not-a-dict", lambda e: eval_lm(e, "--model-overrides", "{bad"),
+     "error: --model-overrides {{bad is not a Python dict literal ('{{' was never closed)"),  # {{: str.format
     # already one line before this audit: pinned
     ("eval-lm-context-window", lambda e: eval_lm(e, "--context-window", 5),
      "error: --context-window does not apply to srupp_language_modeling"),
@@ -224,6 +232,98 @@ def test_train_config_checks_in_process(tmp_path, caplog):
                                   arch="transformer_lm"))
 
 
+def _fake_checkpoint(path, model_name):
+    """A file that reads as a fairseq checkpoint of ``model_name`` (what the architecture check reads)."""
+    torch.save({"cfg": {"model": {"_name": model_name}}, "model": {}}, str(path))
+    return path
+
+
+def test_train_config_checks_of_paths_and_schedules(tmp_path):
+    """More of what the wrapper of call_main checks: settings fairseq fails on with a traceback (or a hang, or
+    silently), each refused in one line; and the configurations next to them that run. Two parsed command
+    lines, varied by config key (parsing one costs ~1 s)."""
+    import copy
+
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from fairseq_srupp.train_checks import check_train_config
+
+    def config(*args):
+        parser = options.get_training_parser()
+        cmd = [str(tmp_path), "--user-dir", USER_DIR, "--task", "srupp_language_modeling", "--arch", "srupp_lm_tiny",
+               "--cpu", "--batch-size", "2", "--save-dir", str(tmp_path / "ckpt"), *map(str, args)]
+        return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, cmd))
+
+    plain, cosine = config(), config("--lr-scheduler", "cosine")
+
+    def varied(base, **keys):  # section__key=value, e.g. checkpoint__save_dir="..."
+        cfg = copy.deepcopy(base)
+        for key, value in keys.items():
+            OmegaConf.update(cfg, key.replace("__", "."), str(value) if isinstance(value, Path) else value)
+        return cfg
+
+    a_file = tmp_path / "corpus.txt"
+    a_file.write_text("the cat\n")
+    transformer = _fake_checkpoint(tmp_path / "transformer.pt", "transformer_lm")
+    srupp = _fake_checkpoint(tmp_path / "srupp.pt", "srupp_lm_tiny")
+    other_run = tmp_path / "other-run"
+    other_run.mkdir()
+    _fake_checkpoint(other_run / "checkpoint_last.pt", "transformer_lm")
+    rank = dict(distributed_training__distributed_init_method="tcp://127.0.0.1:29598",
+                distributed_training__distributed_no_spawn=True, distributed_training__distributed_world_size=2)
+    for cfg in [varied(cosine, optimization__max_update=5, lr_scheduler__warmup_updates=4),
+                varied(cosine, optimization__max_update=30, lr_scheduler__warmup_updates=100),  # as the demo's test
+                varied(cosine, lr_scheduler__lr_period_updates=5), varied(plain, optimization__update_freq=[1, 2]),
+                varied(plain, common__log_file=tmp_path / "train.log"),
+                varied(plain, checkpoint__finetune_from_model=srupp), varied(plain, checkpoint__restore_file=srupp),
+                varied(plain, **rank, distributed_training__distributed_rank=1)]:
+        check_train_config(cfg)
+    for cfg, message in [
+        (config("--max-tokens", 10), "--max-tokens does not apply to srupp_language_modeling: a batch is --batch-size "
+                                     "(2) streams of one segment"),
+        (varied(plain, dataset__max_tokens_valid=10), "drop --max-tokens-valid and lower --batch-size"),
+        (varied(plain, **rank, distributed_training__distributed_rank=2),
+         "--distributed-rank 2 is outside --distributed-world-size 2: give a rank from 0 to 1 (a rank outside the "
+         "world waits forever at the rendezvous)"),
+        (varied(plain, distributed_training__distributed_rank=1),
+         "--distributed-rank 1 is outside --distributed-world-size 1"),
+        (varied(plain, optimization__update_freq=[0]), "--update-freq must be >= 1 (batches accumulated per update"),
+        (varied(plain, optimization__update_freq=[2, 0]), "got 2,0"),
+        (cosine, "--lr-scheduler cosine needs --max-update (its period is --max-update minus --warmup-updates) or "
+                 "--lr-period-updates"),
+        (varied(cosine, optimization__max_update=5, lr_scheduler__warmup_updates=5),
+         "--warmup-updates 5 equals --max-update 5: --lr-scheduler cosine's period (--max-update minus "
+         "--warmup-updates) would be 0"),
+        (varied(plain, checkpoint__save_dir=a_file),
+         "--save-dir {} is a file: give a folder for the checkpoints".format(a_file)),
+        (varied(plain, checkpoint__save_dir=a_file / "sub"),
+         "--save-dir {} is inside {}, a file".format(a_file / "sub", a_file)),
+        (varied(plain, common__log_file=tmp_path / "nodir" / "train.log"),
+         "--log-file {}: its folder {} does not exist: create it first (mkdir -p {})".format(
+             tmp_path / "nodir" / "train.log", tmp_path / "nodir", tmp_path / "nodir")),
+        (varied(plain, common__log_file=a_file / "train.log"), "{} is a file, not a folder".format(a_file)),
+        (varied(plain, common__log_file=tmp_path), "--log-file {} is a directory".format(tmp_path)),
+        (varied(plain, checkpoint__finetune_from_model=tmp_path / "nope.pt"),
+         "--finetune-from-model {} does not exist: give the checkpoint to start from".format(tmp_path / "nope.pt")),
+        (varied(plain, checkpoint__finetune_from_model=srupp, checkpoint__reset_optimizer=True),
+         "itself: drop --reset-optimizer"),
+        (varied(plain, checkpoint__finetune_from_model=srupp, checkpoint__restore_file=srupp),
+         "--finetune-from-model and --restore-file both name the checkpoint to start from"),
+        (varied(plain, checkpoint__restore_file=transformer),
+         "--restore-file {} holds a 'transformer_lm' model (TransformerLanguageModel), another architecture than the "
+         "srupp_lm_tiny (SRUppLanguageModel) being trained: give a checkpoint of a srupp_lm_tiny model, or train "
+         "--arch transformer_lm".format(transformer)),
+        (varied(plain, checkpoint__finetune_from_model=transformer),
+         "--finetune-from-model {} holds a 'transformer_lm' model".format(transformer)),
+        (varied(plain, checkpoint__save_dir=other_run),
+         "{}, which fairseq-train resumes from, holds a 'transformer_lm' model".format(
+             other_run / "checkpoint_last.pt")),
+    ]:
+        with pytest.raises(SRUppUserError, match=re.escape(message)):
+            check_train_config(cfg)
+
+
 def _parsed(parser_name, *args, data, path=None):
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -253,6 +353,14 @@ def _parsed(parser_name, *args, data, path=None):
     ("fairseq-interactive", ("--batch-size", 4, "--buffer-size", 2), "--batch-size 4 is larger than --buffer-size 2"),
     ("fairseq-generate", ("--replace-unk",), "--replace-unk needs the raw text (--dataset-impl raw)"),
     ("fairseq-generate", ("--gen-subset", "dev"), "split 'dev' not found"),
+    ("fairseq-generate", ("--prefix-size", -1), "--prefix-size must be >= 0 (reference tokens forced as the prompt; "
+                                                "0 = none), got -1"),
+    ("fairseq-generate", ("--sampling", "--beam", 1, "--sampling-topk", 1000),
+     "--sampling-topk 1000 is larger than the dictionary (32 symbols): give at most 32 (or -1: no limit)"),
+    ("fairseq-interactive", ("--model-overrides", "{'beam': 2"), "--model-overrides {'beam': 2 is not a Python dict "
+                                                                 "literal ('{' was never closed)"),
+    ("fairseq-generate", ("--model-overrides", "{'a': b}"), "is not a Python dict literal (not a literal)"),
+    ("fairseq-generate", ("--model-overrides", "[1]"), "--model-overrides [1] is a list, not a dict"),
 ])
 def test_generation_config_variants(env, command, args, message):
     from fairseq_srupp.inference_checks import check_generation_config
@@ -260,6 +368,25 @@ def test_generation_config_variants(env, command, args, message):
     parser = "get_interactive_generation_parser" if command == "fairseq-interactive" else "get_generation_parser"
     with pytest.raises(SRUppUserError, match=re.escape(message)):
         check_generation_config(_parsed(parser, *args, data=env.data, path=env.ckpt), command)
+
+
+def test_generation_output_and_input_files(env):
+    """Files fairseq-generate and fairseq-interactive open only after loading the model."""
+    from fairseq_srupp.inference_checks import check_generation_config
+
+    for args, command, message in [
+        (("--results-path", env.text), "fairseq-generate",
+         "--results-path {} is a file: give a folder (it is created if missing".format(env.text)),
+        (("--results-path", env.text / "out"), "fairseq-generate", "is inside {}, a file".format(env.text)),
+        (("--input", env.root / "nofile.txt"), "fairseq-interactive",
+         "--input {} does not exist: give a text file of prompts, one per line, or - (the default) for standard "
+         "input".format(env.root / "nofile.txt")),
+        (("--input", env.root), "fairseq-interactive", "--input {} is a directory".format(env.root)),
+    ]:
+        parser = "get_interactive_generation_parser" if command == "fairseq-interactive" else "get_generation_parser"
+        with pytest.raises(SRUppUserError, match=re.escape(message)):
+            check_generation_config(_parsed(parser, *args, data=env.data, path=env.ckpt), command)
+    assert env.text.read_text() == "not a checkpoint\n"
 
 
 def test_generation_and_eval_lm_configs_that_run_pass(env):
@@ -271,7 +398,12 @@ def test_generation_and_eval_lm_configs_that_run_pass(env):
         check_generation_config(_parsed("get_generation_parser", *args, data=env.data, path=env.ckpt),
                                 "fairseq-generate")
     check_generation_config(_parsed("get_interactive_generation_parser", "--batch-size", 4, "--buffer-size", 4,
-                                    data=env.data, path=env.ckpt), "fairseq-interactive")
+                                    "--input", env.text, data=env.data, path=env.ckpt), "fairseq-interactive")
+    check_generation_config(_parsed("get_generation_parser", "--sampling", "--beam", 1, "--sampling-topk", 32,
+                                    "--results-path", env.root / "results", data=env.data, path=env.ckpt),
+                            "fairseq-generate")
+    check_eval_lm_config(_parsed("get_eval_lm_parser", "--model-overrides", "{'eval_window': 2 ** 3}",
+                                 data=env.data, path=env.ckpt))  # fairseq-eval-lm eval()s it
     check_eval_lm_config(_parsed("get_eval_lm_parser", "--tokens-per-sample", 16, "--context-window", 15,
                                  data=env.data, path=env.ckpt))
 
@@ -282,6 +414,10 @@ def test_generation_and_eval_lm_configs_that_run_pass(env):
      True),
     (("--gen-subset", "dev"), "split 'dev' not found", True),
     ((), "fairseq-eval-lm needs --path CHECKPOINT", False),
+    (("--model-overrides", "{'eval_window': 8"), "--model-overrides {'eval_window': 8 is not a Python dict literal",
+     True),
+    (("--task", "srupp_language_modeling", "--batch-size", 2, "--max-tokens", 64),
+     "--max-tokens does not apply to srupp_language_modeling", True),
 ])
 def test_eval_lm_config_variants(env, args, message, path):
     from fairseq_srupp.inference_checks import check_eval_lm_config
@@ -294,6 +430,11 @@ def test_eval_lm_config_variants(env, args, message, path):
     (dict(num_layers=0), "--num-layers must be a positive integer, got 0"),
     (dict(adaptive_softmax_cutoff="5", adaptive_div_value=0.0), "--adaptive-div-value must be > 0, got 0.0"),
     (dict(adaptive_softmax_cutoff="5,a"), "--adaptive-softmax-cutoff must be comma-separated integers"),
+    (dict(highway_bias=float("nan")), "--highway-bias must be a number (the reset gate's initial bias, e.g. -2), "
+                                      "got nan"),
+    (dict(weight_c_init=-1.0), "--weight-c-init must be a finite number >= 0 (v_f, v_r ~ U(-x, x) at init), got -1.0"),
+    (dict(weight_c_init=float("nan")), "--weight-c-init must be a finite number >= 0"),
+    (dict(weight_c_init=float("inf")), "--weight-c-init must be a finite number >= 0"),
     (dict(adaptive_softmax_cutoff="5,40"),
      "--adaptive-softmax-cutoff 5,40: the last cutoff must be smaller than the dictionary size (20 symbols): fit the "
      "cutoffs to this dict.txt or, for a trained checkpoint, give the data directory it was trained with"),
@@ -351,6 +492,11 @@ def test_checkpoint_loaders(env, tmp_path):
     ]:
         with pytest.raises(SRUppUserError, match=re.escape(message)):
             checkpoint_utils.load_model_ensemble([str(path)])
+    # sizes changed in fairseq-eval-lm's --model-overrides: no advice to start a new run in another --save-dir
+    message = ("--model-overrides changes hidden_size (48 -> 64), which the checkpoint's parameters were trained with, "
+               "so they do not fit: drop it from --model-overrides")
+    with pytest.raises(SRUppUserError, match=re.escape(message)):
+        checkpoint_utils.load_model_ensemble([str(env.ckpt)], arg_overrides={"hidden_size": 64, "dropout": 0.2})
 
 
 @pytest.mark.parametrize("overrides,expected,keys", [

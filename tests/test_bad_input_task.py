@@ -117,11 +117,30 @@ def test_segment_longer_than_a_stream_is_rejected_before_allocating(trained):
     line = fails("fairseq-train", data_bin, *TRAIN, "--eval-window", 5000, "--batch-size-valid", 2)
     assert line == ("error: --eval-window 5000 is longer than each stream of 'valid' (1501 tokens / (1 workers x 2 "
                     "streams) = 751 tokens): lower --eval-window to at most 751 or use fewer streams "
-                    "(--batch-size-valid, or --batch-size in fairseq-eval-lm)")
+                    "(--batch-size-valid)")
     line = fails("fairseq-eval-lm", data_bin, "--user-dir", USER_DIR, "--task", "srupp_language_modeling", "--path",
                  checkpoint, "--cpu", "--gen-subset", "valid", "--batch-size", 2, "--num-workers", 0,
                  "--eval-unroll-size", 5000)
     assert line.startswith("error: --eval-unroll-size 5000 is longer than each stream of 'valid' (")
+
+
+def test_too_many_streams_names_the_flag_that_set_them(trained):
+    """fairseq-train's validation streams come from --batch-size-valid, fairseq-eval-lm's from --batch-size."""
+    from omegaconf import OmegaConf
+
+    from fairseq_srupp.tasks.srupp_language_modeling import SRUppLanguageModelingTask
+
+    data_bin, _, _ = trained
+    task = SRUppLanguageModelingTask.setup_task(OmegaConf.create({
+        "data": str(data_bin), "tokens_per_sample": 8, "eval_unroll_size": 0, "batch_size": 2,
+        "batch_size_valid": 1000}))
+    for training, flag, expected in [(False, None, "--batch-size-valid"), (True, None, "--batch-size"),
+                                     (False, "--batch-size", "--batch-size")]:
+        message = "the split 'valid' has 585 tokens, fewer than the 1000 streams (1 workers x 1000 streams): lower {}"
+        with pytest.raises(SRUppUserError, match=re.escape(message.format(expected)) + "$"):
+            task.check_segment_fits("valid", 585, 1000, 1, 8, training, flag)
+    with pytest.raises(SRUppUserError, match=re.escape("or use fewer streams (--batch-size)")):
+        task.check_segment_fits("valid", 585, 2, 1, 500, False, "--batch-size")
 
 
 def test_proj_size_larger_than_hidden_size_warns(trained):

@@ -14,6 +14,7 @@ Incremental decoding keeps, per layer, the cell state c and the attention keys/v
 time and memory per generated token are bounded.
 """
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -32,7 +33,7 @@ from fairseq.models import (
 )
 from torch import Tensor, nn
 
-from fairseq_srupp.errors import SRUppUserError
+from fairseq_srupp.errors import CheckpointMismatchError, SRUppUserError
 from fairseq_srupp.modules import Dropout, SRUpp
 from fairseq_srupp.modules.adaptive_softmax import ProjectedAdaptiveSoftmax, cluster_widths, parse_cutoffs
 from fairseq_srupp.modules.attention_masks import causal_mask  # noqa: F401  (imported from here by tests, benchmarks)
@@ -112,6 +113,14 @@ def check_config(cfg, vocab_size: Optional[int] = None) -> None:
     for name in ("dropout", "attn_dropout", "emb_dropout"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
             raise SRUppUserError("--{} must be in [0, 1), got {}".format(name.replace("_", "-"), getattr(cfg, name)))
+    # A NaN bias makes every gate NaN (fairseq's "gradients are Nan/Inf" after the first step); an
+    # infinite one only saturates the gates, which is allowed.
+    if math.isnan(cfg.highway_bias):
+        raise SRUppUserError("--highway-bias must be a number (the reset gate's initial bias, e.g. -2), got nan")
+    # v_f, v_r ~ U(-x, x): torch's uniform_ needs -x <= x, both finite
+    if not 0.0 <= cfg.weight_c_init < math.inf:
+        raise SRUppUserError("--weight-c-init must be a finite number >= 0 (v_f, v_r ~ U(-x, x) at init), "
+                             "got {}".format(cfg.weight_c_init))
     if cfg.adaptive_softmax_cutoff and vocab_size is not None:
         _check_adaptive_config(cfg, vocab_size)
 
@@ -459,7 +468,7 @@ class SRUppLanguageModel(FairseqLanguageModel):
 
 
 def check_state_dict_fits(own: Dict[str, Tensor], theirs: Dict[str, Tensor]) -> None:
-    """Raise SRUppUserError naming the first parameters a checkpoint lacks, adds or sizes differently
+    """Raise CheckpointMismatchError naming the first parameters a checkpoint lacks, adds or sizes differently
     (torch's strict load lists all of them, and fairseq-train hides even that behind "please ensure
     that the architectures match")."""
     missing = [k for k in own if k not in theirs]
@@ -472,7 +481,7 @@ def check_state_dict_fits(own: Dict[str, Tensor], theirs: Dict[str, Tensor]) -> 
     for what, keys in (("of another size", resized), ("missing", missing), ("unexpected", unexpected)):
         if keys:
             found.append("{} {}: {}{}".format(len(keys), what, ", ".join(keys[:2]), ", ..." if len(keys) > 2 else ""))
-    raise SRUppUserError(
+    raise CheckpointMismatchError(
         "the checkpoint's parameters do not fit this srupp_lm ({}): build the model with the checkpoint's own "
         "sizes (--hidden-size, --proj-size, --num-layers, ...) or start a new run in another --save-dir".format(
             "; ".join(found)))

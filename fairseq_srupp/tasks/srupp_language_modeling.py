@@ -294,26 +294,28 @@ class SRUppLanguageModelingTask(FairseqTask):
         """The split as one token array, in this epoch's sentence order."""
         return self.epoch_tokens(split)(epoch)
 
-    def segment_dataset(self, split, streams, num_workers, worker, training):
+    def segment_dataset(self, split, streams, num_workers, worker, training, streams_flag=None):
         state = None if self.cfg.no_carry_state else split
         if training:
             context, length = SegmentContext("causal", state=state), self.cfg.tokens_per_sample
         else:
             context, length = SegmentContext("same_length", self.eval_window, state=state), self.eval_window
         epoch_tokens = self.epoch_tokens(split)
-        self.check_segment_fits(split, len(epoch_tokens), streams, num_workers, length, training)
+        self.check_segment_fits(split, len(epoch_tokens), streams, num_workers, length, training, streams_flag)
         return SegmentDataset(split, epoch_tokens, streams, num_workers, worker, length, self.dictionary,
                               context, release_last=not training)
 
-    def check_segment_fits(self, split, n_tokens, streams, num_workers, length, training):
+    def check_segment_fits(self, split, n_tokens, streams, num_workers, length, training, streams_flag=None):
         """Reject, before anything is allocated, a split too small for its streams or a segment
         longer than a stream (which would make one segment of the whole stream, and an attention
-        mask of its length squared)."""
+        mask of its length squared). ``streams_flag`` names the flag that set ``streams``: by default
+        fairseq-train's (``--batch-size`` for training, ``--batch-size-valid`` for validation)."""
+        streams_flag = streams_flag or ("--batch-size" if training else "--batch-size-valid")
         total = streams * num_workers
         if n_tokens < total:
             raise SRUppUserError(
                 "the split '{}' has {} tokens, fewer than the {} streams ({} workers x {} streams): "
-                "lower --batch-size".format(split, n_tokens, total, num_workers, streams)
+                "lower {}".format(split, n_tokens, total, num_workers, streams, streams_flag)
             )
         stream_length = -(-n_tokens // total)
         if length > stream_length:
@@ -321,13 +323,15 @@ class SRUppLanguageModelingTask(FairseqTask):
                 "--eval-unroll-size" if self.cfg.eval_unroll_size else "--eval-window")
             raise SRUppUserError(
                 "{} {} is longer than each stream of '{}' ({} tokens / ({} workers x {} streams) = {} tokens): "
-                "lower {} to at most {} or use fewer streams (--batch-size{})".format(
+                "lower {} to at most {} or use fewer streams ({})".format(
                     flag, length, split, n_tokens, num_workers, streams, stream_length, flag, stream_length,
-                    "" if training else "-valid, or --batch-size in fairseq-eval-lm")
+                    streams_flag)
             )
 
     def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, num_shards=1, shard_id=0,
-                           num_workers=0, epoch=1, data_buffer_size=0, **kwargs):
+                           num_workers=0, epoch=1, data_buffer_size=0, streams_flag=None, **kwargs):
+        """fairseq's, for a loaded split laid out as streams (``max_sentences`` of them, else the task's
+        batch sizes); ``streams_flag``: the flag that set them, for error messages."""
         if not isinstance(dataset, TokenStream):
             # Prompts for generation / scoring (build_dataset_for_inference): ordinary batching.
             return super().get_batch_iterator(
@@ -340,7 +344,7 @@ class SRUppLanguageModelingTask(FairseqTask):
         streams = max_sentences or (self.cfg.batch_size if training else self.cfg.batch_size_valid) or self.cfg.batch_size
         if not streams:
             raise SRUppUserError("srupp_language_modeling needs --batch-size (streams per worker)")
-        segments = self.segment_dataset(split, streams, num_shards, shard_id, training)
+        segments = self.segment_dataset(split, streams, num_shards, shard_id, training, streams_flag)
         return iterators.EpochBatchIterator(
             dataset=segments,
             collate_fn=segments.collater,
@@ -360,7 +364,7 @@ class SRUppLanguageModelingTask(FairseqTask):
             raise SRUppUserError(CONTEXT_WINDOW_UNSUPPORTED)
         return self.get_batch_iterator(
             dataset, max_sentences=batch_size, num_shards=num_shards, shard_id=shard_id,
-            num_workers=num_workers, data_buffer_size=data_buffer_size,
+            num_workers=num_workers, data_buffer_size=data_buffer_size, streams_flag="--batch-size",
         ).next_epoch_itr(shuffle=False)
 
     def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
