@@ -53,6 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 logging.basicConfig(level=logging.WARNING)  # before fairseq's imports, which log at INFO
 
 from bench_timing import Timer, default_threads, tune_malloc  # noqa: E402
+from fairseq_srupp.cli_args import non_negative_int, positive_float, positive_int  # noqa: E402
 from fairseq_srupp.ops.recurrence import (  # noqa: E402
     elementwise_recurrence_cpu,
     elementwise_recurrence_ref,
@@ -62,28 +63,33 @@ from fairseq_srupp.ops.recurrence.cpu import load_cpu_extension  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--d", type=int, default=256, help="hidden size d (default 256)")
-    p.add_argument("--length", "-L", type=int, default=256, help="sequence length L (default 256)")
-    p.add_argument("--batch", "-B", type=int, default=8, help="batch size B (default 8)")
+    # Sizes and counts are checked here, so that an impossible one ends in one argparse error line.
+    p.add_argument("--d", type=positive_int, default=256, help="hidden size d (default 256)")
+    p.add_argument("--length", "-L", type=positive_int, default=256, help="sequence length L (default 256)")
+    p.add_argument("--batch", "-B", type=positive_int, default=8, help="batch size B (default 8)")
     p.add_argument("--k", type=int, choices=(3, 4), default=3, help="U blocks per unit (default 3)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--dropout", type=float, default=0.0,
                    help="if > 0, apply a variational dropout mask_c with this rate (default 0)")
-    p.add_argument("--threads", type=int, default=default_threads(),
+    p.add_argument("--threads", type=positive_int, default=default_threads(),
                    help="torch.set_num_threads (default: all available cores)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed iterations of the fast path (default 3)")
-    p.add_argument("--ref-warmup", type=int, default=1,
+    p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed iterations of the fast path (default 3)")
+    p.add_argument("--ref-warmup", type=non_negative_int, default=1,
                    help="untimed iterations of the reference path, besides the gradient check (default 1)")
-    p.add_argument("--repeats", type=int, default=50, help="timed iterations of the fast path (default 50)")
-    p.add_argument("--ref-repeats", type=int, default=15,
+    p.add_argument("--repeats", type=positive_int, default=50, help="timed iterations of the fast path (default 50)")
+    p.add_argument("--ref-repeats", type=positive_int, default=15,
                    help="timed iterations of the reference path (default 15)")
-    p.add_argument("--time-budget", type=float, default=45,
+    p.add_argument("--time-budget", type=positive_float, default=45,
                    help="seconds per measurement after which no more repeats are started "
                         "(at least 3 are always taken; default 45)")
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="keep glibc's default mmap / trim thresholds (see tune_malloc)")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0 <= args.dropout < 1:
+        p.error("--dropout must be in [0, 1) (the kept units are scaled by 1 / (1 - rate)), got {}".format(
+            args.dropout))
+    return args
 
 
 def make_inputs(args, dtype):

@@ -48,6 +48,7 @@ with warnings.catch_warnings():
 warnings.filterwarnings("ignore", message="Running SRU on CPU with grad_enabled=True")
 
 from bench_timing import Timer, default_threads, tune_malloc  # noqa: E402
+from fairseq_srupp.cli_args import non_negative_int, positive_float, positive_int  # noqa: E402
 from fairseq_srupp.models.srupp_lm import causal_mask  # noqa: E402
 from fairseq_srupp.modules import Dropout, SRUpp  # noqa: E402
 from fairseq_srupp.ops import load_cpu_extensions  # noqa: E402
@@ -57,28 +58,29 @@ ENV = "FAIRSEQ_SRUPP_RECURRENCE"
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--d", type=int, default=256, help="hidden size d (default 256)")
-    p.add_argument("--proj", type=int, default=64, help="attention / projection size (default 64)")
-    p.add_argument("--layers", type=int, default=4, help="SRU++ layers (default 4)")
-    p.add_argument("--heads", type=int, default=1, help="attention heads (default 1)")
-    p.add_argument("--attention-every-n-layers", type=int, default=1)
-    p.add_argument("--length", "-L", type=int, default=256, help="segment length L (default 256)")
-    p.add_argument("--batch", "-B", type=int, default=8, help="batch size B (default 8)")
-    p.add_argument("--vocab", type=int, default=205, help="vocabulary size V (default 205)")
+    # Sizes and counts are checked here, so that an impossible one ends in one argparse error line.
+    p.add_argument("--d", type=positive_int, default=256, help="hidden size d (default 256)")
+    p.add_argument("--proj", type=positive_int, default=64, help="attention / projection size (default 64)")
+    p.add_argument("--layers", type=positive_int, default=4, help="SRU++ layers (default 4)")
+    p.add_argument("--heads", type=positive_int, default=1, help="attention heads, dividing --proj (default 1)")
+    p.add_argument("--attention-every-n-layers", type=positive_int, default=1)
+    p.add_argument("--length", "-L", type=positive_int, default=256, help="segment length L (default 256)")
+    p.add_argument("--batch", "-B", type=positive_int, default=8, help="batch size B (default 8)")
+    p.add_argument("--vocab", type=positive_int, default=205, help="vocabulary size V (default 205)")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout everywhere (default 0.1)")
     p.add_argument("--attn-dropout", type=float, default=None, help="attention dropout (default: --dropout)")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--threads", type=int, default=default_threads(),
+    p.add_argument("--threads", type=positive_int, default=default_threads(),
                    help="torch.set_num_threads (default: all available cores)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per model (default 2)")
-    p.add_argument("--repeats", type=int, default=10,
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps per model (default 2)")
+    p.add_argument("--repeats", type=positive_int, default=10,
                    help="timed steps of fairseq_srupp and of the stack-only timings (default 10)")
-    p.add_argument("--sru-repeats", type=int, default=5,
+    p.add_argument("--sru-repeats", type=positive_int, default=5,
                    help="timed steps of sru.SRUpp and of the reference recurrence (default 5)")
     p.add_argument("--no-breakdown", action="store_true", help="skip the SRU++-stack-only timings")
     p.add_argument("--profile", action="store_true",
                    help="print torch.profiler's top operators for one fairseq_srupp training step")
-    p.add_argument("--time-budget", type=float, default=40,
+    p.add_argument("--time-budget", type=positive_float, default=40,
                    help="seconds per measurement after which no more repeats are started "
                         "(at least 3 are always taken; default 40)")
     p.add_argument("--no-malloc-tuning", action="store_true",
@@ -87,6 +89,12 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.attn_dropout is None:
         args.attn_dropout = args.dropout
+    if args.proj % args.heads:
+        p.error("--heads {} does not divide --proj {}: each head takes proj / heads features".format(
+            args.heads, args.proj))
+    for flag, rate in (("--dropout", args.dropout), ("--attn-dropout", args.attn_dropout)):
+        if not 0 <= rate < 1:
+            p.error("{} must be in [0, 1), got {}".format(flag, rate))
     return args
 
 

@@ -43,7 +43,8 @@ from fairseq_srupp.data.binarize import byte_level_steps, report, word_level_bin
 from fairseq_srupp.data.fetch import check_file, download
 from fairseq_srupp.data.files import atomic_file, check_utf8_text, existing_file, file_chunks, fingerprint
 from fairseq_srupp.data.prep import SPLITS, PrepError, cli, count, log
-from fairseq_srupp.data.preprocess import default_workers, positive_int
+from fairseq_srupp.cli_args import positive_int
+from fairseq_srupp.data.preprocess import default_workers
 from fairseq_srupp.data.steps import Steps
 from fairseq_srupp.data.vocab import checked_srcdict
 

@@ -30,7 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-from fairseq_srupp.data.char_level import binarize_char_corpus, module_command, run_streaming
+from fairseq_srupp.cli_args import child_error_line, non_negative_int, positive_float, positive_int
+from fairseq_srupp.data.char_level import binarize_char_corpus, module_command, run_streaming, split_bytes
+from fairseq_srupp.errors import not_a_file
 
 USER_DIR = str(Path(__file__).resolve().parent)
 EVAL_LOSS = re.compile(r"Loss \(base 2\): ([0-9.]+)")
@@ -60,10 +62,12 @@ def run_training(args_list, planned_updates: int) -> int:
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see the module docstring
     cmd = module_command("fairseq_cli.train", args_list)
     done, first = 0, None
+    error_line = None  # the child's own account of a failure, for the one-line report
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                           env=env) as proc:
         for line in proc.stdout:
             sys.stdout.write(line)
+            error_line = child_error_line([line]) or error_line
             match = PROGRESS.search(line)
             if match and int(match.group(1)) > done:
                 done = int(match.group(1))
@@ -76,7 +80,8 @@ def run_training(args_list, planned_updates: int) -> int:
                         done, planned_updates, left / 60))
             sys.stdout.flush()
     if proc.returncode != 0:
-        raise SystemExit("error: fairseq-train failed (exit status {})".format(proc.returncode))
+        raise SystemExit("error: fairseq-train failed (exit status {}){}".format(
+            proc.returncode, ": " + error_line if error_line else ""))
     return done
 
 
@@ -121,33 +126,71 @@ def generate_sample(save_dir: Path, data_bin: Path, args) -> str:
     return args.prompt + "".join(to_text(token) for token in tokens)
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    # Sizes and counts are checked here: fairseq-train would take --max-update 0 as "no limit" and
+    # answer others with its whole usage text.
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="a text file to train on (default: Python's built-in documentation)")
     parser.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    parser.add_argument("--arch", default="srupp_lm_tiny")
-    parser.add_argument("--max-update", type=int, default=1200)
-    parser.add_argument("--tokens-per-sample", type=int, default=256, help="training unroll length")
-    parser.add_argument("--eval-window", type=int, default=512,
+    parser.add_argument("--arch", default="srupp_lm_tiny", help="an srupp_lm architecture (default: srupp_lm_tiny)")
+    parser.add_argument("--max-update", type=positive_int, default=1200)
+    parser.add_argument("--tokens-per-sample", type=positive_int, default=256, help="training unroll length")
+    parser.add_argument("--eval-window", type=positive_int, default=512,
                         help="attention window of evaluation and of the sample at the end")
-    parser.add_argument("--batch-size", type=int, default=16, help="training streams")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--log-interval", type=int, default=50, help="updates between progress lines")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="training streams")
+    parser.add_argument("--lr", type=positive_float, default=2e-3)
+    parser.add_argument("--log-interval", type=positive_int, default=50, help="updates between progress lines")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--prompt", default="The ", help="text the sample at the end continues")
-    parser.add_argument("--sample-bytes", type=int, default=400, help="bytes to generate (0: no sample)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--sample-bytes", type=non_negative_int, default=400, help="bytes to generate (0: no sample)")
+    return parser.parse_args(argv)
 
-    start = time.time()
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    if args.data:
-        path = Path(args.data)
+
+def check_arch(arch: str) -> None:
+    """The demo trains with srupp_language_modeling and SRU++-only flags (--eval-window): an
+    srupp_lm architecture is needed, and any other is refused before anything is written."""
+    from fairseq_srupp.models.presets import BY_NAME
+
+    if arch not in BY_NAME:
+        raise SystemExit("error: --arch {} is not an srupp_lm architecture; the demo trains one of: {}".format(
+            arch, ", ".join(BY_NAME)))
+
+
+def read_corpus(data):
+    """(bytes, name) of ``--data`` (default: the built-in corpus), refused when it is too small to split."""
+    if data:
+        path = Path(data)
         if not path.is_file():
-            raise SystemExit("error: --data {} is not a file".format(path))
+            raise SystemExit("error: --data {} {}: give a text file to train on".format(path, not_a_file(path)))
         corpus, corpus_name = path.read_bytes(), str(path)
     else:
         corpus, corpus_name = builtin_corpus(), "Python's built-in documentation (pydoc_data.topics)"
+    try:
+        split_bytes(corpus)  # its size check, before --out is made
+    except ValueError as err:
+        raise SystemExit("error: --data {}: {}".format(corpus_name, err))
+    return corpus, corpus_name
+
+
+def make_out_dir(given: str) -> Path:
+    """The --out directory, created if missing; an existing file there is refused, not replaced."""
+    out = Path(given).resolve()
+    if out.exists() and not out.is_dir():
+        raise SystemExit("error: --out {} is a file: give a directory (created if missing) for the demo's "
+                         "data, checkpoints and logs".format(given))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file on the way, no permission
+        raise SystemExit("error: --out {}: cannot create it ({})".format(given, err.strerror or err))
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    start = time.time()
+    check_arch(args.arch)
+    corpus, corpus_name = read_corpus(args.data)
+    out = make_out_dir(args.out)  # only once every input is known good: a refused run leaves no folder behind
     print("corpus: {}".format(corpus_name))
     try:
         data_bin = binarize_char_corpus(corpus, out)

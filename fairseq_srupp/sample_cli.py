@@ -79,6 +79,46 @@ def load_model(path: str, data=None, cpu=False):
     return model.eval(), cfg
 
 
+# The seeds torch.Generator.manual_seed takes (a negative one stands for seed + 2**64).
+SEED_RANGE = (-2 ** 63, 2 ** 64 - 1)
+
+
+def check_seed(seed) -> None:
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise SRUppUserError("--seed must be an integer from -2**63 to 2**64 - 1 (torch's seed range), got {}".format(
+            seed))
+
+
+def write_stream(out, prompt, tokens, to_text) -> None:
+    """Write the prompt (None: not echoed), then each token's text as it comes, then a newline.
+
+    A reader that closes the pipe early (``srupp-sample ... | head``) ends the output quietly, as
+    other Unix filters do: see :func:`stop_writing_to_closed_stdout`.
+    """
+    try:
+        if prompt is not None:
+            out.write(prompt)
+        for token in tokens:
+            out.write(to_text(token))
+            out.flush()
+        out.write("\n")
+        out.flush()
+    except BrokenPipeError:
+        stop_writing_to_closed_stdout()
+
+
+def stop_writing_to_closed_stdout() -> None:
+    """Point stdout's descriptor at /dev/null, so that the flush at exit finds no closed pipe to report
+    (the recipe of Python's documentation, "Note on SIGPIPE")."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a replaced sys.stdout (tests): nothing left to flush
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv=None):
     args = parse_args(argv)
     import fairseq_srupp  # noqa: F401  (registers srupp_lm; one-line errors)
@@ -90,6 +130,7 @@ def main(argv=None):
     if args.num_tokens < 0:
         raise SRUppUserError("-n must be >= 0, got {}".format(args.num_tokens))
     check_sampling_args(args.top_k, args.top_p, args.temperature)
+    check_seed(args.seed)
     prompt = read_prompt(args)
     model, cfg = load_model(args.path, args.data, args.cpu)
     set_window(model, args.window)
@@ -101,15 +142,8 @@ def main(argv=None):
     if args.seed is None:
         print("seed: {} (pass --seed {} to draw this sample again)".format(seed, seed), file=sys.stderr)
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    out = sys.stdout
-    if not args.no_echo:
-        out.write(prompt)
-    to_text = codec.decoder()
-    for token in stream_tokens(model, prompt_ids, args.num_tokens, args.top_k, args.top_p, args.temperature,
-                               generator):
-        out.write(to_text(token))
-        out.flush()
-    out.write("\n")
+    tokens = stream_tokens(model, prompt_ids, args.num_tokens, args.top_k, args.top_p, args.temperature, generator)
+    write_stream(sys.stdout, None if args.no_echo else prompt, tokens, codec.decoder())
     return 0
 
 

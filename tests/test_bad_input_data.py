@@ -169,7 +169,8 @@ def test_workers_must_be_a_positive_integer(name, workers, capsys):
     with pytest.raises(SystemExit) as exit:
         script(name).parse_args(["--text", "corpus.txt"] * (name == "prepare_text") + ["--workers", workers])
     assert exit.value.code == 2
-    assert "error: argument --workers: expected a positive integer, got '{}'".format(workers) in capsys.readouterr().err
+    why = "expected an integer >= 1, got 'two'" if workers == "two" else "must be >= 1, got {}".format(workers)
+    assert "error: argument --workers: " + why in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from fairseq_srupp.cli_args import int_fields, int_list, non_negative_int, positive_int, positive_int_fields
+
 DEFAULT_LENGTHS = "1000,4000,16000"
 SPAN = 1000  # tokens over which the first / last ms per token are measured (at most half the run)
 WARMUP_TOKENS = 32
@@ -43,21 +45,25 @@ MIB = float(1 << 20)
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lengths", default=DEFAULT_LENGTHS, help="comma-separated numbers of generated tokens")
+    # Sizes, counts and lists are checked here: a bad one ends in one argparse error line.
+    p.add_argument("--lengths", type=int_list(2), default=DEFAULT_LENGTHS,
+                   help="comma-separated numbers of generated tokens (each >= 2)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    p.add_argument("--batch", type=int, default=1, help="sequences generated at once")
-    p.add_argument("--window", type=int, default=None,
+    p.add_argument("--batch", type=positive_int, default=1, help="sequences generated at once")
+    p.add_argument("--window", type=positive_int, default=None,
                    help="SRU++ attention window at inference (default: the model's eval_window)")
     p.add_argument("--srupp-arch", default="srupp_lm_tiny")
-    p.add_argument("--srupp", default="", help="SRU++ hidden,proj,layers overriding the arch (e.g. 256,128,4)")
-    p.add_argument("--transformer", default="128,448,4,4",
+    p.add_argument("--srupp", type=positive_int_fields("hidden,proj,layers"), default=None,
+                   help="SRU++ hidden,proj,layers overriding the arch (e.g. 256,128,4)")
+    p.add_argument("--transformer", type=positive_int_fields("dim,ffn,layers,heads"), default="128,448,4,4",
                    help="transformer_lm dim,ffn,layers,heads (default: about srupp_lm_tiny's parameter count)")
     p.add_argument("--vocab", type=int, default=205, help="dictionary size, fairseq's 4 special symbols included")
     p.add_argument("--sampling", action="store_true", help="sample the next token instead of the argmax")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: the CPUs this process may use)")
-    p.add_argument("--sequence-generator", type=int, default=0, metavar="N",
+    p.add_argument("--threads", type=non_negative_int, default=0,
+                   help="torch threads (0: the CPUs this process may use)")
+    p.add_argument("--sequence-generator", type=non_negative_int, default=0, metavar="N",
                    help="also time fairseq's SequenceGenerator (beam 1) generating N tokens per model (0: off)")
     p.add_argument("--models", default="srupp_lm,transformer_lm", help="which models to run")
     p.add_argument("--no-malloc-tuning", action="store_true",
@@ -65,11 +71,9 @@ def parse_args(argv=None):
                         "see benchmarks/bench_timing.py: tune_malloc)")
     p.add_argument("--json", dest="json_out", help="write the results to this JSON file")
     args = p.parse_args(argv)
-    args.lengths = sorted({int(v) for v in args.lengths.split(",") if v.strip()})
-    if not args.lengths or args.lengths[0] < 2:
-        p.error("--lengths must be integers >= 2")
-    if args.batch < 1 or (args.window is not None and args.window < 1):
-        p.error("--batch and --window must be positive")
+    dim, _, _, heads = int_fields(args.transformer)
+    if dim % heads:
+        p.error("--transformer {}: the heads ({}) must divide the dimension ({})".format(args.transformer, heads, dim))
     if args.vocab < 5:
         p.error("--vocab must leave room for at least one byte symbol after the 4 special symbols")
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -96,12 +100,12 @@ def model_cli_args(args, max_positions):
     specs = {}
     srupp = ["--arch", args.srupp_arch]
     if args.srupp:
-        d, p, n = (int(v) for v in args.srupp.split(","))
+        d, p, n = int_fields(args.srupp)
         srupp += ["--hidden-size", d, "--proj-size", p, "--num-layers", n]
     if args.window is not None:
         srupp += ["--eval-window", args.window]
     specs["srupp_lm"] = srupp
-    dim, ffn, layers, heads = (int(v) for v in args.transformer.split(","))
+    dim, ffn, layers, heads = int_fields(args.transformer)
     # Sinusoidal positions (fairseq's default for transformer_lm): no learned table to size, but
     # max_target_positions bounds what SequenceGenerator agrees to generate.
     specs["transformer_lm"] = [

@@ -27,9 +27,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fairseq_srupp.cli_args import (
+    child_error_line, int_fields, non_negative_int, positive_float, positive_int, positive_int_fields,
+)
 from fairseq_srupp.bench.flops import srupp_flops_per_token, transformer_flops_per_token
 from fairseq_srupp.bench.quality_curves import CurveRecorder, compute_ratio, finite
-from fairseq_srupp.data.char_level import binarize_char_corpus, module_command
+from fairseq_srupp.data.char_level import binarize_char_corpus, module_command, split_bytes
 
 USER_DIR = str(Path(__file__).resolve().parents[1])
 BUILTIN_CORPUS = "pydoc_data.topics (built in)"  # the corpus without --data, as results name it
@@ -44,29 +47,36 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="text file (default: Python's built-in documentation text)")
     p.add_argument("--out", default="quality_out")
-    p.add_argument("--seconds", type=float, default=300, help="training seconds per model (equal wall clock)")
+    # Sizes, counts and the model shapes are checked here, before anything is written into --out.
+    p.add_argument("--seconds", type=positive_float, default=300, help="training seconds per model (equal wall clock)")
     p.add_argument("--flops", type=float, default=0, help="training FLOPs per model (0: what SRU++ used in its wall-clock run)")
     p.add_argument("--skip-flops-runs", action="store_true")
     p.add_argument("--skip-wall-clock-runs", action="store_true",
                    help="train only to --flops (results then do not depend on the machine's speed or load)")
-    p.add_argument("--tokens-per-sample", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup-updates", type=int, default=100)
-    p.add_argument("--validate-every", type=int, default=100, help="updates between validations")
-    p.add_argument("--srupp", default="256,128,4", help="SRU++ hidden,proj,layers (default: srupp_lm_tiny)")
-    p.add_argument("--srupp-attention-every", type=int, default=1, metavar="K",
+    p.add_argument("--tokens-per-sample", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--lr", type=positive_float, default=2e-3)
+    p.add_argument("--warmup-updates", type=non_negative_int, default=100)
+    p.add_argument("--validate-every", type=positive_int, default=100, help="updates between validations")
+    p.add_argument("--srupp", type=positive_int_fields("hidden,proj,layers"), default="256,128,4",
+                   help="SRU++ hidden,proj,layers (default: srupp_lm_tiny)")
+    p.add_argument("--srupp-attention-every", type=positive_int, default=1, metavar="K",
                    help="attention in every K-th SRU++ layer only (the paper's k; default 1: every layer)")
-    p.add_argument("--transformer", default="128,448,4,4",
+    p.add_argument("--transformer", type=positive_int_fields("dim,ffn,layers,heads"), default="128,448,4,4",
                    help="transformer dim,ffn,layers,heads (default: about srupp_lm_tiny's parameter count)")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=1, help="fairseq-train's --seed (initialisation, dropout, batch order)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1)
     p.add_argument("--gpu", action="store_true", help="train on the GPU instead of the CPU")
     args = p.parse_args(argv)
     if args.skip_wall_clock_runs and (args.skip_flops_runs or args.flops <= 0):
         p.error("--skip-wall-clock-runs needs --flops > 0 (and no --skip-flops-runs): it leaves only the "
                 "equal-FLOPs runs")
+    if not 0 <= args.dropout < 1:
+        p.error("--dropout must be in [0, 1), got {}".format(args.dropout))
+    dim, _, _, heads = int_fields(args.transformer)
+    if dim % heads:
+        p.error("--transformer {}: the heads ({}) must divide the dimension ({})".format(args.transformer, heads, dim))
     return args
 
 
@@ -75,26 +85,30 @@ def run_training(name, train_args, recorder, log_path, threads):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     print("\n[{}]".format(name), end="")
     cmd = module_command("fairseq_cli.train", train_args)
+    error_line = None  # the child's own account of a failure: the one line shown if it fails
     with open(log_path, "w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                       text=True, env=env, bufsize=1) as proc:
         for line in proc.stdout:
             log.write(line)
             recorder.feed(line)
-            if "| valid |" in line or "| train |" in line or "Error" in line:
+            error_line = child_error_line([line]) or error_line
+            if "| valid |" in line or "| train |" in line:
                 sys.stdout.write("[{}] {}".format(name, line))
                 sys.stdout.flush()
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError("{} training failed (exit {}); see {}".format(name, proc.returncode, log_path))
+        raise SystemExit("error: {} training failed: {} (log: {})".format(
+            name, error_line or "fairseq-train exited with status {}".format(proc.returncode), log_path))
     if not recorder.points:
-        raise RuntimeError("{} training logged no validation; lower --validate-every".format(name))
+        raise SystemExit("error: {} training logged no validation: lower --validate-every (log: {})".format(
+            name, log_path))
     return usage.ru_maxrss / 1024.0
 
 
 def model_specs(args, vocab):
-    d, p, n = (int(v) for v in args.srupp.split(","))
-    dim, ffn, layers, heads = (int(v) for v in args.transformer.split(","))
+    d, p, n = int_fields(args.srupp)
+    dim, ffn, layers, heads = int_fields(args.transformer)
     T, B = args.tokens_per_sample, args.batch_size
     common = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--weight-decay", 0.01, "--clip-norm", 1.0,
               "--lr", args.lr, "--lr-scheduler", "inverse_sqrt", "--warmup-updates", args.warmup_updates,
@@ -229,7 +243,6 @@ def measure(args, earlier=None):
     ``earlier``: {model: run record} of equal-FLOPs runs on the same corpus that may be reused (see
     :func:`train_pair`)."""
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     if args.data:
         if not Path(args.data).is_file():
             raise SystemExit("error: --data {} is not a file".format(args.data))
@@ -238,6 +251,14 @@ def measure(args, earlier=None):
         from fairseq_srupp.demo import builtin_corpus
 
         corpus, corpus_name = builtin_corpus(), BUILTIN_CORPUS
+    try:
+        split_bytes(corpus)  # its size check, before --out is made
+    except ValueError as err:
+        raise SystemExit("error: --data {}: {}".format(corpus_name, err))
+    if out.exists() and not out.is_dir():
+        raise SystemExit("error: --out {} is a file: give a directory (created if missing) for the results".format(
+            args.out))
+    out.mkdir(parents=True, exist_ok=True)  # once the corpus is read: a missing --data leaves no folder behind
     data_bin = binarize_char_corpus(corpus, out / "data")
     if not args.gpu:
         # Compile the CPU extensions (recurrence, dropout) now: a first-use build inside

@@ -3,7 +3,6 @@
 Used by the dataset scripts and by :func:`fairseq_srupp.data.char_level.binarize_char_corpus` (the
 demo and the benchmarks), so every binarized split comes out of the same code.
 """
-import argparse
 import logging
 import os
 import shlex
@@ -21,17 +20,6 @@ MAX_UNK_SHARE = 0.5
 
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
-
-
-def positive_int(text: str) -> int:
-    """argparse type of ``--workers``: fairseq-preprocess fails on 0 or fewer with a traceback."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError("expected a positive integer, got {!r}".format(text))
-    return value
 
 
 def fairseq_preprocess(data_bin: PathLike, files: Dict[str, Path], srcdict: Optional[PathLike] = None,

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from fairseq_srupp.errors import SRUppUserError, not_a_file
+
 # Shared by every paper row (spec §4): 10 layers, 1 head, highway bias −2, pre-norm everywhere.
 COMMON = dict(
     num_layers=10, num_heads=1, no_layer_norm=False, normalize_after=False, no_attn_layer_norm=False,
@@ -184,11 +186,11 @@ def sync_configs(config_dir: Path = CONFIG_DIR, write: bool = False):
         header = " ".join(line.lstrip("# ").strip() for line in text.split("\ndefaults:")[0].splitlines())
         missing = [fact for fact in header_facts(preset) if fact not in header]
         if missing:
-            raise ValueError("{}: the comment at the top should say {} (see presets.py)".format(
+            raise SRUppUserError("{}: the comment at the top should say {} (see presets.py)".format(
                 path, " and ".join(repr(f) for f in missing)))
         m = MODEL_SECTION.search(text)
         if m is None:
-            raise ValueError("{} has no top-level 'model:' section".format(path))
+            raise SRUppUserError("{} has no top-level 'model:' section".format(path))
         wanted = render_model_section(preset)
         if m.group(0) != wanted:
             stale.append(path)
@@ -233,13 +235,27 @@ def sync_readme(path: Path = README, write: bool = False) -> bool:
     text = path.read_text()
     m = README_TABLE.search(text)
     if m is None:
-        raise ValueError("{} has no preset table (a line starting with '| `--arch` |')".format(path))
+        raise SRUppUserError("{} has no preset table (a line starting with '| `--arch` |'): give the repository's "
+                             "README.md with --readme".format(path))
     wanted = render_readme_table()
     if m.group(0) == wanted:
         return False
     if write:
         path.write_text(text[: m.start()] + wanted + text[m.end():])
     return True
+
+
+def check_sync_inputs(config_dir: Path, readme: Path) -> None:
+    """Every file :func:`main` reads is there, else one :class:`SRUppUserError` naming what is missing."""
+    if not config_dir.is_dir():
+        raise SRUppUserError("--config-dir {} {}: give the repository's configs/ folder".format(
+            config_dir, "is not a directory" if config_dir.exists() else "does not exist"))
+    missing = [p.config + ".yaml" for p in PRESETS if p.config and not (config_dir / (p.config + ".yaml")).is_file()]
+    if missing:
+        raise SRUppUserError("--config-dir {} lacks {} of the preset configs ({}): give the repository's configs/ "
+                             "folder".format(config_dir, len(missing), ", ".join(missing)))
+    if not readme.is_file():
+        raise SRUppUserError("--readme {} {}: give the repository's README.md".format(readme, not_a_file(readme)))
 
 
 def main(argv=None) -> int:
@@ -249,9 +265,14 @@ def main(argv=None) -> int:
     parser.add_argument("--config-dir", type=Path, default=CONFIG_DIR)
     parser.add_argument("--readme", type=Path, default=README)
     args = parser.parse_args(argv)
-    stale = sync_configs(args.config_dir, write=not args.check)
-    if sync_readme(args.readme, write=not args.check):
+    check_sync_inputs(args.config_dir, args.readme)
+    # Every file is checked before any is rewritten: a bad one further on leaves the others as they were.
+    stale = sync_configs(args.config_dir)
+    if sync_readme(args.readme):
         stale.append(args.readme)
+    if not args.check:
+        sync_configs(args.config_dir, write=True)
+        sync_readme(args.readme, write=True)
     for path in stale:
         print("{}: {}".format("out of date" if args.check else "rewrote", path))
     return 1 if stale and args.check else 0
