@@ -220,7 +220,9 @@ def _wrap_hydra_error_report(hydra_utils):
         return
 
     def _is_env_set(name):
-        error = find_user_error(sys.exc_info()[1]) if name == "HYDRA_FULL_ERROR" else None
+        error = None
+        if name == "HYDRA_FULL_ERROR":
+            error = find_user_error(sys.exc_info()[1]) or _config_value_error(sys.exc_info()[1])
         if error is None:
             return original(name)
         keys = _hydra_keys(str(error), _hydra_cfg)
@@ -230,6 +232,22 @@ def _wrap_hydra_error_report(hydra_utils):
 
     _is_env_set.__wrapped__ = original
     hydra_utils._is_env_set = _is_env_set
+
+
+def _config_value_error(exc):
+    """An OmegaConf ``ValidationError`` (an override of the wrong type, e.g. ``model.hidden_size=abc``) as
+    a user error: attached as its cause, so the plugin's excepthook prints one line for it."""
+    from omegaconf.errors import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return None
+    reason = (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
+    key = getattr(exc, "full_key", None)
+    keys = _hydra_keys("--" + key.replace("_", "-"), _hydra_cfg) if key else ""
+    where = keys.split(" = ")[-1] if keys else key
+    exc.__cause__ = SRUppUserError("{}{}: give a value of the option's type".format(
+        where + ": " if where else "", reason))
+    return exc.__cause__
 
 
 _FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9-]*)")

@@ -504,6 +504,8 @@ def test_checkpoint_loaders(env, tmp_path):
      "(Hydra keys: --restore-file = checkpoint.restore_file, --save-dir = checkpoint.save_dir)"),
     (["dataset.batch_size=null"], "error: srupp_language_modeling needs --batch-size (streams per worker)",
      "(Hydra keys: --batch-size = dataset.batch_size)"),
+    (["model.hidden_size=abc"], "error: hidden_size: Value 'abc' of type 'str' could not be converted to "
+     "Integer", "give a value of the option's type"),
 ])
 def test_hydra_train_one_error_line(env, overrides, expected, keys):
     """fairseq-hydra-train loads the plugin only inside fairseq_cli.train.main, and Hydra prints an
