@@ -50,11 +50,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bootstrap  # noqa: E402,F401  (logs to stdout; this checkout's fairseq_srupp if not installed)
 
+from fairseq_srupp.cli_args import positive_int
 from fairseq_srupp.data.binarize import report, word_level_binarize
 from fairseq_srupp.data.fetch import archive_errors, check_file, obtain_archive, redo_hint
 from fairseq_srupp.data.files import CHUNK, atomic_dir, existing_dir, atomic_file, concatenate, fingerprint, optional_file
 from fairseq_srupp.data.prep import SPLITS, PrepError, cli, count, log
-from fairseq_srupp.cli_args import positive_int
 from fairseq_srupp.data.preprocess import default_workers
 from fairseq_srupp.data.steps import Steps
 from fairseq_srupp.data.vocab import checked_srcdict, vocab_file_to_dict

@@ -39,11 +39,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bootstrap  # noqa: E402,F401  (logs to stdout; this checkout's fairseq_srupp if not installed)
 
+from fairseq_srupp.cli_args import positive_int
 from fairseq_srupp.data.binarize import byte_level_steps, report, word_level_binarize
 from fairseq_srupp.data.fetch import check_file, download
 from fairseq_srupp.data.files import atomic_file, check_utf8_text, existing_file, file_chunks, fingerprint
 from fairseq_srupp.data.prep import SPLITS, PrepError, cli, count, log
-from fairseq_srupp.cli_args import positive_int
 from fairseq_srupp.data.preprocess import default_workers
 from fairseq_srupp.data.steps import Steps
 from fairseq_srupp.data.vocab import checked_srcdict

@@ -82,6 +82,15 @@ def int_fields(text: str):
     return tuple(int(v) for v in text.split(","))
 
 
+def transformer_heads_problem(text: str):
+    """Why a checked ``--transformer`` dim,ffn,layers,heads cannot be built (its heads do not divide its
+    dimension), for ``parser.error``; None when it can."""
+    dim, _, _, heads = int_fields(text)
+    if dim % heads:
+        return "--transformer {}: the heads ({}) must divide the dimension ({})".format(text, heads, dim)
+    return None
+
+
 # What a failing fairseq command prints last about its failure: this plugin's one line ("error: ..."),
 # argparse's ("train.py: error: ..."), or the last line of a Python traceback ("ValueError: ...").
 ERROR_LINE = re.compile(r"^(?:\S+: )?error: |^[\w.]*(?:Error|Exception)(?::|$)")

@@ -16,7 +16,7 @@ import ast
 import os
 
 from fairseq_srupp.errors import SRUppUserError, not_a_file
-from fairseq_srupp.train_checks import check_lm_data, check_no_max_tokens, component_name, existing_non_folder
+from fairseq_srupp.train_checks import check_lm_data, check_no_max_tokens, component_name, not_a_folder
 
 MODEL_OVERRIDES_EXAMPLE = "--model-overrides \"{'eval_window': 512}\""
 
@@ -111,11 +111,10 @@ def _check_input(path):
 
 
 def _check_results_path(path):
-    blocking = existing_non_folder(path) if path is not None else None
-    if blocking is not None:
-        where = "is a file" if blocking == os.path.abspath(path) else "is inside {}, a file".format(blocking)
+    why = not_a_folder(path) if path is not None else None
+    if why is not None:
         raise SRUppUserError("--results-path {} {}: give a folder (it is created if missing; the hypotheses go to "
-                             "generate-SPLIT.txt in it)".format(path, where))
+                             "generate-SPLIT.txt in it)".format(path, why))
 
 
 def check_generation_config(cfg, command: str) -> None:

@@ -133,13 +133,21 @@ def existing_non_folder(path):
     return None if os.path.isdir(path) else path
 
 
+def not_a_folder(path):
+    """Why no folder can be made at ``path`` ("is a file", "is inside F, a file"), for a message; None
+    when one can."""
+    blocking = existing_non_folder(path)
+    if blocking is None:
+        return None
+    return "is a file" if blocking == os.path.abspath(path) else "is inside {}, a file".format(blocking)
+
+
 def _check_output_paths(cfg):
     save_dir = cfg.checkpoint.save_dir
-    blocking = existing_non_folder(save_dir)
-    if blocking is not None:
-        where = "is a file" if blocking == os.path.abspath(save_dir) else "is inside {}, a file".format(blocking)
+    why = not_a_folder(save_dir)
+    if why is not None:
         raise SRUppUserError("--save-dir {} {}: give a folder for the checkpoints (it is created if missing)".format(
-            save_dir, where))
+            save_dir, why))
     log_file = cfg.common.log_file
     if log_file is None:
         return

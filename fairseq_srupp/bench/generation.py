@@ -34,7 +34,9 @@ from pathlib import Path
 
 import torch
 
-from fairseq_srupp.cli_args import int_fields, int_list, non_negative_int, positive_int, positive_int_fields
+from fairseq_srupp.cli_args import (
+    int_fields, int_list, non_negative_int, positive_int, positive_int_fields, transformer_heads_problem,
+)
 
 DEFAULT_LENGTHS = "1000,4000,16000"
 SPAN = 1000  # tokens over which the first / last ms per token are measured (at most half the run)
@@ -71,9 +73,9 @@ def parse_args(argv=None):
                         "see benchmarks/bench_timing.py: tune_malloc)")
     p.add_argument("--json", dest="json_out", help="write the results to this JSON file")
     args = p.parse_args(argv)
-    dim, _, _, heads = int_fields(args.transformer)
-    if dim % heads:
-        p.error("--transformer {}: the heads ({}) must divide the dimension ({})".format(args.transformer, heads, dim))
+    problem = transformer_heads_problem(args.transformer)
+    if problem is not None:
+        p.error(problem)
     if args.vocab < 5:
         p.error("--vocab must leave room for at least one byte symbol after the 4 special symbols")
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]

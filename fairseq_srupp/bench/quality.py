@@ -29,6 +29,7 @@ from pathlib import Path
 
 from fairseq_srupp.cli_args import (
     child_error_line, int_fields, non_negative_int, positive_float, positive_int, positive_int_fields,
+    transformer_heads_problem,
 )
 from fairseq_srupp.bench.flops import srupp_flops_per_token, transformer_flops_per_token
 from fairseq_srupp.bench.quality_curves import CurveRecorder, compute_ratio, finite
@@ -74,9 +75,9 @@ def parse_args(argv=None):
                 "equal-FLOPs runs")
     if not 0 <= args.dropout < 1:
         p.error("--dropout must be in [0, 1), got {}".format(args.dropout))
-    dim, _, _, heads = int_fields(args.transformer)
-    if dim % heads:
-        p.error("--transformer {}: the heads ({}) must divide the dimension ({})".format(args.transformer, heads, dim))
+    problem = transformer_heads_problem(args.transformer)
+    if problem is not None:
+        p.error(problem)
     return args
 
 

@@ -17,7 +17,7 @@ from typing import Dict, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
-from fairseq_srupp.data.vocab import dictionary_line_problem
+from fairseq_srupp.data.vocab import first_dictionary_problem
 from fairseq_srupp.errors import SRUppUserError
 
 # exp(-1e4) underflows to 0 in fp32, and -1e4 still fits in fp16: the output bias of symbols the
@@ -207,12 +207,11 @@ def load_fairseq_dictionary(path, option: str = "--dict"):
         line = err.object[:err.start].count(b"\n") + 1
         raise SRUppUserError("{} {} is not UTF-8 text (byte 0x{:02x} on line {}): give the dict.txt of the "
                              "fairseq-binarized data".format(option, path, err.object[err.start], line)) from None
-    seen = {symbol: 0 for symbol in Dictionary().symbols}  # symbol → its line (0: fairseq's specials)
-    for number, line in enumerate(io.StringIO(text, newline=None).readlines(), 1):  # fairseq's line splitting
-        why = dictionary_line_problem(line, number, seen)
-        if why is not None:
-            line = line.rstrip("\n")
-            shown = line if len(line) <= 60 else line[:57] + "..."
-            raise SRUppUserError("{} {} line {} ({!r}): {}: give the dict.txt of the fairseq-binarized data".format(
-                option, path, number, shown, why))
+    bad = first_dictionary_problem(io.StringIO(text, newline=None).readlines())  # fairseq's line splitting
+    if bad is not None:
+        number, line, why = bad
+        line = line.rstrip("\n")
+        shown = line if len(line) <= 60 else line[:57] + "..."
+        raise SRUppUserError("{} {} line {} ({!r}): {}: give the dict.txt of the fairseq-binarized data".format(
+            option, path, number, shown, why))
     return Dictionary.load(str(path))

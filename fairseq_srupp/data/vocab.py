@@ -1,6 +1,6 @@
 """fairseq's special symbols and vocabulary files (one word, or ``word count``, per line)."""
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 from .files import atomic_file, check_utf8_text, existing_file, file_chunks
 from .prep import PrepError, count, log
@@ -63,13 +63,12 @@ def checked_srcdict(path: Optional[Union[str, Path]], option: str = "--srcdict")
     path = existing_file(path, option)
     where = "{} {}".format(option, path)
     check_utf8_text(file_chunks(path), where, "a fairseq dict.txt must be UTF-8 text")
-    seen = {symbol: 0 for symbol in FAIRSEQ_SPECIALS}  # a fairseq Dictionary holds them before line 1
     with open(path, encoding="utf-8") as f:  # text mode splits lines as fairseq's readlines() does
-        for number, line in enumerate(f, 1):
-            problem = dictionary_line_problem(line, number, seen)
-            if problem:
-                raise PrepError("{}, line {}: {}; fix or remove that line, or drop {} to build the dictionary "
-                                "from the data".format(where, count(number), problem, option))
+        bad = first_dictionary_problem(f)
+    if bad is not None:
+        number, _, problem = bad
+        raise PrepError("{}, line {}: {}; fix or remove that line, or drop {} to build the dictionary "
+                        "from the data".format(where, count(number), problem, option))
     return path
 
 
@@ -88,12 +87,23 @@ def parse_dictionary_line(line: str) -> Tuple[str, bool]:
         fields = fields[0].rsplit(" ", 1)
     if len(fields) != 2:
         raise ValueError("expected '<symbol> <count>'")
-    symbol, count = fields
+    symbol, count_field = fields
     try:
-        int(count)
+        int(count_field)
     except ValueError:
-        raise ValueError("expected '<symbol> <count>', and '{}' is not a count".format(count)) from None
+        raise ValueError("expected '<symbol> <count>', and '{}' is not a count".format(count_field)) from None
     return symbol, overwrite
+
+
+def first_dictionary_problem(lines: Iterable[str]) -> Optional[Tuple[int, str, str]]:
+    """(line number, line, what is wrong) of the first line of a ``dict.txt`` that fairseq would refuse,
+    or None when every line is fine."""
+    seen = {symbol: 0 for symbol in FAIRSEQ_SPECIALS}  # a fairseq Dictionary holds them before line 1
+    for number, line in enumerate(lines, 1):
+        problem = dictionary_line_problem(line, number, seen)
+        if problem is not None:
+            return number, line, problem
+    return None
 
 
 def dictionary_line_problem(line: str, number: int, seen: Dict[str, int]) -> Optional[str]:
@@ -109,5 +119,3 @@ def dictionary_line_problem(line: str, number: int, seen: Dict[str, int]) -> Opt
         return "'{}' is already on line {}".format(symbol, seen[symbol])
     seen.setdefault(symbol, number)
     return None
-
-
