@@ -196,7 +196,7 @@ def test_the_model_passes_the_structure_only_where_sdpa_takes_it(monkeypatch):
 
 def test_an_unknown_switch_value_is_one_clear_error(monkeypatch):
     monkeypatch.setenv(ATTENTION_ENV, "flash")
-    with pytest.raises(SRUppUserError, match="FAIRSEQ_SRUPP_ATTENTION='flash' is not one of auto, additive"):
+    with pytest.raises(SRUppUserError, match="FAIRSEQ_SRUPP_ATTENTION='flash' is not one of auto, sdpa, additive"):
         training_causal_mask(L, MEM)
 
 
@@ -211,7 +211,7 @@ def test_an_unknown_switch_value_is_one_line_on_stderr(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, timeout=120)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == ("error: FAIRSEQ_SRUPP_ATTENTION='flash' is not one of auto, additive: "
+    assert proc.stderr.strip() == ("error: FAIRSEQ_SRUPP_ATTENTION='flash' is not one of auto, sdpa, additive: "
                                    "unset it or set it to one of them")
 
 
@@ -235,11 +235,13 @@ def gpu_attention_step(attn, x, memory, mask, backends):
 @needs_cuda
 @pytest.mark.parametrize("proj,heads,backend", [(128, 2, "FLASH_ATTENTION"), (768, 1, "EFFICIENT_ATTENTION")],
                          ids=["flash-hd64", "efficient-enwik8-base-hd768"])
-def test_gpu_structured_attention_runs_on_the_fused_backend_and_matches_additive(proj, heads, backend):
+def test_gpu_structured_attention_runs_on_the_fused_backend_and_matches_additive(monkeypatch, proj, heads, backend):
     """bf16 autocast, memory as long as the segment (training's shape). Flash takes head dims up to
-    256 only, so the enwik8-base layer (1 head of 768) is checked on the memory-efficient kernel."""
+    256 only, so the enwik8-base layer (1 head of 768) is checked on the memory-efficient kernel (the
+    ``sdpa`` switch: by default such wide heads attend through the score product, tested below)."""
     from torch.nn.attention import SDPBackend
 
+    monkeypatch.setenv(ATTENTION_ENV, "sdpa")
     torch.manual_seed(0)
     seg = 256
     attn = SRUppAttention(64, 192, proj, num_heads=heads, rezero_init_alpha=1.0).cuda().train()
@@ -251,3 +253,37 @@ def test_gpu_structured_attention_runs_on_the_fused_backend_and_matches_additive
         assert_close(name, a, b, 3e-2 * b.abs().max().item())
     for name in additive[3]:
         assert_close(name, fused[3][name], additive[3][name], 3e-2 * additive[3][name].abs().max().item())
+
+
+@needs_cuda
+@pytest.mark.parametrize("proj,heads,expect_sdpa", [(768, 1, False), (256, 2, True)], ids=["hd768", "hd128"])
+def test_gpu_wide_heads_attend_through_the_score_product_and_match_sdpa(monkeypatch, proj, heads, expect_sdpa):
+    """By default (``auto``) a head wider than SDPA_MAX_HEAD_DIM skips SDPA on CUDA (its generic
+    memory-efficient kernel is slow there) and must still give SDPA's math backend's results; a
+    narrower one goes to SDPA with the structure."""
+    from torch.nn.attention import SDPBackend
+
+    from fairseq_srupp.modules import transforms
+
+    torch.manual_seed(0)
+    seg = 256
+    attn = SRUppAttention(64, 192, proj, num_heads=heads, rezero_init_alpha=1.0).cuda().train()
+    x = torch.randn(seg, 2, 64, device="cuda", requires_grad=True)
+    memory = torch.randn(seg, 2, 64, device="cuda", requires_grad=True)
+    # A spy on the score product, not on SDPA: CausalBias recognises SDPA by identity, so a wrapped SDPA
+    # would make it materialise the structure (on the CPU) instead of dispatching it.
+    product = transforms.attention_by_matmul
+    calls = []
+    monkeypatch.setattr(transforms, "attention_by_matmul", lambda *a, **k: calls.append(1) or product(*a, **k))
+    monkeypatch.setenv(ATTENTION_ENV, "auto")
+    fast = gpu_attention_step(attn, x, memory, causal_lower_right(seg, 2 * seg),
+                              [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION])
+    assert bool(calls) != expect_sdpa
+    monkeypatch.setenv(ATTENTION_ENV, "sdpa")  # the reference: SDPA's math backend for every head width
+    calls.clear()
+    reference = gpu_attention_step(attn, x, memory, causal_mask(seg, seg, device="cuda"), [SDPBackend.MATH])
+    for name, a, b in zip(("U", "input grad", "memory grad"), fast[:3], reference[:3]):
+        assert_close(name, a, b, 3e-2 * b.abs().max().item())
+    for name in reference[3]:
+        assert_close(name, fast[3][name], reference[3][name], 3e-2 * reference[3][name].abs().max().item())
+    assert not calls

@@ -13,7 +13,7 @@ from conftest import assert_close
 
 from fairseq_srupp.errors import SRUppUserError
 from fairseq_srupp.modules import Dropout, SRUppAttention
-from fairseq_srupp.modules.transforms import attention_with_fused_dropout
+from fairseq_srupp.modules.transforms import attention_by_matmul
 from fairseq_srupp.ops.dropout import dropout_ref, fused_dropout, keep_mask, keep_scale, philox_words, threshold
 from fairseq_srupp.ops.dropout.cpu import load_dropout_extension
 
@@ -108,14 +108,14 @@ def test_bad_dropout_choice_prints_one_line_through_the_plugin():
         "error: FAIRSEQ_SRUPP_DROPOUT='fast' is not one of auto, torch: unset it or set it to one of them"]
 
 
-def test_attention_with_fused_dropout_equals_the_formula():
+def test_attention_by_matmul_equals_the_formula():
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 2, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
     k2, v2 = k[:, :, :3], v[:, :, :3]  # a longer key set than the queries: S != L
     k2 = torch.cat([k2, k], dim=2)
     v2 = torch.cat([v2, v], dim=2)
     bias = torch.randn(5, 8, dtype=torch.float64)
-    out = attention_with_fused_dropout(q, k2, v2, bias, 0.3, seed=77)
+    out = attention_by_matmul(q, k2, v2, bias, 0.3, seed=77)
     probs = torch.softmax(q @ k2.transpose(-2, -1) / 2.0 + bias, dim=-1)
     expected = dropout_ref(probs, 0.3, 77) @ v2
     assert_close("attention", out, expected, 1e-12)
@@ -144,13 +144,30 @@ def test_attention_module_draws_its_attention_mask_with_the_fused_dropout():
     assert_close("U", out, expected, 1e-12)
 
 
-def test_attention_with_fused_dropout_takes_a_causal_structure_as_its_tensor():
+def test_attention_by_matmul_takes_a_causal_structure_as_its_tensor():
     from torch.nn.attention.bias import causal_lower_right
 
     from fairseq_srupp.modules.attention_masks import causal_mask
 
     q = torch.randn(2, 1, 4, 3, dtype=torch.float64)
     k, v = torch.randn(2, 1, 7, 3, dtype=torch.float64), torch.randn(2, 1, 7, 3, dtype=torch.float64)
-    structured = attention_with_fused_dropout(q, k, v, causal_lower_right(4, 7), 0.2, seed=4)
-    dense = attention_with_fused_dropout(q, k, v, causal_mask(4, 3, dtype=torch.float64), 0.2, seed=4)
+    structured = attention_by_matmul(q, k, v, causal_lower_right(4, 7), 0.2, seed=4)
+    dense = attention_by_matmul(q, k, v, causal_mask(4, 3, dtype=torch.float64), 0.2, seed=4)
     assert torch.equal(structured, dense)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_attention_by_matmul_in_half_precision_takes_its_softmax_in_fp32(dtype):
+    """Half-precision inputs (fairseq --bf16 / --fp16, where no autocast lifts the softmax to fp32):
+    probabilities from an fp32 softmax of the half scores, returned in v's dtype."""
+    from fairseq_srupp.modules.attention_masks import causal_mask
+
+    torch.manual_seed(0)
+    q = (torch.randn(2, 1, 6, 8) * 4).to(dtype)
+    k, v = (torch.randn(2, 1, 9, 8).to(dtype) for _ in range(2))
+    mask = causal_mask(6, 3, dtype=dtype)
+    out = attention_by_matmul(q, k, v, mask, 0.0)
+    scores = (q.float() @ k.float().transpose(-2, -1)).to(dtype).float() * 8 ** -0.5 + mask.float()
+    expected = (torch.softmax(scores, dim=-1).to(dtype).float() @ v.float())
+    assert out.dtype == dtype
+    assert_close("attention", out.float(), expected, 2e-2)

@@ -14,6 +14,9 @@ L=--length tokens per step (the paper's per-GPU batch: 4 x 1024), for every --dt
   (fairseq's ``FP16Optimizer``, see :class:`HalfPrecisionUpdate`);
 * ``srupp_lm_additive``: the same model and steps with ``FAIRSEQ_SRUPP_ATTENTION=additive``, the
   additive float mask over [memory; current] of before: the A/B of the mask alone;
+* ``srupp_lm_sdpa``: the same with ``FAIRSEQ_SRUPP_ATTENTION=sdpa``: its wide heads (the preset's one
+  head of 768) go to SDPA's memory-efficient kernel with the structure, where ``auto`` materialises
+  the scores (``transforms.SDPA_MAX_HEAD_DIM``): the A/B of that choice;
 * ``sru_reference``: the paper's enwik8 model, Embedding -> dropout -> ``sru.SRUpp`` (its CUDA kernel)
   -> dropout -> Linear, carrying ``c`` and ``saved_inputs`` as memory the way its training script does;
 * ``transformer_lm``: fairseq's, sized to about the same parameter count (--transformer
@@ -31,8 +34,8 @@ training FLOPs per token (``fairseq_srupp.bench.flops``), achieved TFLOP/s and M
 (default: the dense bf16 peak of the GPU's name, see ``peak_bf16_tflops``), and the first and last
 loss (finite, or the run failed); for the srupp_lm rows also the SDPA kernel their attention gets at
 this shape (``sdpa_kernel``). Then srupp_lm over the reference (tokens/s, peak memory), over the
-Transformer (tokens/s), and over srupp_lm_additive (tokens/s, peak memory); srupp_lm_half over the
-reference and over srupp_lm.
+Transformer (tokens/s) and over srupp_lm_sdpa (tokens/s, peak memory); srupp_lm_sdpa over
+srupp_lm_additive (the mask alone); srupp_lm_half over the reference and over srupp_lm.
 
 MFU counts model FLOPs (``fairseq_srupp.bench.flops``): causal attention as the keys a query really
 sees, whatever the kernel computes (the additive path scores all L x 2L pairs, the structured one
@@ -67,13 +70,14 @@ from fairseq_srupp.bench.generation import build_model, model_cli_args, write_di
 from fairseq_srupp.bench.paper_sru import import_sru  # noqa: E402
 from fairseq_srupp.models.srupp_lm import SRUppLMConfig  # noqa: E402
 from fairseq_srupp.modules.attention_masks import ATTENTION_ENV, causal_mask  # noqa: E402
+from fairseq_srupp.modules.transforms import SDPA_MAX_HEAD_DIM, wants_matmul_attention  # noqa: E402
 from fairseq_srupp.tasks.carried_state import SegmentContext  # noqa: E402
 
 # srupp_lm's pair first: if the step runs out of time, the A/B of the mask is what was measured.
-MODELS = ("srupp_lm", "srupp_lm_half", "srupp_lm_additive", "sru_reference", "transformer_lm")
+MODELS = ("srupp_lm", "srupp_lm_half", "srupp_lm_sdpa", "srupp_lm_additive", "sru_reference", "transformer_lm")
 OPTIONAL_MODELS = ("srupp_lm_compiled",)  # run only when named in --models
 # FAIRSEQ_SRUPP_ATTENTION per model
-ATTENTION = {"srupp_lm": "auto", "srupp_lm_half": "auto", "srupp_lm_additive": "additive",
+ATTENTION = {"srupp_lm": "auto", "srupp_lm_half": "auto", "srupp_lm_sdpa": "sdpa", "srupp_lm_additive": "additive",
              "srupp_lm_compiled": "auto"}
 HALF_DTYPES = ("bfloat16", "float16")  # srupp_lm_half runs only in these
 TRANSFORMER = "1024,4480,8,16"  # about srupp_lm's 107.6M parameters with a byte vocabulary
@@ -96,8 +100,8 @@ def parse_args(argv=None):
     p.add_argument("--models", nargs="+", choices=MODELS + OPTIONAL_MODELS, default=list(MODELS))
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of srupp_lm_compiled")
     p.add_argument("--additive-dtypes", nargs="+", choices=DTYPES, default=["bfloat16"],
-                   help="dtypes srupp_lm_additive runs in (default bf16 only: the A/B of the mask, the MFU "
-                        "target's dtype, within the GPU kit's time)")
+                   help="dtypes srupp_lm_additive and srupp_lm_sdpa run in (default bf16 only: the A/B of the "
+                        "mask and of the attention kernel, the MFU target's dtype, within the GPU kit's time)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--length", type=int, default=1024)
     p.add_argument("--vocab", type=int, default=209, help="dictionary size: 205 bytes + fairseq's 4 symbols")
@@ -185,9 +189,10 @@ def time_step(step, args, cuda):
     return 1000.0 * Timer().time_fn(step, args.warmup, args.repeats)[0]
 
 
-def sdpa_kernel_used(structured, args, dtype, device="cuda"):
-    """The SDPA kernel srupp_lm's attention gets in training at this shape on this GPU (memory as long as
-    the segment, attention dropout on): what ``CausalBias`` picks for the structure (flash, else
+def sdpa_kernel_used(mode, args, dtype, device="cuda"):
+    """The attention kernel srupp_lm gets in training at this shape on this GPU (memory as long as the
+    segment, attention dropout on) under ``FAIRSEQ_SRUPP_ATTENTION=mode``: the score product for ``auto``
+    and heads wider than SDPA_MAX_HEAD_DIM, else what ``CausalBias`` picks for the structure (flash, else
     memory-efficient, else a materialised boolean mask), what SDPA picks for the additive float mask."""
     from torch.backends.cuda import SDPAParams, can_use_efficient_attention, can_use_flash_attention
     from torch.nn.attention import SDPBackend
@@ -196,7 +201,9 @@ def sdpa_kernel_used(structured, args, dtype, device="cuda"):
     heads = SRUppLMConfig().num_heads
     q = torch.empty(args.batch, heads, args.length, proj // heads, device=device, dtype=dtype, requires_grad=True)
     kv = q.new_empty(args.batch, heads, 2 * args.length, proj // heads).requires_grad_(True)
-    if structured:
+    if mode == "auto" and q.is_cuda and wants_matmul_attention(q, args.dropout):
+        return "score product (head dim {} > {})".format(proj // heads, SDPA_MAX_HEAD_DIM)
+    if mode != "additive":
         params = SDPAParams(q, kv, kv, None, args.dropout, False, False)
         if can_use_flash_attention(params):
             return "FLASH_ATTENTION"
@@ -313,7 +320,7 @@ def _measure(name, dtype_name, args, dict_dir, device, peak_tflops):
     row["mfu"] = row["tflops"] / peak_tflops if peak_tflops else None
     if name in ATTENTION and name != "srupp_lm_compiled" and cuda:
         try:  # private torch API: a probe that fails must not lose the row it describes
-            row["sdpa_kernel"] = sdpa_kernel_used(ATTENTION[name] == "auto", args, dtype)
+            row["sdpa_kernel"] = sdpa_kernel_used(ATTENTION[name], args, dtype)
         except Exception as err:  # noqa: BLE001
             row["sdpa_kernel"] = "unknown ({}: {})".format(type(err).__name__, err)
     if not all(math.isfinite(v) for v in losses):
@@ -346,7 +353,7 @@ def run(args, on_row=None):
         write_dictionary(tmp, args.vocab)
         for dtype_name in args.dtypes:
             for model_name in args.models:
-                if model_name == "srupp_lm_additive" and dtype_name not in args.additive_dtypes:
+                if model_name in ("srupp_lm_additive", "srupp_lm_sdpa") and dtype_name not in args.additive_dtypes:
                     continue
                 if model_name == "srupp_lm_half" and dtype_name not in HALF_DTYPES:
                     continue
@@ -365,8 +372,11 @@ RATIOS = {  # key: (numerator model, denominator model, figure)
     "srupp_over_reference_tokens_per_s": ("srupp_lm", "sru_reference", "tokens_per_s"),
     "srupp_over_reference_peak_memory": ("srupp_lm", "sru_reference", "peak_mib"),
     "srupp_over_transformer_tokens_per_s": ("srupp_lm", "transformer_lm", "tokens_per_s"),
-    "structured_over_additive_tokens_per_s": ("srupp_lm", "srupp_lm_additive", "tokens_per_s"),
-    "structured_over_additive_peak_memory": ("srupp_lm", "srupp_lm_additive", "peak_mib"),
+    # the mask alone: both through SDPA (srupp_lm itself may take the score product for wide heads)
+    "structured_over_additive_tokens_per_s": ("srupp_lm_sdpa", "srupp_lm_additive", "tokens_per_s"),
+    "structured_over_additive_peak_memory": ("srupp_lm_sdpa", "srupp_lm_additive", "peak_mib"),
+    "auto_over_sdpa_tokens_per_s": ("srupp_lm", "srupp_lm_sdpa", "tokens_per_s"),
+    "auto_over_sdpa_peak_memory": ("srupp_lm", "srupp_lm_sdpa", "peak_mib"),
     "half_over_reference_tokens_per_s": ("srupp_lm_half", "sru_reference", "tokens_per_s"),
     "half_over_reference_peak_memory": ("srupp_lm_half", "sru_reference", "peak_mib"),
     "half_over_autocast_tokens_per_s": ("srupp_lm_half", "srupp_lm", "tokens_per_s"),
@@ -412,9 +422,14 @@ def format_results(result):
                              _num(r["half_over_reference_peak_memory"], "{:.2f}x"),
                              _num(r["half_over_autocast_tokens_per_s"], "{:.2f}x"),
                              _num(r["half_over_autocast_peak_memory"], "{:.2f}x")))
-        lines.append("- {}: srupp_lm structured causal mask / additive mask: tokens/s {}, peak memory {}".format(
+        lines.append("- {}: SDPA with the structured causal mask / the additive mask (srupp_lm_sdpa / "
+                     "srupp_lm_additive): tokens/s {}, peak memory {}".format(
             dtype, _num(r["structured_over_additive_tokens_per_s"], "{:.2f}x"),
             _num(r["structured_over_additive_peak_memory"], "{:.2f}x")))
+        if r.get("auto_over_sdpa_tokens_per_s"):
+            lines.append("- {}: srupp_lm default attention / all heads through SDPA (srupp_lm_sdpa): tokens/s {}, "
+                         "peak memory {}".format(dtype, _num(r["auto_over_sdpa_tokens_per_s"], "{:.2f}x"),
+                                                 _num(r["auto_over_sdpa_peak_memory"], "{:.2f}x")))
         if r.get("compiled_over_eager_tokens_per_s"):
             lines.append("- {}: srupp_lm compiled / eager: tokens/s {}, peak memory {}".format(
                 dtype, _num(r["compiled_over_eager_tokens_per_s"], "{:.2f}x"),

@@ -13,8 +13,10 @@ row's largest score is an unmasked one and each masked score sits about 10000 be
 differ by far less); exp(−10000) underflows to exactly 0 in fp32 and in bf16 (fp32's exponent
 range), so both give the same probabilities.
 
-Switch: ``FAIRSEQ_SRUPP_ATTENTION`` = ``auto`` (default: the structure where it helps) | ``additive``
-(always the float tensor, the path before the structure existed; for A/B measurements).
+Switch: ``FAIRSEQ_SRUPP_ATTENTION`` = ``auto`` (default: the structure where it helps; on CUDA, heads
+wider than ``transforms.SDPA_MAX_HEAD_DIM`` attend through the materialised scores) | ``sdpa`` (the
+structure, and SDPA for every head width) | ``additive`` (always the float tensor through SDPA, the
+path before the structure existed). ``sdpa`` and ``additive`` are for A/B measurements.
 """
 import sys
 from typing import TYPE_CHECKING, Optional, Union
@@ -34,13 +36,13 @@ BIAS_MODULE = "torch.nn.attention.bias"
 # Added to attention scores of masked positions, as the paper's scripts do.
 MASKED_SCORE = -10000.0
 ATTENTION_ENV = "FAIRSEQ_SRUPP_ATTENTION"
-ATTENTION_MODES = ("auto", "additive")
+ATTENTION_MODES = ("auto", "sdpa", "additive")
 
 AttentionMask = Union[Tensor, "CausalBias"]
 
 
 def attention_mode() -> str:
-    """The ``FAIRSEQ_SRUPP_ATTENTION`` switch: ``auto`` (default) or ``additive``."""
+    """The ``FAIRSEQ_SRUPP_ATTENTION`` switch: ``auto`` (default), ``sdpa`` or ``additive``."""
     return env_choice(ATTENTION_ENV, ATTENTION_MODES)
 
 
@@ -60,7 +62,7 @@ def training_causal_mask(length: int, mem_len: int = 0, device=None, dtype=torch
     SDPA takes it (``auto`` on CUDA), else :func:`causal_mask`'s tensor. Inside ``torch.compile`` it is
     the tensor too: dynamo cannot construct a ``CausalBias`` (a tensor subclass) without a graph break."""
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if attention_mode() == "auto" and sdpa_takes_structure(device) and not torch.compiler.is_compiling():
+    if attention_mode() != "additive" and sdpa_takes_structure(device) and not torch.compiler.is_compiling():
         from torch.nn.attention.bias import causal_lower_right
 
         return causal_lower_right(length, mem_len + length)
@@ -100,7 +102,7 @@ def mask_for_sdpa(mask: Optional[AttentionMask], device, dtype: torch.dtype, key
                 "positions".format(MASKED_SCORE, mask.dtype, MASKED_SCORE))
         return mask
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if attention_mode() == "auto" and not key_padding and sdpa_takes_structure(device):
+    if attention_mode() != "additive" and not key_padding and sdpa_takes_structure(device):
         return mask
     return additive_mask(mask, device, dtype)
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from fairseq_srupp.ops.dropout import fused_dropout, fused_dropout_enabled
 
-from .attention_masks import AttentionMask, additive_mask, mask_for_sdpa, is_structured, mask_shape
+from .attention_masks import AttentionMask, additive_mask, attention_mode, is_structured, mask_for_sdpa, mask_shape
 from .dropout import Dropout
 
 
@@ -72,23 +72,47 @@ def attention_bias(
     return bias
 
 
-def attention_with_fused_dropout(
+# Widest head the memory-efficient SDPA kernel has a tuned template for: wider heads (the paper's
+# single 768- or 1024-wide head) fall to its generic template, whose backward measured 3.4 ms per
+# layer on an H100 at the enwik8-base shape against ~0.3 ms for the product of scores below (GPU kit
+# report of 2026-11-27). Flash takes heads up to 256 but not a lower-right causal mask.
+SDPA_MAX_HEAD_DIM = 128
+
+
+def attention_by_matmul(
     q: Tensor, k: Tensor, v: Tensor, bias: Optional[AttentionMask], dropout_p: float, seed: Optional[int] = None
 ) -> Tensor:
-    """softmax(q·kᵀ/√hd + bias) with the fused CPU dropout, times v: q (B, H, L, hd), k / v
-    (B, H, S, hd), bias an additive tensor broadcastable to (B, H, L, S) or a causal structure
-    → (B, H, L, hd).
+    """softmax(q·kᵀ/√hd + bias) with dropout, times v, with the (B, H, L, S) scores materialised:
+    q (B, H, L, hd), k / v (B, H, S, hd), bias an additive tensor broadcastable to (B, H, L, S) or a
+    causal structure → (B, H, L, hd).
 
-    What ``F.scaled_dot_product_attention`` computes with ``dropout_p`` (on the CPU it has no fused
-    kernel with dropout and runs the same steps), with the probabilities' mask drawn by
-    :func:`~fairseq_srupp.ops.dropout.fused_dropout` instead of ``bernoulli_``.
+    What ``F.scaled_dot_product_attention`` computes. The softmax runs in fp32 whatever the inputs'
+    dtype (as under autocast, also for fairseq's --fp16 / --bf16), and its probabilities go back to v's
+    dtype before dropout. On the CPU the probabilities' mask is drawn by
+    :func:`~fairseq_srupp.ops.dropout.fused_dropout` (``seed`` fixes it), elsewhere by ``F.dropout``.
     """
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # (B, H, L, S)
-    if is_structured(bias):  # only where a test routes the structure to the CPU
-        bias = additive_mask(bias, q.device, q.dtype)
+    if is_structured(bias):
+        bias = additive_mask(bias, q.device, scores.dtype)
     if bias is not None:
         scores.add_(bias)
-    return torch.matmul(fused_dropout(torch.softmax(scores, dim=-1), dropout_p, seed), v)
+    softmax_dtype = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
+    probs = torch.softmax(scores, dim=-1, dtype=softmax_dtype).to(v.dtype)
+    if dropout_p > 0:
+        if fused_dropout_enabled(probs):
+            probs = fused_dropout(probs, dropout_p, seed)
+        else:
+            probs = F.dropout(probs, dropout_p, training=True)
+    return torch.matmul(probs, v)
+
+
+def wants_matmul_attention(q: Tensor, dropout_p: float) -> bool:
+    """Whether :func:`attention_by_matmul` beats SDPA for queries ``q`` (B, H, L, hd): on CUDA for heads
+    wider than :data:`SDPA_MAX_HEAD_DIM` (``FAIRSEQ_SRUPP_ATTENTION=sdpa`` keeps SDPA there), on the
+    CPU when dropout is on (SDPA has no fused CPU kernel with dropout and runs the same steps)."""
+    if q.is_cuda:
+        return q.shape[-1] > SDPA_MAX_HEAD_DIM and attention_mode() == "auto"
+    return dropout_p > 0 and fused_dropout_enabled(q)
 
 
 class SRUppAttention(nn.Module):
@@ -244,8 +268,8 @@ class SRUppAttention(nn.Module):
         S = L), never as a tensor."""
         bsz, _, tgt_len, _ = q.shape
         dropout_p = self.attn_dropout if self.attn_dropout_module.active else 0.0
-        if dropout_p > 0 and fused_dropout_enabled(q):
-            attn = attention_with_fused_dropout(q, k, v, bias, dropout_p)
+        if wants_matmul_attention(q, dropout_p):
+            attn = attention_by_matmul(q, k, v, bias, dropout_p)
         else:
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)  # (B, H, L, hd)
         attn = attn.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.proj_features)  # (L, B, p)
