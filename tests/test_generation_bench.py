@@ -61,3 +61,28 @@ def test_sampling_single_model_without_window_override():
     assert results["srupp_over_transformer"] == {}
     assert all(positive(r["tokens_per_second"]) for r in results["models"]["srupp_lm"]["runs"])
     assert "srupp_lm" in format_report(results)
+
+
+def test_json_holds_each_finished_run_while_later_ones_run(tmp_path, monkeypatch):
+    """A run stopped for time (the GPU kit's generation step) keeps what it measured: the JSON is
+    rewritten after every timed run, marked partial until the last."""
+    import fairseq_srupp.bench.generation as generation
+
+    out = tmp_path / "gen.json"
+    seen = []
+    one = generation.run_one
+
+    def spying_run_one(model, length, args, device):
+        if out.exists():  # the runs finished before this one are on disk
+            seen.append((length, json.loads(out.read_text())))
+        return one(model, length, args, device)
+
+    monkeypatch.setattr(generation, "run_one", spying_run_one)
+    assert main(TINY + ["--models", "srupp_lm", "--json", str(out)], tune_malloc=lambda: False) == 0
+    assert [length for length, _ in seen] == [64]
+    partial = seen[0][1]
+    assert partial["partial"] is True
+    assert [r["length"] for r in partial["models"]["srupp_lm"]["runs"]] == [16]
+    final = json.loads(out.read_text())
+    assert final["partial"] is False and [r["length"] for r in final["models"]["srupp_lm"]["runs"]] == [16, 64]
+    assert not (tmp_path / "gen.json.tmp").exists()

@@ -89,11 +89,14 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
     assert {(r["model"], r["dtype"]) for r in training["rows"]} == {
         (m, d) for m in ("srupp_lm", "sru_reference", "transformer_lm") for d in ("float32", "bfloat16")} | {
         ("srupp_lm_additive", "bfloat16"),  # the A/B of the attention mask: bf16 only
+        ("srupp_lm_sdpa", "bfloat16"),  # the A/B of the wide heads' kernel: bf16 only
         ("srupp_lm_half", "bfloat16"),  # fairseq's --bf16 / --fp16 update: half precision only
         ("srupp_lm_compiled", "bfloat16")}  # torch.compile (aot_eager on the CPU), last
     assert set(training["ratios"]["bfloat16"]) >= {"structured_over_additive_tokens_per_s",
                                                    "structured_over_additive_peak_memory"}
     assert training["ratios"]["bfloat16"]["compiled_over_eager_tokens_per_s"] > 0
+    assert training["ratios"]["bfloat16"]["auto_over_sdpa_tokens_per_s"] > 0
+    assert any("all heads through SDPA (srupp_lm_sdpa)" in line for line in steps["training"]["markdown"])
     assert training["ratios"]["bfloat16"]["half_over_reference_tokens_per_s"] > 0
     assert any("srupp_lm_half (fairseq --bf16) / sru reference" in line for line in steps["training"]["markdown"])
     assert any(t["target"] == "enwik8-base training bf16: srupp_lm_half MFU >= 45%" for t in training["targets"])
@@ -111,6 +114,9 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
     gen = steps["generation"]
     assert gen["status"] == "ok", gen
     assert set(gen["results"]["summary"]) == {"srupp_lm", "transformer_lm"}
+    assert {t["target"] for t in gen["results"]["targets"]} == {
+        "generation: srupp_lm ms/token at 16 tokens <= 1.2x at 8",
+        "generation: srupp_lm peak memory growth at 16 tokens <= 1.2x at 8"}
 
     md = (out / "report.md").read_text()
     assert "DRY RUN" in md and "environment unknown (step 0 failed)" in md
@@ -124,11 +130,12 @@ def test_attention_kernel_probe_names_sdpa_backends():
     import train_bench
 
     args = train_bench.parse_args(["--srupp", "32,16,2", "--batch", "2", "--length", "16"])
-    assert train_bench.sdpa_kernel_used(True, args, torch.float32, "cpu") == "boolean mask (materialised)"
+    for mode in ("auto", "sdpa"):  # auto's score product is for wide heads on CUDA only
+        assert train_bench.sdpa_kernel_used(mode, args, torch.float32, "cpu") == "boolean mask (materialised)"
     # CPU's fused kernel has no attention dropout: training (dropout 0.22) falls back to the math one.
-    assert train_bench.sdpa_kernel_used(False, args, torch.float32, "cpu") == "MATH (float mask)"
+    assert train_bench.sdpa_kernel_used("additive", args, torch.float32, "cpu") == "MATH (float mask)"
     args.dropout = 0.0
-    assert train_bench.sdpa_kernel_used(False, args, torch.float32, "cpu") == "FLASH_ATTENTION (float mask)"
+    assert train_bench.sdpa_kernel_used("additive", args, torch.float32, "cpu") == "FLASH_ATTENTION (float mask)"
 
 
 def test_report_lists_the_targets_of_measured_steps(tmp_path):
@@ -405,3 +412,19 @@ def test_half_precision_update_scales_fp16_and_skips_an_overflow():
     assert update.scale == 64.0
     torch.testing.assert_close(update.master.grad, torch.full_like(update.master, 0.01), rtol=1e-3, atol=0)  # unscaled
     assert not torch.equal(master, update.master)  # (a step of 3e-6: below fp16's resolution of the weights)
+
+
+def test_generation_step_reports_the_runs_a_stopped_model_finished():
+    """On the H100 both models ran out of their share of the time before 16k tokens: the runs they
+    finished (generation.py writes them after each) are reported, and the step fails with the reason."""
+    import steps
+
+    run = {"length": 1000, "ms_per_token": 2.5, "last_span_ms_per_token": 2.5, "state_mib": 1.0,
+           "cuda_peak_growth_mib": 40.0}
+    data = {"setup": {"lengths": [1000, 16000], "device": "cuda", "device_name": "H100", "dtype": "bfloat16",
+                      "batch": 1, "window": 3072},
+            "models": {"srupp_lm": {"params": 10, "runs": [run]}}}
+    out = steps.generation_result(data, {"srupp_lm": "stopped after its share of the time, 64 s"})
+    assert out["status"] == "failed" and "srupp_lm: stopped after its share of the time, 64 s" in out["reason"]
+    assert "| srupp_lm | 10 | 2.500 | unfinished | | 40.0 → unfinished | |" in out["markdown"]
+    assert [(t["value"], t["met"]) for t in out["results"]["targets"]] == [(None, None), (None, None)]

@@ -22,11 +22,11 @@ REPO = HERE.parents[1]
 # (key, title, time limit in seconds). Limits are sized for one H100 (measured run: see README.md).
 STEPS = [
     ("environment", "0. Environment", 40),
-    ("kernel_tests", "1. pytest tests/test_cuda_kernel.py", 150),
-    ("cli", "2. fairseq-train --fp16 / --bf16 / --amp and --task srupp_language_modeling, then fairseq-eval-lm", 100),
-    ("recurrence", "3. Recurrence kernel fwd+bwd, L=1024 d=3072: bandwidth and sru's kernel", 90),
-    ("training", "4. Training at the enwik8-base shape: srupp_lm, sru reference, transformer_lm", 170),
-    ("generation", "5. Generation ms/token at 1k and 16k tokens", 150),
+    ("kernel_tests", "1. pytest tests/test_cuda_kernel.py", 120),
+    ("cli", "2. fairseq-train --fp16 / --bf16 / --amp and --task srupp_language_modeling, then fairseq-eval-lm", 80),
+    ("recurrence", "3. Recurrence kernel fwd+bwd, L=1024 d=3072: bandwidth and sru's kernel", 60),
+    ("training", "4. Training at the enwik8-base shape: srupp_lm, sru reference, transformer_lm", 110),
+    ("generation", "5. Generation ms/token at 1k and 16k tokens", 240),
 ]
 STATUSES = ("ok", "failed", "timeout", "skipped")
 # sru builds its CUDA kernel when first imported, with a header that makes it compile on torch >= 2.11
@@ -136,7 +136,8 @@ def install_record(args):
 def device_line(steps):
     env = next((s["results"] for s in steps if s["key"] == "environment" and s["status"] == "ok"), None)
     if not env:
-        return "environment unknown (step 0 failed)"
+        ran = any(s["key"] == "environment" for s in steps)
+        return "environment unknown (step 0 {})".format("failed" if ran else "not run: see --steps")
     gpu = "{gpu} ({gpu_memory_gib:.0f} GiB, {multiprocessors} SMs, sm_{capability})".format(**env) if "gpu" in env \
         else "no GPU"
     return "{} · torch {} (CUDA {}) · Python {}".format(gpu, env["torch"], env["torch_cuda"], env["python"])

@@ -8,7 +8,8 @@ kernel, copy and memset is counted at its device time; on the CPU every operator
 Each is put in one category by its name (``CATEGORIES``, the first pattern that matches):
 
 * ``matmul``: cuBLAS / CUTLASS GEMMs (``aten::mm`` … on the CPU);
-* ``attention``: flash / memory-efficient SDPA kernels, and the softmax of the additive-mask path;
+* ``attention``: flash / memory-efficient SDPA kernels, and the softmax of the additive-mask path and
+  of the score product (whose two matrix products count as ``matmul``);
 * ``recurrence``: this project's ``srupp_forward_* / srupp_backward_*`` kernels, ``sru``'s
   ``sru_cuda_*`` ones, the custom op on the CPU;
 * ``layer_norm``, ``dropout``, ``loss`` (log-softmax and NLL of the output layer), ``optimizer``

@@ -21,6 +21,7 @@ memory during the run: on CPU the process's peak RSS (reset before each run thro
 length over the shortest, and per length SRU++ over the Transformer.
 """
 import argparse
+import copy
 import ctypes
 import ctypes.util
 import gc
@@ -401,10 +402,11 @@ def format_report(results):
 # ----------------------------------------------------------------------------------- driver
 
 
-def run_benchmark(args, malloc_tuned=False):
+def run_benchmark(args, malloc_tuned=False, on_run=None):
     """Run the benchmark described by parsed ``args``; return the results dictionary.
 
-    ``malloc_tuned`` only records whether the caller tuned glibc's malloc thresholds first.
+    ``malloc_tuned`` only records whether the caller tuned glibc's malloc thresholds first;
+    ``on_run(results so far)`` is called after each timed run (so a caller stopped midway keeps them).
     """
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
@@ -444,6 +446,8 @@ def run_benchmark(args, malloc_tuned=False):
             for length in args.lengths:
                 for name, (model, _) in models.items():
                     results["models"][name]["runs"].append(run_one(model, length, args, device))
+                    if on_run is not None:
+                        on_run(summarize(copy.deepcopy(results)))
             if args.sequence_generator:
                 results["sequence_generator"] = {
                     name: time_sequence_generator(model, task, args.sequence_generator, args, device)
@@ -457,8 +461,17 @@ def main(argv=None, tune_malloc=None):
     glibc's allocator before anything is allocated, unless --no-malloc-tuning."""
     args = parse_args(argv)
     malloc_tuned = bool(tune_malloc()) if tune_malloc is not None and not args.no_malloc_tuning else False
-    results = run_benchmark(args, malloc_tuned)
+    results = run_benchmark(args, malloc_tuned, on_run=(lambda part: write_json(args.json_out, part, partial=True))
+                            if args.json_out else None)
     print(format_report(results), flush=True)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json_out, results)
     return 0
+
+
+def write_json(path, results, partial=False):
+    """``results`` to ``path`` in one rename, marked ``"partial": true`` while runs are still to come (a
+    run stopped for time keeps the runs it finished, and a reader never sees half a file)."""
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(dict(results, partial=partial), indent=2) + "\n")
+    os.replace(tmp, path)
