@@ -157,9 +157,9 @@ def test_attention_by_matmul_takes_a_causal_structure_as_its_tensor():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_attention_by_matmul_in_half_precision_takes_its_softmax_in_fp32(dtype):
-    """Half-precision inputs (fairseq --bf16 / --fp16, where no autocast lifts the softmax to fp32):
-    probabilities from an fp32 softmax of the half scores, returned in v's dtype."""
+def test_attention_by_matmul_in_half_precision_computes_its_softmax_in_fp32(dtype):
+    """Half-precision inputs (autocast, fairseq --bf16 / --fp16): the probabilities are an fp32 softmax
+    of the half scores rounded once to their dtype, and the result is in v's dtype."""
     from fairseq_srupp.modules.attention_masks import causal_mask
 
     torch.manual_seed(0)
@@ -171,3 +171,5 @@ def test_attention_by_matmul_in_half_precision_takes_its_softmax_in_fp32(dtype):
     expected = (torch.softmax(scores, dim=-1).to(dtype).float() @ v.float())
     assert out.dtype == dtype
     assert_close("attention", out.float(), expected, 2e-2)
+    with torch.autocast("cpu", dtype=dtype):  # autocast must not turn the probabilities into fp32
+        assert attention_by_matmul(q, k, v, mask, 0.0).dtype == dtype

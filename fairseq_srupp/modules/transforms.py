@@ -86,9 +86,9 @@ def attention_by_matmul(
     q (B, H, L, hd), k / v (B, H, S, hd), bias an additive tensor broadcastable to (B, H, L, S) or a
     causal structure → (B, H, L, hd).
 
-    What ``F.scaled_dot_product_attention`` computes. The softmax runs in fp32 whatever the inputs'
-    dtype (as under autocast, also for fairseq's --fp16 / --bf16), and its probabilities go back to v's
-    dtype before dropout. On the CPU the probabilities' mask is drawn by
+    What ``F.scaled_dot_product_attention`` computes. The softmax computes in fp32 and stores its
+    probabilities in the scores' dtype, 16-bit under autocast and fairseq's --fp16 / --bf16 alike
+    (they feed a 16-bit product with v either way). On the CPU the probabilities' mask is drawn by
     :func:`~fairseq_srupp.ops.dropout.fused_dropout` (``seed`` fixes it), elsewhere by ``F.dropout``.
     """
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # (B, H, L, S)
@@ -96,8 +96,10 @@ def attention_by_matmul(
         bias = additive_mask(bias, q.device, scores.dtype)
     if bias is not None:
         scores.add_(bias)
-    softmax_dtype = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
-    probs = torch.softmax(scores, dim=-1, dtype=softmax_dtype).to(v.dtype)
+    # The scores' own dtype, named: autocast then leaves the softmax alone instead of writing fp32
+    # probabilities (and keeping them for backward) that the product with v reads back as 16-bit.
+    # The kernels compute a 16-bit softmax in fp32 and round only what they store.
+    probs = torch.softmax(scores, dim=-1, dtype=scores.dtype).to(v.dtype)
     if dropout_p > 0:
         if fused_dropout_enabled(probs):
             probs = fused_dropout(probs, dropout_p, seed)
