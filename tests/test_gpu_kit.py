@@ -428,3 +428,18 @@ def test_generation_step_reports_the_runs_a_stopped_model_finished():
     assert out["status"] == "failed" and "srupp_lm: stopped after its share of the time, 64 s" in out["reason"]
     assert "| srupp_lm | 10 | 2.500 | unfinished | | 40.0 → unfinished | |" in out["markdown"]
     assert [(t["value"], t["met"]) for t in out["results"]["targets"]] == [(None, None), (None, None)]
+
+
+def test_compile_flag_reaches_the_training_step(tmp_path, monkeypatch):
+    """torch.compile in step 4 is opt-in on a GPU (44 s of compiling on the H100): --compile sets the
+    switch the step processes read."""
+    import steps
+
+    monkeypatch.setenv(steps.COMPILE_ENV, "")  # restored (unset) after the test, whatever main sets
+    monkeypatch.setattr(run_all, "run_step", lambda key, title, limit, dry_run, log: {
+        "key": key, "title": title, "status": "ok", "seconds": 0.0, "results": {}, "markdown": [],
+        "env": os.environ.get(steps.COMPILE_ENV)})
+    run_all.main(["--out", str(tmp_path / "a"), "--dry-run", "--steps", "environment"])
+    assert json.loads((tmp_path / "a" / "report.json").read_text())["steps"][1]["env"] == ""
+    run_all.main(["--out", str(tmp_path / "b"), "--dry-run", "--steps", "environment", "--compile"])
+    assert json.loads((tmp_path / "b" / "report.json").read_text())["steps"][1]["env"] == "1"

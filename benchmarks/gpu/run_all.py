@@ -45,6 +45,8 @@ def parse_args(argv=None):
                         "H100 machine, not for compiling extensions on a few busy CPU cores)")
     p.add_argument("--reserve-s", type=float, default=20.0, help="seconds kept for each later step (default 20)")
     p.add_argument("--started", type=float, default=None, help="epoch seconds the run began (default: now)")
+    p.add_argument("--compile", action="store_true",
+                   help="step 4 also times srupp_lm under torch.compile (tens of seconds of compiling; off by default)")
     p.add_argument("--steps", default=",".join(s[0] for s in STEPS), help="comma-separated subset of steps")
     p.add_argument("--install-log", default=None, help="log of install.py, reported as the first step")
     p.add_argument("--install-status", type=int, default=None, help="exit status of install.py")
@@ -188,6 +190,8 @@ def main(argv=None):
               "started_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
               "steps": [install_record(args)]}
     steps = [s for s in STEPS if s[0] in wanted]
+    if args.compile:
+        os.environ["SRUPP_GPU_KIT_COMPILE"] = "1"  # read by steps.py's training step (its COMPILE_ENV)
     with open(out / "steps.log", "w") as log:
         # sru compiles its CUDA kernel (ninja + nvcc, about a minute) on first import: start that on the
         # idle CPU cores now; the steps that import sru later wait on torch's build lock or find it built.
