@@ -63,8 +63,8 @@ def test_kernel_source_needs_a_prefetch_depth():
 
 def test_compile_check_catches_errors():
     source = kernel_source()
-    assert "forward_step(cur.s, column.unit, c)" in source
-    broken = source.replace("forward_step(cur.s, column.unit, c)", "forward_step(cur.s, column.unit, f_undefined)")
+    assert "forward_step(s, column.unit, c_next)" in source
+    broken = source.replace("forward_step(s, column.unit, c_next)", "forward_step(s, column.unit, f_undefined)")
     with pytest.raises(RuntimeError, match="f_undefined"):
         nvrtc_compile(broken, "compute_90")
 

@@ -443,3 +443,34 @@ def test_compile_flag_reaches_the_training_step(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "a" / "report.json").read_text())["steps"][1]["env"] == ""
     run_all.main(["--out", str(tmp_path / "b"), "--dry-run", "--steps", "environment", "--compile"])
     assert json.loads((tmp_path / "b" / "report.json").read_text())["steps"][1]["env"] == "1"
+
+
+def test_sass_prefetch_measures_load_cover_around_the_main_loop():
+    """benchmarks/gpu/sass_prefetch.py's reading of a listing: the longest loop, and each load's distance
+    to the first touch of its register, wrapping around the back edge, in steps of the loop."""
+    import sass_prefetch
+
+    listing = """
+        code for sm_90
+                Function : srupp_forward_x
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   LDG.E R2, desc[UR4][R4.64] ;
+        /*0020*/                   FADD R3, R2, R2 ;
+        /*0030*/              @!P1 LDG.E.U16.CONSTANT R5, desc[UR4][R4.64+0x2] ;
+        /*0040*/                   NOP ;
+        /*0050*/               @P0 BRA 0x10 ;
+        /*0060*/                   FADD R6, R5, R5 ;
+        /*0070*/                   EXIT ;
+    """
+    loop = sass_prefetch.main_loop(sass_prefetch.functions(listing)["srupp_forward_x"])
+    assert [text for _, text in loop][0] == "LDG.E R2, desc[UR4][R4.64]" and len(loop) == 5
+    # R2 is read by the next instruction; R5 first by its own refill, a whole loop (one step) later
+    assert sass_prefetch.load_cover(loop, 1) == [pytest.approx(0.2), pytest.approx(1.0)]
+    row, = sass_prefetch.summarise(listing, 1)  # no stores: the loop counts as one group of 1 step
+    assert (row["loads"], row["loads_under_one_step"], row["instructions_per_step"]) == (2, 1, 5)
+    # a forward loop with 4 stores walks 2 steps (h and c each), whatever the depth given
+    two_steps = listing.replace("NOP ;", "STG.E desc[UR4][R8.64], R3 ;\n        /*0041*/ STG.E desc[UR4][R9.64], R3 ;")
+    two_steps = two_steps.replace("FADD R3, R2, R2 ;", "FADD R3, R2, R2 ;\n        /*0021*/ STG.E desc[UR4][R8.64], R3 ;\n"
+                                  "        /*0022*/ @P1 STG.E desc[UR4][R9.64], R3 ;")
+    row, = sass_prefetch.summarise(two_steps, 4)
+    assert row["loop_steps"] == 2 and row["instructions_per_step"] == 4

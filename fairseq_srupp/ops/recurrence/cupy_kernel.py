@@ -32,7 +32,9 @@ MIXED_STORAGE = ((torch.float16, torch.float32), (torch.bfloat16, torch.float32)
 STEP_HEADER = SOURCE.with_name("recurrence_step.h")  # the per-step math shared with the C++ path
 PREFETCH_ENV = "FAIRSEQ_SRUPP_CUDA_PREFETCH"
 # Measured on an H100 (benchmarks/results/2026-11-27-h100, L=1024 d=3072 bf16): at B=16 depth 4 was
-# the fastest, with 1 and 2 within 1% and 8 / 16 30% / 75% slower; at B=4 all of 1-8 within 3%.
+# the fastest, with 1 and 2 within 1% and 8 / 16 30% / 75% slower; at B=4 all of 1-8 within 3%. That
+# was before the kernels kept their loads in flight (benchmarks/gpu/sass_prefetch.py): the depth then
+# made no difference. To be measured again.
 DEFAULT_PREFETCH = 4
 MAX_PREFETCH = 16  # the static_assert in recurrence_cuda.cu
 

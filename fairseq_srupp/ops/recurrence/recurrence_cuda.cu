@@ -14,6 +14,12 @@
 // of the loads depends on c, so each thread keeps the loads of the next SRUPP_PREFETCH steps in
 // flight in registers (a ring of that many slots, indexed by compile-time constants once the
 // inner loop is unrolled), forward and backward. SRUPP_PREFETCH is a -D option (cupy_kernel.py).
+// What keeps those loads in flight, read off the SASS (benchmarks/gpu/sass_prefetch.py): the ring
+// holds values as stored, converted only when their step comes; a step's body has no branch
+// (padding is selected, the sigmoids use the fast reciprocal) and no exit (whole groups of
+// SRUPP_PREFETCH steps, then the rest), and every refill loads (at either end it re-reads the end
+// step). Each of those, left out, made the compiler wait for a refill within the step that issued
+// it, a full memory round trip per time step.
 // Compiled at run time by NVRTC through CuPy (see cupy_kernel.py); the extern "C" entry points at
 // the end instantiate every storage-type pair and k, so a compile check catches errors in all.
 // The tests also compile this file for the host under cuda_host_shim.h (SRUPP_HOST_SHIM), which
@@ -73,15 +79,57 @@ template <> __device__ __forceinline__ bfloat16_t from_float<bfloat16_t>(float v
   return b;
 }
 
+// The skip term's storage: x's type for k=3, U's for k=4 (U[t, b, j, 3]).
 template <typename TU, typename TX, int K>
-__device__ __forceinline__ Step<float> load_step(const TU* __restrict__ U, const TX* __restrict__ x, long long idx) {
+struct SkipStorage {
+  typedef TX type;
+};
+template <typename TU, typename TX>
+struct SkipStorage<TU, TX, 4> {
+  typedef TU type;
+};
+
+// One step's inputs as stored. The ring of steps in flight holds these, not floats: a conversion
+// placed at the load waits for the load there, and with it the whole prefetch (the 16-bit kernels
+// did, until 2026-11-27: each step then waited a full memory round trip, about 0.7 us on an H100).
+template <typename TU, typename TX, int K>
+struct RawStep {
+  TU u0, u1, u2;
+  typename SkipStorage<TU, TX, K>::type skip;
+};
+
+template <typename TU, typename TX, int K>
+__device__ __forceinline__ RawStep<TU, TX, K> load_step(const TU* __restrict__ U, const TX* __restrict__ x,
+                                                        long long idx) {
   const TU* u = U + idx * K;
-  Step<float> s;
-  s.u0 = to_float(u[0]);
-  s.u1 = to_float(u[1]);
-  s.u2 = to_float(u[2]);
-  s.skip = (K == 3) ? to_float(x[idx]) : to_float(u[3]);
+  RawStep<TU, TX, K> s;
+  s.u0 = u[0];
+  s.u1 = u[1];
+  s.u2 = u[2];
+  if constexpr (K == 3) {
+    s.skip = x[idx];
+  } else {
+    s.skip = u[3];
+  }
   return s;
+}
+
+// A slot's value as a float in a register of its own. A 16-bit value's conversion makes one; an fp32
+// value gets an explicit add of +0 (which the compiler may not drop: it turns -0 into +0), since a
+// plain use would keep the slot's register busy until the step's end, and the slot's refill would
+// then be loaded elsewhere and copied in, a copy that waits for the load.
+#ifdef SRUPP_HOST_SHIM
+__device__ __forceinline__ float own_float(float v) { return v + 0.f; }
+#else
+__device__ __forceinline__ float own_float(float v) { return __fadd_rn(v, 0.f); }
+#endif
+__device__ __forceinline__ float own_float(half_t v) { return to_float(v); }
+__device__ __forceinline__ float own_float(bfloat16_t v) { return to_float(v); }
+__device__ __forceinline__ float own_float(unsigned char v) { return own_float(float(v)); }
+
+template <typename TU, typename TX, int K>
+__device__ __forceinline__ Step<float> own_floats(const RawStep<TU, TX, K>& s) {
+  return Step<float>{own_float(s.u0), own_float(s.u1), own_float(s.u2), own_float(s.skip)};
 }
 
 // The (batch, hidden unit) column this thread walks through time, with that unit's parameters;
@@ -93,8 +141,9 @@ struct Column {
   Unit<float> unit;
 
   __device__ __forceinline__ long long at(int t) const { return (long long)t * cols + col; }
-  __device__ __forceinline__ bool padded(const bool* __restrict__ mask_pad, int t) const {
-    return mask_pad != nullptr && mask_pad[(long long)t * B + b];
+  // The padding flag as stored (0 without a mask); tested where the step uses it.
+  __device__ __forceinline__ unsigned char padded(const bool* __restrict__ mask_pad, int t) const {
+    return mask_pad != nullptr ? reinterpret_cast<const unsigned char*>(mask_pad)[(long long)t * B + b] : 0;
   }
 };
 
@@ -115,17 +164,38 @@ __device__ __forceinline__ Column this_threads_column(const float* __restrict__ 
 
 constexpr int PREFETCH = SRUPP_PREFETCH;
 
-// Everything forward step t reads; none of it depends on the carried cell state.
+// Time steps ahead whose inputs each step asks the L2 cache to fetch. The ring's refills (PREFETCH
+// steps ahead) then find them there: the compiler still consumes some refills about a step after
+// issuing them (benchmarks/gpu/sass_prefetch.py), too soon for a load from memory but not for one
+// from L2. A prefetch writes no register, so nothing can wait for it.
+constexpr int L2_AHEAD = 16;
+
+// Asks L2 for the line holding p.
+template <typename T>
+__device__ __forceinline__ void prefetch_l2(const T* p) {
+#ifdef SRUPP_HOST_SHIM
+  (void)p;
+#else
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#endif
+}
+
+// A refill's time step kept inside [0, L): the refills past either end re-read the end step.
+__device__ __forceinline__ int last_step(int t, int L) { return t < L ? t : L - 1; }
+__device__ __forceinline__ int first_step(int t) { return t > 0 ? t : 0; }
+
+// Everything forward step t reads, as stored; none of it depends on the carried cell state.
+template <typename TU, typename TX, int K>
 struct ForwardLoads {
-  Step<float> s;
-  bool pad;
+  RawStep<TU, TX, K> s;
+  unsigned char pad;
 };
 
 template <typename TU, typename TX, int K>
-__device__ __forceinline__ ForwardLoads load_forward(const TU* __restrict__ U, const TX* __restrict__ x,
-                                                     const bool* __restrict__ mask_pad, const Column& column,
-                                                     int t) {
-  return ForwardLoads{load_step<TU, TX, K>(U, x, column.at(t)), column.padded(mask_pad, t)};
+__device__ __forceinline__ ForwardLoads<TU, TX, K> load_forward(const TU* __restrict__ U, const TX* __restrict__ x,
+                                                                const bool* __restrict__ mask_pad,
+                                                                const Column& column, int t) {
+  return ForwardLoads<TU, TX, K>{load_step<TU, TX, K>(U, x, column.at(t)), column.padded(mask_pad, t)};
 }
 
 template <typename TU, typename TX, int K>
@@ -136,43 +206,63 @@ __device__ void forward(const TU* __restrict__ U, const TX* __restrict__ x, cons
   const Column column = this_threads_column(weight_c, bias, mask_c, B, d);
   if (!column.valid) return;
   float c = c0[column.col];
-  // ahead[i] holds step t0 + i; once used it is refilled with step t0 + i + PREFETCH.
-  ForwardLoads ahead[PREFETCH];
+  // ahead[i] holds step t0 + i; once used it is refilled with step t0 + i + PREFETCH. The refill
+  // always loads (the last steps re-read step L-1): a conditional one makes the compiler copy the
+  // slot's old value around it, and the copy waits for the load.
+  ForwardLoads<TU, TX, K> ahead[PREFETCH];
 #pragma unroll
   for (int i = 0; i < PREFETCH; ++i) {
-    if (i < L) ahead[i] = load_forward<TU, TX, K>(U, x, mask_pad, column, i);
+    if (L > 0) ahead[i] = load_forward<TU, TX, K>(U, x, mask_pad, column, last_step(i, L));
   }
-  for (int t0 = 0; t0 < L; t0 += PREFETCH) {
+  // Step t, whose loads are in ahead[i] (i = t % PREFETCH, a constant once the loops are unrolled).
+  auto step = [&](int t, int i) {
+    // The slot is refilled once its values are copied out, so the load can take their registers.
+    const Step<float> s = own_floats(ahead[i].s);
+    const bool pad = own_float(ahead[i].pad) != 0.f;
+    ahead[i] = load_forward<TU, TX, K>(U, x, mask_pad, column, last_step(t + PREFETCH, L));
+    const long long ahead_idx = column.at(last_step(t + L2_AHEAD, L));
+    prefetch_l2(U + ahead_idx * K);
+    if constexpr (K == 3) prefetch_l2(x + ahead_idx);
+    const long long idx = column.at(t);
+    // Padding (c_t = c_{t-1}, h_t = 0) by selection, not a branch: the steps stay one block of
+    // straight-line code that the loads can be scheduled across.
+    float c_next = c;
+    const float h_t = forward_step(s, column.unit, c_next);
+    c = pad ? c : c_next;
+    h[idx] = from_float<TX>(pad ? 0.f : h_t);
+    c_all[idx] = c;
+  };
+  // Whole groups of PREFETCH steps, with no exit inside a group (an exit between steps made the
+  // compiler copy each refill into its slot at once), then the last L % PREFETCH steps.
+  int t0 = 0;
+  for (; t0 + PREFETCH <= L; t0 += PREFETCH) {
 #pragma unroll
-    for (int i = 0; i < PREFETCH; ++i) {
-      const int t = t0 + i;
-      if (t >= L) break;
-      const ForwardLoads cur = ahead[i];
-      if (t + PREFETCH < L) ahead[i] = load_forward<TU, TX, K>(U, x, mask_pad, column, t + PREFETCH);
-      const long long idx = column.at(t);
-      // padding: c_t = c_{t-1}, h_t = 0
-      h[idx] = from_float<TX>(cur.pad ? 0.f : forward_step(cur.s, column.unit, c));
-      c_all[idx] = c;
-    }
+    for (int i = 0; i < PREFETCH; ++i) step(t0 + i, i);
+  }
+#pragma unroll
+  for (int i = 0; i < PREFETCH; ++i) {
+    if (t0 + i < L) step(t0 + i, i);
   }
 }
 
-// Everything backward step t reads: its inputs, dL/dh_t and c_{t-1}. c_t is the previous
+// Everything backward step t reads, as stored: its inputs, dL/dh_t and c_{t-1}. c_t is the previous
 // iteration's c_{t-1} (time runs backwards), so each saved state is read once.
+template <typename TU, typename TX, int K>
 struct BackwardLoads {
-  Step<float> s;
-  float grad_h, c_prev;
-  bool pad;
+  RawStep<TU, TX, K> s;
+  TX grad_h;
+  float c_prev;
+  unsigned char pad;
 };
 
 template <typename TU, typename TX, int K>
-__device__ __forceinline__ BackwardLoads load_backward(const TU* __restrict__ U, const TX* __restrict__ x,
-                                                       const float* __restrict__ c0, const bool* __restrict__ mask_pad,
-                                                       const float* __restrict__ c_all,
-                                                       const TX* __restrict__ grad_h, const Column& column, int t) {
+__device__ __forceinline__ BackwardLoads<TU, TX, K> load_backward(
+    const TU* __restrict__ U, const TX* __restrict__ x, const float* __restrict__ c0,
+    const bool* __restrict__ mask_pad, const float* __restrict__ c_all, const TX* __restrict__ grad_h,
+    const Column& column, int t) {
   const long long idx = column.at(t);
-  return BackwardLoads{load_step<TU, TX, K>(U, x, idx), to_float(grad_h[idx]),
-                       (t > 0) ? c_all[idx - column.cols] : c0[column.col], column.padded(mask_pad, t)};
+  return BackwardLoads<TU, TX, K>{load_step<TU, TX, K>(U, x, idx), grad_h[idx],
+                                  (t > 0) ? c_all[idx - column.cols] : c0[column.col], column.padded(mask_pad, t)};
 }
 
 // grad_wc and grad_bias are per column, (2, B, d): the caller sums over B.
@@ -190,38 +280,52 @@ __device__ void backward(const TU* __restrict__ U, const TX* __restrict__ x, con
   float gc = grad_c_last[col];
   float c = (L > 0) ? c_all[column.at(L - 1)] : c0[col];
   UnitGrad<float> sums{0.f, 0.f, 0.f, 0.f};
-  // ahead[i] holds step L - 1 - (n0 + i); once used it is refilled with the step PREFETCH earlier.
-  BackwardLoads ahead[PREFETCH];
+  // ahead[i] holds step L - 1 - (n0 + i); once used it is refilled with the step PREFETCH earlier
+  // (always loaded, the first steps re-reading step 0: see forward).
+  BackwardLoads<TU, TX, K> ahead[PREFETCH];
 #pragma unroll
   for (int i = 0; i < PREFETCH; ++i) {
-    if (i < L) ahead[i] = load_backward<TU, TX, K>(U, x, c0, mask_pad, c_all, grad_h, column, L - 1 - i);
+    if (L > 0) ahead[i] = load_backward<TU, TX, K>(U, x, c0, mask_pad, c_all, grad_h, column, first_step(L - 1 - i));
   }
-  for (int n0 = 0; n0 < L; n0 += PREFETCH) {
-#pragma unroll
-    for (int i = 0; i < PREFETCH; ++i) {
-      const int t = L - 1 - (n0 + i);
-      if (t < 0) break;
-      const BackwardLoads cur = ahead[i];
-      if (t - PREFETCH >= 0) ahead[i] = load_backward<TU, TX, K>(U, x, c0, mask_pad, c_all, grad_h, column, t - PREFETCH);
-      const long long idx = column.at(t);
-      TU* gu = grad_U + idx * K;
-      if (cur.pad) {
-        // c_t = c_{t-1} and h_t = 0: the state gradient passes through untouched.
-        for (int q = 0; q < K; ++q) gu[q] = from_float<TU>(0.f);
-        if (K == 3) grad_x[idx] = from_float<TX>(0.f);
-      } else {
-        const StepGrad<float> g = backward_step(cur.s, column.unit, cur.c_prev, c, cur.grad_h, gc, sums);
-        gu[0] = from_float<TU>(g.u0);
-        gu[1] = from_float<TU>(g.u1);
-        gu[2] = from_float<TU>(g.u2);
-        if (K == 3) {
-          grad_x[idx] = from_float<TX>(g.skip);
-        } else {
-          gu[3] = from_float<TU>(g.skip);
-        }
-      }
-      c = cur.c_prev;
+  // Step t, whose loads are in ahead[i]; as in forward.
+  auto step = [&](int t, int i) {
+    const Step<float> s = own_floats(ahead[i].s);
+    const float gh = own_float(ahead[i].grad_h), c_prev = own_float(ahead[i].c_prev);
+    const bool pad = own_float(ahead[i].pad) != 0.f;
+    ahead[i] = load_backward<TU, TX, K>(U, x, c0, mask_pad, c_all, grad_h, column, first_step(t - PREFETCH));
+    const long long ahead_idx = column.at(first_step(t - L2_AHEAD));
+    prefetch_l2(U + ahead_idx * K);
+    if constexpr (K == 3) prefetch_l2(x + ahead_idx);
+    prefetch_l2(grad_h + ahead_idx);
+    prefetch_l2(c_all + (ahead_idx >= column.cols ? ahead_idx - column.cols : ahead_idx));
+    const long long idx = column.at(t);
+    // Padding by selection, as in forward: c_t = c_{t-1} and h_t = 0, so the state gradient passes
+    // through untouched and the step's input gradients are 0.
+    float gc_prev = gc;
+    UnitGrad<float> step_sums = sums;
+    StepGrad<float> g = backward_step(s, column.unit, c_prev, c, gh, gc_prev, step_sums);
+    if (pad) g = StepGrad<float>{0.f, 0.f, 0.f, 0.f};
+    gc = pad ? gc : gc_prev;
+    sums = pad ? sums : step_sums;
+    TU* gu = grad_U + idx * K;
+    gu[0] = from_float<TU>(g.u0);
+    gu[1] = from_float<TU>(g.u1);
+    gu[2] = from_float<TU>(g.u2);
+    if (K == 3) {
+      grad_x[idx] = from_float<TX>(g.skip);
+    } else {
+      gu[3] = from_float<TU>(g.skip);
     }
+    c = c_prev;
+  };
+  int n0 = 0;
+  for (; n0 + PREFETCH <= L; n0 += PREFETCH) {
+#pragma unroll
+    for (int i = 0; i < PREFETCH; ++i) step(L - 1 - (n0 + i), i);
+  }
+#pragma unroll
+  for (int i = 0; i < PREFETCH; ++i) {
+    if (n0 + i < L) step(L - 1 - (n0 + i), i);
   }
   grad_c0[col] = gc;
   grad_wc[col] = sums.vf;

@@ -27,17 +27,23 @@
 namespace srupp {
 
 #if defined(__CUDA_ARCH__)
-// The fast intrinsic: the gates tolerate its few-ulp error, and it shortens the per-step chain.
+// The fast intrinsics: the gates tolerate their few-ulp error, and they shorten the per-step chain.
+// IEEE division also branches to a slow path for extreme operands, and those branches cut each time
+// step into blocks that the compiler cannot move the next steps' loads across.
 SRUPP_HD float exp_(float v) { return __expf(v); }
 SRUPP_HD double exp_(double v) { return exp(v); }
+SRUPP_HD float inverse_(float v) { return __fdividef(1.f, v); }  // 0 for v = inf, as 1/v
+SRUPP_HD double inverse_(double v) { return 1.0 / v; }
 #else
 SRUPP_HD float exp_(float v) { return std::exp(v); }
 SRUPP_HD double exp_(double v) { return std::exp(v); }
+SRUPP_HD float inverse_(float v) { return 1.f / v; }
+SRUPP_HD double inverse_(double v) { return 1.0 / v; }
 #endif
 
 template <typename T>
 SRUPP_HD T sigmoid(T v) {
-  return T(1) / (T(1) + exp_(-v));
+  return inverse_(T(1) + exp_(-v));
 }
 
 // Per-unit constants of a column: v_f, v_r, b_f, b_r and the dropout mask entry.
