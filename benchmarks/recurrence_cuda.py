@@ -20,10 +20,11 @@ autocast's bf16 U next to an fp32 x, read as it is; and the same cast to fp32 fi
 before the kernels took mixed storage: a copy of U, and grad_U cast back), with the bytes each
 moves, and names the fastest P per case and batch. With --blocks it times the first two cases at
 --prefetch-batches with each threads-per-block (``FAIRSEQ_SRUPP_CUDA_BLOCK``; ``auto``: the launch's
-own choice, spread over the SMs) at the default P.
+own choice, spread over the SMs) at the default P, and with --l2-ahead with the kernels asking L2 for
+each step's inputs that many steps ahead (``FAIRSEQ_SRUPP_CUDA_L2_AHEAD``; 0: never).
 
     python benchmarks/recurrence_cuda.py [--batches 4 16 32] [--dtypes float32 float16 bfloat16] [--prefetch 1 2 4 8]
-                                         [--blocks auto 256 128 64]
+                                         [--blocks auto 256 128 64] [--l2-ahead 0 16 32]
 
 ``benchmarks/gpu/run_all.sh`` runs the same measurement as step 3 of the GPU kit.
 """
@@ -37,7 +38,8 @@ import torch
 from fairseq_srupp.bench.paper_sru import import_sru
 from fairseq_srupp.ops.recurrence import elementwise_recurrence_cuda, elementwise_recurrence_ref
 from fairseq_srupp.ops.recurrence.cuda_host import HOST_SM_COUNT
-from fairseq_srupp.ops.recurrence.cupy_kernel import BLOCK_ENV, DEFAULT_PREFETCH, PREFETCH_ENV, sm_count, threads_per_block
+from fairseq_srupp.ops.recurrence.cupy_kernel import (BLOCK_ENV, DEFAULT_L2_AHEAD, DEFAULT_PREFETCH, L2_AHEAD_ENV,
+                                                      PREFETCH_ENV, sm_count, threads_per_block)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -226,6 +228,24 @@ def case_runs(length, hidden, batches, cases, fn, device):
     return runs
 
 
+def sweep_setting(out, key, env_name, values, runs, warmup, repeats, time_ms, save, row_extra=None):
+    """Times every run of ``runs`` (from case_runs) with ``env_name`` set to each of ``values`` ("auto": unset),
+    appending rows ``{case, B, key: value, ms, **row_extra(batch)}`` to ``out["rows"]`` and naming the fastest
+    value per case and batch in ``out["fastest_" + key]``; ``save(out)`` after each value."""
+    for value in values:
+        with environment(env_name, None if value == "auto" else value):
+            for name, batch, step, _ in runs:
+                row = {"case": name, "B": batch, key: value, "ms": time_ms(step, warmup, repeats)}
+                row.update(row_extra(batch) if row_extra else {})
+                out["rows"].append(row)
+        for name, batch, _, _ in runs:
+            best = min((r for r in out["rows"] if r["case"] == name and r["B"] == batch), key=lambda r: r["ms"])
+            out["fastest_" + key]["{}, B={}".format(name, batch)] = best[key]
+        if save is not None:
+            save(out)
+    return out
+
+
 def measure_blocks(length, hidden, batches, block_sizes, warmup=2, repeats=5, fn=elementwise_recurrence_cuda,
                    time_ms=cuda_time_ms, device="cuda", save=None):
     """At the default prefetch depth, the bf16 and autocast (U read as bf16) cases with each threads-per-block
@@ -234,18 +254,27 @@ def measure_blocks(length, hidden, batches, block_sizes, warmup=2, repeats=5, fn
     sms = sm_count(torch.cuda.current_device()) if device == "cuda" else HOST_SM_COUNT
     out = {"L": length, "d": hidden, "prefetch": DEFAULT_PREFETCH, "sm_count": sms, "rows": [], "fastest_block": {}}
     runs = case_runs(length, hidden, batches, PREFETCH_CASES[:2], fn, device)
-    for size in block_sizes:
-        with environment(BLOCK_ENV, None if size == "auto" else size):
-            for name, batch, step, _ in runs:
-                ms = time_ms(step, warmup, repeats)
-                out["rows"].append({"case": name, "B": batch, "block": size, "ms": ms,
-                                    "threads": threads_per_block(batch * hidden, sms)})
-        for name, batch, _, _ in runs:
-            best = min((r for r in out["rows"] if r["case"] == name and r["B"] == batch), key=lambda r: r["ms"])
-            out["fastest_block"]["{}, B={}".format(name, batch)] = best["block"]
-        if save is not None:
-            save(out)
-    return out
+    return sweep_setting(out, "block", BLOCK_ENV, block_sizes, runs, warmup, repeats, time_ms, save,
+                         row_extra=lambda batch: {"threads": threads_per_block(batch * hidden, sms)})
+
+
+def measure_l2_ahead(length, hidden, batches, distances, warmup=2, repeats=5, fn=elementwise_recurrence_cuda,
+                     time_ms=cuda_time_ms, device="cuda", save=None):
+    """At the default prefetch depth, the bf16 and autocast cases with the kernels asking L2 for each step's
+    inputs each of ``distances`` time steps ahead (``FAIRSEQ_SRUPP_CUDA_L2_AHEAD``; 0: never); the fastest
+    per case and batch. ``save(partial result)`` after each distance."""
+    out = {"L": length, "d": hidden, "prefetch": DEFAULT_PREFETCH, "default_l2_ahead": DEFAULT_L2_AHEAD, "rows": [],
+           "fastest_l2_ahead": {}}
+    runs = case_runs(length, hidden, batches, PREFETCH_CASES[:2], fn, device)
+    return sweep_setting(out, "l2_ahead", L2_AHEAD_ENV, distances, runs, warmup, repeats, time_ms, save)
+
+
+def format_l2_ahead(result):
+    """Markdown lines of a measure_l2_ahead result."""
+    lines = ["Inputs asked of L2 ahead (time steps; 0: never), L={L} d={d}, P={prefetch}, default "
+             "{default_l2_ahead}:".format(**result), "", "| case | B | L2 ahead | ms |", "| --- | --- | --- | --- |"]
+    lines += ["| {} | {} | {} | {:.3f} |".format(r["case"], r["B"], r["l2_ahead"], r["ms"]) for r in result["rows"]]
+    return lines + [""] + ["- fastest for {}: **{}**".format(n, v) for n, v in result["fastest_l2_ahead"].items()]
 
 
 def format_blocks(result):
@@ -308,6 +337,8 @@ def main(argv=None):
                         help="batches of the prefetch comparison")
     parser.add_argument("--blocks", nargs="*", default=[], type=lambda v: v if v == "auto" else int(v),
                         help="threads per block to compare at the default prefetch depth (e.g. auto 256 128 64)")
+    parser.add_argument("--l2-ahead", nargs="*", default=[], type=int,
+                        help="time steps ahead to ask L2 for the inputs, to compare (e.g. 0 16 32)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("error: this benchmark needs a CUDA GPU")
@@ -323,6 +354,9 @@ def main(argv=None):
     if args.blocks:
         sizes = measure_blocks(args.length, args.hidden, args.prefetch_batches, args.blocks, args.warmup, args.repeats)
         print("\n" + "\n".join(format_blocks(sizes)))
+    if args.l2_ahead:
+        l2 = measure_l2_ahead(args.length, args.hidden, args.prefetch_batches, args.l2_ahead, args.warmup, args.repeats)
+        print("\n" + "\n".join(format_l2_ahead(l2)))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,11 @@ from conftest import max_diff
 
 from fairseq_srupp.ops.recurrence import (NO_CUPY_WARNING, choose_implementation, elementwise_recurrence,
                                           elementwise_recurrence_cuda)
-from fairseq_srupp.ops.recurrence.cupy_kernel import (CUPY_KERNELS, DEFAULT_PREFETCH, KERNEL_DTYPES, PREFETCH_ENV,
-                                                      SOURCE, STEP_HEADER, cupy_available, kernel_name, kernel_source,
-                                                      kernel_variants, launch_cupy, nvrtc_options)
+from fairseq_srupp.errors import SRUppUserError
+from fairseq_srupp.ops.recurrence.cupy_kernel import (CUPY_KERNELS, DEFAULT_PREFETCH, KERNEL_DTYPES, L2_AHEAD_ENV,
+                                                      PREFETCH_ENV, SOURCE, STEP_HEADER, cupy_available, kernel_name,
+                                                      kernel_source, kernel_variants, l2_ahead, launch_cupy,
+                                                      nvrtc_options)
 
 GPU = torch.cuda.is_available() and cupy_available()
 needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU and CuPy")
@@ -59,6 +61,32 @@ def test_kernel_source_needs_a_prefetch_depth():
         nvrtc_compile(kernel_source(), "compute_90", ("--std=c++17",))
     with pytest.raises(RuntimeError, match="SRUPP_PREFETCH must be 1..16"):
         nvrtc_compile(kernel_source(), "compute_90", nvrtc_options(17))
+
+
+def test_kernel_source_needs_an_l2_distance():
+    with pytest.raises(RuntimeError, match="SRUPP_L2_AHEAD"):
+        nvrtc_compile(kernel_source(), "compute_90", ("--std=c++17", "-DSRUPP_PREFETCH=4"))
+    with pytest.raises(RuntimeError, match="SRUPP_L2_AHEAD must be 0..256"):
+        nvrtc_compile(kernel_source(), "compute_90", nvrtc_options(4, 257))
+    # 0 compiles without any prefetch instruction, the default with them
+    assert "prefetch.global.L2" not in nvrtc_compile(kernel_source(), "compute_90", nvrtc_options(4, 0))
+    assert "prefetch.global.L2" in nvrtc_compile(kernel_source(), "compute_90", nvrtc_options(4))
+
+
+@pytest.mark.parametrize("value,expected", [(None, 16), ("0", 0), ("32", 32), (" 256 ", 256)])
+def test_l2_distance_comes_from_the_environment(monkeypatch, value, expected):
+    if value is None:
+        monkeypatch.delenv(L2_AHEAD_ENV, raising=False)
+    else:
+        monkeypatch.setenv(L2_AHEAD_ENV, value)
+    assert l2_ahead() == expected
+
+
+@pytest.mark.parametrize("value", ["257", "-1", "far"])
+def test_bad_l2_distance_is_one_clear_error(monkeypatch, value):
+    monkeypatch.setenv(L2_AHEAD_ENV, value)
+    with pytest.raises(SRUppUserError, match="^{}={!r}: give how many time steps ahead".format(L2_AHEAD_ENV, value)):
+        l2_ahead()
 
 
 def test_compile_check_catches_errors():

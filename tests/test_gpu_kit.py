@@ -77,6 +77,11 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
         best = sweep["fastest_prefetch"]["{}, B={}".format(uncast, b)]
         ms = {r["case"]: r["ms"] for r in sweep["rows"] if (r["B"], r["prefetch"]) == (b, best)}
         assert sweep["autocast_uncast_speedup"]["B={}".format(b)] == pytest.approx(ms[cast_first] / ms[uncast])
+    l2 = steps["recurrence"]["results"]["smoke"]["l2_ahead"]  # the L2-prefetch comparison's code, on the CPU
+    assert [(r["case"], r["l2_ahead"]) for r in l2["rows"]] == [
+        (case[0], distance) for distance in (0, 16) for case in recurrence_cuda.PREFETCH_CASES[:2]]
+    assert set(l2["fastest_l2_ahead"]) == {"{}, B=2".format(case[0]) for case in recurrence_cuda.PREFETCH_CASES[:2]}
+    assert any(line.startswith("Inputs asked of L2 ahead") for line in steps["recurrence"]["markdown"])
     blocks = steps["recurrence"]["results"]["smoke"]["blocks"]  # the block-size comparison's code, on the CPU
     assert [(r["case"], r["block"], r["threads"]) for r in blocks["rows"]] == [
         (case[0], size, threads) for size, threads in (("auto", 32), (256, 256))  # 16 columns over 4 host "SMs"

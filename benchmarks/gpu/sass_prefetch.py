@@ -27,6 +27,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from fairseq_srupp.ops.recurrence.cupy_kernel import DEFAULT_L2_AHEAD  # noqa: E402
 SOURCE = REPO / "fairseq_srupp" / "ops" / "recurrence" / "recurrence_cuda.cu"
 INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 LOAD = re.compile(r"^(?:@!?U?P\w+\s+)?LDG\.E(\.\S+)?\s+(R\d+)")
@@ -100,12 +103,12 @@ def summarise(sass, prefetch):
     return rows
 
 
-def compile_sass(prefetch, cuda_bin, arch="sm_90"):
+def compile_sass(prefetch, cuda_bin, l2, arch="sm_90"):
     env = dict(os.environ, PATH="{}:{}".format(cuda_bin, os.environ.get("PATH", ""))) if cuda_bin else None
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "recurrence.cubin"
         subprocess.run(["nvcc", "-arch=" + arch, "-std=c++17", "-O3", "-DSRUPP_PREFETCH={}".format(prefetch),
-                        "-I", str(SOURCE.parent), "-cubin", "-o", str(cubin), str(SOURCE)], check=True, env=env)
+                        "-DSRUPP_L2_AHEAD={}".format(l2), "-I", str(SOURCE.parent), "-cubin", "-o", str(cubin), str(SOURCE)], check=True, env=env)
         return subprocess.run(["cuobjdump", "-sass", str(cubin)], check=True, env=env, capture_output=True,
                               text=True).stdout
 
@@ -113,6 +116,8 @@ def compile_sass(prefetch, cuda_bin, arch="sm_90"):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prefetch", default="4", help="comma-separated depths (default 4)")
+    p.add_argument("--l2-ahead", type=int, default=DEFAULT_L2_AHEAD,
+                   help="time steps ahead the kernels ask L2 for (default {}; 0: none)".format(DEFAULT_L2_AHEAD))
     p.add_argument("--cuda-bin", default=None, help="folder with nvcc, cuobjdump and nvdisasm (default: PATH)")
     p.add_argument("--json", dest="json_out")
     args = p.parse_args(argv)
@@ -122,6 +127,8 @@ def parse_args(argv=None):
         p.error("--prefetch takes comma-separated integers from 1 to 16, got {!r}".format(args.prefetch))
     if not all(1 <= v <= 16 for v in args.prefetch):
         p.error("--prefetch takes depths from 1 to 16, got {}".format(args.prefetch))
+    if not 0 <= args.l2_ahead <= 256:
+        p.error("--l2-ahead takes 0 to 256 time steps, got {}".format(args.l2_ahead))
     tools = ("nvcc", "cuobjdump", "nvdisasm")
     search = "{}:{}".format(args.cuda_bin, os.environ.get("PATH", "")) if args.cuda_bin else None
     missing = [t for t in tools if shutil.which(t, path=search) is None]
@@ -135,7 +142,7 @@ def main(argv=None):
     args = parse_args(argv)
     rows = []
     for prefetch in args.prefetch:
-        rows += summarise(compile_sass(prefetch, args.cuda_bin), prefetch)
+        rows += summarise(compile_sass(prefetch, args.cuda_bin, args.l2_ahead), prefetch)
     print("| entry point | P | steps per loop | instructions / step | loads | cover (steps): min | median | "
           "loads under 1 step |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

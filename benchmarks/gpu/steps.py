@@ -223,14 +223,17 @@ def cli_result(rows, unfinished=None):
 
 PREFETCH_DEPTHS = (1, 2, 4, 8, 16)
 BLOCK_SIZES = ("auto", 256, 128, 64)  # threads per block; auto: the launch's spread over the SMs
+L2_DISTANCES = (0, 16, 32)  # time steps ahead the kernels ask L2 for the inputs; 0: never
 
 
 def recurrence(dry_run):
     """The recurrence kernel, forward + backward, at L=1024, d=3072, B=4/16/32, fp32/fp16/bf16; then at B=16
     and 4 the prefetch depths 1/2/4/8/16 for bf16 and for autocast's bf16 U + fp32 x (read as it is, or cast
-    first); then threads per block (the launch's spread over the SMs, 256, 128, 64) at the default depth."""
-    from recurrence_cuda import copy_bandwidth_gbs, format_blocks, format_prefetch, format_recurrence, kernel_bytes
-    from recurrence_cuda import measure_blocks, measure_prefetch, measure_recurrence, recurrence_inputs, recurrence_step
+    first); then threads per block (the launch's spread over the SMs, 256, 128, 64) and how far ahead the
+    kernels ask L2 for their inputs (0: never, 16, 32), both at the default depth."""
+    from recurrence_cuda import copy_bandwidth_gbs, format_blocks, format_l2_ahead, format_prefetch, format_recurrence
+    from recurrence_cuda import (kernel_bytes, measure_blocks, measure_l2_ahead, measure_prefetch, measure_recurrence,
+                                 recurrence_inputs, recurrence_step)
 
     if dry_run or not torch.cuda.is_available():
         from bench_timing import Timer
@@ -246,8 +249,10 @@ def recurrence(dry_run):
                                              time_ms=cpu_ms, device="cpu")
         smoke["blocks"] = measure_blocks(16, 8, [2], BLOCK_SIZES[:2], warmup=1, repeats=2, fn=elementwise_recurrence,
                                          time_ms=cpu_ms, device="cpu")
-        return result("skipped", {"smoke": smoke}, format_prefetch(smoke["prefetch"]) + [""] + format_blocks(smoke["blocks"]),
-                      reason=NO_GPU)
+        smoke["l2_ahead"] = measure_l2_ahead(16, 8, [2], L2_DISTANCES[:2], warmup=1, repeats=2,
+                                             fn=elementwise_recurrence, time_ms=cpu_ms, device="cpu")
+        return result("skipped", {"smoke": smoke}, format_prefetch(smoke["prefetch"]) + [""] + format_blocks(smoke["blocks"])
+                      + [""] + format_l2_ahead(smoke["l2_ahead"]), reason=NO_GPU)
     out = measure_recurrence(1024, 3072, [4, 16, 32], ["float32", "float16", "bfloat16"], warmup=2, repeats=5,
                              copy_gbs=copy_bandwidth_gbs())
     ok = out["sru"] == "timed"
@@ -258,9 +263,10 @@ def recurrence(dry_run):
                lambda v: v >= 0.6, "{:.1%}")]
     md = format_recurrence(out)
 
-    def save_sweep(sweep, blocks=None, unfinished="prefetch sweep unfinished"):
-        out["prefetch"], out["blocks"] = sweep, blocks
+    def save_sweep(sweep, blocks=None, unfinished="prefetch sweep unfinished", l2=None):
+        out["prefetch"], out["blocks"], out["l2_ahead"] = sweep, blocks, l2
         lines = md + [""] + format_prefetch(sweep) + ([""] + format_blocks(blocks) if blocks else [])
+        lines += ([""] + format_l2_ahead(l2)) if l2 else []
         reason = "; ".join(filter(None, [None if ok else out["sru"], unfinished]))
         return save(result("failed" if reason else "ok", out, lines, reason or None))
 
@@ -272,7 +278,10 @@ def recurrence(dry_run):
     save_sweep(sweep, unfinished="block-size comparison unfinished")
     blocks = measure_blocks(1024, 3072, [4, 16], BLOCK_SIZES, warmup=2, repeats=5,
                             save=lambda b: save_sweep(sweep, b, "block-size comparison unfinished"))
-    return save_sweep(sweep, blocks, unfinished=None)
+    save_sweep(sweep, blocks, unfinished="L2 prefetch comparison unfinished")
+    l2 = measure_l2_ahead(1024, 3072, [4, 16], L2_DISTANCES, warmup=2, repeats=5,
+                          save=lambda d: save_sweep(sweep, blocks, "L2 prefetch comparison unfinished", d))
+    return save_sweep(sweep, blocks, unfinished=None, l2=l2)
 
 
 # --------------------------------------------------------------------------------------- 4

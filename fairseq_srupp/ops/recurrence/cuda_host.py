@@ -16,7 +16,7 @@ from typing import Dict, Sequence
 import torch
 
 from ..cpp_extension import build_name
-from .cupy_kernel import SOURCE, grid_blocks, threads_per_block
+from .cupy_kernel import DEFAULT_L2_AHEAD, SOURCE, grid_blocks, threads_per_block
 
 _DIR = Path(__file__).parent
 SHIM_SOURCES = (_DIR / "cuda_host_shim.cpp", _DIR / "cuda_host_shim.h", SOURCE, _DIR / "recurrence_step.h")
@@ -36,7 +36,8 @@ def load_host_library(prefetch: int) -> ctypes.CDLL:
     if prefetch not in _libraries:
         from torch.utils.cpp_extension import include_paths
 
-        flags = SHIM_FLAGS + ("-DSRUPP_PREFETCH={}".format(prefetch),)
+        # the L2 prefetch is a no-op on the host; its address arithmetic still compiles and runs
+        flags = SHIM_FLAGS + ("-DSRUPP_PREFETCH={}".format(prefetch), "-DSRUPP_L2_AHEAD={}".format(DEFAULT_L2_AHEAD))
         out_dir = _extensions_dir() / build_name("fairseq_srupp_cuda_host", SHIM_SOURCES, flags)
         path = out_dir / "cuda_host.so"
         if not path.exists():

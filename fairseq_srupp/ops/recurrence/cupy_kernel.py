@@ -37,11 +37,16 @@ PREFETCH_ENV = "FAIRSEQ_SRUPP_CUDA_PREFETCH"
 # made no difference. To be measured again.
 DEFAULT_PREFETCH = 4
 MAX_PREFETCH = 16  # the static_assert in recurrence_cuda.cu
+L2_AHEAD_ENV = "FAIRSEQ_SRUPP_CUDA_L2_AHEAD"
+# Time steps ahead whose inputs each step asks L2 for (prefetch.global.L2); 0: none. Unmeasured: the
+# GPU kit's recurrence step compares 0, 16 and 32.
+DEFAULT_L2_AHEAD = 16
+MAX_L2_AHEAD = 256  # the static_assert in recurrence_cuda.cu
 
 # launch(entry point name, device, number of (batch, unit) columns, kernel arguments, prefetch depth)
 Launcher = Callable[[str, torch.device, int, Sequence, int], None]
 
-_modules: Dict[Tuple[int, int], object] = {}
+_modules: Dict[Tuple[int, int, int], object] = {}  # per device, prefetch depth and L2 distance
 
 
 def cupy_available() -> bool:
@@ -59,8 +64,20 @@ def prefetch_depth() -> int:
     return int(value)
 
 
-def nvrtc_options(prefetch: int) -> Tuple[str, ...]:
-    return ("--std=c++17", "-DSRUPP_PREFETCH={}".format(prefetch))
+def l2_ahead() -> int:
+    """Time steps ahead the kernels ask L2 for: ``FAIRSEQ_SRUPP_CUDA_L2_AHEAD`` or :data:`DEFAULT_L2_AHEAD`."""
+    value = os.environ.get(L2_AHEAD_ENV, "").strip()
+    if not value:
+        return DEFAULT_L2_AHEAD
+    if not value.isdigit() or int(value) > MAX_L2_AHEAD:
+        raise SRUppUserError("{}={!r}: give how many time steps ahead the CUDA recurrence asks the L2 cache for its "
+                             "inputs, an integer from 0 (never) to {} (default {})".format(
+                                 L2_AHEAD_ENV, value, MAX_L2_AHEAD, DEFAULT_L2_AHEAD))
+    return int(value)
+
+
+def nvrtc_options(prefetch: int, l2: int = DEFAULT_L2_AHEAD) -> Tuple[str, ...]:
+    return ("--std=c++17", "-DSRUPP_PREFETCH={}".format(prefetch), "-DSRUPP_L2_AHEAD={}".format(l2))
 
 
 def kernel_name(direction: str, dtype: torch.dtype, k: int, x_dtype: Optional[torch.dtype] = None) -> str:
@@ -127,13 +144,14 @@ def kernel_source() -> str:
 
 
 def _module(device_index: int, prefetch: int):
-    module = _modules.get((device_index, prefetch))
+    key = (device_index, prefetch, l2_ahead())
+    module = _modules.get(key)
     if module is None:
         import cupy
 
         with cupy.cuda.Device(device_index):
-            module = cupy.RawModule(code=kernel_source(), options=nvrtc_options(prefetch))
-        _modules[(device_index, prefetch)] = module
+            module = cupy.RawModule(code=kernel_source(), options=nvrtc_options(prefetch, key[2]))
+        _modules[key] = module
     return module
 
 

@@ -30,6 +30,10 @@
 #error "compile with -DSRUPP_PREFETCH=<time steps loaded ahead> (cupy_kernel.py passes it)"
 #endif
 static_assert(SRUPP_PREFETCH >= 1 && SRUPP_PREFETCH <= 16, "SRUPP_PREFETCH must be 1..16");
+#ifndef SRUPP_L2_AHEAD
+#error "compile with -DSRUPP_L2_AHEAD=<time steps ahead asked of L2, 0: none> (cupy_kernel.py passes it)"
+#endif
+static_assert(SRUPP_L2_AHEAD >= 0 && SRUPP_L2_AHEAD <= 256, "SRUPP_L2_AHEAD must be 0..256");
 
 namespace srupp {
 
@@ -164,11 +168,11 @@ __device__ __forceinline__ Column this_threads_column(const float* __restrict__ 
 
 constexpr int PREFETCH = SRUPP_PREFETCH;
 
-// Time steps ahead whose inputs each step asks the L2 cache to fetch. The ring's refills (PREFETCH
+// Time steps ahead whose inputs each step asks the L2 cache to fetch (SRUPP_L2_AHEAD, a -D option). The ring's refills (PREFETCH
 // steps ahead) then find them there: the compiler still consumes some refills about a step after
 // issuing them (benchmarks/gpu/sass_prefetch.py), too soon for a load from memory but not for one
-// from L2. A prefetch writes no register, so nothing can wait for it.
-constexpr int L2_AHEAD = 16;
+// from L2. A prefetch writes no register, so nothing can wait for it. 0: no prefetch.
+constexpr int L2_AHEAD = SRUPP_L2_AHEAD;
 
 // Asks L2 for the line holding p.
 template <typename T>
@@ -220,9 +224,11 @@ __device__ void forward(const TU* __restrict__ U, const TX* __restrict__ x, cons
     const Step<float> s = own_floats(ahead[i].s);
     const bool pad = own_float(ahead[i].pad) != 0.f;
     ahead[i] = load_forward<TU, TX, K>(U, x, mask_pad, column, last_step(t + PREFETCH, L));
-    const long long ahead_idx = column.at(last_step(t + L2_AHEAD, L));
-    prefetch_l2(U + ahead_idx * K);
-    if constexpr (K == 3) prefetch_l2(x + ahead_idx);
+    if constexpr (L2_AHEAD > 0) {
+      const long long ahead_idx = column.at(last_step(t + L2_AHEAD, L));
+      prefetch_l2(U + ahead_idx * K);
+      if constexpr (K == 3) prefetch_l2(x + ahead_idx);
+    }
     const long long idx = column.at(t);
     // Padding (c_t = c_{t-1}, h_t = 0) by selection, not a branch: the steps stay one block of
     // straight-line code that the loads can be scheduled across.
@@ -293,11 +299,13 @@ __device__ void backward(const TU* __restrict__ U, const TX* __restrict__ x, con
     const float gh = own_float(ahead[i].grad_h), c_prev = own_float(ahead[i].c_prev);
     const bool pad = own_float(ahead[i].pad) != 0.f;
     ahead[i] = load_backward<TU, TX, K>(U, x, c0, mask_pad, c_all, grad_h, column, first_step(t - PREFETCH));
-    const long long ahead_idx = column.at(first_step(t - L2_AHEAD));
-    prefetch_l2(U + ahead_idx * K);
-    if constexpr (K == 3) prefetch_l2(x + ahead_idx);
-    prefetch_l2(grad_h + ahead_idx);
-    prefetch_l2(c_all + (ahead_idx >= column.cols ? ahead_idx - column.cols : ahead_idx));
+    if constexpr (L2_AHEAD > 0) {
+      const long long ahead_idx = column.at(first_step(t - L2_AHEAD));
+      prefetch_l2(U + ahead_idx * K);
+      if constexpr (K == 3) prefetch_l2(x + ahead_idx);
+      prefetch_l2(grad_h + ahead_idx);
+      prefetch_l2(c_all + (ahead_idx >= column.cols ? ahead_idx - column.cols : ahead_idx));
+    }
     const long long idx = column.at(t);
     // Padding by selection, as in forward: c_t = c_{t-1} and h_t = 0, so the state gradient passes
     // through untouched and the step's input gradients are 0.
