@@ -73,9 +73,10 @@ def attention_bias(
 
 
 # Widest head the memory-efficient SDPA kernel has a tuned template for: wider heads (the paper's
-# single 768- or 1024-wide head) fall to its generic template, whose backward measured 3.4 ms per
-# layer on an H100 at the enwik8-base shape against ~0.3 ms for the product of scores below (GPU kit
-# report of 2026-11-27). Flash takes heads up to 256 but not a lower-right causal mask.
+# single 768- or 1024-wide head) fall to its generic template. At the enwik8-base shape on an H100 its
+# backward took 33.6 ms of a 69.7 ms bf16 training step; with the product of scores below the step
+# took 42.1 ms (benchmarks/results/2026-11-27-h100). Flash takes heads up to 256 but not a
+# lower-right causal mask.
 SDPA_MAX_HEAD_DIM = 128
 
 
@@ -267,7 +268,8 @@ class SRUppAttention(nn.Module):
 
         ``bias``: from :func:`attention_bias`; a ``CausalBias`` reaches here only on CUDA, where SDPA
         dispatches it to flash / memory-efficient attention (lower-right causal, or ``is_causal`` when
-        S = L), never as a tensor."""
+        S = L), never as a tensor; for heads wider than SDPA_MAX_HEAD_DIM the score product adds its
+        tensor instead (:func:`wants_matmul_attention`)."""
         bsz, _, tgt_len, _ = q.shape
         dropout_p = self.attn_dropout if self.attn_dropout_module.active else 0.0
         if wants_matmul_attention(q, dropout_p):
