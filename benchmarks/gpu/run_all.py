@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
-# (key, title, time limit in seconds). Limits are sized for one H100 (measured run: see README.md).
+# (key, title, time limit in seconds). Limits are sized from the first H100 run (benchmarks/gpu/README.md).
 STEPS = [
     ("environment", "0. Environment", 40),
     ("kernel_tests", "1. pytest tests/test_cuda_kernel.py", 120),
