@@ -20,6 +20,19 @@ def env_choice(name: str, choices) -> str:
     return value
 
 
+def env_int(name: str, default: int, low: int, high: int, wants: str, low_means: str = "") -> int:
+    """The integer value of the environment switch ``name``, ``default`` when unset or empty; anything
+    else outside ``low``..``high`` is an :class:`SRUppUserError` asking for ``wants`` (``low_means``: what
+    ``low`` stands for, named in the message)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise SRUppUserError("{}={!r}: give {}, an integer from {}{} to {} (default {})".format(
+            name, value, wants, low, " ({})".format(low_means) if low_means else "", high, default))
+    return int(value)
+
+
 def not_a_file(path) -> str:
     """Why ``path`` (known not to be a readable file) is not one, for an error message."""
     if os.path.isdir(path):

@@ -13,8 +13,8 @@ their code on CPU tensors and report themselves skipped (their numbers are no me
 generation benchmark runs its CLI on the CPU.
 """
 import argparse
-import importlib.metadata
 import concurrent.futures
+import importlib.metadata
 import json
 import math
 import os

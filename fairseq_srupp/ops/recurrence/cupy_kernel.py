@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...errors import SRUppUserError
+from ...errors import SRUppUserError, env_int
 
 SOURCE = Path(__file__).with_name("recurrence_cuda.cu")
 THREADS_PER_BLOCK = 256  # the most threads per block the launch heuristic uses
@@ -55,25 +55,14 @@ def cupy_available() -> bool:
 
 def prefetch_depth() -> int:
     """Time steps the kernels load ahead: ``FAIRSEQ_SRUPP_CUDA_PREFETCH`` or :data:`DEFAULT_PREFETCH`."""
-    value = os.environ.get(PREFETCH_ENV, "").strip()
-    if not value:
-        return DEFAULT_PREFETCH
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PREFETCH:
-        raise SRUppUserError("{}={!r}: give the number of time steps the CUDA recurrence loads ahead, an integer "
-                             "from 1 to {} (default {})".format(PREFETCH_ENV, value, MAX_PREFETCH, DEFAULT_PREFETCH))
-    return int(value)
+    return env_int(PREFETCH_ENV, DEFAULT_PREFETCH, 1, MAX_PREFETCH, "the number of time steps the CUDA recurrence "
+                   "loads ahead")
 
 
 def l2_ahead() -> int:
     """Time steps ahead the kernels ask L2 for: ``FAIRSEQ_SRUPP_CUDA_L2_AHEAD`` or :data:`DEFAULT_L2_AHEAD`."""
-    value = os.environ.get(L2_AHEAD_ENV, "").strip()
-    if not value:
-        return DEFAULT_L2_AHEAD
-    if not value.isdigit() or int(value) > MAX_L2_AHEAD:
-        raise SRUppUserError("{}={!r}: give how many time steps ahead the CUDA recurrence asks the L2 cache for its "
-                             "inputs, an integer from 0 (never) to {} (default {})".format(
-                                 L2_AHEAD_ENV, value, MAX_L2_AHEAD, DEFAULT_L2_AHEAD))
-    return int(value)
+    return env_int(L2_AHEAD_ENV, DEFAULT_L2_AHEAD, 0, MAX_L2_AHEAD, "how many time steps ahead the CUDA recurrence "
+                   "asks the L2 cache for its inputs", low_means="never")
 
 
 def nvrtc_options(prefetch: int, l2: int = DEFAULT_L2_AHEAD) -> Tuple[str, ...]:

@@ -60,7 +60,6 @@ __device__ __forceinline__ unsigned short float_to_half_bits(float v) {
 }
 #endif
 
-__device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(half_t v) { return half_bits_to_float(v.bits); }
 __device__ __forceinline__ float to_float(bfloat16_t v) { return __uint_as_float(((unsigned int)v.bits) << 16); }
 
