@@ -4,7 +4,8 @@ fairseq's generators end a hypothesis at the first ``</s>`` — for a byte-level
 newline — so they never write a second line. Here decoding goes on for as many tokens as asked:
 each step feeds only the newest token to the decoder, whose incremental state keeps ``c`` and the
 last ``W`` keys/values per layer (``W`` = the model's ``eval_window``), so memory and time per step
-stay constant however long the output.
+stay constant however long the output. On a GPU each step replays one CUDA graph
+(:class:`~fairseq_srupp.models.token_stepper.TokenStepper`).
 
 The rule for one step, given the log-probabilities ``l`` (V,) of the next token:
 
@@ -28,6 +29,7 @@ import torch
 
 from fairseq_srupp.data.char_level import BYTE_TOKENS, NEWLINE, byte_value
 from fairseq_srupp.errors import SRUppUserError
+from fairseq_srupp.models.token_stepper import TokenStepper
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +81,14 @@ def stream_tokens(model, prompt: List[int], num_tokens: int, top_k: int = 0, top
     dictionary = decoder.dictionary
     banned = never_sampled(dictionary)
     device = next(decoder.parameters()).device
-    state = {}
-    inputs = torch.tensor([[dictionary.eos()] + list(prompt)], device=device)  # (1, T)
+    stepper = TokenStepper(decoder, 1)  # on a GPU each step replays one CUDA graph
+    output = None
     for _ in range(num_tokens):
-        features = decoder(inputs, incremental_state=state)[0][:, -1:]  # (1, 1, V or d)
+        if output is None:
+            output = stepper.prompt(torch.tensor([[dictionary.eos()] + list(prompt)], device=device))
+        else:
+            output = stepper.step(choice.view(1))  # the decoder has seen everything before it
+        features = output.unsqueeze(1)  # (1, 1, V or d)
         lprobs = decoder.get_normalized_probs((features, None), log_probs=True)[0, -1].float()  # (V,)
         lprobs[banned] = -math.inf
         if temperature == 0:
@@ -91,7 +97,6 @@ def stream_tokens(model, prompt: List[int], num_tokens: int, top_k: int = 0, top
             scores = restrict(lprobs / temperature, top_k, top_p)
             choice = torch.multinomial(scores.softmax(-1), 1, generator=generator)
         yield int(choice.item())
-        inputs = choice.view(1, 1)  # the decoder has seen everything before it
 
 
 def is_byte_level(dictionary) -> bool:

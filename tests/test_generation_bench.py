@@ -72,10 +72,10 @@ def test_json_holds_each_finished_run_while_later_ones_run(tmp_path, monkeypatch
     seen = []
     one = generation.run_one
 
-    def spying_run_one(model, length, args, device):
+    def spying_run_one(model, length, args, device, stepper=None):
         if out.exists():  # the runs finished before this one are on disk
             seen.append((length, json.loads(out.read_text())))
-        return one(model, length, args, device)
+        return one(model, length, args, device, stepper)
 
     monkeypatch.setattr(generation, "run_one", spying_run_one)
     assert main(TINY + ["--models", "srupp_lm", "--json", str(out)], tune_malloc=lambda: False) == 0
@@ -86,3 +86,34 @@ def test_json_holds_each_finished_run_while_later_ones_run(tmp_path, monkeypatch
     final = json.loads(out.read_text())
     assert final["partial"] is False and [r["length"] for r in final["models"]["srupp_lm"]["runs"]] == [16, 64]
     assert not (tmp_path / "gen.json.tmp").exists()
+
+
+def test_stepper_generates_the_tokens_of_the_incremental_state(tmp_path, capsys):
+    """srupp_lm_stepper (a TokenStepper: the fixed-shape ring on the CPU, a CUDA graph per token on a GPU)
+    decodes the same greedy tokens as fairseq's incremental state, run after run (ring and graph reused)."""
+    import pytest
+    import torch
+
+    from fairseq_srupp.bench import generation
+    from fairseq_srupp.models.token_stepper import TokenStepper
+
+    args = parse_args(TINY + ["--window", "8"])
+    generation.write_dictionary(str(tmp_path), args.vocab)
+    model, _ = generation.build_model(tmp_path, generation.model_cli_args(args, 80)["srupp_lm"])
+    model.eval()
+    stepper = TokenStepper(model, 2, mode="ring")
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        cached, _, _, cache_bytes = generation.generate(model, 40, 2, cpu)
+        stepped, _, _, ring_bytes = generation.generate(model, 40, 2, cpu, stepper=stepper)
+        again = generation.generate(model, 40, 2, cpu, stepper=stepper)[0]
+    assert torch.equal(stepped, cached) and torch.equal(again, cached)
+    assert ring_bytes > cache_bytes > 0  # the ring's fp32 c and bias besides the same 9 slots
+
+    results = run_benchmark(parse_args(TINY + ["--models", "srupp_lm_stepper", "--decoding", "ring"]))
+    info = results["models"]["srupp_lm_stepper"]
+    assert info["decoding"] == {"mode": "ring", "graph_failure": None} and "TokenStepper ring" in info["description"]
+    assert all(positive(r["tokens_per_second"]) for r in info["runs"])
+    with pytest.raises(SystemExit):
+        parse_args(TINY + ["--decoding", "graph"])
+    assert "--decoding graph replays CUDA graphs: it needs --device cuda" in capsys.readouterr().err

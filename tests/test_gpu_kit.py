@@ -118,16 +118,18 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
 
     gen = steps["generation"]
     assert gen["status"] == "ok", gen
-    assert set(gen["results"]["summary"]) == {"srupp_lm", "transformer_lm"}
+    assert set(gen["results"]["summary"]) == {"srupp_lm_stepper", "srupp_lm", "transformer_lm"}
     assert {t["target"] for t in gen["results"]["targets"]} == {
-        "generation: srupp_lm ms/token at 16 tokens <= 1.2x at 8",
-        "generation: srupp_lm peak memory growth at 16 tokens <= 1.2x at 8"}
+        "generation: {} {} at 16 tokens <= 1.2x at 8".format(name, what)
+        for name in ("srupp_lm_stepper", "srupp_lm") for what in ("ms/token", "state memory")}
+    assert gen["results"]["models"]["srupp_lm_stepper"]["decoding"] == {"mode": "ring", "graph_failure": None}
 
     md = (out / "report.md").read_text()
     assert "DRY RUN" in md and "environment unknown (step 0 failed)" in md
     for s in report["steps"]:
         assert "| {} | {} |".format(s["title"], s["status"].upper() if s["status"] != "ok" else "ok") in md
-    assert "## 5. Generation" in md and "| srupp_lm |" in md
+    assert "## 5. Generation" in md and "| srupp_lm | " in md and "| srupp_lm_stepper | " in md
+    assert "srupp_lm fairseq incremental state / TokenStepper ms/token at 16 tokens: " in md
 
 
 def test_attention_kernel_probe_names_sdpa_backends():
@@ -431,8 +433,8 @@ def test_generation_step_reports_the_runs_a_stopped_model_finished():
             "models": {"srupp_lm": {"params": 10, "runs": [run]}}}
     out = steps.generation_result(data, {"srupp_lm": "stopped after its share of the time, 64 s"})
     assert out["status"] == "failed" and "srupp_lm: stopped after its share of the time, 64 s" in out["reason"]
-    assert "| srupp_lm | 10 | 2.500 | unfinished | | 40.0 → unfinished | |" in out["markdown"]
-    assert [(t["value"], t["met"]) for t in out["results"]["targets"]] == [(None, None), (None, None)]
+    assert "| srupp_lm | 10 | incremental state | 2.500 | unfinished | | | 40.0 → unfinished | |" in out["markdown"]
+    assert [(t["value"], t["met"]) for t in out["results"]["targets"]] == [(None, None)] * 4
 
 
 def test_compile_flag_reaches_the_training_step(tmp_path, monkeypatch):

@@ -23,11 +23,11 @@ def make_decoder(adaptive, **overrides):
     dictionary = Dictionary()
     for i in range(40):
         dictionary.add_symbol("w{}".format(i))
-    args = Namespace(
-        hidden_size=32, proj_size=16, num_layers=3, eval_window=WINDOW,
-        adaptive_softmax_cutoff="10,25" if adaptive else None, adaptive_embed_dim=16, adaptive_div_value=2.0,
+    args = Namespace(**dict(
+        dict(hidden_size=32, proj_size=16, num_layers=3, eval_window=WINDOW,
+             adaptive_softmax_cutoff="10,25" if adaptive else None, adaptive_embed_dim=16, adaptive_div_value=2.0),
         **overrides,
-    )
+    ))
     ARCH_CONFIG_REGISTRY["srupp_lm_tiny"](args)
     decoder = SRUppDecoder(SRUppLMConfig.from_namespace(args), dictionary).eval()
     with torch.no_grad():

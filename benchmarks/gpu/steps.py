@@ -107,13 +107,13 @@ def environment(dry_run):
 
 
 def kernel_tests(dry_run):
-    """pytest tests/test_cuda_kernel.py, counted from its JUnit XML. On a GPU a skipped test is a failure:
-    it means the parity checks did not run."""
+    """pytest tests/test_cuda_kernel.py and tests/test_token_stepper.py (CUDA-graph decoding), counted from
+    their JUnit XML. On a GPU a skipped test is a failure: it means the parity checks did not run."""
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
         # fairseq-train --fp16 / --bf16 are step 2's (side by side there; 50 s one after another here)
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda_kernel.py",
-               "--junitxml", str(junit), "-k", "dispatch_choice" if dry_run else "not fairseq_train"]
+               "tests/test_token_stepper.py", "--junitxml", str(junit), "-k", "dispatch_choice" if dry_run else "not fairseq_train"]
         proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         print(proc.stdout, flush=True)
         if not junit.exists():
@@ -388,25 +388,31 @@ def training_result(out, gpu):
 # --------------------------------------------------------------------------------------- 5
 
 
+GENERATION_MODELS = ("srupp_lm_stepper", "srupp_lm", "transformer_lm")
+# Share of the time left that each model's process may take, in order: the CUDA graph is quick; fairseq's
+# incremental-state path launches ten layers of small kernels per token against the Transformer's eight.
+GENERATION_SHARES = (0.25, 0.6, 1.0)
+
+
 def generation(dry_run):
-    """Generation ms/token at 1k and 16k tokens, srupp_lm vs transformer_lm, through the benchmark's CLI:
-    one process per model, each with its own share of the time left, so a slow one cannot cost the other
-    its figures. SRU++ gets 60%: ten layers of small launches per token against the Transformer's eight."""
+    """Generation ms/token at 1k and 16k tokens through the benchmark's CLI: srupp_lm decoded by a
+    TokenStepper (one CUDA graph per token), srupp_lm through fairseq's incremental state (as
+    SequenceGenerator decodes), transformer_lm. One process per model, each with its own share of the
+    time left, so a slow one cannot cost the others their figures."""
     from train_bench import TRANSFORMER
 
     if dry_run or not torch.cuda.is_available():
-        args = ["--device", "cpu", "--lengths", "8,16", "--threads", "1"]
+        args = ["--device", "cpu", "--lengths", "8,16", "--threads", "1", "--decoding", "ring"]
     else:
         args = ["--device", "cuda", "--dtype", "bfloat16", "--lengths", "1000,16000", "--srupp-arch", "srupp_lm",
                 "--transformer", TRANSFORMER, "--vocab", "209"]
-    names = ["srupp_lm", "transformer_lm"]
     data, failures = None, {}
-    for i, name in enumerate(names):
+    for i, (name, share) in enumerate(zip(GENERATION_MODELS, GENERATION_SHARES)):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "generation.json"
             cmd = [sys.executable, str(REPO / "benchmarks" / "generation.py"), *args, "--models", name,
                    "--json", str(out)]
-            limit = (seconds_left() - 5) * (0.6 if i == 0 else 1.0)
+            limit = (seconds_left() - 5) * share
             try:
                 proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       timeout=None if limit == float("inf") else max(limit, 1))
@@ -422,7 +428,7 @@ def generation(dry_run):
             data = part
         else:
             data["models"].update(part["models"])
-        save(generation_result(data, failures, unfinished=i + 1 < len(names)))
+        save(generation_result(data, failures, unfinished=i + 1 < len(GENERATION_MODELS)))
     if data is None:
         return result("failed", failures, reason="; ".join("{}: {}".format(k, v) for k, v in failures.items()))
     return generation_result(data, failures)
@@ -435,38 +441,55 @@ def generation_result(data, failures, unfinished=False):
     lo, hi = data["setup"]["lengths"][0], data["setup"]["lengths"][-1]
     md = ["{} {}, batch {}, SRU++ window {}.".format(data["setup"]["device_name"], data["setup"]["dtype"],
                                                     data["setup"]["batch"], data["setup"]["window"]), "",
-          "| model | params | ms/token at {lo:,} | ms/token over the last 1k of {hi:,} | ratio | peak MiB growth at "
-          "{lo:,} → {hi:,} | ratio |".format(lo=lo, hi=hi),
-          "| --- | --- | --- | --- | --- | --- | --- |"]
+          "| model | params | decoding | ms/token at {lo:,} | ms/token over the last 1k of {hi:,} | ratio | state MiB "
+          "at {hi:,} | peak MiB growth at {lo:,} → {hi:,} | ratio |".format(lo=lo, hi=hi),
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     summary = {}
     peak_key = data["peak_memory_key"]
     for name, m in data["models"].items():
         runs = {r["length"]: r for r in m.get("runs", [])}
+        decoding = m.get("decoding") or {}
+        how = decoding.get("mode", "incremental state" if name == "srupp_lm" else "fairseq")
+        how += " (capture failed: {})".format(decoding["graph_failure"]) if decoding.get("graph_failure") else ""
+        how = how.replace("|", "/")
         if lo in runs and hi not in runs:
-            md.append("| {} | {:,} | {:.3f} | unfinished | | {:.1f} → unfinished | |".format(
-                name, m["params"], runs[lo]["ms_per_token"], runs[lo].get(peak_key) or 0.0))
+            md.append("| {} | {:,} | {} | {:.3f} | unfinished | | | {:.1f} → unfinished | |".format(
+                name, m["params"], how, runs[lo]["ms_per_token"], runs[lo].get(peak_key) or 0.0))
             continue
         if lo not in runs or hi not in runs:
-            md.append("| {} | {:,} | skipped: {} | | | | |".format(name, m["params"], m.get("skipped", "no runs")))
+            md.append("| {} | {:,} | {} | skipped: {} | | | | | |".format(name, m["params"], how,
+                                                                           m.get("skipped", "no runs")))
             continue
         first, last = runs[lo]["ms_per_token"], runs[hi]["last_span_ms_per_token"]
         memory = data["scaling"].get(name, {}).get("peak_memory")
         summary[name] = {"ms_per_token_short": first, "ms_per_token_long": last, "long_over_short": last / first,
-                         "peak_memory_long_over_short": memory}
-        md.append("| {} | {:,} | {:.3f} | {:.3f} | {:.2f}x | {:.1f} → {:.1f} | {} |".format(
-            name, m["params"], first, last, last / first, runs[lo].get(peak_key) or 0.0, runs[hi].get(peak_key) or 0.0,
-            "-" if memory is None else "{:.2f}x".format(memory)))
-    md += ["| {} | failed: {} | | | | | |".format(name, why.replace("|", "/")) for name, why in failures.items()]
-    if len(summary) == 2:
-        ratio = summary["srupp_lm"]["ms_per_token_long"] / summary["transformer_lm"]["ms_per_token_long"]
-        md += ["", "srupp_lm / transformer_lm ms/token at {:,} tokens: {:.2f}x".format(hi, ratio)]
-    srupp = summary.get("srupp_lm", {})
-    data.update(summary=summary, failures=failures, targets=[
-        target("generation: srupp_lm ms/token at {:,} tokens <= 1.2x at {:,}".format(hi, lo),
-               srupp.get("long_over_short"), lambda v: v <= 1.2),
-        target("generation: srupp_lm peak memory growth at {:,} tokens <= 1.2x at {:,}".format(hi, lo),
-               srupp.get("peak_memory_long_over_short"), lambda v: v <= 1.2)])
-    missing = [n for n in ("srupp_lm", "transformer_lm") if n not in summary]
+                         "peak_memory_long_over_short": memory, "state_mib_long": runs[hi]["state_mib"],
+                         "state_long_over_short": data["scaling"].get(name, {}).get("state_memory")}
+        md.append("| {} | {:,} | {} | {:.3f} | {:.3f} | {:.2f}x | {:.1f} | {:.1f} → {:.1f} | {} |".format(
+            name, m["params"], how, first, last, last / first, runs[hi]["state_mib"], runs[lo].get(peak_key) or 0.0,
+            runs[hi].get(peak_key) or 0.0, "-" if memory is None else "{:.2f}x".format(memory)))
+    md += ["| {} | failed: {} | | | | | | | |".format(name, why.replace("|", "/")) for name, why in failures.items()]
+    transformer = summary.get("transformer_lm")
+    for name in ("srupp_lm_stepper", "srupp_lm"):
+        if name in summary and transformer:
+            md.append("")
+            md.append("{} / transformer_lm ms/token at {:,} tokens: {:.2f}x".format(
+                name, hi, summary[name]["ms_per_token_long"] / transformer["ms_per_token_long"]))
+    if "srupp_lm_stepper" in summary and "srupp_lm" in summary:
+        md.append("srupp_lm fairseq incremental state / TokenStepper ms/token at {:,} tokens: {:.2f}x".format(
+            hi, summary["srupp_lm"]["ms_per_token_long"] / summary["srupp_lm_stepper"]["ms_per_token_long"]))
+    targets = []
+    for name in ("srupp_lm_stepper", "srupp_lm"):
+        figures = summary.get(name, {})
+        targets += [
+            target("generation: {} ms/token at {:,} tokens <= 1.2x at {:,}".format(name, hi, lo),
+                   figures.get("long_over_short"), lambda v: v <= 1.2),
+            # Memory per token: what the decoding state holds (the peak's growth during a run, in the
+            # table, is near zero for a state allocated before the run, so its ratio says little).
+            target("generation: {} state memory at {:,} tokens <= 1.2x at {:,}".format(name, hi, lo),
+                   figures.get("state_long_over_short"), lambda v: v <= 1.2)]
+    data.update(summary=summary, failures=failures, targets=targets)
+    missing = [n for n in GENERATION_MODELS if n not in summary]
     reason = "unfinished" if unfinished else ("no runs of " + ", ".join(missing) if missing else None)
     reason = "; ".join(filter(None, [reason] + ["{}: {}".format(k, v) for k, v in failures.items()])) or None
     return result("failed" if reason else "ok", data, md, reason)

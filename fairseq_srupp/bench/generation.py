@@ -42,6 +42,7 @@ from fairseq_srupp.cli_args import (
 DEFAULT_LENGTHS = "1000,4000,16000"
 SPAN = 1000  # tokens over which the first / last ms per token are measured (at most half the run)
 WARMUP_TOKENS = 32
+MODELS = ("srupp_lm", "srupp_lm_stepper", "transformer_lm")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MIB = float(1 << 20)
 
@@ -68,7 +69,12 @@ def parse_args(argv=None):
                    help="torch threads (0: the CPUs this process may use)")
     p.add_argument("--sequence-generator", type=non_negative_int, default=0, metavar="N",
                    help="also time fairseq's SequenceGenerator (beam 1) generating N tokens per model (0: off)")
-    p.add_argument("--models", default="srupp_lm,transformer_lm", help="which models to run")
+    p.add_argument("--models", default="srupp_lm,transformer_lm",
+                   help="which models to run, of {}: srupp_lm_stepper is srupp_lm decoded by a TokenStepper "
+                        "(--decoding)".format(",".join(MODELS)))
+    p.add_argument("--decoding", default="auto", choices=["auto", "cache", "ring", "graph"],
+                   help="srupp_lm_stepper's mode (auto: a CUDA graph per token on a GPU, the incremental "
+                        "state elsewhere; see fairseq_srupp/models/token_stepper.py)")
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="keep glibc's default mmap / trim thresholds (benchmarks/generation.py tunes them, "
                         "see benchmarks/bench_timing.py: tune_malloc)")
@@ -80,9 +86,11 @@ def parse_args(argv=None):
     if args.vocab < 5:
         p.error("--vocab must leave room for at least one byte symbol after the 4 special symbols")
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = set(args.models) - {"srupp_lm", "transformer_lm"}
+    unknown = set(args.models) - set(MODELS)
     if unknown or not args.models:
-        p.error("--models takes srupp_lm and/or transformer_lm, got {}".format(",".join(sorted(unknown)) or "nothing"))
+        p.error("--models takes {}, got {}".format(" and/or ".join(MODELS), ",".join(sorted(unknown)) or "nothing"))
+    if args.decoding == "graph" and args.device != "cuda":
+        p.error("--decoding graph replays CUDA graphs: it needs --device cuda")
     return args
 
 
@@ -107,7 +115,7 @@ def model_cli_args(args, max_positions):
         srupp += ["--hidden-size", d, "--proj-size", p, "--num-layers", n]
     if args.window is not None:
         srupp += ["--eval-window", args.window]
-    specs["srupp_lm"] = srupp
+    specs["srupp_lm"] = specs["srupp_lm_stepper"] = srupp
     dim, ffn, layers, heads = int_fields(args.transformer)
     # Sinusoidal positions (fairseq's default for transformer_lm): no learned table to size, but
     # max_target_positions bounds what SequenceGenerator agrees to generate.
@@ -218,11 +226,13 @@ def span_of(length):
     return max(1, min(SPAN, length // 2))
 
 
-def generate(model, length, batch, device, sampling=False, generator=None, nspecial=4):
-    """Generate ``length`` tokens after a beginning-of-sentence, one decoder call per token.
+def generate(model, length, batch, device, sampling=False, generator=None, nspecial=4, stepper=None):
+    """Generate ``length`` tokens after a beginning-of-sentence, one decoder call per token: with the
+    whole prefix and fairseq's incremental state, or through ``stepper`` (a ``TokenStepper``: a
+    fixed-shape ring, one CUDA graph per token on a GPU).
 
     Returns the generated tokens (batch, length), the cumulative seconds at the checkpoints
-    {0, span, length - span, length} and the incremental state's bytes at the end.
+    {0, span, length - span, length} and the decoding state's bytes at the end.
     """
     decoder = model.decoder
     eos = decoder.dictionary.eos()
@@ -239,8 +249,13 @@ def generate(model, length, batch, device, sampling=False, generator=None, nspec
             if cuda:
                 torch.cuda.synchronize(device)
             times[t] = time.perf_counter() - start
-        logits, _ = decoder(tokens[:, : t + 1], incremental_state=state)
-        scores = logits[:, -1, nspecial:].float()
+        if stepper is None:
+            logits = decoder(tokens[:, : t + 1], incremental_state=state)[0][:, -1]
+        elif t == 0:
+            logits = stepper.prompt(tokens[:, :1])
+        else:
+            logits = stepper.step(tokens[:, t])
+        scores = logits[:, nspecial:].float()
         if sampling:
             nxt = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
         else:
@@ -249,15 +264,16 @@ def generate(model, length, batch, device, sampling=False, generator=None, nspec
     if cuda:
         torch.cuda.synchronize(device)
     times[length] = time.perf_counter() - start
-    return tokens[:, 1:], times, span, incremental_state_bytes(state)
+    held = state if stepper is None else (stepper.ring.tensors() if stepper.ring is not None else stepper.state)
+    return tokens[:, 1:], times, span, incremental_state_bytes(held)
 
 
-def run_one(model, length, args, device):
+def run_one(model, length, args, device, stepper=None):
     generator = torch.Generator(device=device)
     generator.manual_seed(args.seed)
     with PeakMemory(device) as mem:
         tokens, times, span, state_bytes = generate(
-            model, length, args.batch, device, args.sampling, generator, model.decoder.dictionary.nspecial)
+            model, length, args.batch, device, args.sampling, generator, model.decoder.dictionary.nspecial, stepper)
     total = times[length]
     assert tokens.shape == (args.batch, length)
     record = {
@@ -430,28 +446,38 @@ def run_benchmark(args, malloc_tuned=False, on_run=None):
             model, task = build_model(tmp, cli)
             model = model.to(device=device, dtype=dtype).eval()
             info = {"params": sum(p.numel() for p in model.parameters()), "args": [str(a) for a in cli]}
-            if name == "srupp_lm":
+            stepper = None
+            if name.startswith("srupp_lm"):
                 cfg = model.decoder.cfg
                 info["description"] = "hidden {}, proj {}, {} layers".format(
                     cfg.hidden_size, cfg.proj_size, cfg.num_layers)
                 results["setup"]["window"] = getattr(cfg, "eval_window", None)
             else:
                 info["description"] = "dim {}, ffn {}, {} layers, {} heads".format(*args.transformer.split(","))
-            with torch.no_grad():  # warm-up: first-call allocations, lazily compiled ops
-                generate(model, min(WARMUP_TOKENS, args.lengths[0]), args.batch, device)
+            if name == "srupp_lm_stepper":
+                from fairseq_srupp.models.token_stepper import TokenStepper
+
+                # One stepper for every run: its ring and CUDA graph are made in the warm-up, not timed.
+                stepper = TokenStepper(model, args.batch, mode=args.decoding)
+            with torch.no_grad():  # warm-up: first-call allocations, lazily compiled ops, graph capture
+                generate(model, min(WARMUP_TOKENS, args.lengths[0]), args.batch, device, stepper=stepper)
+            if stepper is not None:
+                info["description"] += ", TokenStepper {}{}".format(stepper.mode, "" if stepper.graph_failure is None
+                                                                    else " (capture failed: eager ring)")
+                info["decoding"] = {"mode": stepper.mode, "graph_failure": stepper.graph_failure}
             info["runs"] = []
-            models[name] = (model, task)
+            models[name] = (model, task, stepper)
             results["models"][name] = info
         with torch.no_grad():
             for length in args.lengths:
-                for name, (model, _) in models.items():
-                    results["models"][name]["runs"].append(run_one(model, length, args, device))
+                for name, (model, _, stepper) in models.items():
+                    results["models"][name]["runs"].append(run_one(model, length, args, device, stepper))
                     if on_run is not None:
                         on_run(summarize(copy.deepcopy(results)))
             if args.sequence_generator:
                 results["sequence_generator"] = {
                     name: time_sequence_generator(model, task, args.sequence_generator, args, device)
-                    for name, (model, task) in models.items()
+                    for name, (model, task, _) in models.items()
                 }
     return summarize(results)
 

@@ -39,6 +39,7 @@ from fairseq_srupp.modules.adaptive_softmax import ProjectedAdaptiveSoftmax, clu
 from fairseq_srupp.modules.attention_masks import causal_mask  # noqa: F401  (imported from here by tests, benchmarks)
 from fairseq_srupp.modules.attention_masks import same_length_mask, training_causal_mask
 from fairseq_srupp.modules.decoding_cache import DecodingCache
+from fairseq_srupp.modules.decoding_ring import state_dtype
 from fairseq_srupp.tasks.carried_state import CarriedState, CarriedStateStore, SegmentContext
 
 from .presets import DEFAULT as DEFAULT_PRESET
@@ -205,11 +206,14 @@ class SRUppDecoder(FairseqIncrementalDecoder):
             self.output_projection.weight.uniform_(-bound, bound)
             self.output_projection.bias.zero_()
 
-    def embed(self, tokens: Tensor) -> Tensor:
-        """tokens (B, T) → dropout(embeddings) (T, B, d)."""
+    def embed(self, tokens: Tensor, fixed_shape: bool = False) -> Tensor:
+        """tokens (B, T) → dropout(embeddings) (T, B, d). ``fixed_shape``: the adaptive input computes
+        without data-dependent shapes (:meth:`ProjectedAdaptiveSoftmax.embed_fixed_shape`), for CUDA graphs."""
         if tokens.dim() != 2:
             raise ValueError("expected tokens of shape (batch, length), got {}".format(tuple(tokens.shape)))
-        if self.adaptive_softmax is not None:
+        if self.adaptive_softmax is not None and fixed_shape:
+            x = self.adaptive_softmax.embed_fixed_shape(tokens)
+        elif self.adaptive_softmax is not None:
             x = self.adaptive_softmax.embed(tokens)
         else:
             x = self.embed_tokens(tokens)
@@ -305,23 +309,28 @@ class SRUppDecoder(FairseqIncrementalDecoder):
                     "incremental state".format(cache.window, self.cfg.eval_window)
                 )
         else:
-            cache = DecodingCache(self.cfg.eval_window, sum(self._attention_layers()))
+            cache = DecodingCache(self.cfg.eval_window, sum(self.attention_layers()))
         new_tokens = self._new_tokens(tokens, cache)
         x = self.embed(new_tokens)  # (L, B, d)
         pad = new_tokens.eq(self.padding_idx)
         pad = pad if pad.any() else None  # the step's only host synchronisation
         cache.begin(new_tokens.shape[1], pad)
+        # Cell states carried in fp32 (fp64 for a fp64 model) between calls, as the fused recurrence
+        # carries them inside a sequence, whatever the activations are stored in.
+        c0 = cache.c if cache.c is not None else x.new_zeros(
+            (self.cfg.num_layers, x.shape[1], self.cfg.hidden_size), dtype=state_dtype(x.dtype))
         h, c, _ = self.srupp(
             x,
-            c0=cache.c,
+            c0=c0,
             mask_pad=None if pad is None else pad.t(),
-            caches=cache.layers(self._attention_layers()),
+            caches=cache.layers(self.attention_layers()),
         )
         cache.end(c)
         self.set_incremental_state(incremental_state, "srupp_state", cache.to_state())
         return self.dropout_module(h).transpose(0, 1), {"attn": [None], "inner_states": None}
 
-    def _attention_layers(self) -> List[bool]:
+    def attention_layers(self) -> List[bool]:
+        """Per layer of the stack, whether it attends (and so has keys/values to cache)."""
         return [hasattr(layer.transform_module, "forward_incremental") for layer in self.srupp.rnn_lst]
 
     @staticmethod

@@ -146,6 +146,23 @@ class ProjectedAdaptiveSoftmax(nn.Module):
             out = out * self.embed_scale
         return out.view(*tokens.shape, self.model_dim)
 
+    def embed_fixed_shape(self, tokens: Tensor) -> Tensor:
+        """What :meth:`embed` returns, with shapes that do not depend on the tokens: every cluster embeds
+        every token (its index clamped into the cluster) and keeps the rows that belong to it. No host
+        synchronisation, so a CUDA graph can replay it; meant for the few tokens of a decoding step."""
+        projections = self.input_projections if self.input_projections is not None else self.projections
+        flat = tokens.reshape(-1)
+        out = None
+        for i in range(self.num_tails + 1):
+            start, end = self.bounds[i], self.bounds[i + 1]
+            inside = ((flat >= start) & (flat < end)).unsqueeze(1)  # (N, 1)
+            emb = F.embedding((flat - start).clamp(0, end - start - 1), self.table(i).weight)
+            emb = F.linear(self.dropout(emb), projections[i])  # (N, d)
+            out = emb.masked_fill(~inside, 0) if out is None else torch.where(inside, emb.to(out.dtype), out)
+        if self.embed_scale != 1.0:
+            out = out * self.embed_scale
+        return out.view(*tokens.shape, self.model_dim)
+
     # ---------------------------------------------------------------------------- output side
     def _cluster_scores(self, hidden: Tensor, cluster: int) -> Tensor:
         """hidden (N, d) → unnormalised scores (N, size) of one cluster (head: shortlist + tails)."""

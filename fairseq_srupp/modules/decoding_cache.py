@@ -48,16 +48,30 @@ class _Step:
     bias_built: bool = False
 
 
-class _LayerCache:
-    """One attention layer's handle on a :class:`DecodingCache` (what ``forward_incremental`` gets)."""
+class LayerHandle:
+    """One attention layer's handle on a cache (a :class:`DecodingCache` or a
+    :class:`~fairseq_srupp.modules.decoding_ring.RingCache`): what ``forward_incremental`` gets."""
 
     __slots__ = ("cache", "index")
 
-    def __init__(self, cache: "DecodingCache", index: int):
+    def __init__(self, cache, index: int):
         self.cache, self.index = cache, index
 
     def attend(self, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
         return self.cache.attend(self.index, k, v)
+
+
+def layer_handles(cache, attention_layers: int, has_attention: Sequence[bool]) -> List[Optional[LayerHandle]]:
+    """One entry per layer of a stack: a handle on ``cache`` for attention layers (numbered in order),
+    None for the others; ``attention_layers``: how many the cache was made for."""
+    handles, index = [], 0
+    for attends in has_attention:
+        handles.append(LayerHandle(cache, index) if attends else None)
+        index += int(attends)
+    if index != attention_layers:
+        raise ValueError("the cache was made for {} attention layers, the stack has {}".format(
+            attention_layers, index))
+    return handles
 
 
 class DecodingCache:
@@ -123,16 +137,9 @@ class DecodingCache:
             self.pad = self.pad.index_select(0, new_order)
 
     # ------------------------------------------------------------------------------------ views
-    def layers(self, has_attention: Sequence[bool]) -> List[Optional[_LayerCache]]:
+    def layers(self, has_attention: Sequence[bool]) -> List[Optional[LayerHandle]]:
         """One entry per layer of the stack: a handle for attention layers, None for the others."""
-        handles, index = [], 0
-        for attends in has_attention:
-            handles.append(_LayerCache(self, index) if attends else None)
-            index += int(attends)
-        if index != self.attention_layers:
-            raise ValueError("the cache was made for {} attention layers, the stack has {}".format(
-                self.attention_layers, index))
-        return handles
+        return layer_handles(self, self.attention_layers, has_attention)
 
     def ordered(self, index: int) -> Tuple[Optional[Tensor], Optional[Tensor]]:
         """Keys and values (B, H, filled, hd) of attention layer ``index``, oldest position first."""

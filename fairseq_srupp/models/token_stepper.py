@@ -1,0 +1,174 @@
+"""Token-by-token decoding of an ``srupp_lm`` decoder, replayed as one CUDA graph per step on a GPU.
+
+Decoding one token runs every layer on a single position: on a GPU each of the few hundred small
+kernels of a step costs more to launch from Python than to run. fairseq's incremental-state protocol
+(``decoder(prefix, incremental_state=...)``, :class:`~fairseq_srupp.modules.decoding_cache.DecodingCache`)
+also decides on the host where each token goes, and checks the new tokens for padding (a host
+synchronisation per step). :class:`TokenStepper` feeds one token per sequence per call through a
+:class:`~fairseq_srupp.modules.decoding_ring.RingCache`, whose shapes are fixed and whose indices live
+on the device, so the whole step (embedding, every layer, output layer) can be captured once as a CUDA
+graph and replayed with a single launch.
+
+Modes (``mode=`` or the environment switch ``FAIRSEQ_SRUPP_DECODING``):
+
+* ``auto`` (default): ``graph`` on CUDA, ``cache`` elsewhere;
+* ``cache``: each step through fairseq's incremental state (what ``SequenceGenerator`` does);
+* ``ring``: each step through the ring, eagerly (any device; how the graph is checked on a CPU);
+* ``graph``: the ring's step captured as a CUDA graph (CUDA only). Should capture fail (an operation
+  that cannot be captured), the stepper warns once and steps the ring eagerly.
+
+The prompt is always decoded as one chunk through the incremental state, then handed to the ring.
+"""
+import logging
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fairseq_srupp.errors import SRUppUserError, env_choice
+from fairseq_srupp.modules.decoding_cache import DecodingCache
+from fairseq_srupp.modules.decoding_ring import RingCache
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "cache", "ring", "graph")
+MODE_ENV = "FAIRSEQ_SRUPP_DECODING"
+WARMUP_STEPS = 2  # eager steps on a side stream before capture (cuBLAS workspaces, kernel compiles)
+
+
+def decoding_mode(device: torch.device, mode: Optional[str] = None) -> str:
+    """The mode a stepper on ``device`` runs: ``mode`` or the environment switch, ``auto`` resolved."""
+    mode = mode or env_choice(MODE_ENV, MODES)
+    if mode not in MODES:
+        raise SRUppUserError("decoding mode {!r} is not one of {}".format(mode, ", ".join(MODES)))
+    if mode == "auto":
+        return "graph" if device.type == "cuda" else "cache"
+    if mode == "graph" and device.type != "cuda":
+        raise SRUppUserError("{}=graph replays CUDA graphs and needs the model on a GPU; use ring or cache on "
+                             "the {}".format(MODE_ENV, device.type.upper()))
+    return mode
+
+
+class TokenStepper:
+    """Feed ``batch`` sequences to an ``SRUppDecoder`` one token each per :meth:`step`.
+
+    Args:
+        decoder: an ``SRUppDecoder`` (or the model holding it) in eval mode; not trained meanwhile.
+        batch: B, the number of sequences.
+        mode: see the module docstring (default: ``FAIRSEQ_SRUPP_DECODING``, else ``auto``).
+
+    :meth:`prompt` first (tokens (B, T), T >= 1), then :meth:`step` with one token per sequence; both
+    return the decoder's output at the newest position, (B, V) logits (or (B, d) features with the
+    adaptive softmax: ``decoder.get_normalized_probs`` turns them into log-probabilities). Run them
+    under ``torch.no_grad()``.
+    """
+
+    def __init__(self, decoder, batch: int, mode: Optional[str] = None):
+        decoder = getattr(decoder, "decoder", decoder)
+        if decoder.training:
+            raise ValueError("TokenStepper decodes with dropout off: call model.eval() first")
+        if batch < 1:
+            raise ValueError("batch must be >= 1, got {}".format(batch))
+        self.decoder = decoder
+        self.batch = batch
+        weight = next(decoder.srupp.parameters())
+        self.device, self.dtype = weight.device, weight.dtype
+        self.mode = decoding_mode(self.device, mode)
+        self.state = {}  # fairseq's incremental state (cache mode, and every prompt)
+        self.ring = None
+        self.graph = None
+        self.graph_output = None
+        self.graph_failure = None
+        self.tokens = torch.full((batch, 1), decoder.dictionary.eos(), dtype=torch.long, device=self.device)
+
+    # ----------------------------------------------------------------------------------- public
+    def prompt(self, tokens: Tensor) -> Tensor:
+        """Start new sequences: consume ``tokens`` (B, T) as one chunk and return the output at their last
+        position (B, V or d). What earlier sequences left is dropped; the ring's buffers and the CUDA
+        graph are kept, so a stepper serves one generation after another without capturing again."""
+        if tokens.dim() != 2 or tokens.shape[0] != self.batch or tokens.shape[1] < 1:
+            raise ValueError("prompt tokens must be (batch={}, T >= 1), got {}".format(self.batch, tuple(tokens.shape)))
+        self.state = {}
+        out = self.decoder(tokens.to(self.device), incremental_state=self.state)[0][:, -1]
+        if self.mode != "cache":
+            self._load_ring()
+        return out
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """Consume one token per sequence, ``tokens`` (B,); return the output there (B, V or d)."""
+        if tokens.shape != (self.batch,):
+            raise ValueError("step takes one token per sequence, (batch={},), got {}".format(
+                self.batch, tuple(tokens.shape)))
+        if self.mode == "cache":
+            if not self.state:
+                raise ValueError("give the prompt first (at least the beginning-of-sentence token)")
+            return self.decoder(tokens.view(self.batch, 1).to(self.device), incremental_state=self.state)[0][:, -1]
+        if self.ring is None or self.state:
+            raise ValueError("give the prompt first (at least the beginning-of-sentence token)")
+        self.tokens.copy_(tokens.view(self.batch, 1))
+        self.ring.consumed += 1
+        if self.mode == "graph" and self.graph is None and self.graph_failure is None:
+            self._capture()
+        if self.graph is not None:
+            self.graph.replay()
+            return self.graph_output.clone()  # the next replay overwrites it
+        return self._ring_step()
+
+    @property
+    def consumed(self) -> int:
+        """Tokens consumed so far per sequence, prompt included."""
+        packed = self.decoder.get_incremental_state(self.state, "srupp_state") if self.state else None
+        if packed:
+            return DecodingCache.from_state(packed).consumed
+        return 0 if self.ring is None else self.ring.consumed
+
+    # ---------------------------------------------------------------------------------- helpers
+    def _load_ring(self):
+        """Move the prompt's state from fairseq's incremental state into the ring (made on first use)."""
+        decoder = self.decoder
+        cache = DecodingCache.from_state(decoder.get_incremental_state(self.state, "srupp_state"))
+        if self.ring is None or self.ring.window != cache.window:  # eval_window changed: a new graph too
+            attends = decoder.attention_layers()
+            srupp = decoder.srupp
+            self.ring = RingCache(cache.window, sum(attends), self.batch, srupp.num_heads,
+                                  srupp.proj_size // srupp.num_heads, srupp.num_layers, srupp.hidden_size,
+                                  self.dtype, self.device)
+            self.handles = self.ring.layers(attends)
+            self.graph = self.graph_output = self.graph_failure = None
+        self.ring.load(cache)
+        self.state = {}  # the ring holds it all now
+
+    def _ring_step(self) -> Tensor:
+        """One eager step through the ring: the exact sequence of kernels the graph replays."""
+        decoder, ring = self.decoder, self.ring
+        x = decoder.embed(self.tokens, fixed_shape=True)  # (1, B, d)
+        pad = self.tokens[:, 0].eq(decoder.padding_idx)  # (B,): on the device, never read on the host
+        ring.begin(pad)
+        h, c, _ = decoder.srupp(x, c0=ring.c, mask_pad=pad.view(1, -1), caches=self.handles)
+        ring.end(c)
+        h = decoder.dropout_module(h).transpose(0, 1)  # (B, 1, d)
+        return decoder.output_layer(h)[:, 0]
+
+    def _capture(self):
+        """Capture :meth:`_ring_step` as a CUDA graph. Warm-up steps run first (on a side stream, as
+        capture asks) and the ring is restored afterwards, so capturing consumes nothing."""
+        saved = [t.clone() for t in self.ring.tensors()]
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_STEPS):
+                    self._ring_step()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                output = self._ring_step()
+            self.graph, self.graph_output = graph, output
+        except RuntimeError as error:  # an operation capture refuses: decode eagerly instead
+            self.graph_failure = "{}: {}".format(type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            logger.warning("decoding without a CUDA graph (capture failed: %s); set %s=ring to skip the attempt",
+                           self.graph_failure, MODE_ENV)
+            torch.cuda.synchronize(self.device)
+        finally:
+            for tensor, copy in zip(self.ring.tensors(), saved):
+                tensor.copy_(copy)
