@@ -28,7 +28,9 @@ L=--length tokens per step (the paper's per-GPU batch: 4 x 1024), for every --dt
   the attention's scaling. Compared with ``srupp_lm`` (tokens/s, peak memory).
 
 One loop for all but ``srupp_lm_half``, the paper's: fp32 weights under ``torch.autocast(dtype)``, a
-GradScaler for float16, gradient clipping at 1.0, RAdam with decoupled weight decay. Reported per model: parameters,
+GradScaler for float16, gradient clipping at 1.0, RAdam with decoupled weight decay (``--optimizer radam``'s
+``FusedRAdam`` for this project's models and ``transformer_lm``; torch's ``RAdam`` for the paper's model, whose
+own script steps a slower per-parameter loop). Reported per model: parameters,
 ms per step (median), tokens/s, peak allocated memory (from before the model is built), analytic
 training FLOPs per token (``fairseq_srupp.bench.flops``), achieved TFLOP/s and MFU against --peak-tflops
 (default: the dense bf16 peak of the GPU's name, see ``peak_bf16_tflops``), and the first and last
@@ -69,6 +71,7 @@ from fairseq_srupp.bench.flops import srupp_flops_per_token, transformer_flops_p
 from fairseq_srupp.bench.generation import build_model, model_cli_args, write_dictionary  # noqa: E402
 from fairseq_srupp.bench.paper_sru import import_sru  # noqa: E402
 from fairseq_srupp.models.srupp_lm import SRUppLMConfig  # noqa: E402
+from fairseq_srupp.optim.fused_radam import FusedRAdam  # noqa: E402
 from fairseq_srupp.modules.attention_masks import ATTENTION_ENV, causal_mask  # noqa: E402
 from fairseq_srupp.modules.transforms import SDPA_MAX_HEAD_DIM, wants_matmul_attention  # noqa: E402
 from fairseq_srupp.tasks.carried_state import SegmentContext  # noqa: E402
@@ -225,7 +228,11 @@ def measure(name, dtype_name, args, dict_dir, device, peak_tflops):
         return _measure(name, dtype_name, args, dict_dir, device, peak_tflops)
 
 
-def radam(params):
+def radam(params, fused=True):
+    """``fairseq-train --optimizer radam``'s optimizer (rectified steps through the fused AdamW kernel), or,
+    for the paper's model, torch's own RAdam passes (faster than the paper's per-parameter loop)."""
+    if fused:
+        return FusedRAdam(params, lr=3e-4, weight_decay=0.1)
     return torch.optim.RAdam(params, lr=3e-4, weight_decay=0.1, decoupled_weight_decay=True)
 
 
@@ -285,7 +292,7 @@ def training_step(name, dtype_name, args, dict_dir, device):
 
         return model, step, flops, losses
 
-    opt = radam(model.parameters())
+    opt = radam(model.parameters(), fused=name != "sru_reference")
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     def step():
