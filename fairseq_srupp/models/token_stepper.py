@@ -164,7 +164,7 @@ class TokenStepper:
             with torch.cuda.graph(graph):
                 output = self._ring_step()
             self.graph, self.graph_output = graph, output
-        except RuntimeError as error:  # an operation capture refuses: decode eagerly instead
+        except Exception as error:  # an operation capture refuses (torch's or CuPy's error): decode eagerly
             self.graph_failure = "{}: {}".format(type(error).__name__, str(error).splitlines()[0] if str(error) else "")
             logger.warning("decoding without a CUDA graph (capture failed: %s); set %s=ring to skip the attempt",
                            self.graph_failure, MODE_ENV)
