@@ -196,3 +196,28 @@ def test_ring_cases_of_the_gpu_test_on_the_cpu(case, dtype):
 def test_gpu_graph_replays_the_ring_step(case, dtype):
     stepper = check_replay(case, dtype, "cuda", "graph")
     assert stepper.graph_failure is None and stepper.graph is not None
+
+
+def test_a_failed_capture_restores_the_ring_and_steps_eagerly(monkeypatch, caplog):
+    # What happens on a GPU where capture refuses an operation, after warm-up steps changed the ring.
+    decoder = make_decoder(adaptive=False)
+    tokens, real = padded_tokens(decoder, 2, 2 * WINDOW + 3)
+    stepper = TokenStepper(decoder, 2, mode="ring")
+    stepper.mode = "graph"  # as on a GPU
+
+    def warm_up_then_refuse():
+        stepper._ring_step()
+        stepper._ring_step()
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(stepper, "_capture_graph", warm_up_then_refuse)
+    with torch.no_grad():
+        outs = [stepper.prompt(tokens[:, :4])] + [stepper.step(tokens[:, t]) for t in range(4, tokens.shape[1])]
+        expected, _ = stepped_log_probs(decoder, tokens, "ring")
+    got = decoder.get_normalized_probs((torch.stack(outs, 1), None), log_probs=True)
+    assert stepper.graph is None
+    assert stepper.graph_failure == "RuntimeError: operation not permitted when stream is capturing"
+    assert "decoding without a CUDA graph (capture failed: RuntimeError: operation not permitted" in caplog.text
+    assert caplog.text.count("decoding without a CUDA graph") == 1  # tried once
+    keep = real[:, 3:]
+    assert_close("eager after a failed capture", got[keep], expected[keep], 1e-6)

@@ -150,25 +150,33 @@ class TokenStepper:
         return decoder.output_layer(h)[:, 0]
 
     def _capture(self):
-        """Capture :meth:`_ring_step` as a CUDA graph. Warm-up steps run first (on a side stream, as
-        capture asks) and the ring is restored afterwards, so capturing consumes nothing."""
+        """Capture :meth:`_ring_step` as a CUDA graph, or note why not and step eagerly from then on.
+        The warm-up steps change the ring; it is restored afterwards, so capturing consumes nothing."""
         saved = [t.clone() for t in self.ring.tensors()]
         try:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_STEPS):
-                    self._ring_step()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                output = self._ring_step()
-            self.graph, self.graph_output = graph, output
+            self.graph, self.graph_output = self._capture_graph()
         except Exception as error:  # an operation capture refuses (torch's or CuPy's error): decode eagerly
             self.graph_failure = "{}: {}".format(type(error).__name__, str(error).splitlines()[0] if str(error) else "")
             logger.warning("decoding without a CUDA graph (capture failed: %s); set %s=ring to skip the attempt",
                            self.graph_failure, MODE_ENV)
-            torch.cuda.synchronize(self.device)
         finally:
             for tensor, copy in zip(self.ring.tensors(), saved):
                 tensor.copy_(copy)
+
+    def _capture_graph(self):
+        """(graph, its output tensor): warm-up steps on a side stream (cuBLAS workspaces, kernel compiles),
+        as capture asks, then one step captured. The current stream waits for the side stream whatever
+        happens, so nothing after it races the warm-up."""
+        main = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(main)
+        try:
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_STEPS):
+                    self._ring_step()
+        finally:
+            main.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = self._ring_step()
+        return graph, output
