@@ -210,3 +210,21 @@ def test_cli_bad_input_messages(checkpoint, tmp_path, args, message):
     with pytest.raises(SRUppUserError) as err:
         sample_cli_main(args)
     assert str(err.value) == message.format(tmp=tmp_path)
+
+
+def test_cli_decoding_switch_same_text_through_the_ring_and_a_bad_value_in_one_line(checkpoint):
+    # The ring (what a GPU replays as a CUDA graph) gives the text of the incremental state (the CPU's default).
+    data_bin, ckpt = checkpoint
+    args = ["--path", ckpt, "--data", data_bin, "--prompt", "the c", "-n", 120, "--top-k", 5, "--seed", 3,
+            "--window", 16, "--cpu"]
+
+    def run(mode):
+        return fork_server.run([sys.executable, "-m", "fairseq_srupp.sample_cli", *args], stderr_apart=True,
+                               timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1", FAIRSEQ_SRUPP_DECODING=mode))
+
+    cache, ring, bad = run("cache"), run("ring"), run("fast")
+    assert cache.returncode == 0 and ring.returncode == 0, (cache.stderr, ring.stderr)
+    assert ring.stdout == cache.stdout and len(cache.stdout) > len("the c")
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines() == [
+        "error: FAIRSEQ_SRUPP_DECODING='fast' is not one of auto, cache, ring, graph: unset it or set it to one of them"]
