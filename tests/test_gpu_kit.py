@@ -452,6 +452,50 @@ def test_compile_flag_reaches_the_training_step(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "b" / "report.json").read_text())["steps"][1]["env"] == "1"
 
 
+def sweep_rows(key, times):
+    """Sweep rows at the training batch: {value: (ms of the bf16 case, ms of the autocast case)}."""
+    return [{"case": case, "B": batch, key: value, "ms": ms * (1 if batch == run_all.TUNE_BATCH else 0.1)}
+            for value, pair in times.items() for case, ms in zip(run_all.TUNE_CASES, pair) for batch in (16, 4)]
+
+
+def test_steps_after_the_recurrence_sweep_run_with_its_fastest_settings(tmp_path, monkeypatch):
+    """Step 3's fastest prefetch depth and L2 distance at the training batch (least time summed over the two
+    bf16 cases) reach steps 4 and 5 through the environment, named in the report; --no-tune keeps the defaults."""
+    results = {"prefetch": {"rows": sweep_rows("prefetch", {1: (3.0, 3.0), 4: (1.0, 2.0), 8: (1.2, 1.5)})},
+               "l2_ahead": {"rows": sweep_rows("l2_ahead", {0: (1.0, 1.0), 16: (0.9, 1.2), 32: (1.0, 0.9)})}}
+    assert run_all.tuned_recurrence_env(results) == {"FAIRSEQ_SRUPP_CUDA_PREFETCH": "8",
+                                                     "FAIRSEQ_SRUPP_CUDA_L2_AHEAD": "32"}
+    unfinished = {"prefetch": {"rows": results["prefetch"]["rows"][:-1]}}  # depth 8's autocast case missing
+    assert run_all.tuned_recurrence_env(unfinished) == {}
+    assert run_all.tuned_recurrence_env(None) == {}
+
+    for name in ("FAIRSEQ_SRUPP_CUDA_PREFETCH", "FAIRSEQ_SRUPP_CUDA_L2_AHEAD"):
+        monkeypatch.delenv(name, raising=False)  # restored (unset) after the test
+
+    def fake_step(key, title, limit, dry_run, log):
+        seen = {k: os.environ.get(k) for k in ("FAIRSEQ_SRUPP_CUDA_PREFETCH", "FAIRSEQ_SRUPP_CUDA_L2_AHEAD")}
+        return {"key": key, "title": title, "status": "ok", "seconds": 0.0, "markdown": [], "env": seen,
+                "results": results if key == "recurrence" else {}}
+
+    monkeypatch.setattr(run_all, "run_step", fake_step)
+    run_all.main(["--out", str(tmp_path / "a"), "--dry-run", "--steps", "recurrence,training,generation"])
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    envs = {s["key"]: s["env"] for s in report["steps"][1:]}
+    assert envs["recurrence"] == {"FAIRSEQ_SRUPP_CUDA_PREFETCH": None, "FAIRSEQ_SRUPP_CUDA_L2_AHEAD": None}
+    assert envs["training"] == envs["generation"] == {"FAIRSEQ_SRUPP_CUDA_PREFETCH": "8",
+                                                      "FAIRSEQ_SRUPP_CUDA_L2_AHEAD": "32"}
+    assert ("Steps after 3 ran with step 3's fastest recurrence settings at B=4 (bf16 U, bf16 x; bf16 U, fp32 x "
+            "(autocast, U read as bf16)): `FAIRSEQ_SRUPP_CUDA_PREFETCH=8`, `FAIRSEQ_SRUPP_CUDA_L2_AHEAD=32`."
+            ) in (tmp_path / "a" / "report.md").read_text()
+
+    for name in ("FAIRSEQ_SRUPP_CUDA_PREFETCH", "FAIRSEQ_SRUPP_CUDA_L2_AHEAD"):
+        monkeypatch.delenv(name, raising=False)
+    run_all.main(["--out", str(tmp_path / "b"), "--dry-run", "--steps", "recurrence,training", "--no-tune"])
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["steps"][2]["env"] == {"FAIRSEQ_SRUPP_CUDA_PREFETCH": None, "FAIRSEQ_SRUPP_CUDA_L2_AHEAD": None}
+    assert "tuned" not in report
+
+
 def test_sass_prefetch_measures_load_cover_around_the_main_loop():
     """benchmarks/gpu/sass_prefetch.py's reading of a listing: the longest loop, and each load's distance
     to the first touch of its register, wrapping around the back edge, in steps of the loop."""

@@ -47,6 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--started", type=float, default=None, help="epoch seconds the run began (default: now)")
     p.add_argument("--compile", action="store_true",
                    help="step 4 also times srupp_lm under torch.compile (tens of seconds of compiling; off by default)")
+    p.add_argument("--no-tune", action="store_true",
+                   help="run steps 4 and 5 with the recurrence kernel's defaults instead of step 3's fastest prefetch "
+                        "depth and L2 distance at the training batch")
     p.add_argument("--steps", default=",".join(s[0] for s in STEPS), help="comma-separated subset of steps")
     p.add_argument("--install-log", default=None, help="log of install.py, reported as the first step")
     p.add_argument("--install-status", type=int, default=None, help="exit status of install.py")
@@ -57,6 +60,31 @@ def parse_args(argv=None):
     if args.limit_scale is None:
         args.limit_scale = 10.0 if args.dry_run else 1.0
     return args
+
+
+# Step 3's sweeps, read at the training step's batch (4 x 1024 tokens): the cases of its two bf16 models
+# (srupp_lm_half: bf16 U and x; srupp_lm under autocast: bf16 U read as it is next to an fp32 x).
+TUNE_BATCH = 4
+TUNE_CASES = ("bf16 U, bf16 x", "bf16 U, fp32 x (autocast, U read as bf16)")
+TUNE_SWEEPS = (("prefetch", "prefetch", "FAIRSEQ_SRUPP_CUDA_PREFETCH"),
+               ("l2_ahead", "l2_ahead", "FAIRSEQ_SRUPP_CUDA_L2_AHEAD"))
+
+
+def tuned_recurrence_env(results):
+    """{environment switch: value} of the fastest prefetch depth and L2 distance in step 3's sweeps, each the
+    one with the least summed time over TUNE_CASES at TUNE_BATCH (each sweep varies one setting at the
+    other's default); a sweep that did not time every case at every value is left out."""
+    env = {}
+    for sweep, key, name in TUNE_SWEEPS:
+        rows = [r for r in ((results or {}).get(sweep) or {}).get("rows", [])
+                if r.get("B") == TUNE_BATCH and r.get("case") in TUNE_CASES]
+        totals = {}
+        for r in rows:
+            totals.setdefault(r[key], []).append(r["ms"])
+        complete = {value: sum(ms) for value, ms in totals.items() if len(ms) == len(TUNE_CASES)}
+        if complete and len(complete) == len(totals):
+            env[name] = str(min(complete, key=complete.get))
+    return env
 
 
 def tail(text, lines=15):
@@ -149,8 +177,12 @@ def markdown(report):
     lines = ["# fairseq-srupp GPU kit report", "",
              "{} · {}{} · {:.0f} s of a {:.0f} s budget".format(
                  device_line(report["steps"]), report["started_utc"], " · DRY RUN" if report["dry_run"] else "",
-                 report["total_s"], report["budget_s"]), "",
-             "| step | status | seconds | note |", "| --- | --- | --- | --- |"]
+                 report["total_s"], report["budget_s"]), ""]
+    if report.get("tuned"):
+        lines += ["Steps after 3 ran with step 3's fastest recurrence settings at B={} ({}): {}.".format(
+            TUNE_BATCH, "; ".join(TUNE_CASES), ", ".join("`{}={}`".format(k, v) for k, v in report["tuned"].items())),
+            ""]
+    lines += ["| step | status | seconds | note |", "| --- | --- | --- | --- |"]
     for s in report["steps"]:
         note = (s.get("reason") or "").replace("|", "/").replace("\n", " ")[:300]
         lines.append("| {} | {} | {} | {} |".format(s["title"], s["status"].upper() if s["status"] != "ok" else "ok",
@@ -214,6 +246,10 @@ def main(argv=None):
                     for path in clear_stale_build_locks(extension_roots(), building):
                         log.write("removed the build lock {} left by the stopped step\n".format(path))
             s = report["steps"][-1]
+            if key == "recurrence" and not args.no_tune:  # (a dry run's CPU smoke test has no sweep rows)
+                tuned = tuned_recurrence_env(s.get("results"))
+                os.environ.update(tuned)  # the later steps' processes inherit it
+                report["tuned"] = tuned
             print("{:<12} {:<8} {:>6} s  {}".format(key, s["status"], s.get("seconds", ""), s.get("reason") or ""),
                   flush=True)
             write_report(out, report)
