@@ -55,7 +55,9 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
 
     tests = steps["kernel_tests"]
     assert tests["status"] == "ok", tests
-    assert tests["results"]["tests"] > 0 and tests["results"]["failures"] == tests["results"]["errors"] == 0
+    assert list(tests["results"]["runs"]) == ["tests/test_token_stepper.py", "tests/test_cuda_kernel.py"]
+    for counts in tests["results"]["runs"].values():
+        assert counts["tests"] > 0 and counts["failures"] == counts["errors"] == 0
 
     cli = steps["cli"]
     assert cli["status"] == "ok", cli
@@ -494,6 +496,23 @@ def test_steps_after_the_recurrence_sweep_run_with_its_fastest_settings(tmp_path
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert report["steps"][2]["env"] == {"FAIRSEQ_SRUPP_CUDA_PREFETCH": None, "FAIRSEQ_SRUPP_CUDA_L2_AHEAD": None}
     assert "tuned" not in report
+
+
+def test_kernel_tests_keep_the_first_run_when_the_second_is_stopped(monkeypatch, tmp_path):
+    """Step 1's two pytest runs are saved one by one: a run stopped at the step's limit loses only itself."""
+    import steps
+
+    saved = []
+    monkeypatch.setattr(steps, "save", lambda out: saved.append(json.loads(json.dumps(out))) or out)
+    counts = {"tests": 20, "failures": 0, "errors": 0, "skipped": 0, "exit_status": 0, "seconds": 9.0, "failed": [],
+              "slowest": [{"test": "test_a", "seconds": 1.0}]}
+    answers = iter([(counts, None), (None, "tests/test_cuda_kernel.py: stopped at the step's time limit")])
+    monkeypatch.setattr(steps, "run_pytest", lambda path, select, tmp: next(answers))
+    out = steps.kernel_tests(dry_run=False)
+    assert saved[0]["status"] == "failed" and saved[0]["reason"] == "tests/test_cuda_kernel.py: not run yet"
+    assert saved[0]["results"]["runs"] == {"tests/test_token_stepper.py": counts}
+    assert out["status"] == "failed" and out["reason"] == "tests/test_cuda_kernel.py: stopped at the step's time limit"
+    assert "- `tests/test_token_stepper.py`: 20 tests, 0 failed, 0 errors, 0 skipped (9 s)" in out["markdown"]
 
 
 def test_sass_prefetch_measures_load_cover_around_the_main_loop():

@@ -106,39 +106,70 @@ def environment(dry_run):
 # --------------------------------------------------------------------------------------- 1
 
 
-def kernel_tests(dry_run):
-    """pytest tests/test_cuda_kernel.py and tests/test_token_stepper.py (CUDA-graph decoding), counted from
-    their JUnit XML. On a GPU a skipped test is a failure: it means the parity checks did not run."""
-    with tempfile.TemporaryDirectory() as tmp:
-        junit = Path(tmp) / "junit.xml"
-        # fairseq-train --fp16 / --bf16 are step 2's (side by side there; 50 s one after another here)
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda_kernel.py",
-               "tests/test_token_stepper.py", "--junitxml", str(junit), "-k", "dispatch_choice" if dry_run else "not fairseq_train"]
-        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        print(proc.stdout, flush=True)
-        if not junit.exists():
-            return result("failed", {"exit_status": proc.returncode}, reason="pytest wrote no report (exit status "
-                          "{}): {}".format(proc.returncode, proc.stdout.strip().splitlines()[-1:]))
-        suite = ET.parse(junit).getroot()
-        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-        counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-        failed = []
-        slowest = sorted(((float(c.get("time", 0)), c.get("name")) for c in suite.iter("testcase")), reverse=True)[:5]
-        for case in suite.iter("testcase"):
-            bad = case.find("failure") if case.find("failure") is not None else case.find("error")
-            if bad is not None:
-                failed.append({"test": case.get("name"), "message": (bad.get("message") or "")[:300]})
+# Step 1's pytest runs, in order: the newer CUDA-graph decoding first (about 10 s), then the kernel's parity
+# tests (about 100 s on the H100). Each is counted and saved as it ends, so a run stopped for time keeps
+# the other's counts. fairseq-train --fp16 / --bf16 are step 2's (side by side there; 50 s here).
+KERNEL_TEST_RUNS = (("tests/test_token_stepper.py", "not fairseq_train"), ("tests/test_cuda_kernel.py", "not fairseq_train"))
+
+
+def run_pytest(path, select, tmp):
+    """One pytest run over ``path`` (``-k select``), stopped a few seconds before the step's deadline; its
+    counts from the JUnit XML, the failed tests and the slowest five, or None and why it gave none."""
+    junit = Path(tmp) / (Path(path).stem + ".xml")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path, "--junitxml", str(junit), "-k", select]
+    left = seconds_left() - 3
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=None if left == float("inf") else max(left, 1))
+    except subprocess.TimeoutExpired as stopped:
+        print(stopped.stdout or "", flush=True)
+        return None, "{}: stopped at the step's time limit".format(path)
+    print(proc.stdout, flush=True)
+    if not junit.exists():
+        return None, "{}: pytest wrote no report (exit status {}): {}".format(
+            path, proc.returncode, proc.stdout.strip().splitlines()[-1:])
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    failed = []
+    for case in suite.iter("testcase"):
+        bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+        if bad is not None:
+            failed.append({"test": case.get("name"), "message": (bad.get("message") or "")[:300]})
+    cases = sorted(((float(c.get("time", 0)), c.get("name")) for c in suite.iter("testcase")), reverse=True)
     counts.update(exit_status=proc.returncode, seconds=float(suite.get("time", 0)), failed=failed,
-                  slowest=[{"test": name, "seconds": t} for t, name in slowest])
-    problems = []
-    if proc.returncode != 0 or counts["failures"] or counts["errors"]:
-        problems.append("{} failed, {} errors".format(counts["failures"], counts["errors"]))
-    if counts["skipped"] and not dry_run:
-        problems.append("{} skipped on a GPU machine".format(counts["skipped"]))
-    md = ["{tests} tests: {failures} failed, {errors} errors, {skipped} skipped ({seconds:.0f} s)".format(**counts)]
-    md += ["- `{}`: {}".format(f["test"], f["message"].splitlines()[0] if f["message"] else "") for f in failed]
-    md += ["", "Slowest: " + ", ".join("`{test}` {seconds:.1f} s".format(**t) for t in counts["slowest"])]
-    return result("failed" if problems else "ok", counts, md, "; ".join(problems) or None)
+                  slowest=[{"test": name, "seconds": t} for t, name in cases[:5]])
+    return counts, None
+
+
+def kernel_tests(dry_run):
+    """pytest tests/test_token_stepper.py (CUDA-graph decoding) and tests/test_cuda_kernel.py (kernel parity),
+    counted from their JUnit XML. On a GPU a skipped test is a failure: it means the checks did not run."""
+    # A dry run: one quick test of each file, through the same plumbing.
+    runs = [(path, select) for (path, _), select in zip(KERNEL_TEST_RUNS, ("modes_and_misuse", "dispatch_choice"))
+            ] if dry_run else KERNEL_TEST_RUNS
+    out, md, problems = {"runs": {}}, [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (path, select) in enumerate(runs):
+            counts, why = run_pytest(path, select, tmp)
+            out["runs"][path] = counts
+            if counts is None:
+                problems.append(why)
+                md.append("- `{}`: {}".format(path, why))
+            else:
+                if counts["exit_status"] != 0 or counts["failures"] or counts["errors"]:
+                    problems.append("{}: {} failed, {} errors".format(path, counts["failures"], counts["errors"]))
+                if counts["skipped"] and not dry_run:
+                    problems.append("{}: {} skipped on a GPU machine".format(path, counts["skipped"]))
+                md.append("- `{path}`: {tests} tests, {failures} failed, {errors} errors, {skipped} skipped "
+                          "({seconds:.0f} s)".format(path=path, **counts))
+                md += ["  - `{}`: {}".format(f["test"], f["message"].splitlines()[0] if f["message"] else "")
+                       for f in counts["failed"]]
+                md.append("  - slowest: " + ", ".join("`{test}` {seconds:.1f} s".format(**t) for t in counts["slowest"]))
+            unfinished = ["{}: not run yet".format(p) for p, _ in runs[i + 1:]]
+            status = "failed" if problems or unfinished else "ok"
+            save(result(status, out, md, "; ".join(problems + unfinished) or None))
+    return result("failed" if problems else "ok", out, md, "; ".join(problems) or None)
 
 
 # --------------------------------------------------------------------------------------- 2
