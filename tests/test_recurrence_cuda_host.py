@@ -62,13 +62,13 @@ VARIANTS = [pytest.param(u, x, k, id="U_{}-x_{}-k{}".format(KERNEL_DTYPES[u], KE
 
 
 @pytest.mark.parametrize("u_dtype,x_dtype,k", VARIANTS)
-@pytest.mark.parametrize("prefetch", [1, 3, 4])
+@pytest.mark.parametrize("prefetch", [1, 3, 4, 8])
 @pytest.mark.parametrize("pad,dropout", [(False, False), (True, True)])
 def test_cuda_entry_points_match_reference(cuda_source_on_cpu, monkeypatch, u_dtype, x_dtype, k, prefetch, pad,
                                            dropout):
     # B*d = 300 columns: two blocks of 256 threads, the second one mostly idle (the bounds check);
-    # L = 10 is no multiple of 3 or 4: the last round of prefetched steps is partial
-    L, B, d = 10, 3, 100
+    # L = 11 is no multiple of a group (P + 1 steps: 2, 4, 5, 9): the last group of steps is partial
+    L, B, d = 11, 3, 100
     monkeypatch.setenv(PREFETCH_ENV, str(prefetch))
     inputs = inputs_for(L, B, d, k, u_dtype, pad, dropout, x_dtype)
     if pad:
@@ -99,17 +99,18 @@ def test_cuda_entry_points_match_reference(cuda_source_on_cpu, monkeypatch, u_dt
         assert torch.all(h[inputs["mask_pad"]] == 0)
 
 
-@pytest.mark.parametrize("L", [1, 2, 10])
+@pytest.mark.parametrize("L", [1, 2, 9, 10, 19])
 def test_prefetch_depth_changes_no_bit(cuda_source_on_cpu, monkeypatch, L):
-    """Loading ahead reorders loads, never arithmetic: every depth gives the same bits, also when L < P."""
+    """Loading ahead reorders loads, never arithmetic: every depth gives the same bits, also when L < P and
+    when L is a whole number of groups (P + 1 steps) or one step more."""
     inputs = inputs_for(L, 3, 100, 3, torch.bfloat16, pad=True, dropout=True, x_dtype=torch.float32)
     grad_h, grad_c = torch.randn(L, 3, 100), torch.randn(3, 100)
     results = {}
-    for prefetch in (1, 3, 4):
+    for prefetch in (1, 3, 4, 8):
         monkeypatch.setenv(PREFETCH_ENV, str(prefetch))
         results[prefetch] = run(elementwise_recurrence, inputs, grad_h, grad_c, implementation="cpu")
     (h1, c1, g1) = results[1]
-    for prefetch in (3, 4):
+    for prefetch in (3, 4, 8):
         h, c, g = results[prefetch]
         assert torch.equal(h, h1) and torch.equal(c, c1), prefetch
         for name in g1:

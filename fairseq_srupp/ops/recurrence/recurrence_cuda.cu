@@ -15,11 +15,12 @@
 // flight in registers (a ring of that many slots, indexed by compile-time constants once the
 // inner loop is unrolled), forward and backward. SRUPP_PREFETCH is a -D option (cupy_kernel.py).
 // What keeps those loads in flight, read off the SASS (benchmarks/gpu/sass_prefetch.py): the ring
-// holds values as stored, converted only when their step comes; a step's body has no branch
-// (padding is selected, the sigmoids use the fast reciprocal) and no exit (whole groups of
-// SRUPP_PREFETCH steps, then the rest), and every refill loads (at either end it re-reads the end
-// step). Each of those, left out, made the compiler wait for a refill within the step that issued
-// it, a full memory round trip per time step.
+// holds values as loaded (16-bit ones zero-extended in registers of their own), converted only when
+// their step comes; it has one slot more than the steps loaded ahead, and a step refills the slot the
+// previous step emptied; a step's body has no branch (padding is selected, the sigmoids use the fast
+// reciprocal) and no exit (whole groups of RING steps, then the rest); every refill loads (at either
+// end it re-reads the end step), the padding flag too. Each of those, left out, made the compiler
+// copy or convert a refill soon after issuing it, and the thread wait there for memory.
 // Compiled at run time by NVRTC through CuPy (see cupy_kernel.py); the extern "C" entry points at
 // the end instantiate every storage-type pair and k, so a compile check catches errors in all.
 // The tests also compile this file for the host under cuda_host_shim.h (SRUPP_HOST_SHIM), which
@@ -92,13 +93,36 @@ struct SkipStorage<TU, TX, 4> {
   typedef TU type;
 };
 
-// One step's inputs as stored. The ring of steps in flight holds these, not floats: a conversion
+// A 16-bit value as loaded: zero-extended into a 32-bit register of its own. Held as 16-bit values,
+// the ring's slots were packed two to a register, and the PRMT that merged each refill into its half
+// at the loop's back edge read the loaded register, so the thread waited for the load there, one to
+// two steps after issuing it whatever the prefetch depth (benchmarks/gpu/sass_prefetch.py, 2026-11-27).
+template <typename T>
+struct Wide {
+  unsigned int bits;
+};
+template <typename T>
+struct Loaded {  // what the ring holds of a stored T
+  typedef Wide<T> type;
+};
+template <>
+struct Loaded<float> {
+  typedef float type;
+};
+
+__device__ __forceinline__ float load_raw(const float* p) { return *p; }
+template <typename T>
+__device__ __forceinline__ Wide<T> load_raw(const T* p) {
+  return Wide<T>{(unsigned int)p->bits};
+}
+
+// One step's inputs as loaded. The ring of steps in flight holds these, not floats: a conversion
 // placed at the load waits for the load there, and with it the whole prefetch (the 16-bit kernels
 // did, until 2026-11-27: each step then waited a full memory round trip, about 0.7 us on an H100).
 template <typename TU, typename TX, int K>
 struct RawStep {
-  TU u0, u1, u2;
-  typename SkipStorage<TU, TX, K>::type skip;
+  typename Loaded<TU>::type u0, u1, u2;
+  typename Loaded<typename SkipStorage<TU, TX, K>::type>::type skip;
 };
 
 template <typename TU, typename TX, int K>
@@ -106,13 +130,13 @@ __device__ __forceinline__ RawStep<TU, TX, K> load_step(const TU* __restrict__ U
                                                         long long idx) {
   const TU* u = U + idx * K;
   RawStep<TU, TX, K> s;
-  s.u0 = u[0];
-  s.u1 = u[1];
-  s.u2 = u[2];
+  s.u0 = load_raw(u);
+  s.u1 = load_raw(u + 1);
+  s.u2 = load_raw(u + 2);
   if constexpr (K == 3) {
-    s.skip = x[idx];
+    s.skip = load_raw(x + idx);
   } else {
-    s.skip = u[3];
+    s.skip = load_raw(u + 3);
   }
   return s;
 }
@@ -126,46 +150,57 @@ __device__ __forceinline__ float own_float(float v) { return v + 0.f; }
 #else
 __device__ __forceinline__ float own_float(float v) { return __fadd_rn(v, 0.f); }
 #endif
-__device__ __forceinline__ float own_float(half_t v) { return to_float(v); }
-__device__ __forceinline__ float own_float(bfloat16_t v) { return to_float(v); }
-__device__ __forceinline__ float own_float(unsigned char v) { return own_float(float(v)); }
+__device__ __forceinline__ float own_float(Wide<half_t> v) { return half_bits_to_float((unsigned short)v.bits); }
+__device__ __forceinline__ float own_float(Wide<bfloat16_t> v) { return __uint_as_float(v.bits << 16); }
 
 template <typename TU, typename TX, int K>
 __device__ __forceinline__ Step<float> own_floats(const RawStep<TU, TX, K>& s) {
   return Step<float>{own_float(s.u0), own_float(s.u1), own_float(s.u2), own_float(s.skip)};
 }
 
+// What a launch without a padding mask reads as its padding flag, at every step. The flag's load is then
+// unconditional: a load guarded by "is there a mask" made the compiler merge its register with the 0 of
+// the other case by a copy at the loop's back edge, and the copy waited for the load.
+__device__ const unsigned char srupp_no_padding[1] = {0};
+
 // The (batch, hidden unit) column this thread walks through time, with that unit's parameters;
 // valid is false for the spare threads of the last block.
 struct Column {
   bool valid;
-  long long col, cols;  // column index in (B, d) order; number of columns B * d
-  int b, B;             // batch row of the column; batch size
+  long long col, cols;              // column index in (B, d) order; number of columns B * d
+  const unsigned char* pad_flags;   // this column's padding flag at step 0: mask_pad + b, or srupp_no_padding
+  long long pad_stride;             // between two steps' flags: B, or 0 without a mask
   Unit<float> unit;
 
   __device__ __forceinline__ long long at(int t) const { return (long long)t * cols + col; }
-  // The padding flag as stored (0 without a mask); tested where the step uses it.
-  __device__ __forceinline__ unsigned char padded(const bool* __restrict__ mask_pad, int t) const {
-    return mask_pad != nullptr ? reinterpret_cast<const unsigned char*>(mask_pad)[(long long)t * B + b] : 0;
-  }
+  // The padding flag as stored, zero-extended like Wide; tested where the step uses it.
+  __device__ __forceinline__ unsigned int padded(int t) const { return (unsigned int)pad_flags[t * pad_stride]; }
 };
 
 __device__ __forceinline__ Column this_threads_column(const float* __restrict__ weight_c,
                                                       const float* __restrict__ bias,
-                                                      const float* __restrict__ mask_c, int B, int d) {
+                                                      const float* __restrict__ mask_c,
+                                                      const bool* __restrict__ mask_pad, int B, int d) {
   Column c;
   c.col = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   c.cols = (long long)B * d;
   c.valid = c.col < c.cols;
   if (!c.valid) return c;
-  c.b = (int)(c.col / d);
-  c.B = B;
+  const int b = (int)(c.col / d);
+  c.pad_flags = mask_pad != nullptr ? reinterpret_cast<const unsigned char*>(mask_pad) + b : srupp_no_padding;
+  c.pad_stride = mask_pad != nullptr ? B : 0;
   const int j = (int)(c.col % d);
   c.unit = Unit<float>{weight_c[j], weight_c[d + j], bias[j], bias[d + j], (mask_c != nullptr) ? mask_c[c.col] : 1.f};
   return c;
 }
 
 constexpr int PREFETCH = SRUPP_PREFETCH;
+// Slots of the ring of loads in flight: one more than the steps loaded ahead. Step t's loads live in slot
+// t % RING; step t refills the slot step t - 1 emptied (with step t + PREFETCH), never its own. Refilling
+// its own slot, the compiler hoisted the last step's refills above that slot's last reads, loaded them into
+// spare registers and copied those into the slot at the loop's back edge, so the copy waited for the
+// loads less than a step after issuing them (benchmarks/gpu/sass_prefetch.py).
+constexpr int RING = PREFETCH + 1;
 
 // Time steps ahead whose inputs each step asks the L2 cache to fetch (SRUPP_L2_AHEAD, a -D option). The ring's refills (PREFETCH
 // steps ahead) then find them there: the compiler still consumes some refills about a step after
@@ -191,14 +226,13 @@ __device__ __forceinline__ int first_step(int t) { return t > 0 ? t : 0; }
 template <typename TU, typename TX, int K>
 struct ForwardLoads {
   RawStep<TU, TX, K> s;
-  unsigned char pad;
+  unsigned int pad;
 };
 
 template <typename TU, typename TX, int K>
 __device__ __forceinline__ ForwardLoads<TU, TX, K> load_forward(const TU* __restrict__ U, const TX* __restrict__ x,
-                                                                const bool* __restrict__ mask_pad,
                                                                 const Column& column, int t) {
-  return ForwardLoads<TU, TX, K>{load_step<TU, TX, K>(U, x, column.at(t)), column.padded(mask_pad, t)};
+  return ForwardLoads<TU, TX, K>{load_step<TU, TX, K>(U, x, column.at(t)), column.padded(t)};
 }
 
 template <typename TU, typename TX, int K>
@@ -206,23 +240,21 @@ __device__ void forward(const TU* __restrict__ U, const TX* __restrict__ x, cons
                         const float* __restrict__ bias, const float* __restrict__ c0,
                         const float* __restrict__ mask_c, const bool* __restrict__ mask_pad,
                         TX* __restrict__ h, float* __restrict__ c_all, int L, int B, int d) {
-  const Column column = this_threads_column(weight_c, bias, mask_c, B, d);
+  const Column column = this_threads_column(weight_c, bias, mask_c, mask_pad, B, d);
   if (!column.valid) return;
   float c = c0[column.col];
-  // ahead[i] holds step t0 + i; once used it is refilled with step t0 + i + PREFETCH. The refill
-  // always loads (the last steps re-read step L-1): a conditional one makes the compiler copy the
-  // slot's old value around it, and the copy waits for the load.
-  ForwardLoads<TU, TX, K> ahead[PREFETCH];
+  // ahead[t % RING] holds step t. Every refill loads (the last steps re-read step L-1): a conditional
+  // one makes the compiler copy the slot's old value around it, and the copy waits for the load.
+  ForwardLoads<TU, TX, K> ahead[RING];
 #pragma unroll
   for (int i = 0; i < PREFETCH; ++i) {
-    if (L > 0) ahead[i] = load_forward<TU, TX, K>(U, x, mask_pad, column, last_step(i, L));
+    if (L > 0) ahead[i] = load_forward<TU, TX, K>(U, x, column, last_step(i, L));
   }
-  // Step t, whose loads are in ahead[i] (i = t % PREFETCH, a constant once the loops are unrolled).
+  // Step t, whose loads are in ahead[i] (i = t % RING, a constant once the loops are unrolled).
   auto step = [&](int t, int i) {
-    // The slot is refilled once its values are copied out, so the load can take their registers.
+    ahead[(i + RING - 1) % RING] = load_forward<TU, TX, K>(U, x, column, last_step(t + PREFETCH, L));
     const Step<float> s = own_floats(ahead[i].s);
-    const bool pad = own_float(ahead[i].pad) != 0.f;
-    ahead[i] = load_forward<TU, TX, K>(U, x, mask_pad, column, last_step(t + PREFETCH, L));
+    const bool pad = ahead[i].pad != 0u;
     if constexpr (L2_AHEAD > 0) {
       const long long ahead_idx = column.at(last_step(t + L2_AHEAD, L));
       prefetch_l2(U + ahead_idx * K);
@@ -237,15 +269,15 @@ __device__ void forward(const TU* __restrict__ U, const TX* __restrict__ x, cons
     h[idx] = from_float<TX>(pad ? 0.f : h_t);
     c_all[idx] = c;
   };
-  // Whole groups of PREFETCH steps, with no exit inside a group (an exit between steps made the
-  // compiler copy each refill into its slot at once), then the last L % PREFETCH steps.
+  // Whole groups of RING steps, with no exit inside a group (an exit between steps made the compiler
+  // copy each refill into its slot at once), then the last L % RING steps.
   int t0 = 0;
-  for (; t0 + PREFETCH <= L; t0 += PREFETCH) {
+  for (; t0 + RING <= L; t0 += RING) {
 #pragma unroll
-    for (int i = 0; i < PREFETCH; ++i) step(t0 + i, i);
+    for (int i = 0; i < RING; ++i) step(t0 + i, i);
   }
 #pragma unroll
-  for (int i = 0; i < PREFETCH; ++i) {
+  for (int i = 0; i < RING; ++i) {
     if (t0 + i < L) step(t0 + i, i);
   }
 }
@@ -255,19 +287,19 @@ __device__ void forward(const TU* __restrict__ U, const TX* __restrict__ x, cons
 template <typename TU, typename TX, int K>
 struct BackwardLoads {
   RawStep<TU, TX, K> s;
-  TX grad_h;
+  typename Loaded<TX>::type grad_h;
   float c_prev;
-  unsigned char pad;
+  unsigned int pad;
 };
 
 template <typename TU, typename TX, int K>
 __device__ __forceinline__ BackwardLoads<TU, TX, K> load_backward(
     const TU* __restrict__ U, const TX* __restrict__ x, const float* __restrict__ c0,
-    const bool* __restrict__ mask_pad, const float* __restrict__ c_all, const TX* __restrict__ grad_h,
+    const float* __restrict__ c_all, const TX* __restrict__ grad_h,
     const Column& column, int t) {
   const long long idx = column.at(t);
-  return BackwardLoads<TU, TX, K>{load_step<TU, TX, K>(U, x, idx), grad_h[idx],
-                                  (t > 0) ? c_all[idx - column.cols] : c0[column.col], column.padded(mask_pad, t)};
+  return BackwardLoads<TU, TX, K>{load_step<TU, TX, K>(U, x, idx), load_raw(grad_h + idx),
+                                  (t > 0) ? c_all[idx - column.cols] : c0[column.col], column.padded(t)};
 }
 
 // grad_wc and grad_bias are per column, (2, B, d): the caller sums over B.
@@ -279,25 +311,26 @@ __device__ void backward(const TU* __restrict__ U, const TX* __restrict__ x, con
                          const float* __restrict__ grad_c_last, TU* __restrict__ grad_U, TX* __restrict__ grad_x,
                          float* __restrict__ grad_wc, float* __restrict__ grad_bias, float* __restrict__ grad_c0,
                          int L, int B, int d) {
-  const Column column = this_threads_column(weight_c, bias, mask_c, B, d);
+  const Column column = this_threads_column(weight_c, bias, mask_c, mask_pad, B, d);
   if (!column.valid) return;
   const long long col = column.col, cols = column.cols;
   float gc = grad_c_last[col];
   float c = (L > 0) ? c_all[column.at(L - 1)] : c0[col];
   UnitGrad<float> sums{0.f, 0.f, 0.f, 0.f};
-  // ahead[i] holds step L - 1 - (n0 + i); once used it is refilled with the step PREFETCH earlier
-  // (always loaded, the first steps re-reading step 0: see forward).
-  BackwardLoads<TU, TX, K> ahead[PREFETCH];
+  // ahead[n % RING] holds step L - 1 - n, the n-th step walked (always loaded, the first steps
+  // re-reading step 0: see forward).
+  BackwardLoads<TU, TX, K> ahead[RING];
 #pragma unroll
   for (int i = 0; i < PREFETCH; ++i) {
-    if (L > 0) ahead[i] = load_backward<TU, TX, K>(U, x, c0, mask_pad, c_all, grad_h, column, first_step(L - 1 - i));
+    if (L > 0) ahead[i] = load_backward<TU, TX, K>(U, x, c0, c_all, grad_h, column, first_step(L - 1 - i));
   }
-  // Step t, whose loads are in ahead[i]; as in forward.
+  // Step t, whose loads are in ahead[i]; as in forward, it refills the slot the previous step emptied.
   auto step = [&](int t, int i) {
+    ahead[(i + RING - 1) % RING] =
+        load_backward<TU, TX, K>(U, x, c0, c_all, grad_h, column, first_step(t - PREFETCH));
     const Step<float> s = own_floats(ahead[i].s);
     const float gh = own_float(ahead[i].grad_h), c_prev = own_float(ahead[i].c_prev);
-    const bool pad = own_float(ahead[i].pad) != 0.f;
-    ahead[i] = load_backward<TU, TX, K>(U, x, c0, mask_pad, c_all, grad_h, column, first_step(t - PREFETCH));
+    const bool pad = ahead[i].pad != 0u;
     if constexpr (L2_AHEAD > 0) {
       const long long ahead_idx = column.at(first_step(t - L2_AHEAD));
       prefetch_l2(U + ahead_idx * K);
@@ -326,12 +359,12 @@ __device__ void backward(const TU* __restrict__ U, const TX* __restrict__ x, con
     c = c_prev;
   };
   int n0 = 0;
-  for (; n0 + PREFETCH <= L; n0 += PREFETCH) {
+  for (; n0 + RING <= L; n0 += RING) {
 #pragma unroll
-    for (int i = 0; i < PREFETCH; ++i) step(L - 1 - (n0 + i), i);
+    for (int i = 0; i < RING; ++i) step(L - 1 - (n0 + i), i);
   }
 #pragma unroll
-  for (int i = 0; i < PREFETCH; ++i) {
+  for (int i = 0; i < RING; ++i) {
     if (n0 + i < L) step(L - 1 - (n0 + i), i);
   }
   grad_c0[col] = gc;
