@@ -221,3 +221,21 @@ def test_a_failed_capture_restores_the_ring_and_steps_eagerly(monkeypatch, caplo
     assert caplog.text.count("decoding without a CUDA graph") == 1  # tried once
     keep = real[:, 3:]
     assert_close("eager after a failed capture", got[keep], expected[keep], 1e-6)
+
+
+def test_moved_or_cast_parameters_are_refused(monkeypatch):
+    # A captured graph would read the old storage: the stepper says so instead.
+    decoder = make_decoder(adaptive=False)
+    tokens = torch.randint(4, 40, (1, 6))
+    with torch.no_grad():
+        stepper = TokenStepper(decoder, 1, mode="ring")
+        stepper.prompt(tokens[:, :3])
+        stepper.step(tokens[:, 3])
+        decoder.double()
+        with pytest.raises(ValueError, match=r"parameters were moved or cast since this TokenStepper was made"):
+            stepper.step(tokens[:, 4])
+        with pytest.raises(ValueError, match=r"make a new TokenStepper"):
+            stepper.prompt(tokens[:, :3])
+        fresh = TokenStepper(decoder, 1, mode="ring")  # a new one works in the new dtype
+        assert fresh.prompt(tokens[:, :3]).dtype == torch.float64
+        assert fresh.step(tokens[:, 3]).dtype == torch.float64

@@ -36,6 +36,18 @@ MODE_ENV = "FAIRSEQ_SRUPP_DECODING"
 WARMUP_STEPS = 2  # eager steps on a side stream before capture (cuBLAS workspaces, kernel compiles)
 
 
+def sample_parameters(decoder):
+    """The decoder's first, middle and last parameters: ``.to()`` / ``.half()`` reallocate every parameter,
+    so these three tell whether that happened, at a cost a step can afford (walking all modules cannot)."""
+    params = list(decoder.parameters())
+    return params[0], params[len(params) // 2], params[-1]
+
+
+def weights_key(params):
+    """Where and how ``params`` are stored."""
+    return tuple((p.data_ptr(), p.dtype, p.device) for p in params)
+
+
 def decoding_mode(device: torch.device, mode: Optional[str] = None) -> str:
     """The mode a stepper on ``device`` runs: ``mode`` or the environment switch, ``auto`` resolved."""
     mode = mode or env_choice(MODE_ENV, MODES)
@@ -80,6 +92,8 @@ class TokenStepper:
         self.graph_output = None
         self.graph_failure = None
         self.tokens = torch.full((batch, 1), decoder.dictionary.eos(), dtype=torch.long, device=self.device)
+        self.watched = sample_parameters(decoder)
+        self.weights = weights_key(self.watched)
 
     # ----------------------------------------------------------------------------------- public
     def prompt(self, tokens: Tensor) -> Tensor:
@@ -88,6 +102,7 @@ class TokenStepper:
         graph are kept, so a stepper serves one generation after another without capturing again."""
         if tokens.dim() != 2 or tokens.shape[0] != self.batch or tokens.shape[1] < 1:
             raise ValueError("prompt tokens must be (batch={}, T >= 1), got {}".format(self.batch, tuple(tokens.shape)))
+        self._check_weights()
         self.state = {}
         out = self.decoder(tokens.to(self.device), incremental_state=self.state)[0][:, -1]
         if self.mode != "cache":
@@ -105,6 +120,7 @@ class TokenStepper:
             return self.decoder(tokens.view(self.batch, 1).to(self.device), incremental_state=self.state)[0][:, -1]
         if self.ring is None or self.state:
             raise ValueError("give the prompt first (at least the beginning-of-sentence token)")
+        self._check_weights()
         self.tokens.copy_(tokens.view(self.batch, 1))
         self.ring.consumed += 1
         if self.mode == "graph" and self.graph is None and self.graph_failure is None:
@@ -123,6 +139,13 @@ class TokenStepper:
         return 0 if self.ring is None else self.ring.consumed
 
     # ---------------------------------------------------------------------------------- helpers
+    def _check_weights(self):
+        """A captured graph reads the parameters where they were: moved or cast since, it would read freed
+        memory, and the ring would hold the old dtype."""
+        if weights_key(self.watched) != self.weights:
+            raise ValueError("the model's parameters were moved or cast since this TokenStepper was made "
+                             "(e.g. .to(), .half(), .cuda()): make a new TokenStepper")
+
     def _load_ring(self):
         """Move the prompt's state from fairseq's incremental state into the ring (made on first use)."""
         decoder = self.decoder
