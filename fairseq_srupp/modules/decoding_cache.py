@@ -147,6 +147,10 @@ class DecodingCache:
             return None, None
         return self._in_order(self.keys[index], 2), self._in_order(self.values[index], 2)
 
+    def ordered_padding(self) -> Optional[Tensor]:
+        """(B, filled) bool, True where a cached position is padding, oldest first; None when none is."""
+        return None if self.pad is None else self._in_order(self.pad, 1)
+
     def _in_order(self, buffer: Tensor, dim: int) -> Tensor:
         kept = buffer.narrow(dim, 0, self.filled)
         if self.head == 0:

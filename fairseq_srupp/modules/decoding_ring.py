@@ -111,8 +111,8 @@ class RingCache:
             self.values[index, :, :, :filled] = values
         self.key_bias.fill_(self.hidden_value)
         self.key_bias[..., :filled] = 0
-        if cache.pad is not None:
-            padded = cache._in_order(cache.pad, 1)  # (B, filled)
+        padded = cache.ordered_padding()  # (B, filled) or None
+        if padded is not None:
             self.key_bias[..., :filled].masked_fill_(padded.view(self.batch, 1, 1, filled), self.hidden_value)
         self.slot.fill_(filled % self.slots)
         self.c.copy_(cache.c)
