@@ -498,6 +498,32 @@ def test_steps_after_the_recurrence_sweep_run_with_its_fastest_settings(tmp_path
     assert "tuned" not in report
 
 
+FAKE_GENERATION = """
+import json, sys, time
+args = sys.argv[1:]
+name, out = args[args.index("--models") + 1], args[args.index("--json") + 1]
+json.dump({"models": {name: {"runs": [{"length": 8}]}}, "partial": True}, open(out, "w"))
+print(name, "wrote its first run", flush=True)
+time.sleep(30 if name == "slow" else 1)
+print(name, "done", flush=True)
+"""
+
+
+def test_generation_processes_run_side_by_side_and_a_stopped_one_keeps_its_runs(monkeypatch, tmp_path):
+    import steps
+
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "generation.py").write_text(FAKE_GENERATION)
+    monkeypatch.setattr(steps, "REPO", tmp_path)
+    start = time.time()
+    runs = steps.run_generation_processes(["slow", "fast"], [], 4.0, tmp_path)
+    assert time.time() - start < 10  # side by side, and the slow one stopped at 4 s
+    assert runs["fast"] == ({"models": {"fast": {"runs": [{"length": 8}]}}, "partial": True}, None)
+    part, failure = runs["slow"]
+    assert part["models"]["slow"]["runs"] == [{"length": 8}]
+    assert failure == "stopped after its share of the time, 4 s"
+
+
 def test_kernel_tests_keep_the_first_run_when_the_second_is_stopped(monkeypatch, tmp_path):
     """Step 1's two pytest runs are saved one by one: a run stopped at the step's limit loses only itself."""
     import steps

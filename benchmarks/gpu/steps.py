@@ -420,18 +420,49 @@ def training_result(out, gpu):
 
 
 GENERATION_MODELS = ("srupp_lm_stepper", "srupp_lm", "transformer_lm")
-# Share of the time left that each model's process may take, in order. The CUDA graph comes first and
-# gets enough for 17k tokens at 1.5 ms each with its model's set-up (its figures are the target's);
-# fairseq's incremental-state path launches ten layers of small kernels per token against the
-# Transformer's eight (over 3.7 ms a token on the H100).
-GENERATION_SHARES = (0.4, 0.6, 1.0)
+# (models run side by side, share of the time left each may take). The CUDA graph runs alone first, so
+# its timings (the target's) are undisturbed, with enough for 17k tokens at 1.5 ms each and its model's
+# set-up. The two eager decoders are bound by the CPU launching small kernels one after another (over
+# 3.7 ms a token on the H100 for srupp_lm), which leaves the GPU mostly idle: side by side, on their own
+# CPU cores, each gets all of the time left instead of a part of it.
+GENERATION_PHASES = ((("srupp_lm_stepper",), 0.4), (("srupp_lm", "transformer_lm"), 1.0))
+
+
+def run_generation_processes(names, args, limit, tmp):
+    """Run benchmarks/generation.py for each model of ``names`` at once, each stopped after ``limit`` s;
+    returns {name: (its JSON or None, failure or None)}. Output goes to files, so neither process can
+    stall on a full pipe while the other is waited for."""
+    procs = {}
+    for name in names:
+        out, log = Path(tmp) / (name + ".json"), open(Path(tmp) / (name + ".log"), "w+")
+        cmd = [sys.executable, str(REPO / "benchmarks" / "generation.py"), *args, "--models", name, "--json", str(out)]
+        procs[name] = (subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), out, log)
+    deadline = time.time() + limit
+    results = {}
+    for name, (proc, out, log) in procs.items():
+        failure = None
+        try:
+            code = proc.wait(timeout=None if limit == float("inf") else max(deadline - time.time(), 1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code, failure = None, "stopped after its share of the time, {:.0f} s".format(limit)
+        log.seek(0)
+        text = log.read()
+        log.close()
+        print(text, flush=True)
+        if failure is None and (code != 0 or not out.exists()):
+            failure = "generation.py failed: {}".format(text.strip().splitlines()[-1:])
+        # after a stop: the runs it finished (generation.py writes them after each)
+        results[name] = (json.loads(out.read_text()) if out.exists() else None, failure)
+    return results
 
 
 def generation(dry_run):
     """Generation ms/token at 1k and 16k tokens through the benchmark's CLI: srupp_lm decoded by a
     TokenStepper (one CUDA graph per token), srupp_lm through fairseq's incremental state (as
     SequenceGenerator decodes), transformer_lm. One process per model, each with its own share of the
-    time left, so a slow one cannot cost the others their figures."""
+    time left (GENERATION_PHASES), so a slow one cannot cost the others their figures."""
     from train_bench import TRANSFORMER
 
     if dry_run or not torch.cuda.is_available():
@@ -440,28 +471,20 @@ def generation(dry_run):
         args = ["--device", "cuda", "--dtype", "bfloat16", "--lengths", "1000,16000", "--srupp-arch", "srupp_lm",
                 "--transformer", TRANSFORMER, "--vocab", "209"]
     data, failures = None, {}
-    for i, (name, share) in enumerate(zip(GENERATION_MODELS, GENERATION_SHARES)):
+    for i, (names, share) in enumerate(GENERATION_PHASES):
         with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "generation.json"
-            cmd = [sys.executable, str(REPO / "benchmarks" / "generation.py"), *args, "--models", name,
-                   "--json", str(out)]
-            limit = (seconds_left() - 5) * share
-            try:
-                proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      timeout=None if limit == float("inf") else max(limit, 1))
-                print(proc.stdout, flush=True)
-                if proc.returncode != 0 or not out.exists():
-                    failures[name] = "generation.py failed: {}".format(proc.stdout.strip().splitlines()[-1:])
-            except subprocess.TimeoutExpired:
-                failures[name] = "stopped after its share of the time, {:.0f} s".format(limit)
-            if not out.exists():
+            runs = run_generation_processes(names, args, (seconds_left() - 5) * share, tmp)
+        for name, (part, failure) in runs.items():
+            if failure is not None:
+                failures[name] = failure
+            if part is None:
                 continue
-            part = json.loads(out.read_text())  # after a stop: the runs it finished (written after each)
-        if data is None:
-            data = part
-        else:
-            data["models"].update(part["models"])
-        save(generation_result(data, failures, unfinished=i + 1 < len(GENERATION_MODELS)))
+            if data is None:
+                data = part
+            else:
+                data["models"].update(part["models"])
+        if data is not None:
+            save(generation_result(data, failures, unfinished=i + 1 < len(GENERATION_PHASES)))
     if data is None:
         return result("failed", failures, reason="; ".join("{}: {}".format(k, v) for k, v in failures.items()))
     return generation_result(data, failures)
