@@ -495,8 +495,11 @@ def generation_result(data, failures, unfinished=False):
 
     data = summarize(data)  # the merged models' scaling (time and peak memory, longest over shortest run)
     lo, hi = data["setup"]["lengths"][0], data["setup"]["lengths"][-1]
-    md = ["{} {}, batch {}, SRU++ window {}.".format(data["setup"]["device_name"], data["setup"]["dtype"],
-                                                    data["setup"]["batch"], data["setup"]["window"]), "",
+    together = [" and ".join("`{}`".format(n) for n in names) for names, _ in GENERATION_PHASES if len(names) > 1]
+    md = ["{} {}, batch {}, SRU++ window {}. One process per model; {} ran side by side (each launch-bound on "
+          "its own CPU core), the others alone.".format(
+              data["setup"]["device_name"], data["setup"]["dtype"], data["setup"]["batch"], data["setup"]["window"],
+              ", ".join(together) or "none"), "",
           "| model | params | decoding | ms/token at {lo:,} | ms/token over the last 1k of {hi:,} | ratio | state MiB "
           "at {hi:,} | peak MiB growth at {lo:,} → {hi:,} | ratio |".format(lo=lo, hi=hi),
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
