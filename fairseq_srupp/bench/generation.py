@@ -477,7 +477,8 @@ def run_benchmark(args, malloc_tuned=False, on_run=None):
             if args.sequence_generator:
                 results["sequence_generator"] = {
                     name: time_sequence_generator(model, task, args.sequence_generator, args, device)
-                    for name, (model, task, _) in models.items()
+                    for name, (model, task, stepper) in models.items()
+                    if stepper is None  # SequenceGenerator decodes through the incremental state, not a stepper
                 }
     return summarize(results)
 
