@@ -15,8 +15,8 @@ RAdam (t the step, b1 = 1 − β1^t, b2 = 1 − β2^t, r_t the rectification):
 Fused AdamW with lr' = lr·r_t, ε' = ε/√b2 and wd' = wd/r_t computes
 p·(1 − lr'·wd') = p·(1 − lr·wd), the same moments, and
 p − (lr'/b1)·m / (√v/√b2 + ε') = p − lr·r_t·(m/b1)·√b2 / (√v + ε): the same step. The first steps
-(ρ_t ≤ 5, a bias-corrected momentum step) and anything the fused kernel does not take (sparse or
-complex gradients) go through ``torch.optim.radam.radam`` unchanged. The state is RAdam's (``step``
+(ρ_t ≤ 5, a bias-corrected momentum step) and anything the fused kernel does not take (sparse,
+complex or non-contiguous tensors, fp64) go through ``torch.optim.radam.radam`` unchanged. The state is RAdam's (``step``
 on the CPU, ``exp_avg``, ``exp_avg_sq``), so checkpoints move between the two.
 """
 import math
@@ -82,7 +82,8 @@ class FusedRAdam(torch.optim.RAdam):
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 step = int(state["step"]) + 1  # a CPU tensor: no device synchronisation
                 if (state["step"].is_cuda or p.grad.is_sparse or p.is_complex() or p.dtype not in FUSED_DTYPES
-                        or p.grad.dtype != p.dtype or rho(step, beta2) <= 5.0):
+                        or p.grad.dtype != p.dtype or not (p.is_contiguous() and p.grad.is_contiguous())
+                        or rho(step, beta2) <= 5.0):
                     plain.append(p)
                 else:
                     fused.setdefault((p.device, p.dtype, step), []).append(p)
