@@ -87,7 +87,8 @@ def test_fused_radam_takes_the_fused_kernel_once_rectified(monkeypatch):
     equality above is not just torch's RAdam twice."""
     calls = []
     real = torch._fused_adamw_
-    monkeypatch.setattr(torch, "_fused_adamw_", lambda params, *a, **k: (calls.append(len(params)), real(params, *a, **k)))
+    monkeypatch.setattr(torch, "_fused_adamw_",
+                        lambda params, *a, **k: (calls.append(len(params)), real(params, *a, **k)))
     params = [torch.nn.Parameter(torch.randn(4, 4)) for _ in range(3)]
     optimizer = FusedRAdam(params, lr=1e-3)
     for _ in range(8):

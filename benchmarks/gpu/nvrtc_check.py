@@ -64,7 +64,8 @@ def main(argv=None):
     failed = 0
     for prefetch in range(1, MAX_PREFETCH + 1):
         for l2 in (int(v) for v in args.l2_ahead.split(",")):
-            ok, log = compile_source(nvrtc, source, list(nvrtc_options(prefetch, l2)) + ["--gpu-architecture=" + args.arch])
+            options = list(nvrtc_options(prefetch, l2)) + ["--gpu-architecture=" + args.arch]
+            ok, log = compile_source(nvrtc, source, options)
             failed += not ok
             print("P={:<2} L2={:<3} {}{}".format(prefetch, l2, "ok" if ok else "FAILED", "" if ok else "\n" + log))
     print("{} of {} compiled".format(MAX_PREFETCH * len(args.l2_ahead.split(",")) - failed,

@@ -109,7 +109,8 @@ def environment(dry_run):
 # Step 1's pytest runs, in order: the newer CUDA-graph decoding first (about 10 s), then the kernel's parity
 # tests (about 100 s on the H100). Each is counted and saved as it ends, so a run stopped for time keeps
 # the other's counts. fairseq-train --fp16 / --bf16 are step 2's (side by side there; 50 s here).
-KERNEL_TEST_RUNS = (("tests/test_token_stepper.py", "not fairseq_train"), ("tests/test_cuda_kernel.py", "not fairseq_train"))
+KERNEL_TEST_RUNS = (("tests/test_token_stepper.py", "not fairseq_train"),
+                    ("tests/test_cuda_kernel.py", "not fairseq_train"))
 
 
 def run_pytest(path, select, tmp):
@@ -165,7 +166,8 @@ def kernel_tests(dry_run):
                           "({seconds:.0f} s)".format(path=path, **counts))
                 md += ["  - `{}`: {}".format(f["test"], f["message"].splitlines()[0] if f["message"] else "")
                        for f in counts["failed"]]
-                md.append("  - slowest: " + ", ".join("`{test}` {seconds:.1f} s".format(**t) for t in counts["slowest"]))
+                md.append("  - slowest: " + ", ".join(
+                    "`{test}` {seconds:.1f} s".format(**t) for t in counts["slowest"]))
             unfinished = ["{}: not run yet".format(p) for p, _ in runs[i + 1:]]
             status = "failed" if problems or unfinished else "ok"
             save(result(status, out, md, "; ".join(problems + unfinished) or None))

@@ -16,8 +16,8 @@ Fused AdamW with lr' = lr·r_t, ε' = ε/√b2 and wd' = wd/r_t computes
 p·(1 − lr'·wd') = p·(1 − lr·wd), the same moments, and
 p − (lr'/b1)·m / (√v/√b2 + ε') = p − lr·r_t·(m/b1)·√b2 / (√v + ε): the same step. The first steps
 (ρ_t ≤ 5, a bias-corrected momentum step) and anything the fused kernel does not take (sparse,
-complex or non-contiguous tensors, fp64) go through ``torch.optim.radam.radam`` unchanged. The state is RAdam's (``step``
-on the CPU, ``exp_avg``, ``exp_avg_sq``), so checkpoints move between the two.
+complex or non-contiguous tensors, fp64) go through ``torch.optim.radam.radam`` unchanged. The state
+is RAdam's (``step`` on the CPU, ``exp_avg``, ``exp_avg_sq``), so checkpoints move between the two.
 """
 import math
 from typing import Dict, Tuple
