@@ -124,7 +124,8 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
     assert {t["target"] for t in gen["results"]["targets"]} == {
         "generation: {} {} at 16 tokens <= 1.2x at 8".format(name, what)
         for name in ("srupp_lm_stepper", "srupp_lm") for what in ("ms/token", "state memory")}
-    assert gen["results"]["models"]["srupp_lm_stepper"]["decoding"] == {"mode": "ring", "graph_failure": None}
+    assert gen["results"]["models"]["srupp_lm_stepper"]["decoding"] == {
+        "mode": "ring", "graph_failure": None, "graph_recurrence": None, "capture_failures": []}
 
     md = (out / "report.md").read_text()
     assert "DRY RUN" in md and "environment unknown (step 0 failed)" in md

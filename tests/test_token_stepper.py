@@ -195,7 +195,9 @@ def test_ring_cases_of_the_gpu_test_on_the_cpu(case, dtype):
 @pytest.mark.parametrize("case", GRAPH_CASES)
 def test_gpu_graph_replays_the_ring_step(case, dtype):
     stepper = check_replay(case, dtype, "cuda", "graph")
-    assert stepper.graph_failure is None and stepper.graph is not None
+    assert stepper.graph is not None and stepper.graph_failure is None
+    # the fused kernel inside the graph (the reference recurrence is only the fallback)
+    assert stepper.graph_recurrence == "fused" and stepper.capture_failures == []
 
 
 def test_a_failed_capture_restores_the_ring_and_steps_eagerly(monkeypatch, caplog):
@@ -216,9 +218,10 @@ def test_a_failed_capture_restores_the_ring_and_steps_eagerly(monkeypatch, caplo
         expected, _ = stepped_log_probs(decoder, tokens, "ring")
     got = decoder.get_normalized_probs((torch.stack(outs, 1), None), log_probs=True)
     assert stepper.graph is None
-    assert stepper.graph_failure == "RuntimeError: operation not permitted when stream is capturing"
-    assert "decoding without a CUDA graph (capture failed: RuntimeError: operation not permitted" in caplog.text
-    assert caplog.text.count("decoding without a CUDA graph") == 1  # tried once
+    refused = "RuntimeError: operation not permitted when stream is capturing"
+    assert stepper.graph_failure == "fused recurrence: {0}; reference recurrence: {0}".format(refused)
+    assert "decoding without a CUDA graph (capture failed: fused recurrence: RuntimeError" in caplog.text
+    assert caplog.text.count("decoding without a CUDA graph") == 1  # tried once (with either recurrence)
     keep = real[:, 3:]
     assert_close("eager after a failed capture", got[keep], expected[keep], 1e-6)
 
@@ -239,3 +242,69 @@ def test_moved_or_cast_parameters_are_refused(monkeypatch):
         fresh = TokenStepper(decoder, 1, mode="ring")  # a new one works in the new dtype
         assert fresh.prompt(tokens[:, :3]).dtype == torch.float64
         assert fresh.step(tokens[:, 3]).dtype == torch.float64
+
+
+class ReplayedEagerly:
+    """Stands in for a captured graph on the CPU: replay runs the step it was captured from."""
+
+    def __init__(self, step, output):
+        self.step, self.output = step, output
+
+    def replay(self):
+        self.output.copy_(self.step())
+
+
+def test_a_capture_refusing_the_fused_recurrence_is_retried_with_the_reference(monkeypatch, caplog):
+    from fairseq_srupp.ops import recurrence
+
+    decoder = make_decoder(adaptive=False)
+    tokens, real = padded_tokens(decoder, 2, 2 * WINDOW + 3)
+    stepper = TokenStepper(decoder, 2, mode="ring")
+    stepper.mode = "graph"  # as on a GPU
+    seen = []
+
+    def capture_graph():
+        seen.append(recurrence._forced)
+        stepper._ring_step()  # warm-up, changing the ring before the refusal
+        if recurrence._forced != "reference":
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        graph = ReplayedEagerly(stepper._ring_step, stepper._ring_step().clone())
+        return graph, graph.output
+
+    monkeypatch.setattr(stepper, "_capture_graph", capture_graph)
+    with torch.no_grad():
+        outs = [stepper.prompt(tokens[:, :4])] + [stepper.step(tokens[:, t]) for t in range(4, tokens.shape[1])]
+        expected, _ = stepped_log_probs(decoder, tokens, "ring")
+    assert seen == [None, "reference"] and recurrence._forced is None  # restored after the capture
+    assert stepper.graph is not None and stepper.graph_failure is None and stepper.graph_recurrence == "reference"
+    assert stepper.capture_failures == [
+        "fused recurrence: RuntimeError: CUDA error: operation not permitted when stream is capturing"]
+    assert "decoding with a CUDA graph of the recurrence's PyTorch reference" in caplog.text
+    got = decoder.get_normalized_probs((torch.stack(outs, 1), None), log_probs=True)
+    keep = real[:, 3:]
+    assert_close("replayed after a retried capture", got[keep], expected[keep], 1e-6)
+
+
+def test_forced_implementation_reaches_every_layer_and_is_undone():
+    from fairseq_srupp.ops import recurrence
+
+    decoder = make_decoder(adaptive=False)
+    tokens = torch.randint(4, 40, (2, 12))
+    calls = []
+    real_ref = recurrence.elementwise_recurrence_ref
+
+    def counting_ref(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return real_ref(*args, **kwargs)
+
+    with torch.no_grad():
+        plain, _ = stepped_log_probs(decoder, tokens, "ring")
+        recurrence.elementwise_recurrence_ref = counting_ref
+        try:
+            with recurrence.forced_implementation("reference"):
+                forced, _ = stepped_log_probs(decoder, tokens, "ring")
+        finally:
+            recurrence.elementwise_recurrence_ref = real_ref
+    assert calls and len(calls) == 3 * (1 + tokens.shape[1] - 4)  # every layer, the prompt and each step
+    assert recurrence._forced is None
+    assert_close("reference recurrence in the ring", forced, plain, 1e-5)

@@ -512,6 +512,8 @@ def generation_result(data, failures, unfinished=False):
         decoding = m.get("decoding") or {}
         how = decoding.get("mode", "incremental state" if name == "srupp_lm" else "fairseq")
         how += " (capture failed: {})".format(decoding["graph_failure"]) if decoding.get("graph_failure") else ""
+        how += " of the reference recurrence (with the fused one: {})".format(
+            decoding["capture_failures"][0]) if decoding.get("graph_recurrence") == "reference" else ""
         how = how.replace("|", "/")
         if lo in runs and hi not in runs:
             md.append("| {} | {:,} | {} | {:.3f} | unfinished | | | {:.1f} → unfinished | |".format(

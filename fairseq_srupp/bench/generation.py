@@ -462,9 +462,12 @@ def run_benchmark(args, malloc_tuned=False, on_run=None):
             with torch.no_grad():  # warm-up: first-call allocations, lazily compiled ops, graph capture
                 generate(model, min(WARMUP_TOKENS, args.lengths[0]), args.batch, device, stepper=stepper)
             if stepper is not None:
-                info["description"] += ", TokenStepper {}{}".format(stepper.mode, "" if stepper.graph_failure is None
-                                                                    else " (capture failed: eager ring)")
-                info["decoding"] = {"mode": stepper.mode, "graph_failure": stepper.graph_failure}
+                info["description"] += ", TokenStepper {}{}".format(
+                    stepper.mode, " (capture failed: eager ring)" if stepper.graph_failure is not None
+                    else " of the reference recurrence" if stepper.graph_recurrence == "reference" else "")
+                info["decoding"] = {"mode": stepper.mode, "graph_failure": stepper.graph_failure,
+                                    "graph_recurrence": stepper.graph_recurrence,
+                                    "capture_failures": stepper.capture_failures}
             info["runs"] = []
             models[name] = (model, task, stepper)
             results["models"][name] = info

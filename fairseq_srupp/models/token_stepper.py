@@ -14,8 +14,9 @@ Modes (``mode=`` or the environment switch ``FAIRSEQ_SRUPP_DECODING``):
 * ``auto`` (default): ``graph`` on CUDA, ``cache`` elsewhere;
 * ``cache``: each step through fairseq's incremental state (what ``SequenceGenerator`` does);
 * ``ring``: each step through the ring, eagerly (any device; how the graph is checked on a CPU);
-* ``graph``: the ring's step captured as a CUDA graph (CUDA only). Should capture fail (an operation
-  that cannot be captured), the stepper warns once and steps the ring eagerly.
+* ``graph``: the ring's step captured as a CUDA graph (CUDA only). Should capture with the fused
+  recurrence fail, it captures the recurrence's PyTorch reference instead (one time step: a few
+  elementwise kernels); should that fail too, it warns once and steps the ring eagerly.
 
 The prompt is always decoded as one chunk through the incremental state, then handed to the ring.
 """
@@ -28,12 +29,14 @@ from torch import Tensor
 from fairseq_srupp.errors import SRUppUserError, env_choice
 from fairseq_srupp.modules.decoding_cache import DecodingCache
 from fairseq_srupp.modules.decoding_ring import RingCache
+from fairseq_srupp.ops.recurrence import forced_implementation
 
 logger = logging.getLogger(__name__)
 
 MODES = ("auto", "cache", "ring", "graph")
 MODE_ENV = "FAIRSEQ_SRUPP_DECODING"
 WARMUP_STEPS = 2  # eager steps on a side stream before capture (cuBLAS workspaces, kernel compiles)
+RECURRENCES_TO_CAPTURE = (None, "reference")  # the fused kernel first, then the PyTorch reference
 
 
 def sample_parameters(decoder):
@@ -90,7 +93,9 @@ class TokenStepper:
         self.ring = None
         self.graph = None
         self.graph_output = None
-        self.graph_failure = None
+        self.graph_failure = None  # why no graph could be captured (graph mode only)
+        self.graph_recurrence = None  # the recurrence inside the graph: "fused", or "reference" after a failure
+        self.capture_failures = []
         self.tokens = torch.full((batch, 1), decoder.dictionary.eos(), dtype=torch.long, device=self.device)
         self.watched = sample_parameters(decoder)
         self.weights = weights_key(self.watched)
@@ -157,7 +162,7 @@ class TokenStepper:
                                   srupp.proj_size // srupp.num_heads, srupp.num_layers, srupp.hidden_size,
                                   self.dtype, self.device)
             self.handles = self.ring.layers(attends)
-            self.graph = self.graph_output = self.graph_failure = None
+            self.graph = self.graph_output = self.graph_failure = self.graph_recurrence = None
         self.ring.load(cache)
         self.state = {}  # the ring holds it all now
 
@@ -174,17 +179,34 @@ class TokenStepper:
 
     def _capture(self):
         """Capture :meth:`_ring_step` as a CUDA graph, or note why not and step eagerly from then on.
-        The warm-up steps change the ring; it is restored afterwards, so capturing consumes nothing."""
+
+        First with the fused recurrence (CuPy's kernel); should that capture fail, once more with the
+        recurrence's PyTorch reference, whose few elementwise kernels any capture takes (a single time
+        step of it costs little inside a graph). The warm-up steps change the ring; it is restored after
+        each attempt, so capturing consumes nothing."""
         saved = [t.clone() for t in self.ring.tensors()]
-        try:
-            self.graph, self.graph_output = self._capture_graph()
-        except Exception as error:  # an operation capture refuses (torch's or CuPy's error): decode eagerly
-            self.graph_failure = "{}: {}".format(type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+        failures = []
+        for recurrence in RECURRENCES_TO_CAPTURE:
+            try:
+                with forced_implementation(recurrence):
+                    self.graph, self.graph_output = self._capture_graph()
+                self.graph_recurrence = recurrence or "fused"
+            except Exception as error:  # an operation capture refuses (torch's or CuPy's error)
+                failures.append("{} recurrence: {}: {}".format(
+                    recurrence or "fused", type(error).__name__, str(error).splitlines()[0] if str(error) else ""))
+            finally:
+                for tensor, copy in zip(self.ring.tensors(), saved):
+                    tensor.copy_(copy)
+            if self.graph is not None:
+                break
+        self.capture_failures = failures
+        if self.graph is None:
+            self.graph_failure = "; ".join(failures)
             logger.warning("decoding without a CUDA graph (capture failed: %s); set %s=ring to skip the attempt",
                            self.graph_failure, MODE_ENV)
-        finally:
-            for tensor, copy in zip(self.ring.tensors(), saved):
-                tensor.copy_(copy)
+        elif failures:
+            logger.warning("decoding with a CUDA graph of the recurrence's PyTorch reference (capture with the fused "
+                           "kernel failed: %s)", failures[0])
 
     def _capture_graph(self):
         """(graph, its output tensor): warm-up steps on a side stream (cuBLAS workspaces, kernel compiles),

@@ -24,9 +24,10 @@ write 4, read 4 again per element, and the same for grad_U), and return grad_U i
 C++ CPU path still widens such a U to fp32 itself (``op.WidenedU``), and the reference gets U in
 h's dtype.
 """
+import contextlib
 import os
 import warnings
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -36,6 +37,7 @@ from .op import recurrence_op
 from .reference import elementwise_recurrence_ref
 
 __all__ = [
+    "forced_implementation",
     "elementwise_recurrence",
     "elementwise_recurrence_cpu",
     "elementwise_recurrence_cuda",
@@ -52,6 +54,23 @@ NO_CUPY_WARNING = (
     "Install the fused CUDA kernel with `pip install -e .[cuda12]` (or `[cuda13]`)."
 )
 _warned_no_cupy = False
+
+
+_forced: Optional[str] = None  # set by forced_implementation
+
+
+@contextlib.contextmanager
+def forced_implementation(choice: Optional[str]) -> Iterator[None]:
+    """Within the block, calls without an ``implementation`` run ``choice`` (as ``FAIRSEQ_SRUPP_RECURRENCE``
+    would; None: no change), whatever the environment says. For instance a CUDA graph captured without
+    CuPy's launches. Process-wide, not per thread."""
+    global _forced
+    previous = _forced
+    _forced = choice if choice is not None else previous
+    try:
+        yield
+    finally:
+        _forced = previous
 
 
 def choose_implementation(choice: str, is_cuda: bool, dtype: torch.dtype, has_cupy: bool) -> Tuple[str, Optional[str]]:
@@ -147,7 +166,7 @@ def elementwise_recurrence(
     k = check_recurrence_inputs(U, x, weight_c, bias, c0, mask_c, mask_pad)
     x = x if k == 3 else None  # the skip is U[..., 3] when k=4
     storage, compute = recurrence_dtypes(U, x, weight_c, bias, c0)
-    choice = implementation or os.environ.get("FAIRSEQ_SRUPP_RECURRENCE", "auto")
+    choice = implementation or _forced or os.environ.get("FAIRSEQ_SRUPP_RECURRENCE", "auto")
     chosen, warning = choose_implementation(choice, U.is_cuda, storage, U.is_cuda and cupy_available())
     if warning is not None and not _warned_no_cupy:
         warnings.warn(warning)
