@@ -71,9 +71,9 @@ from fairseq_srupp.bench.flops import srupp_flops_per_token, transformer_flops_p
 from fairseq_srupp.bench.generation import build_model, model_cli_args, write_dictionary  # noqa: E402
 from fairseq_srupp.bench.paper_sru import import_sru  # noqa: E402
 from fairseq_srupp.models.srupp_lm import SRUppLMConfig  # noqa: E402
-from fairseq_srupp.optim.fused_radam import FusedRAdam  # noqa: E402
 from fairseq_srupp.modules.attention_masks import ATTENTION_ENV, causal_mask  # noqa: E402
 from fairseq_srupp.modules.transforms import SDPA_MAX_HEAD_DIM, wants_matmul_attention  # noqa: E402
+from fairseq_srupp.optim.fused_radam import FusedRAdam  # noqa: E402
 from fairseq_srupp.tasks.carried_state import SegmentContext  # noqa: E402
 
 # srupp_lm's pair first: if the step runs out of time, the A/B of the mask is what was measured.

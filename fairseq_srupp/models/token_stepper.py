@@ -119,12 +119,12 @@ class TokenStepper:
         if tokens.shape != (self.batch,):
             raise ValueError("step takes one token per sequence, (batch={},), got {}".format(
                 self.batch, tuple(tokens.shape)))
-        if self.mode == "cache":
-            if not self.state:
-                raise ValueError("give the prompt first (at least the beginning-of-sentence token)")
-            return self.decoder(tokens.view(self.batch, 1).to(self.device), incremental_state=self.state)[0][:, -1]
-        if self.ring is None or self.state:
+        # cache mode keeps the prompt in the incremental state; the others move it into the ring
+        prompted = bool(self.state) if self.mode == "cache" else self.ring is not None and not self.state
+        if not prompted:
             raise ValueError("give the prompt first (at least the beginning-of-sentence token)")
+        if self.mode == "cache":
+            return self.decoder(tokens.view(self.batch, 1).to(self.device), incremental_state=self.state)[0][:, -1]
         self._check_weights()
         self.tokens.copy_(tokens.view(self.batch, 1))
         self.ring.consumed += 1

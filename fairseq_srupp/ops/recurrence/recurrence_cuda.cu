@@ -61,9 +61,6 @@ __device__ __forceinline__ unsigned short float_to_half_bits(float v) {
 }
 #endif
 
-__device__ __forceinline__ float to_float(half_t v) { return half_bits_to_float(v.bits); }
-__device__ __forceinline__ float to_float(bfloat16_t v) { return __uint_as_float(((unsigned int)v.bits) << 16); }
-
 template <typename T> __device__ __forceinline__ T from_float(float v);
 template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
 template <> __device__ __forceinline__ half_t from_float<half_t>(float v) {
