@@ -20,11 +20,13 @@ autocast's bf16 U next to an fp32 x, read as it is; and the same cast to fp32 fi
 before the kernels took mixed storage: a copy of U, and grad_U cast back), with the bytes each
 moves, and names the fastest P per case and batch. With --blocks it times the first two cases at
 --prefetch-batches with each threads-per-block (``FAIRSEQ_SRUPP_CUDA_BLOCK``; ``auto``: the launch's
-own choice, spread over the SMs) at the default P, and with --l2-ahead with the kernels asking L2 for
-each step's inputs that many steps ahead (``FAIRSEQ_SRUPP_CUDA_L2_AHEAD``; 0: never).
+own choice, spread over the SMs) at the default P, with --l2-ahead with the kernels asking L2 for
+each step's inputs that many steps ahead (``FAIRSEQ_SRUPP_CUDA_L2_AHEAD``; 0: never), and with
+--stage-steps with the kernels that copy their inputs into shared memory (cp.async) that many time steps
+a stage (``FAIRSEQ_SRUPP_CUDA_STAGE_STEPS``; 0: the register ring), with each one's GB/s.
 
     python benchmarks/recurrence_cuda.py [--batches 4 16 32] [--dtypes float32 float16 bfloat16] [--prefetch 1 2 4 8]
-                                         [--blocks auto 256 128 64] [--l2-ahead 0 16 32]
+                                         [--blocks auto 256 128 64] [--l2-ahead 0 16 32] [--stage-steps 0 4 8 16]
 
 ``benchmarks/gpu/run_all.sh`` runs the same measurement as step 3 of the GPU kit.
 """
@@ -38,8 +40,9 @@ import torch
 from fairseq_srupp.bench.paper_sru import import_sru
 from fairseq_srupp.ops.recurrence import elementwise_recurrence_cuda, elementwise_recurrence_ref
 from fairseq_srupp.ops.recurrence.cuda_host import HOST_SM_COUNT
-from fairseq_srupp.ops.recurrence.cupy_kernel import (BLOCK_ENV, DEFAULT_L2_AHEAD, DEFAULT_PREFETCH, L2_AHEAD_ENV,
-                                                      PREFETCH_ENV, sm_count, threads_per_block)
+from fairseq_srupp.ops.recurrence.cupy_kernel import (BLOCK_ENV, DEFAULT_L2_AHEAD, DEFAULT_PREFETCH,
+                                                      DEFAULT_STAGE_STEPS, L2_AHEAD_ENV, PREFETCH_ENV, STAGE_ENV,
+                                                      sm_count, threads_per_block)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -269,6 +272,34 @@ def measure_l2_ahead(length, hidden, batches, distances, warmup=2, repeats=5, fn
     return sweep_setting(out, "l2_ahead", L2_AHEAD_ENV, distances, runs, warmup, repeats, time_ms, save)
 
 
+def measure_staging(length, hidden, batches, stage_steps, warmup=2, repeats=5, copy_gbs=None,
+                    fn=elementwise_recurrence_cuda, time_ms=cuda_time_ms, device="cuda", save=None):
+    """The bf16 and autocast cases with the kernels fed through shared memory, ``stage_steps`` time steps a stage
+    (``FAIRSEQ_SRUPP_CUDA_STAGE_STEPS``; 0: the register ring at the default prefetch depth), with the bytes
+    each moves per second; the fastest per case and batch. ``save(partial result)`` after each size."""
+    out = {"L": length, "d": hidden, "default_stage_steps": DEFAULT_STAGE_STEPS, "rows": [], "fastest_stage_steps": {}}
+    runs = case_runs(length, hidden, batches, PREFETCH_CASES[:2], fn, device)
+    out = sweep_setting(out, "stage_steps", STAGE_ENV, stage_steps, runs, warmup, repeats, time_ms, save)
+    moved = {(name, batch): bytes_moved for name, batch, _, bytes_moved in runs}
+    for r in out["rows"]:
+        r["gbs"] = moved[r["case"], r["B"]] / (r["ms"] * 1e-3) / 1e9
+        r["of_copy_bandwidth"] = r["gbs"] / copy_gbs if copy_gbs else None
+    if save is not None:
+        save(out)
+    return out
+
+
+def format_staging(result):
+    """Markdown lines of a measure_staging result."""
+    lines = ["Inputs staged in shared memory (time steps a stage; 0: the register ring), L={L} d={d}, default "
+             "{default_stage_steps}:".format(**result), "", "| case | B | steps a stage | ms | GB/s | of copy bw |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["| {} | {} | {} | {:.3f} | {} | {} |".format(
+        r["case"], r["B"], r["stage_steps"], r["ms"], _num(r.get("gbs"), "{:,.0f}"),
+        _num(r.get("of_copy_bandwidth"), "{:.1%}")) for r in result["rows"]]
+    return lines + [""] + ["- fastest for {}: **{}**".format(n, v) for n, v in result["fastest_stage_steps"].items()]
+
+
 def format_l2_ahead(result):
     """Markdown lines of a measure_l2_ahead result."""
     lines = ["Inputs asked of L2 ahead (time steps; 0: never), L={L} d={d}, P={prefetch}, default "
@@ -339,6 +370,8 @@ def main(argv=None):
                         help="threads per block to compare at the default prefetch depth (e.g. auto 256 128 64)")
     parser.add_argument("--l2-ahead", nargs="*", default=[], type=int,
                         help="time steps ahead to ask L2 for the inputs, to compare (e.g. 0 16 32)")
+    parser.add_argument("--stage-steps", nargs="*", default=[], type=int,
+                        help="time steps a stage of the shared-memory kernels holds, to compare (e.g. 0 4 8 16)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("error: this benchmark needs a CUDA GPU")
@@ -357,6 +390,10 @@ def main(argv=None):
     if args.l2_ahead:
         l2 = measure_l2_ahead(args.length, args.hidden, args.prefetch_batches, args.l2_ahead, args.warmup, args.repeats)
         print("\n" + "\n".join(format_l2_ahead(l2)))
+    if args.stage_steps:
+        staging = measure_staging(args.length, args.hidden, args.prefetch_batches, args.stage_steps, args.warmup,
+                                  args.repeats, copy_gbs)
+        print("\n" + "\n".join(format_staging(staging)))
 
 
 if __name__ == "__main__":

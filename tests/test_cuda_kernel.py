@@ -19,7 +19,8 @@ from fairseq_srupp.ops.recurrence import (NO_CUPY_WARNING, choose_implementation
                                           elementwise_recurrence_cuda)
 from fairseq_srupp.errors import SRUppUserError
 from fairseq_srupp.ops.recurrence.cupy_kernel import (CUPY_KERNELS, DEFAULT_PREFETCH, KERNEL_DTYPES, L2_AHEAD_ENV,
-                                                      PREFETCH_ENV, SOURCE, STEP_HEADER, cupy_available, kernel_name,
+                                                      PREFETCH_ENV, SOURCE, STAGE_ENV, STEP_HEADER, cupy_available,
+                                                      kernel_name,
                                                       kernel_source, kernel_variants, l2_ahead, launch_cupy,
                                                       nvrtc_options)
 
@@ -43,10 +44,14 @@ def nvrtc_compile(source, arch, options=nvrtc_options(DEFAULT_PREFETCH)):
         nvrtc.destroyProgram(program)
 
 
-@pytest.mark.parametrize("arch,prefetch", [("compute_80", DEFAULT_PREFETCH), ("compute_90", DEFAULT_PREFETCH),
-                                           ("compute_90", 1), ("compute_90", 3)])
-def test_kernel_source_compiles_for_every_dtype_and_k(arch, prefetch):
-    ptx = nvrtc_compile(kernel_source(), arch, nvrtc_options(prefetch))
+@pytest.mark.parametrize("arch,prefetch,stage", [
+    ("compute_80", DEFAULT_PREFETCH, 0), ("compute_90", DEFAULT_PREFETCH, 0), ("compute_90", 1, 0), ("compute_90", 3, 0),
+    # the staged kernels: cp.async from sm_80 on, plain copies before
+    ("compute_90", DEFAULT_PREFETCH, 8), ("compute_80", DEFAULT_PREFETCH, 16), ("compute_75", DEFAULT_PREFETCH, 4),
+])
+def test_kernel_source_compiles_for_every_dtype_and_k(arch, prefetch, stage):
+    ptx = nvrtc_compile(kernel_source(), arch, nvrtc_options(prefetch, stage=stage))
+    assert ("cp.async.ca.shared.global" in ptx) == (stage > 0 and arch != "compute_75")
     for direction, dtype, k in itertools.product(("forward", "backward"), KERNEL_DTYPES, (3, 4)):
         assert ".entry {}(".format(kernel_name(direction, dtype, k)) in ptx
     # and the mixed storage of autocast (16-bit U, fp32 x and h), k=3 only
@@ -193,6 +198,18 @@ def test_kernel_with_16_bit_u_and_fp32_x_matches_reference(monkeypatch, u_dtype,
     """Autocast's storage (16-bit U, fp32 x and h) at prefetch depths around the default, L no multiple of 8."""
     monkeypatch.setenv(PREFETCH_ENV, str(prefetch))
     check_against_reference(u_dtype, torch.float32, 3, True, True, L, B, d)
+
+
+@needs_gpu
+@pytest.mark.parametrize("stage,u_dtype,x_dtype,k,L,B,d", [
+    (stage, u, x, k, 63, 3, 37) for stage in (4, 16) for u, x, k in kernel_variants() if u != torch.float16 or x != u
+] + [(8, torch.bfloat16, torch.float32, 3, 1000, 2, 130)])
+def test_staged_kernel_matches_reference(monkeypatch, stage, u_dtype, x_dtype, k, L, B, d):
+    """The kernels fed through shared memory by cp.async (FAIRSEQ_SRUPP_CUDA_STAGE_STEPS): 111 columns make the
+    16-bit spans alternate between starting at a word and 2 bytes into one; L no multiple of a stage. Short
+    walks but one (the reference's time loop is slow on a GPU, and the kit gives this file about 100 s)."""
+    monkeypatch.setenv(STAGE_ENV, str(stage))
+    check_against_reference(u_dtype, x_dtype, k, True, True, L, B, d)
 
 
 @needs_gpu

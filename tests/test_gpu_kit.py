@@ -171,6 +171,29 @@ def test_report_lists_the_targets_of_measured_steps(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["targets"] == measured["targets"]
 
 
+def test_kernel_targets_are_also_read_at_the_fastest_setting_swept():
+    """Step 3's table runs the kernels' defaults; the targets are given again for the fastest bf16 setting at B=16
+    over the prefetch and staging sweeps, which the training step then runs with."""
+    import steps
+
+    case, other = steps.TARGET_CASE, "bf16 U, fp32 x (autocast, U read as bf16)"
+    out = {"rows": [{"dtype": "bfloat16", "B": 16, "sru_ms": 4.0}],
+           "prefetch": {"rows": [{"case": case, "B": 16, "prefetch": 4, "ms": 2.0, "of_copy_bandwidth": 0.3},
+                                 {"case": case, "B": 16, "prefetch": 8, "ms": 1.6, "of_copy_bandwidth": 0.4},
+                                 {"case": other, "B": 16, "prefetch": 1, "ms": 0.1},  # another case,
+                                 {"case": case, "B": 4, "prefetch": 1, "ms": 0.5}]},  # another batch
+           "staging": {"rows": [{"case": case, "B": 16, "stage_steps": 0, "ms": 2.1, "of_copy_bandwidth": 0.29},
+                                {"case": case, "B": 16, "stage_steps": 16, "ms": 1.0, "of_copy_bandwidth": 0.62}]}}
+    assert steps.fastest_kernel_setting(out)[0] == "shared-memory stages of 16 steps"
+    sru, bandwidth = steps.fastest_setting_targets(out)
+    assert (sru["value"], sru["met"], bandwidth["value"], bandwidth["met"]) == ("4.00", True, "62.0%", True)
+    assert "fastest setting (shared-memory stages of 16 steps)" in sru["target"]
+    out["staging"] = None  # its sweep never ran: the ring's fastest depth
+    sru, bandwidth = steps.fastest_setting_targets(out)
+    assert "(register ring, P=8)" in sru["target"] and (sru["value"], bandwidth["met"]) == ("2.50", False)
+    assert steps.fastest_setting_targets({"rows": []}) == []
+
+
 def test_recurrence_bytes_are_counted_per_tensor_moved():
     L, B, d = 3, 2, 5
     per_position = {  # bytes per (t, b, unit): forward reads U, x and writes h, c; backward reads U, x, c,
@@ -471,6 +494,12 @@ def test_steps_after_the_recurrence_sweep_run_with_its_fastest_settings(tmp_path
     unfinished = {"prefetch": {"rows": results["prefetch"]["rows"][:-1]}}  # depth 8's autocast case missing
     assert run_all.tuned_recurrence_env(unfinished) == {}
     assert run_all.tuned_recurrence_env(None) == {}
+    # the staged kernels: taken when faster than the ring at its fastest depth (P=8: 2.7 ms summed), not
+    # merely faster than the ring at the default depth that the staging sweep times (3.0 ms)
+    for staged, expected in [((1.0, 1.0), "8"), ((1.4, 1.4), "0")]:
+        results["staging"] = {"rows": sweep_rows("stage_steps", {0: (1.0, 2.0), 4: (2.0, 2.0), 8: staged})}
+        assert run_all.tuned_recurrence_env(results)["FAIRSEQ_SRUPP_CUDA_STAGE_STEPS"] == expected
+    del results["staging"]
 
     for name in ("FAIRSEQ_SRUPP_CUDA_PREFETCH", "FAIRSEQ_SRUPP_CUDA_L2_AHEAD"):
         monkeypatch.delenv(name, raising=False)  # restored (unset) after the test

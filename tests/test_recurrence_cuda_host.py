@@ -18,8 +18,9 @@ from fairseq_srupp.errors import SRUppUserError
 from fairseq_srupp.ops.recurrence import elementwise_recurrence, elementwise_recurrence_ref, op
 from fairseq_srupp.ops.recurrence.cuda_host import launch_host
 from fairseq_srupp.ops.recurrence.cupy_kernel import (BLOCK_ENV, DEFAULT_PREFETCH, KERNEL_DTYPES, PREFETCH_ENV,
-                                                      THREADS_PER_BLOCK, CudaKernels, grid_blocks, kernel_name,
-                                                      kernel_variants, threads_per_block)
+                                                      STAGE_ENV, THREADS_PER_BLOCK, CudaKernels, grid_blocks,
+                                                      kernel_name, kernel_variants, launch_threads, staged_threads,
+                                                      threads_per_block)
 
 # relative to max |reference| + 1, as in test_cuda_kernel.py
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 8e-2}
@@ -115,6 +116,59 @@ def test_prefetch_depth_changes_no_bit(cuda_source_on_cpu, monkeypatch, L):
         assert torch.equal(h, h1) and torch.equal(c, c1), prefetch
         for name in g1:
             assert torch.equal(g[name], g1[name]), (prefetch, name)
+
+
+def shifted(t):
+    """t's values in a tensor that starts one element into its storage (a 16-bit value 2 bytes into a word)."""
+    if t is None:
+        return None
+    return torch.empty(t.numel() + 1, dtype=t.dtype)[1:].view_as(t).copy_(t)
+
+
+@pytest.mark.parametrize("u_dtype,x_dtype,k", VARIANTS)
+@pytest.mark.parametrize("stage", [4, 8, 16])
+def test_staged_kernels_give_the_rings_bits(cuda_source_on_cpu, monkeypatch, u_dtype, x_dtype, k, stage):
+    """The staged kernels (inputs copied to shared memory by cp.async, read back at their byte offsets) do the
+    ring's arithmetic on the same values, so they give its bits: with L shorter than a stage, a whole number of
+    stages and a partial last one; with and without padding; with U, x and the padding flags starting one element
+    into their storage, and with an odd number of columns (3 x 33), whose 16-bit U spans alternate between starting
+    at a word and 2 bytes into one from step to step."""
+    for L, B, d, pad, shift in [(1, 1, 5, False, False), (11, 3, 33, True, True), (37, 3, 100, True, False),
+                                (2 * stage, 2, 7, False, True)]:
+        inputs = inputs_for(L, B, d, k, u_dtype, pad, dropout=pad, x_dtype=x_dtype)
+        if shift:
+            inputs.update(U=shifted(inputs["U"]), x=shifted(inputs["x"]), mask_pad=shifted(inputs["mask_pad"]))
+        grad_h, grad_c = torch.randn(L, B, d), torch.randn(B, d)
+        results = {}
+        for steps in (0, stage):
+            monkeypatch.setenv(STAGE_ENV, str(steps))
+            results[steps] = run(elementwise_recurrence, inputs, grad_h, grad_c, implementation="cpu")
+        (h0, c0, g0), (h, c, g) = results[0], results[stage]
+        where = (L, B, d, pad, shift)
+        assert torch.equal(h, h0) and torch.equal(c, c0), where
+        for name in g0:
+            assert torch.equal(g[name], g0[name]), (where, name)
+    h_ref = run(elementwise_recurrence, inputs, grad_h, grad_c, implementation="reference")[0]
+    assert max_diff(h, h_ref) <= TOLERANCE[u_dtype] * (h_ref.float().abs().max().item() + 1.0)
+
+
+def test_staged_launch_runs_its_own_block_size(monkeypatch):
+    monkeypatch.delenv(BLOCK_ENV, raising=False)
+    assert [launch_threads(4 * 3072, 132, s) for s in (0, 4, 8, 16)] == [96, 128, 64, 32]
+    assert staged_threads(8) == 64
+    monkeypatch.setenv(BLOCK_ENV, "64")
+    assert launch_threads(4 * 3072, 132, 0) == 64
+    with pytest.raises(SRUppUserError, match="^{} and {}=8 cannot be combined: the staged CUDA recurrence runs 64 "
+                       "threads per block".format(BLOCK_ENV, STAGE_ENV)):
+        launch_threads(4 * 3072, 132, 8)
+
+
+@pytest.mark.parametrize("value", ["1", "32", "eight", "-4"])
+def test_bad_stage_size_is_one_clear_error(cuda_source_on_cpu, monkeypatch, value):
+    monkeypatch.setenv(STAGE_ENV, value)
+    with pytest.raises(SRUppUserError, match=r"^{}={!r}: give the time steps a stage of shared memory holds in the "
+                       r"CUDA recurrence, one of 0, 4, 8, 16 \(0: no staging".format(STAGE_ENV, value)):
+        elementwise_recurrence(**inputs_for(3, 1, 4, 3, torch.float32, False, False), implementation="cpu")
 
 
 @pytest.mark.parametrize("columns, sms, threads", [

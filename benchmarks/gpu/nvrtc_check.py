@@ -4,7 +4,7 @@ CuPy compiles ``recurrence_cuda.cu`` (with ``recurrence_step.h`` pasted in: ``cu
 through NVRTC at the first CUDA call, with no CUDA headers. nvcc accepts more than bare NVRTC does, and the
 host-shim tests compile the file as C++, so neither proves that the GPU will compile it. This script runs
 NVRTC itself (the ``nvidia-cuda-nvrtc`` wheel from PyPI, no GPU or driver needed) on every prefetch depth
-and a few L2 distances, with the options ``cupy_kernel.nvrtc_options`` gives, and prints the compiler's log
+and a few L2 distances, and the staged kernels at every stage size, with the options ``cupy_kernel.nvrtc_options`` gives, and prints the compiler's log
 of any that fails.
 
     python3 -m venv /tmp/nvrtc && /tmp/nvrtc/bin/pip install "nvidia-cuda-nvrtc==13.0.*"
@@ -20,7 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from fairseq_srupp.ops.recurrence.cupy_kernel import (MAX_PREFETCH, kernel_source,  # noqa: E402
+from fairseq_srupp.ops.recurrence.cupy_kernel import (DEFAULT_L2_AHEAD, DEFAULT_PREFETCH,  # noqa: E402
+                                                      MAX_PREFETCH, STAGE_STEP_CHOICES, kernel_source,
                                                       nvrtc_options)
 
 
@@ -61,15 +62,17 @@ def main(argv=None):
     args = p.parse_args(argv)
     nvrtc = load_nvrtc(args.lib)
     source = kernel_source()
+    builds = [(prefetch, int(l2), 0) for prefetch in range(1, MAX_PREFETCH + 1) for l2 in args.l2_ahead.split(",")]
+    # the staged kernels, at each stage size (the prefetch depth and L2 distance do not reach them)
+    builds += [(DEFAULT_PREFETCH, DEFAULT_L2_AHEAD, stage) for stage in STAGE_STEP_CHOICES if stage]
     failed = 0
-    for prefetch in range(1, MAX_PREFETCH + 1):
-        for l2 in (int(v) for v in args.l2_ahead.split(",")):
-            options = list(nvrtc_options(prefetch, l2)) + ["--gpu-architecture=" + args.arch]
-            ok, log = compile_source(nvrtc, source, options)
-            failed += not ok
-            print("P={:<2} L2={:<3} {}{}".format(prefetch, l2, "ok" if ok else "FAILED", "" if ok else "\n" + log))
-    print("{} of {} compiled".format(MAX_PREFETCH * len(args.l2_ahead.split(",")) - failed,
-                                     MAX_PREFETCH * len(args.l2_ahead.split(","))))
+    for prefetch, l2, stage in builds:
+        options = list(nvrtc_options(prefetch, l2, stage)) + ["--gpu-architecture=" + args.arch]
+        ok, log = compile_source(nvrtc, source, options)
+        failed += not ok
+        print("P={:<2} L2={:<3} staged={:<2} {}{}".format(prefetch, l2, stage, "ok" if ok else "FAILED",
+                                                        "" if ok else "\n" + log))
+    print("{} of {} compiled".format(len(builds) - failed, len(builds)))
     return 1 if failed else 0
 
 

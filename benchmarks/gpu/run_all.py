@@ -67,14 +67,17 @@ def parse_args(argv=None):
 TUNE_BATCH = 4
 TUNE_CASES = ("bf16 U, bf16 x", "bf16 U, fp32 x (autocast, U read as bf16)")
 TUNE_SWEEPS = (("prefetch", "prefetch", "FAIRSEQ_SRUPP_CUDA_PREFETCH"),
+               ("staging", "stage_steps", "FAIRSEQ_SRUPP_CUDA_STAGE_STEPS"),
                ("l2_ahead", "l2_ahead", "FAIRSEQ_SRUPP_CUDA_L2_AHEAD"))
 
 
 def tuned_recurrence_env(results):
-    """{environment switch: value} of the fastest prefetch depth and L2 distance in step 3's sweeps, each the
-    one with the least summed time over TUNE_CASES at TUNE_BATCH (each sweep varies one setting at the
-    other's default); a sweep that did not time every case at every value is left out."""
-    env = {}
+    """{environment switch: value} of the fastest prefetch depth, staging and L2 distance in step 3's sweeps,
+    each the one with the least summed time over TUNE_CASES at TUNE_BATCH (each sweep varies one setting at the
+    others' defaults); a sweep that did not time every case at every value is left out. The staged kernels
+    win only if they beat the register ring at its fastest depth too (the staging sweep's ring runs at the
+    default depth)."""
+    best = {}  # sweep: (fastest value, its summed ms)
     for sweep, key, name in TUNE_SWEEPS:
         rows = [r for r in ((results or {}).get(sweep) or {}).get("rows", [])
                 if r.get("B") == TUNE_BATCH and r.get("case") in TUNE_CASES]
@@ -83,8 +86,11 @@ def tuned_recurrence_env(results):
             totals.setdefault(r[key], []).append(r["ms"])
         complete = {value: sum(ms) for value, ms in totals.items() if len(ms) == len(TUNE_CASES)}
         if complete and len(complete) == len(totals):
-            env[name] = str(min(complete, key=complete.get))
-    return env
+            value = min(complete, key=complete.get)
+            best[sweep] = (value, complete[value])
+    if best.get("staging", (0,))[0] and "prefetch" in best and best["prefetch"][1] < best["staging"][1]:
+        best["staging"] = (0, best["prefetch"][1])
+    return {name: str(best[sweep][0]) for sweep, _, name in TUNE_SWEEPS if sweep in best}
 
 
 def tail(text, lines=15):

@@ -255,18 +255,48 @@ def cli_result(rows, unfinished=None):
 
 
 PREFETCH_DEPTHS = (1, 2, 4, 8, 16)
+STAGE_STEPS = (0, 4, 8, 16)  # time steps a stage of the shared-memory kernels holds; 0: the register ring
 BLOCK_SIZES = ("auto", 256, 128, 64)  # threads per block; auto: the launch's spread over the SMs
 L2_DISTANCES = (0, 16, 32)  # time steps ahead the kernels ask L2 for the inputs; 0: never
+TARGET_CASE = "bf16 U, bf16 x"  # the sweeps' case of issue 11's kernel targets (at B=16)
+
+
+def fastest_kernel_setting(out, batch=16):
+    """(setting in words, its sweep row) of the least time for TARGET_CASE at ``batch`` over the prefetch and the
+    staging sweeps of a recurrence result, or None."""
+    rows = [("register ring, P={}".format(r["prefetch"]), r) for r in (out.get("prefetch") or {}).get("rows", [])]
+    rows += [("shared-memory stages of {} steps".format(r["stage_steps"]) if r["stage_steps"]
+              else "register ring, default P", r) for r in (out.get("staging") or {}).get("rows", [])]
+    rows = [(label, r) for label, r in rows if r["case"] == TARGET_CASE and r["B"] == batch]
+    return min(rows, key=lambda item: item[1]["ms"]) if rows else None
+
+
+def fastest_setting_targets(out):
+    """Issue 11's kernel targets again, at the fastest setting the sweeps found (the table's figures are the
+    defaults')."""
+    best = fastest_kernel_setting(out)
+    if best is None:
+        return []
+    label, row = best
+    sru_ms = find(out["rows"], dtype="bfloat16", B=16).get("sru_ms")
+    return [
+        target("recurrence fwd+bwd, B=16 bf16, fastest setting ({}): sru's time / ours >= 2".format(label),
+               sru_ms / row["ms"] if sru_ms else None, lambda v: v >= 2),
+        target("recurrence fwd+bwd, B=16 bf16, fastest setting ({}): >= 60% of the copy bandwidth".format(label),
+               row.get("of_copy_bandwidth"), lambda v: v >= 0.6, "{:.1%}")]
 
 
 def recurrence(dry_run):
     """The recurrence kernel, forward + backward, at L=1024, d=3072, B=4/16/32, fp32/fp16/bf16; then at B=16
     and 4 the prefetch depths 1/2/4/8/16 for bf16 and for autocast's bf16 U + fp32 x (read as it is, or cast
-    first); then threads per block (the launch's spread over the SMs, 256, 128, 64) and how far ahead the
-    kernels ask L2 for their inputs (0: never, 16, 32), both at the default depth."""
-    from recurrence_cuda import copy_bandwidth_gbs, format_blocks, format_l2_ahead, format_prefetch, format_recurrence
+    first); then the kernels fed through shared memory (4, 8, 16 steps a stage, against the register ring);
+    then threads per block (the launch's spread over the SMs, 256, 128, 64) and how far ahead the kernels ask
+    L2 for their inputs (0: never, 16, 32), both at the default depth; last the targets again at the fastest
+    setting found."""
+    from recurrence_cuda import (copy_bandwidth_gbs, format_blocks, format_l2_ahead, format_prefetch,
+                                 format_recurrence, format_staging)
     from recurrence_cuda import (kernel_bytes, measure_blocks, measure_l2_ahead, measure_prefetch, measure_recurrence,
-                                 recurrence_inputs, recurrence_step)
+                                 measure_staging, recurrence_inputs, recurrence_step)
 
     if dry_run or not torch.cuda.is_available():
         from bench_timing import Timer
@@ -278,14 +308,14 @@ def recurrence(dry_run):
         smoke = {"L": 16, "B": 2, "d": 8, "cpu_ms": 1000 * seconds, "kernel_bytes": kernel_bytes(16, 2, 8, 3, 4)}
         # the sweep's own code, on the CPU path (where the depth changes nothing)
         cpu_ms = lambda f, w, r: 1000 * Timer().time_fn(f, w, r)[0]  # noqa: E731
-        smoke["prefetch"] = measure_prefetch(16, 8, [2, 1], PREFETCH_DEPTHS[:2], warmup=1, repeats=2, fn=elementwise_recurrence,
-                                             time_ms=cpu_ms, device="cpu")
-        smoke["blocks"] = measure_blocks(16, 8, [2], BLOCK_SIZES[:2], warmup=1, repeats=2, fn=elementwise_recurrence,
-                                         time_ms=cpu_ms, device="cpu")
-        smoke["l2_ahead"] = measure_l2_ahead(16, 8, [2], L2_DISTANCES[:2], warmup=1, repeats=2,
-                                             fn=elementwise_recurrence, time_ms=cpu_ms, device="cpu")
-        return result("skipped", {"smoke": smoke}, format_prefetch(smoke["prefetch"]) + [""] + format_blocks(smoke["blocks"])
-                      + [""] + format_l2_ahead(smoke["l2_ahead"]), reason=NO_GPU)
+        cpu = dict(warmup=1, repeats=2, fn=elementwise_recurrence, time_ms=cpu_ms, device="cpu")
+        smoke["prefetch"] = measure_prefetch(16, 8, [2, 1], PREFETCH_DEPTHS[:2], **cpu)
+        smoke["staging"] = measure_staging(16, 8, [2], STAGE_STEPS[:2], copy_gbs=1.0, **cpu)
+        smoke["blocks"] = measure_blocks(16, 8, [2], BLOCK_SIZES[:2], **cpu)
+        smoke["l2_ahead"] = measure_l2_ahead(16, 8, [2], L2_DISTANCES[:2], **cpu)
+        lines = format_prefetch(smoke["prefetch"]) + [""] + format_staging(smoke["staging"]) + [""]
+        return result("skipped", {"smoke": smoke}, lines + format_blocks(smoke["blocks"]) + [""]
+                      + format_l2_ahead(smoke["l2_ahead"]), reason=NO_GPU)
     out = measure_recurrence(1024, 3072, [4, 16, 32], ["float32", "float16", "bfloat16"], warmup=2, repeats=5,
                              copy_gbs=copy_bandwidth_gbs())
     ok = out["sru"] == "timed"
@@ -295,26 +325,40 @@ def recurrence(dry_run):
         target("recurrence fwd+bwd, B=16 bf16: >= 60% of the copy bandwidth", row.get("of_copy_bandwidth"),
                lambda v: v >= 0.6, "{:.1%}")]
     md = format_recurrence(out)
+    timing = dict(warmup=2, repeats=5)
+    # (key in the result, name, markdown, measure(save)), in order of importance. B=16: issue 11's target
+    # shape; B=4: enwik8-base training per GPU, where the step's latency matters most.
+    sweeps = [
+        ("prefetch", "prefetch sweep", format_prefetch, lambda keep: measure_prefetch(
+            1024, 3072, [16, 4], PREFETCH_DEPTHS, copy_gbs=out["copy_bandwidth_gbs"], save=keep, **timing)),
+        ("staging", "shared-memory staging comparison", format_staging, lambda keep: measure_staging(
+            1024, 3072, [4, 16], STAGE_STEPS, copy_gbs=out["copy_bandwidth_gbs"], save=keep, **timing)),
+        ("blocks", "block-size comparison", format_blocks, lambda keep: measure_blocks(
+            1024, 3072, [4, 16], BLOCK_SIZES, save=keep, **timing)),
+        ("l2_ahead", "L2 prefetch comparison", format_l2_ahead, lambda keep: measure_l2_ahead(
+            1024, 3072, [4, 16], L2_DISTANCES, save=keep, **timing)),
+    ]
+    parts = {}  # key: (result so far, markdown)
+    for key, _, _, _ in sweeps:
+        out[key] = None
 
-    def save_sweep(sweep, blocks=None, unfinished="prefetch sweep unfinished", l2=None):
-        out["prefetch"], out["blocks"], out["l2_ahead"] = sweep, blocks, l2
-        lines = md + [""] + format_prefetch(sweep) + ([""] + format_blocks(blocks) if blocks else [])
-        lines += ([""] + format_l2_ahead(l2)) if l2 else []
+    def save_parts(unfinished=None):
+        lines = list(md)
+        for key, (part, fmt) in parts.items():
+            out[key] = part
+            lines += [""] + fmt(part)
         reason = "; ".join(filter(None, [None if ok else out["sru"], unfinished]))
         return save(result("failed" if reason else "ok", out, lines, reason or None))
 
-    save_sweep({"rows": [], "fastest_prefetch": {}, "autocast_uncast_speedup": {}, "L": 1024, "d": 3072,
-                "default_prefetch": None})
-    # B=16: issue 11's target shape; B=4: enwik8-base training per GPU, where the step's latency matters most
-    sweep = measure_prefetch(1024, 3072, [16, 4], PREFETCH_DEPTHS, warmup=2, repeats=5,
-                             copy_gbs=out["copy_bandwidth_gbs"], save=save_sweep)
-    save_sweep(sweep, unfinished="block-size comparison unfinished")
-    blocks = measure_blocks(1024, 3072, [4, 16], BLOCK_SIZES, warmup=2, repeats=5,
-                            save=lambda b: save_sweep(sweep, b, "block-size comparison unfinished"))
-    save_sweep(sweep, blocks, unfinished="L2 prefetch comparison unfinished")
-    l2 = measure_l2_ahead(1024, 3072, [4, 16], L2_DISTANCES, warmup=2, repeats=5,
-                          save=lambda d: save_sweep(sweep, blocks, "L2 prefetch comparison unfinished", d))
-    return save_sweep(sweep, blocks, unfinished=None, l2=l2)
+    for key, name, fmt, measure in sweeps:
+        def keep(part, key=key, fmt=fmt, name=name):
+            parts[key] = (part, fmt)
+            save_parts(name + " unfinished")
+
+        save_parts(name + " unfinished")
+        parts[key] = (measure(keep), fmt)
+    out["targets"] += fastest_setting_targets(out)
+    return save_parts()
 
 
 # --------------------------------------------------------------------------------------- 4

@@ -11,17 +11,17 @@ import ctypes
 import os
 import subprocess
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import torch
 
 from ..cpp_extension import build_name
-from .cupy_kernel import DEFAULT_L2_AHEAD, SOURCE, grid_blocks, threads_per_block
+from .cupy_kernel import DEFAULT_L2_AHEAD, SOURCE, grid_blocks, launch_threads, nvrtc_options, stage_steps
 
 _DIR = Path(__file__).parent
 SHIM_SOURCES = (_DIR / "cuda_host_shim.cpp", _DIR / "cuda_host_shim.h", SOURCE, _DIR / "recurrence_step.h")
 SHIM_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC")
-_libraries: Dict[int, ctypes.CDLL] = {}  # per prefetch depth
+_libraries: Dict[Tuple[int, int], ctypes.CDLL] = {}  # per prefetch depth and staging
 
 
 def _extensions_dir() -> Path:
@@ -30,14 +30,14 @@ def _extensions_dir() -> Path:
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
 
 
-def load_host_library(prefetch: int) -> ctypes.CDLL:
+def load_host_library(prefetch: int, stage: int = 0) -> ctypes.CDLL:
     """Build (first call, or after a source changed) and load the host build of the CUDA source
-    with ``SRUPP_PREFETCH=prefetch``."""
-    if prefetch not in _libraries:
+    with ``SRUPP_PREFETCH=prefetch`` and ``SRUPP_STAGE_STEPS=stage``."""
+    if (prefetch, stage) not in _libraries:
         from torch.utils.cpp_extension import include_paths
 
         # the L2 prefetch is a no-op on the host; its address arithmetic still compiles and runs
-        flags = SHIM_FLAGS + ("-DSRUPP_PREFETCH={}".format(prefetch), "-DSRUPP_L2_AHEAD={}".format(DEFAULT_L2_AHEAD))
+        flags = SHIM_FLAGS + nvrtc_options(prefetch, DEFAULT_L2_AHEAD, stage)[1:]
         out_dir = _extensions_dir() / build_name("fairseq_srupp_cuda_host", SHIM_SOURCES, flags)
         path = out_dir / "cuda_host.so"
         if not path.exists():
@@ -53,8 +53,8 @@ def load_host_library(prefetch: int) -> ctypes.CDLL:
             ctypes.c_char_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.POINTER(ctypes.c_longlong), ctypes.c_int,
         ]
         library.srupp_host_launch.restype = ctypes.c_int
-        _libraries[prefetch] = library
-    return _libraries[prefetch]
+        _libraries[prefetch, stage] = library
+    return _libraries[prefetch, stage]
 
 
 # A pretend SM count, so the launch heuristic picks blocks smaller than the largest at test sizes
@@ -64,12 +64,13 @@ HOST_SM_COUNT = 4
 
 def launch_host(name: str, device: torch.device, n_columns: int, args: Sequence, prefetch: int) -> None:
     """Run entry point ``name`` over the grid CuPy would launch on a GPU of HOST_SM_COUNT SMs (or with
-    FAIRSEQ_SRUPP_CUDA_BLOCK threads per block), one thread after the other."""
+    FAIRSEQ_SRUPP_CUDA_BLOCK threads per block; the staged kernels' own block size), one thread after the other."""
     if device.type != "cpu":
         raise ValueError("the host build of the CUDA kernels takes CPU tensors, got {}".format(device))
-    threads = threads_per_block(n_columns, HOST_SM_COUNT)
+    stage = stage_steps()
+    threads = launch_threads(n_columns, HOST_SM_COUNT, stage)
     values = (ctypes.c_longlong * len(args))(*(int(a) for a in args))
-    status = load_host_library(prefetch).srupp_host_launch(
+    status = load_host_library(prefetch, stage).srupp_host_launch(
         name.encode(), grid_blocks(n_columns, threads), threads, values, len(args)
     )
     if status != 0:

@@ -11,6 +11,10 @@ grad_U comes back in it; h, grad_x in x's dtype (U's when k=4). Prefetch depth: 
 loads of the next ``SRUPP_PREFETCH`` time steps in flight, a compile-time constant;
 :data:`DEFAULT_PREFETCH` unless ``FAIRSEQ_SRUPP_CUDA_PREFETCH`` says otherwise (read at every call,
 so a benchmark can A/B depths in one process; one compiled module per device and depth).
+
+Staging: with ``FAIRSEQ_SRUPP_CUDA_STAGE_STEPS`` = 4, 8 or 16 the kernels are compiled to copy their
+inputs into shared memory instead (cp.async, that many time steps a stage, two stages ahead), in blocks
+of :data:`STAGED_THREAD_STEPS` / steps threads; 0 (:data:`DEFAULT_STAGE_STEPS`) keeps the register ring.
 """
 import importlib.util
 import os
@@ -43,10 +47,18 @@ L2_AHEAD_ENV = "FAIRSEQ_SRUPP_CUDA_L2_AHEAD"
 DEFAULT_L2_AHEAD = 16
 MAX_L2_AHEAD = 256  # the static_assert in recurrence_cuda.cu
 
+STAGE_ENV = "FAIRSEQ_SRUPP_CUDA_STAGE_STEPS"
+STAGE_STEP_CHOICES = (0, 4, 8, 16)  # the static_assert in recurrence_cuda.cu
+# Unmeasured: the GPU kit's recurrence step times 0 (the ring), 4, 8 and 16 side by side.
+DEFAULT_STAGE_STEPS = 0
+# Threads per block times steps per stage of the staged kernels: their 3 stages of up to 7 words (28 bytes)
+# per thread and step take 43 KB of the 48 KB of static shared memory a block may have.
+STAGED_THREAD_STEPS = 512
+
 # launch(entry point name, device, number of (batch, unit) columns, kernel arguments, prefetch depth)
 Launcher = Callable[[str, torch.device, int, Sequence, int], None]
 
-_modules: Dict[Tuple[int, int, int], object] = {}  # per device, prefetch depth and L2 distance
+_modules: Dict[Tuple[int, int, int, int], object] = {}  # per device, prefetch depth, L2 distance and staging
 
 
 def cupy_available() -> bool:
@@ -65,8 +77,28 @@ def l2_ahead() -> int:
                    "asks the L2 cache for its inputs", low_means="never")
 
 
-def nvrtc_options(prefetch: int, l2: int = DEFAULT_L2_AHEAD) -> Tuple[str, ...]:
-    return ("--std=c++17", "-DSRUPP_PREFETCH={}".format(prefetch), "-DSRUPP_L2_AHEAD={}".format(l2))
+def stage_steps() -> int:
+    """Time steps a stage of the staged kernels holds, 0 for the register ring: ``FAIRSEQ_SRUPP_CUDA_STAGE_STEPS``
+    or :data:`DEFAULT_STAGE_STEPS`."""
+    value = os.environ.get(STAGE_ENV, "").strip()
+    if not value:
+        return DEFAULT_STAGE_STEPS
+    if not value.isdigit() or int(value) not in STAGE_STEP_CHOICES:
+        raise SRUppUserError("{}={!r}: give the time steps a stage of shared memory holds in the CUDA recurrence, "
+                             "one of {} (0: no staging, the register ring; default {})".format(
+                                 STAGE_ENV, value, ", ".join(map(str, STAGE_STEP_CHOICES)), DEFAULT_STAGE_STEPS))
+    return int(value)
+
+
+def staged_threads(steps: int) -> int:
+    """Threads per block of the staged kernels at ``steps`` time steps a stage."""
+    return STAGED_THREAD_STEPS // steps
+
+
+def nvrtc_options(prefetch: int, l2: int = DEFAULT_L2_AHEAD, stage: int = DEFAULT_STAGE_STEPS) -> Tuple[str, ...]:
+    options = ("--std=c++17", "-DSRUPP_PREFETCH={}".format(prefetch), "-DSRUPP_L2_AHEAD={}".format(l2),
+               "-DSRUPP_STAGE_STEPS={}".format(stage))
+    return options + (("-DSRUPP_STAGED_THREADS={}".format(staged_threads(stage)),) if stage else ())
 
 
 def kernel_name(direction: str, dtype: torch.dtype, k: int, x_dtype: Optional[torch.dtype] = None) -> str:
@@ -108,6 +140,17 @@ def threads_per_block(n_columns: int, sm_count: int) -> int:
     return min(THREADS_PER_BLOCK, max(32, -(-per_sm // 32) * 32))
 
 
+def launch_threads(n_columns: int, sm_count: int, stage: int) -> int:
+    """Threads per block of a launch: :func:`staged_threads` for the staged kernels (their shared memory is
+    sized for it), else :func:`threads_per_block`."""
+    if not stage:
+        return threads_per_block(n_columns, sm_count)
+    if os.environ.get(BLOCK_ENV, "").strip():
+        raise SRUppUserError("{} and {}={} cannot be combined: the staged CUDA recurrence runs {} threads per block "
+                             "(unset one of them)".format(BLOCK_ENV, STAGE_ENV, stage, staged_threads(stage)))
+    return staged_threads(stage)
+
+
 def grid_blocks(n_columns: int, threads: int = THREADS_PER_BLOCK) -> int:
     """One thread per (batch, unit) column, ``threads`` threads per block."""
     return (n_columns + threads - 1) // threads
@@ -132,14 +175,14 @@ def kernel_source() -> str:
     return source.replace(include, STEP_HEADER.read_text(), 1)
 
 
-def _module(device_index: int, prefetch: int):
-    key = (device_index, prefetch, l2_ahead())
+def _module(device_index: int, prefetch: int, stage: int):
+    key = (device_index, prefetch, l2_ahead(), stage)
     module = _modules.get(key)
     if module is None:
         import cupy
 
         with cupy.cuda.Device(device_index):
-            module = cupy.RawModule(code=kernel_source(), options=nvrtc_options(prefetch, key[2]))
+            module = cupy.RawModule(code=kernel_source(), options=nvrtc_options(prefetch, key[2], stage))
         _modules[key] = module
     return module
 
@@ -152,9 +195,11 @@ def launch_cupy(name: str, device: torch.device, n_columns: int, args: Sequence,
     import cupy
 
     index = device.index if device.index is not None else torch.cuda.current_device()
-    threads = threads_per_block(n_columns, sm_count(index))
+    stage = stage_steps()
+    threads = launch_threads(n_columns, sm_count(index), stage)
     with cupy.cuda.Device(index), cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
-        _module(index, prefetch).get_function(name)((grid_blocks(n_columns, threads),), (threads,), tuple(args))
+        kernel = _module(index, prefetch, stage).get_function(name)
+        kernel((grid_blocks(n_columns, threads),), (threads,), tuple(args))
 
 
 class CudaKernels:

@@ -35,6 +35,14 @@ static_assert(SRUPP_PREFETCH >= 1 && SRUPP_PREFETCH <= 16, "SRUPP_PREFETCH must 
 #error "compile with -DSRUPP_L2_AHEAD=<time steps ahead asked of L2, 0: none> (cupy_kernel.py passes it)"
 #endif
 static_assert(SRUPP_L2_AHEAD >= 0 && SRUPP_L2_AHEAD <= 256, "SRUPP_L2_AHEAD must be 0..256");
+#ifndef SRUPP_STAGE_STEPS
+#error "compile with -DSRUPP_STAGE_STEPS=<time steps a stage of shared memory holds, 0: the register ring> (cupy_kernel.py passes it)"
+#endif
+static_assert(SRUPP_STAGE_STEPS == 0 || SRUPP_STAGE_STEPS == 4 || SRUPP_STAGE_STEPS == 8 || SRUPP_STAGE_STEPS == 16,
+              "SRUPP_STAGE_STEPS must be 0, 4, 8 or 16");
+#if SRUPP_STAGE_STEPS > 0 && !defined(SRUPP_STAGED_THREADS)
+#error "compile with -DSRUPP_STAGED_THREADS=<threads per block of the staged kernels> (cupy_kernel.py passes it)"
+#endif
 
 namespace srupp {
 
@@ -371,21 +379,332 @@ __device__ void backward(const TU* __restrict__ U, const TX* __restrict__ x, con
   grad_bias[cols + col] = sums.br;
 }
 
+
+// ---------------------------------------------------------------------------------------------------
+// The staged kernels (SRUPP_STAGE_STEPS > 0): the same steps, fed through shared memory.
+//
+// Each thread copies its column's inputs of STAGE_STEPS time steps at a time (a stage) from global to
+// shared memory with cp.async (sm_80 and later), STAGES - 1 stages ahead of the stage it computes, and
+// its steps read them from there. A cp.async writes no register, so nothing the compiler schedules
+// can wait for it before cp.async.wait_group, once a stage: the register ring's loads are at the mercy
+// of ptxas's scheduling (benchmarks/gpu/sass_prefetch.py), these are not, and how far ahead they run
+// does not cost registers. A thread reads only what it copied itself: no barrier between threads (so
+// the host shim can still run the threads one after another), and a thread's own copies are visible to
+// it once its wait returns.
+//
+// cp.async copies aligned 4-byte words: a span of values is staged as the words that hold it (a 16-bit
+// value can start 2 bytes into a word, a flag byte anywhere) and read back at its byte offset. A word
+// a span does not need is copied with source size 0, which reads nothing and writes zeros; a word that
+// holds a needed byte lies inside the allocation's page, so reading its other bytes is safe.
+// Layout: word w of step s of stage g of this thread at
+// buffer[((g * STAGE_STEPS + s) * WORDS + w) * STAGED_THREADS + threadIdx.x], so the threads of a warp
+// touch 32 consecutive words (no bank conflicts). STAGED_THREADS * STAGE_STEPS is fixed by the launcher
+// (cupy_kernel.STAGED_THREAD_STEPS) so that a block's three stages fit the 48 KB of static shared memory.
+constexpr int STAGE_STEPS = SRUPP_STAGE_STEPS;  // 0: the register ring above
+constexpr int STAGES = 3;
+#if SRUPP_STAGE_STEPS > 0
+constexpr int STAGED_THREADS = SRUPP_STAGED_THREADS;
+#else
+constexpr int STAGED_THREADS = 1;
+#endif
+
+// Words a span of N values of T takes when staged: a 16-bit span may start 2 bytes into its first word.
+template <typename T, int N>
+struct SpanWords {
+  static constexpr int value = sizeof(T) == 4 ? N : sizeof(T) == 2 ? (2 * N + 2 + 3) / 4 : 1;
+};
+static_assert(SpanWords<half_t, 3>::value == 2 && SpanWords<bfloat16_t, 4>::value == 3 &&
+                  SpanWords<float, 3>::value == 3 && SpanWords<unsigned char, 1>::value == 1,
+              "staged span sizes");
+
+// Copies `bytes` (4 or 0: zeros) of the word at src into shared memory at dst, without waiting.
+__device__ __forceinline__ void copy_word_async(unsigned int* dst, const unsigned int* src, int bytes) {
+#ifdef SRUPP_HOST_SHIM
+  srupp_shim::copy_word_async(dst, src, bytes);
+#elif __CUDA_ARCH__ >= 800
+  unsigned int shared_address;
+  asm("{ .reg .u64 p; cvta.to.shared.u64 p, %1; cvt.u32.u64 %0, p; }" : "=r"(shared_address) : "l"(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(shared_address), "l"(src), "r"(bytes)
+               : "memory");
+#else
+  *dst = bytes == 4 ? *src : 0u;  // before sm_80: a plain copy, which waits for its load
+#endif
+}
+
+// Closes the group of copies issued since the last one: one stage.
+__device__ __forceinline__ void commit_stage() {
+#ifdef SRUPP_HOST_SHIM
+  srupp_shim::commit_group();
+#elif __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+// Waits until at most N of this thread's stages are still being copied.
+template <int N>
+__device__ __forceinline__ void wait_stages() {
+#ifdef SRUPP_HOST_SHIM
+  srupp_shim::wait_group(N);
+#elif __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
+__device__ __forceinline__ int byte_in_word(const void* p) {
+  return (int)(reinterpret_cast<unsigned long long>(p) & 3ull);
+}
+
+// Stages the N values of T at src: its words at first, first + STAGED_THREADS, ...; `present` false
+// stages zeros (nothing is read).
+template <typename T, int N>
+__device__ __forceinline__ void stage_span(unsigned int* first, const T* src, bool present = true) {
+  const unsigned int* word =
+      reinterpret_cast<const unsigned int*>(reinterpret_cast<unsigned long long>(src) & ~3ull);
+  const int used = present ? (byte_in_word(src) + N * (int)sizeof(T) + 3) / 4 : 0;
+#pragma unroll
+  for (int i = 0; i < SpanWords<T, N>::value; ++i) {
+    copy_word_async(first + i * STAGED_THREADS, word + (i < used ? i : 0), i < used ? 4 : 0);
+  }
+}
+
+// Value j of a span staged from src, as the register ring holds it (Loaded<T>).
+__device__ __forceinline__ float staged_value(const unsigned int* first, const float* src, int j) {
+  (void)src;
+  return __uint_as_float(first[j * STAGED_THREADS]);
+}
+template <typename T>
+__device__ __forceinline__ Wide<T> staged_value(const unsigned int* first, const T* src, int j) {
+  const int at = byte_in_word(src) + 2 * j;
+  return Wide<T>{(first[(at >> 2) * STAGED_THREADS] >> ((at & 2) * 8)) & 0xffffu};
+}
+__device__ __forceinline__ unsigned int staged_flag(const unsigned int* first, const unsigned char* src) {
+  return (first[0] >> (byte_in_word(src) * 8)) & 0xffu;
+}
+
+// Word offsets within one step's record: U's K values, x (k=3), then the direction's own.
+template <typename TU, typename TX, int K>
+struct StagedInputs {
+  static constexpr int U_WORDS = SpanWords<TU, K>::value;
+  static constexpr int SKIP = U_WORDS;  // x's word(s), k=3
+  static constexpr int END = U_WORDS + (K == 3 ? SpanWords<TX, 1>::value : 0);
+};
+
+template <typename TU, typename TX, int K>
+__device__ __forceinline__ void stage_inputs(unsigned int* record, const TU* __restrict__ U,
+                                             const TX* __restrict__ x, long long idx) {
+  stage_span<TU, K>(record, U + idx * K);
+  if constexpr (K == 3) stage_span<TX, 1>(record + StagedInputs<TU, TX, K>::SKIP * STAGED_THREADS, x + idx);
+}
+
+template <typename TU, typename TX, int K>
+__device__ __forceinline__ Step<float> staged_inputs(const unsigned int* record, const TU* __restrict__ U,
+                                                     const TX* __restrict__ x, long long idx) {
+  const TU* u = U + idx * K;
+  float skip;
+  if constexpr (K == 3) {
+    skip = own_float(staged_value(record + StagedInputs<TU, TX, K>::SKIP * STAGED_THREADS, x + idx, 0));
+  } else {
+    skip = own_float(staged_value(record, u, 3));
+  }
+  return Step<float>{own_float(staged_value(record, u, 0)), own_float(staged_value(record, u, 1)),
+                     own_float(staged_value(record, u, 2)), skip};
+}
+
+// This thread's record of step s of stage g in a block's buffer of records of WORDS words.
+template <int WORDS>
+__device__ __forceinline__ unsigned int* staged_record(unsigned int* buffer, int g, int s) {
+  return buffer + (g * STAGE_STEPS + s) * WORDS * STAGED_THREADS + threadIdx.x;
+}
+
+// The padding flag of step t: stages zeros without a mask (no read).
+__device__ __forceinline__ void stage_padding(unsigned int* word, const Column& column, const void* any_input,
+                                              int t) {
+  const bool has_mask = column.pad_stride != 0;
+  stage_span<unsigned char, 1>(
+      word, has_mask ? column.pad_flags + t * column.pad_stride : reinterpret_cast<const unsigned char*>(any_input),
+      has_mask);
+}
+__device__ __forceinline__ unsigned int staged_padding(const unsigned int* word, const Column& column, int t) {
+  return staged_flag(word, column.pad_flags + t * column.pad_stride);
+}
+
+template <typename TU, typename TX, int K>
+__device__ void forward_staged(const TU* __restrict__ U, const TX* __restrict__ x, const float* __restrict__ weight_c,
+                               const float* __restrict__ bias, const float* __restrict__ c0,
+                               const float* __restrict__ mask_c, const bool* __restrict__ mask_pad,
+                               TX* __restrict__ h, float* __restrict__ c_all, int L, int B, int d) {
+  typedef StagedInputs<TU, TX, K> In;
+  constexpr int PAD = In::END, WORDS = In::END + 1;
+  __shared__ unsigned int buffer[STAGES * STAGE_STEPS * WORDS * STAGED_THREADS];
+  static_assert(sizeof(buffer) <= 48 * 1024, "a block's stages exceed 48 KB of static shared memory");
+  const Column column = this_threads_column(weight_c, bias, mask_c, mask_pad, B, d);
+  if (!column.valid || L <= 0) return;
+  // Stage g % STAGES holds steps g * STAGE_STEPS ...; steps past the end re-read step L - 1.
+  auto copy_stage = [&](int g) {
+#pragma unroll 1
+    for (int s = 0; s < STAGE_STEPS; ++s) {
+      const int t = last_step(g * STAGE_STEPS + s, L);
+      unsigned int* record = staged_record<WORDS>(buffer, g % STAGES, s);
+      stage_inputs<TU, TX, K>(record, U, x, column.at(t));
+      stage_padding(record + PAD * STAGED_THREADS, column, U, t);
+    }
+    commit_stage();
+  };
+  float c = c0[column.col];
+  auto step = [&](int g, int s) {
+    const int t = g * STAGE_STEPS + s;
+    const long long idx = column.at(t);
+    const unsigned int* record = staged_record<WORDS>(buffer, g % STAGES, s);
+    const Step<float> in = staged_inputs<TU, TX, K>(record, U, x, idx);
+    const bool pad = staged_padding(record + PAD * STAGED_THREADS, column, t) != 0u;
+    float c_next = c;
+    const float h_t = forward_step(in, column.unit, c_next);
+    c = pad ? c : c_next;
+    h[idx] = from_float<TX>(pad ? 0.f : h_t);
+    c_all[idx] = c;
+  };
+#pragma unroll
+  for (int g = 0; g < STAGES - 1; ++g) copy_stage(g);
+  const int stages = (L + STAGE_STEPS - 1) / STAGE_STEPS;
+  for (int g = 0; g < stages; ++g) {
+    copy_stage(g + STAGES - 1);  // into the stage computed last, whose values this thread has read
+    wait_stages<STAGES - 1>();   // stage g has landed
+    if ((g + 1) * STAGE_STEPS <= L) {
+#pragma unroll
+      for (int s = 0; s < STAGE_STEPS; ++s) step(g, s);
+    } else {
+#pragma unroll
+      for (int s = 0; s < STAGE_STEPS; ++s) {
+        if (g * STAGE_STEPS + s < L) step(g, s);
+      }
+    }
+  }
+  wait_stages<0>();
+}
+
+template <typename TU, typename TX, int K>
+__device__ void backward_staged(const TU* __restrict__ U, const TX* __restrict__ x,
+                                const float* __restrict__ weight_c, const float* __restrict__ bias,
+                                const float* __restrict__ c0, const float* __restrict__ mask_c,
+                                const bool* __restrict__ mask_pad, const float* __restrict__ c_all,
+                                const TX* __restrict__ grad_h, const float* __restrict__ grad_c_last,
+                                TU* __restrict__ grad_U, TX* __restrict__ grad_x, float* __restrict__ grad_wc,
+                                float* __restrict__ grad_bias, float* __restrict__ grad_c0, int L, int B, int d) {
+  typedef StagedInputs<TU, TX, K> In;
+  constexpr int GRAD_H = In::END, C_PREV = GRAD_H + SpanWords<TX, 1>::value, PAD = C_PREV + 1, WORDS = PAD + 1;
+  __shared__ unsigned int buffer[STAGES * STAGE_STEPS * WORDS * STAGED_THREADS];
+  static_assert(sizeof(buffer) <= 48 * 1024, "a block's stages exceed 48 KB of static shared memory");
+  const Column column = this_threads_column(weight_c, bias, mask_c, mask_pad, B, d);
+  if (!column.valid) return;
+  const long long col = column.col, cols = column.cols;
+  float gc = grad_c_last[col];
+  float c = (L > 0) ? c_all[column.at(L - 1)] : c0[col];
+  UnitGrad<float> sums{0.f, 0.f, 0.f, 0.f};
+  // The n-th step walked is step L - 1 - n; stage g % STAGES holds walked steps g * STAGE_STEPS ...;
+  // those past the start re-read step 0.
+  auto copy_stage = [&](int g) {
+#pragma unroll 1
+    for (int s = 0; s < STAGE_STEPS; ++s) {
+      const int t = first_step(L - 1 - (g * STAGE_STEPS + s));
+      const long long idx = column.at(t);
+      unsigned int* record = staged_record<WORDS>(buffer, g % STAGES, s);
+      stage_inputs<TU, TX, K>(record, U, x, idx);
+      stage_span<TX, 1>(record + GRAD_H * STAGED_THREADS, grad_h + idx);
+      stage_span<float, 1>(record + C_PREV * STAGED_THREADS, (t > 0) ? c_all + (idx - cols) : c0 + col);
+      stage_padding(record + PAD * STAGED_THREADS, column, U, t);
+    }
+    commit_stage();
+  };
+  auto step = [&](int g, int s) {
+    const int t = L - 1 - (g * STAGE_STEPS + s);
+    const long long idx = column.at(t);
+    const unsigned int* record = staged_record<WORDS>(buffer, g % STAGES, s);
+    const Step<float> in = staged_inputs<TU, TX, K>(record, U, x, idx);
+    const float gh = own_float(staged_value(record + GRAD_H * STAGED_THREADS, grad_h + idx, 0));
+    const float c_prev = staged_value(record + C_PREV * STAGED_THREADS, c0, 0);
+    const bool pad = staged_padding(record + PAD * STAGED_THREADS, column, t) != 0u;
+    float gc_prev = gc;
+    UnitGrad<float> step_sums = sums;
+    StepGrad<float> gr = backward_step(in, column.unit, c_prev, c, gh, gc_prev, step_sums);
+    if (pad) gr = StepGrad<float>{0.f, 0.f, 0.f, 0.f};
+    gc = pad ? gc : gc_prev;
+    sums = pad ? sums : step_sums;
+    TU* gu = grad_U + idx * K;
+    gu[0] = from_float<TU>(gr.u0);
+    gu[1] = from_float<TU>(gr.u1);
+    gu[2] = from_float<TU>(gr.u2);
+    if (K == 3) {
+      grad_x[idx] = from_float<TX>(gr.skip);
+    } else {
+      gu[3] = from_float<TU>(gr.skip);
+    }
+    c = c_prev;
+  };
+  if (L > 0) {
+#pragma unroll
+    for (int g = 0; g < STAGES - 1; ++g) copy_stage(g);
+    const int stages = (L + STAGE_STEPS - 1) / STAGE_STEPS;
+    for (int g = 0; g < stages; ++g) {
+      copy_stage(g + STAGES - 1);
+      wait_stages<STAGES - 1>();
+      if ((g + 1) * STAGE_STEPS <= L) {
+#pragma unroll
+        for (int s = 0; s < STAGE_STEPS; ++s) step(g, s);
+      } else {
+#pragma unroll
+        for (int s = 0; s < STAGE_STEPS; ++s) {
+          if (g * STAGE_STEPS + s < L) step(g, s);
+        }
+      }
+    }
+    wait_stages<0>();
+  }
+  grad_c0[col] = gc;
+  grad_wc[col] = sums.vf;
+  grad_wc[cols + col] = sums.vr;
+  grad_bias[col] = sums.bf;
+  grad_bias[cols + col] = sums.br;
+}
+
+// The entry points' bodies: the staged kernels when compiled with SRUPP_STAGE_STEPS > 0, else the ring.
+template <typename TU, typename TX, int K, typename... Args>
+__device__ __forceinline__ void run_forward(Args... args) {
+  if constexpr (STAGE_STEPS > 0) {
+    forward_staged<TU, TX, K>(args...);
+  } else {
+    forward<TU, TX, K>(args...);
+  }
+}
+template <typename TU, typename TX, int K, typename... Args>
+__device__ __forceinline__ void run_backward(Args... args) {
+  if constexpr (STAGE_STEPS > 0) {
+    backward_staged<TU, TX, K>(args...);
+  } else {
+    backward<TU, TX, K>(args...);
+  }
+}
+
 }  // namespace srupp
 
+#if SRUPP_STAGE_STEPS > 0
+#define SRUPP_LAUNCH_BOUNDS __launch_bounds__(SRUPP_STAGED_THREADS)
+#else
+#define SRUPP_LAUNCH_BOUNDS
+#endif
+
 #define SRUPP_ENTRY_POINTS(SUFFIX, TU, TX, K)                                                          \
-  extern "C" __global__ void srupp_forward_##SUFFIX(                                                 \
+  extern "C" __global__ void SRUPP_LAUNCH_BOUNDS srupp_forward_##SUFFIX(                             \
       const TU* U, const TX* x, const float* weight_c, const float* bias, const float* c0,           \
       const float* mask_c, const bool* mask_pad, TX* h, float* c_all, int L, int B, int d) {         \
-    srupp::forward<TU, TX, K>(U, x, weight_c, bias, c0, mask_c, mask_pad, h, c_all, L, B, d);        \
+    srupp::run_forward<TU, TX, K>(U, x, weight_c, bias, c0, mask_c, mask_pad, h, c_all, L, B, d);    \
   }                                                                                                  \
-  extern "C" __global__ void srupp_backward_##SUFFIX(                                                \
+  extern "C" __global__ void SRUPP_LAUNCH_BOUNDS srupp_backward_##SUFFIX(                            \
       const TU* U, const TX* x, const float* weight_c, const float* bias, const float* c0,           \
       const float* mask_c, const bool* mask_pad, const float* c_all, const TX* grad_h,               \
       const float* grad_c_last, TU* grad_U, TX* grad_x, float* grad_wc, float* grad_bias,            \
       float* grad_c0, int L, int B, int d) {                                                         \
-    srupp::backward<TU, TX, K>(U, x, weight_c, bias, c0, mask_c, mask_pad, c_all, grad_h, grad_c_last, \
-                               grad_U, grad_x, grad_wc, grad_bias, grad_c0, L, B, d);                \
+    srupp::run_backward<TU, TX, K>(U, x, weight_c, bias, c0, mask_c, mask_pad, c_all, grad_h, grad_c_last, \
+                                   grad_U, grad_x, grad_wc, grad_bias, grad_c0, L, B, d);            \
   }
 
 // Every variant, as X(suffix, U's storage type, x's and h's storage type, k); suffix: U's dtype,
