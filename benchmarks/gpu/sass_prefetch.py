@@ -108,7 +108,7 @@ def compile_sass(prefetch, cuda_bin, l2, arch="sm_90"):
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "recurrence.cubin"
         subprocess.run(["nvcc", "-arch=" + arch, "-std=c++17", "-O3", "-DSRUPP_PREFETCH={}".format(prefetch),
-                        "-DSRUPP_L2_AHEAD={}".format(l2), "-I", str(SOURCE.parent), "-cubin", "-o", str(cubin), str(SOURCE)], check=True, env=env)
+                        "-DSRUPP_L2_AHEAD={}".format(l2), "-DSRUPP_STAGE_STEPS=0", "-I", str(SOURCE.parent), "-cubin", "-o", str(cubin), str(SOURCE)], check=True, env=env)
         return subprocess.run(["cuobjdump", "-sass", str(cubin)], check=True, env=env, capture_output=True,
                               text=True).stdout
 
