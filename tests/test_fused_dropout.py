@@ -125,6 +125,27 @@ def test_attention_by_matmul_equals_the_formula():
         assert_close("grad " + name, a, b, 1e-12)
 
 
+@pytest.mark.parametrize("B,H", [(1, 1), (3, 1), (1, 2), (3, 2)])
+def test_attention_scores_take_every_broadcastable_bias(B, H):
+    """The scaled scores plus a bias of each shape the model and fairseq give (causal (L, S), key padding
+    (B, 1, 1, S), per batch and head, ...), through one baddbmm where the bias merges per (batch, head) and
+    through a product, a scaling and an addition where it does not."""
+    from fairseq_srupp.modules import transforms
+
+    torch.manual_seed(0)
+    q, k = torch.randn(B, H, 5, 4, dtype=torch.float64), torch.randn(B, H, 7, 4, dtype=torch.float64)
+    shapes = [None, (5, 7), (1, 7), (1, 1, 5, 7), (B, 1, 5, 7), (1, H, 5, 7), (B, H, 5, 7), (B, 1, 1, 7), (H, 5, 7)]
+    merged = 0
+    for shape in shapes:
+        bias = None if shape is None else torch.randn(*shape, dtype=torch.float64)
+        expected = q @ k.transpose(-2, -1) / 2.0 + (0 if bias is None else bias)
+        assert_close("scores {}".format(shape), transforms.attention_scores(q, k, bias), expected, 1e-12)
+        merged += bias is not None and transforms._bias_per_batch_and_head(bias, B, H) is not None
+    # with B, H > 1 a bias per batch only or per head only does not merge: (B, 1, L, S), (B, 1, 1, S),
+    # (1, H, L, S), (H, L, S)
+    assert merged == (8 if B == 1 or H == 1 else 4)
+
+
 def test_attention_module_draws_its_attention_mask_with_the_fused_dropout():
     torch.manual_seed(0)
     attn = SRUppAttention(6, 12, 4, num_heads=2, dropout=0.0, attn_dropout=0.4).double().train()

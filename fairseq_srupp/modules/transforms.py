@@ -80,6 +80,34 @@ def attention_bias(
 SDPA_MAX_HEAD_DIM = 128
 
 
+def attention_scores(q: Tensor, k: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """q·kᵀ/√hd + bias, (B, H, L, S), for q (B, H, L, hd), k (B, H, S, hd) and an additive bias
+    broadcastable to (B, H, L, S) or None.
+
+    One batched product (``baddbmm``) applies the scale and adds the bias in its epilogue, where the bias
+    can be viewed per (batch, head) without a copy; otherwise a product, then a scaling and an addition,
+    each a pass over the scores."""
+    B, H, L, hd = q.shape
+    S = k.shape[-2]
+    scale = hd ** -0.5
+    batched = None if bias is None else _bias_per_batch_and_head(bias, B, H)
+    if bias is None or batched is not None:
+        q3, k3 = q.reshape(B * H, L, hd), k.reshape(B * H, S, hd)
+        if batched is None:  # beta=0: the input is ignored, only its shape matters
+            return torch.baddbmm(q3.new_empty(1, 1, 1), q3, k3.transpose(1, 2), beta=0.0, alpha=scale).view(B, H, L, S)
+        return torch.baddbmm(batched, q3, k3.transpose(1, 2), alpha=scale).view(B, H, L, S)
+    return torch.matmul(q, k.transpose(-2, -1)).mul_(scale).add_(bias)
+
+
+def _bias_per_batch_and_head(bias: Tensor, B: int, H: int) -> Optional[Tensor]:
+    """``bias`` (broadcastable to (B, H, L, S)) as a 3-d tensor broadcastable to (B·H, L, S), or None when
+    its batch and head dimensions do not merge into one (a (B, 1, L, S) bias with several heads)."""
+    lead = (1,) * (4 - bias.dim()) + tuple(bias.shape[:-2])  # its (batch, head) sizes, 1 where broadcast
+    if lead[0] * lead[1] != 1 and lead != (B, H) and B != 1 and H != 1:
+        return None
+    return bias.reshape(lead[0] * lead[1], *bias.shape[-2:])
+
+
 def attention_by_matmul(
     q: Tensor, k: Tensor, v: Tensor, bias: Optional[AttentionMask], dropout_p: float, seed: Optional[int] = None
 ) -> Tensor:
@@ -92,11 +120,9 @@ def attention_by_matmul(
     (they feed a 16-bit product with v either way). On the CPU the probabilities' mask is drawn by
     :func:`~fairseq_srupp.ops.dropout.fused_dropout` (``seed`` fixes it), elsewhere by ``F.dropout``.
     """
-    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # (B, H, L, S)
     if is_structured(bias):
-        bias = additive_mask(bias, q.device, scores.dtype)
-    if bias is not None:
-        scores.add_(bias)
+        bias = additive_mask(bias, q.device, q.dtype)
+    scores = attention_scores(q, k, bias)
     # The scores' own dtype, named: autocast then leaves the softmax alone instead of writing fp32
     # probabilities (and keeping them for backward) that the product with v reads back as 16-bit.
     # The kernels compute a 16-bit softmax in fp32 and round only what they store.
