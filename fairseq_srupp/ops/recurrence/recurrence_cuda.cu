@@ -454,13 +454,12 @@ __device__ __forceinline__ int byte_in_word(const void* p) {
   return (int)(reinterpret_cast<unsigned long long>(p) & 3ull);
 }
 
-// Stages the N values of T at src: its words at first, first + STAGED_THREADS, ...; `present` false
-// stages zeros (nothing is read).
+// Stages the N values of T at src: its words at first, first + STAGED_THREADS, ...
 template <typename T, int N>
-__device__ __forceinline__ void stage_span(unsigned int* first, const T* src, bool present = true) {
+__device__ __forceinline__ void stage_span(unsigned int* first, const T* src) {
   const unsigned int* word =
       reinterpret_cast<const unsigned int*>(reinterpret_cast<unsigned long long>(src) & ~3ull);
-  const int used = present ? (byte_in_word(src) + N * (int)sizeof(T) + 3) / 4 : 0;
+  const int used = (byte_in_word(src) + N * (int)sizeof(T) + 3) / 4;
 #pragma unroll
   for (int i = 0; i < SpanWords<T, N>::value; ++i) {
     copy_word_async(first + i * STAGED_THREADS, word + (i < used ? i : 0), i < used ? 4 : 0);
@@ -516,16 +515,13 @@ __device__ __forceinline__ unsigned int* staged_record(unsigned int* buffer, int
   return buffer + (g * STAGE_STEPS + s) * WORDS * STAGED_THREADS + threadIdx.x;
 }
 
-// The padding flag of step t: stages zeros without a mask (no read).
-__device__ __forceinline__ void stage_padding(unsigned int* word, const Column& column, const void* any_input,
-                                              int t) {
-  const bool has_mask = column.pad_stride != 0;
-  stage_span<unsigned char, 1>(
-      word, has_mask ? column.pad_flags + t * column.pad_stride : reinterpret_cast<const unsigned char*>(any_input),
-      has_mask);
+// The padding flag of step t. A launch without a mask stages nothing (a branch the whole launch takes
+// alike) and reads 0: a fifth of the forward's copies saved.
+__device__ __forceinline__ void stage_padding(unsigned int* word, const Column& column, int t) {
+  if (column.pad_stride != 0) stage_span<unsigned char, 1>(word, column.pad_flags + t * column.pad_stride);
 }
 __device__ __forceinline__ unsigned int staged_padding(const unsigned int* word, const Column& column, int t) {
-  return staged_flag(word, column.pad_flags + t * column.pad_stride);
+  return column.pad_stride != 0 ? staged_flag(word, column.pad_flags + t * column.pad_stride) : 0u;
 }
 
 template <typename TU, typename TX, int K>
@@ -546,7 +542,7 @@ __device__ void forward_staged(const TU* __restrict__ U, const TX* __restrict__ 
       const int t = last_step(g * STAGE_STEPS + s, L);
       unsigned int* record = staged_record<WORDS>(buffer, g % STAGES, s);
       stage_inputs<TU, TX, K>(record, U, x, column.at(t));
-      stage_padding(record + PAD * STAGED_THREADS, column, U, t);
+      stage_padding(record + PAD * STAGED_THREADS, column, t);
     }
     commit_stage();
   };
@@ -611,7 +607,7 @@ __device__ void backward_staged(const TU* __restrict__ U, const TX* __restrict__
       stage_inputs<TU, TX, K>(record, U, x, idx);
       stage_span<TX, 1>(record + GRAD_H * STAGED_THREADS, grad_h + idx);
       stage_span<float, 1>(record + C_PREV * STAGED_THREADS, (t > 0) ? c_all + (idx - cols) : c0 + col);
-      stage_padding(record + PAD * STAGED_THREADS, column, U, t);
+      stage_padding(record + PAD * STAGED_THREADS, column, t);
     }
     commit_stage();
   };
