@@ -178,11 +178,6 @@ def environment(name, value):
             os.environ[name] = old
 
 
-def prefetch_depth(depth):
-    """Kernels compiled with ``depth`` time steps loaded ahead, inside the block."""
-    return environment(PREFETCH_ENV, depth)
-
-
 def widened_u(fn):
     """``fn`` given an fp32 copy of U: the cast, and that of grad_U back, are part of the timing."""
     def run(U, *rest):
@@ -192,32 +187,37 @@ def widened_u(fn):
 
 def measure_prefetch(length, hidden, batches, depths, warmup=2, repeats=5, copy_gbs=None,
                      fn=elementwise_recurrence_cuda, time_ms=cuda_time_ms, device="cuda", save=None):
-    """One row per (prefetch depth, batch, case of PREFETCH_CASES), k=3; the fastest depth per case and
-    batch; autocast's speed-up from reading U as it is (cast-first time / uncast time, at the depth
-    fastest for the uncast case). ``save(partial result)`` is called after each depth, so a run cut
-    short keeps what it measured."""
+    """One row per (prefetch depth, batch, case of PREFETCH_CASES), k=3, with the bytes it moves per second;
+    the fastest depth per case and batch; autocast's speed-up from reading U as it is (cast-first time /
+    uncast time, at the depth fastest for the uncast case). ``save(partial result)`` is called after each
+    depth, so a run cut short keeps what it measured."""
     out = {"L": length, "batches": list(batches), "d": hidden, "default_prefetch": DEFAULT_PREFETCH, "rows": [],
            "fastest_prefetch": {}, "autocast_uncast_speedup": {}}
     uncast, cast_first = PREFETCH_CASES[1][0], PREFETCH_CASES[2][0]
     runs = case_runs(length, hidden, batches, PREFETCH_CASES, fn, device)
-    for depth in depths:
-        with prefetch_depth(depth):
-            for name, batch, step, moved in runs:
-                ms = time_ms(step, warmup, repeats)
-                gbs = moved / (ms * 1e-3) / 1e9
-                out["rows"].append({"case": name, "B": batch, "prefetch": depth, "ms": ms,
-                                    "us_per_step": 1000.0 * ms / length, "bytes": moved, "gbs": gbs,
-                                    "of_copy_bandwidth": gbs / copy_gbs if copy_gbs else None})
-        for name, batch, _, _ in runs:
-            best = min((r for r in out["rows"] if r["case"] == name and r["B"] == batch), key=lambda r: r["ms"])
-            out["fastest_prefetch"]["{}, B={}".format(name, batch)] = best["prefetch"]
+
+    def with_speedup(result):
         for batch in batches:
-            best = out["fastest_prefetch"]["{}, B={}".format(uncast, batch)]
-            ms = {r["case"]: r["ms"] for r in out["rows"] if r["B"] == batch and r["prefetch"] == best}
-            out["autocast_uncast_speedup"]["B={}".format(batch)] = ms[cast_first] / ms[uncast]
+            best = result["fastest_prefetch"]["{}, B={}".format(uncast, batch)]
+            ms = {r["case"]: r["ms"] for r in result["rows"] if r["B"] == batch and r["prefetch"] == best}
+            result["autocast_uncast_speedup"]["B={}".format(batch)] = ms[cast_first] / ms[uncast]
         if save is not None:
-            save(out)
-    return out
+            save(result)
+
+    return sweep_setting(out, "prefetch", PREFETCH_ENV, depths, runs, warmup, repeats, time_ms, with_speedup,
+                         row_extra=bandwidth_fields(runs, length, copy_gbs))
+
+
+def bandwidth_fields(runs, length, copy_gbs):
+    """A sweep row's µs per time step, bytes moved (of the run of ``runs`` with its case and batch), GB/s and
+    share of the copy bandwidth: ``row_extra`` of :func:`sweep_setting`."""
+    moved = {(name, batch): bytes_moved for name, batch, _, bytes_moved in runs}
+
+    def fields(row):
+        gbs = moved[row["case"], row["B"]] / (row["ms"] * 1e-3) / 1e9
+        return {"us_per_step": 1000.0 * row["ms"] / length, "bytes": moved[row["case"], row["B"]], "gbs": gbs,
+                "of_copy_bandwidth": gbs / copy_gbs if copy_gbs else None}
+    return fields
 
 
 def case_runs(length, hidden, batches, cases, fn, device):
@@ -233,13 +233,13 @@ def case_runs(length, hidden, batches, cases, fn, device):
 
 def sweep_setting(out, key, env_name, values, runs, warmup, repeats, time_ms, save, row_extra=None):
     """Times every run of ``runs`` (from case_runs) with ``env_name`` set to each of ``values`` ("auto": unset),
-    appending rows ``{case, B, key: value, ms, **row_extra(batch)}`` to ``out["rows"]`` and naming the fastest
+    appending rows ``{case, B, key: value, ms, **row_extra(row)}`` to ``out["rows"]`` and naming the fastest
     value per case and batch in ``out["fastest_" + key]``; ``save(out)`` after each value."""
     for value in values:
         with environment(env_name, None if value == "auto" else value):
             for name, batch, step, _ in runs:
                 row = {"case": name, "B": batch, key: value, "ms": time_ms(step, warmup, repeats)}
-                row.update(row_extra(batch) if row_extra else {})
+                row.update(row_extra(row) if row_extra else {})
                 out["rows"].append(row)
         for name, batch, _, _ in runs:
             best = min((r for r in out["rows"] if r["case"] == name and r["B"] == batch), key=lambda r: r["ms"])
@@ -258,7 +258,7 @@ def measure_blocks(length, hidden, batches, block_sizes, warmup=2, repeats=5, fn
     out = {"L": length, "d": hidden, "prefetch": DEFAULT_PREFETCH, "sm_count": sms, "rows": [], "fastest_block": {}}
     runs = case_runs(length, hidden, batches, PREFETCH_CASES[:2], fn, device)
     return sweep_setting(out, "block", BLOCK_ENV, block_sizes, runs, warmup, repeats, time_ms, save,
-                         row_extra=lambda batch: {"threads": threads_per_block(batch * hidden, sms)})
+                         row_extra=lambda row: {"threads": threads_per_block(row["B"] * hidden, sms)})
 
 
 def measure_l2_ahead(length, hidden, batches, distances, warmup=2, repeats=5, fn=elementwise_recurrence_cuda,
@@ -279,24 +279,18 @@ def measure_staging(length, hidden, batches, stage_steps, warmup=2, repeats=5, c
     each moves per second; the fastest per case and batch. ``save(partial result)`` after each size."""
     out = {"L": length, "d": hidden, "default_stage_steps": DEFAULT_STAGE_STEPS, "rows": [], "fastest_stage_steps": {}}
     runs = case_runs(length, hidden, batches, PREFETCH_CASES[:2], fn, device)
-    out = sweep_setting(out, "stage_steps", STAGE_ENV, stage_steps, runs, warmup, repeats, time_ms, save)
-    moved = {(name, batch): bytes_moved for name, batch, _, bytes_moved in runs}
-    for r in out["rows"]:
-        r["gbs"] = moved[r["case"], r["B"]] / (r["ms"] * 1e-3) / 1e9
-        r["of_copy_bandwidth"] = r["gbs"] / copy_gbs if copy_gbs else None
-    if save is not None:
-        save(out)
-    return out
+    return sweep_setting(out, "stage_steps", STAGE_ENV, stage_steps, runs, warmup, repeats, time_ms, save,
+                         row_extra=bandwidth_fields(runs, length, copy_gbs))
 
 
 def format_staging(result):
     """Markdown lines of a measure_staging result."""
     lines = ["Inputs staged in shared memory (time steps a stage; 0: the register ring), L={L} d={d}, default "
-             "{default_stage_steps}:".format(**result), "", "| case | B | steps a stage | ms | GB/s | of copy bw |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    lines += ["| {} | {} | {} | {:.3f} | {} | {} |".format(
-        r["case"], r["B"], r["stage_steps"], r["ms"], _num(r.get("gbs"), "{:,.0f}"),
-        _num(r.get("of_copy_bandwidth"), "{:.1%}")) for r in result["rows"]]
+             "{default_stage_steps}:".format(**result), "", "| case | B | steps a stage | ms | µs/step | GB/s "
+             "| of copy bw |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["| {} | {} | {} | {:.3f} | {:.2f} | {:,.0f} | {} |".format(
+        r["case"], r["B"], r["stage_steps"], r["ms"], r["us_per_step"], r["gbs"],
+        _num(r["of_copy_bandwidth"], "{:.1%}")) for r in result["rows"]]
     return lines + [""] + ["- fastest for {}: **{}**".format(n, v) for n, v in result["fastest_stage_steps"].items()]
 
 
