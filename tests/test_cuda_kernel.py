@@ -96,8 +96,8 @@ def test_bad_l2_distance_is_one_clear_error(monkeypatch, value):
 
 def test_compile_check_catches_errors():
     source = kernel_source()
-    assert "forward_step(s, column.unit, c_next)" in source
-    broken = source.replace("forward_step(s, column.unit, c_next)", "forward_step(s, column.unit, f_undefined)")
+    assert "forward_step(in, unit, c_next)" in source
+    broken = source.replace("forward_step(in, unit, c_next)", "forward_step(in, unit, f_undefined)")
     with pytest.raises(RuntimeError, match="f_undefined"):
         nvrtc_compile(broken, "compute_90")
 

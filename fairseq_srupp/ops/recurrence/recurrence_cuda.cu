@@ -227,6 +227,64 @@ __device__ __forceinline__ void prefetch_l2(const T* p) {
 __device__ __forceinline__ int last_step(int t, int L) { return t < L ? t : L - 1; }
 __device__ __forceinline__ int first_step(int t) { return t > 0 ? t : 0; }
 
+// The rest of forward step t once its inputs are floats, for the ring and the staged kernels alike: c is
+// c_{t-1} in, c_t out; h_t and c_t are stored. Padding (c_t = c_{t-1}, h_t = 0) by selection, not a
+// branch: the steps stay one block of straight-line code that the loads can be scheduled across.
+template <typename TX>
+__device__ __forceinline__ void finish_forward_step(const Step<float>& in, const Unit<float>& unit, bool pad,
+                                                    long long idx, float& c, TX* __restrict__ h,
+                                                    float* __restrict__ c_all) {
+  float c_next = c;
+  const float h_t = forward_step(in, unit, c_next);
+  c = pad ? c : c_next;
+  h[idx] = from_float<TX>(pad ? 0.f : h_t);
+  c_all[idx] = c;
+}
+
+// Where a backward walk starts: c_{L-1}, or c0 when there is no step.
+__device__ __forceinline__ float last_cell_state(const Column& column, const float* __restrict__ c_all,
+                                                 const float* __restrict__ c0, int L) {
+  return (L > 0) ? c_all[column.at(L - 1)] : c0[column.col];
+}
+
+// Where a backward walk ends: dL/dc0 and the column's parameter sums ((2, B, d) each, summed over B by the caller).
+__device__ __forceinline__ void store_column_grads(const Column& column, float gc, const UnitGrad<float>& sums,
+                                                   float* __restrict__ grad_c0, float* __restrict__ grad_wc,
+                                                   float* __restrict__ grad_bias) {
+  const long long col = column.col, cols = column.cols;
+  grad_c0[col] = gc;
+  grad_wc[col] = sums.vf;
+  grad_wc[cols + col] = sums.vr;
+  grad_bias[col] = sums.bf;
+  grad_bias[cols + col] = sums.br;
+}
+
+// The rest of backward step t once its inputs, c_{t-1} (c_prev), c_t (c) and dL/dh_t (gh) are floats:
+// gc is dL/dc_t in, dL/dc_{t-1} out; the parameter sums grow by the step's share; grad_U and grad_x of
+// step t are stored. Padding by selection, as in forward: c_t = c_{t-1} and h_t = 0, so the state
+// gradient passes through untouched and the step's input gradients are 0.
+template <typename TU, typename TX, int K>
+__device__ __forceinline__ void finish_backward_step(const Step<float>& in, const Unit<float>& unit, float c_prev,
+                                                     float c, float gh, bool pad, long long idx, float& gc,
+                                                     UnitGrad<float>& sums, TU* __restrict__ grad_U,
+                                                     TX* __restrict__ grad_x) {
+  float gc_prev = gc;
+  UnitGrad<float> step_sums = sums;
+  StepGrad<float> g = backward_step(in, unit, c_prev, c, gh, gc_prev, step_sums);
+  if (pad) g = StepGrad<float>{0.f, 0.f, 0.f, 0.f};
+  gc = pad ? gc : gc_prev;
+  sums = pad ? sums : step_sums;
+  TU* gu = grad_U + idx * K;
+  gu[0] = from_float<TU>(g.u0);
+  gu[1] = from_float<TU>(g.u1);
+  gu[2] = from_float<TU>(g.u2);
+  if (K == 3) {
+    grad_x[idx] = from_float<TX>(g.skip);
+  } else {
+    gu[3] = from_float<TU>(g.skip);
+  }
+}
+
 // Everything forward step t reads, as stored; none of it depends on the carried cell state.
 template <typename TU, typename TX, int K>
 struct ForwardLoads {
@@ -265,14 +323,7 @@ __device__ void forward(const TU* __restrict__ U, const TX* __restrict__ x, cons
       prefetch_l2(U + ahead_idx * K);
       if constexpr (K == 3) prefetch_l2(x + ahead_idx);
     }
-    const long long idx = column.at(t);
-    // Padding (c_t = c_{t-1}, h_t = 0) by selection, not a branch: the steps stay one block of
-    // straight-line code that the loads can be scheduled across.
-    float c_next = c;
-    const float h_t = forward_step(s, column.unit, c_next);
-    c = pad ? c : c_next;
-    h[idx] = from_float<TX>(pad ? 0.f : h_t);
-    c_all[idx] = c;
+    finish_forward_step(s, column.unit, pad, column.at(t), c, h, c_all);
   };
   // Whole groups of RING steps, with no exit inside a group (an exit between steps made the compiler
   // copy each refill into its slot at once), then the last L % RING steps.
@@ -318,9 +369,8 @@ __device__ void backward(const TU* __restrict__ U, const TX* __restrict__ x, con
                          int L, int B, int d) {
   const Column column = this_threads_column(weight_c, bias, mask_c, mask_pad, B, d);
   if (!column.valid) return;
-  const long long col = column.col, cols = column.cols;
-  float gc = grad_c_last[col];
-  float c = (L > 0) ? c_all[column.at(L - 1)] : c0[col];
+  float gc = grad_c_last[column.col];
+  float c = last_cell_state(column, c_all, c0, L);
   UnitGrad<float> sums{0.f, 0.f, 0.f, 0.f};
   // ahead[n % RING] holds step L - 1 - n, the n-th step walked (always loaded, the first steps
   // re-reading step 0: see forward).
@@ -343,24 +393,7 @@ __device__ void backward(const TU* __restrict__ U, const TX* __restrict__ x, con
       prefetch_l2(grad_h + ahead_idx);
       prefetch_l2(c_all + (ahead_idx >= column.cols ? ahead_idx - column.cols : ahead_idx));
     }
-    const long long idx = column.at(t);
-    // Padding by selection, as in forward: c_t = c_{t-1} and h_t = 0, so the state gradient passes
-    // through untouched and the step's input gradients are 0.
-    float gc_prev = gc;
-    UnitGrad<float> step_sums = sums;
-    StepGrad<float> g = backward_step(s, column.unit, c_prev, c, gh, gc_prev, step_sums);
-    if (pad) g = StepGrad<float>{0.f, 0.f, 0.f, 0.f};
-    gc = pad ? gc : gc_prev;
-    sums = pad ? sums : step_sums;
-    TU* gu = grad_U + idx * K;
-    gu[0] = from_float<TU>(g.u0);
-    gu[1] = from_float<TU>(g.u1);
-    gu[2] = from_float<TU>(g.u2);
-    if (K == 3) {
-      grad_x[idx] = from_float<TX>(g.skip);
-    } else {
-      gu[3] = from_float<TU>(g.skip);
-    }
+    finish_backward_step<TU, TX, K>(s, column.unit, c_prev, c, gh, pad, column.at(t), gc, sums, grad_U, grad_x);
     c = c_prev;
   };
   int n0 = 0;
@@ -372,11 +405,7 @@ __device__ void backward(const TU* __restrict__ U, const TX* __restrict__ x, con
   for (int i = 0; i < RING; ++i) {
     if (n0 + i < L) step(L - 1 - (n0 + i), i);
   }
-  grad_c0[col] = gc;
-  grad_wc[col] = sums.vf;
-  grad_wc[cols + col] = sums.vr;
-  grad_bias[col] = sums.bf;
-  grad_bias[cols + col] = sums.br;
+  store_column_grads(column, gc, sums, grad_c0, grad_wc, grad_bias);
 }
 
 
@@ -524,6 +553,31 @@ __device__ __forceinline__ unsigned int staged_padding(const unsigned int* word,
   return column.pad_stride != 0 ? staged_flag(word, column.pad_flags + t * column.pad_stride) : 0u;
 }
 
+// L > 0 steps in stages: copy_stage(g) stages the steps of stage g (and commits them), step(g, s) runs step s
+// of stage g. Stages 0 .. STAGES - 2 are copied first; before computing stage g the thread copies stage
+// g + STAGES - 1 into the buffer of the stage it computed last, whose values it has read, then waits for
+// stage g. Whole stages run with no exit inside; the last may be partial.
+template <typename CopyStage, typename StepFn>
+__device__ __forceinline__ void walk_stages(int L, CopyStage& copy_stage, StepFn& step) {
+#pragma unroll
+  for (int g = 0; g < STAGES - 1; ++g) copy_stage(g);
+  const int stages = (L + STAGE_STEPS - 1) / STAGE_STEPS;
+  for (int g = 0; g < stages; ++g) {
+    copy_stage(g + STAGES - 1);
+    wait_stages<STAGES - 1>();
+    if ((g + 1) * STAGE_STEPS <= L) {
+#pragma unroll
+      for (int s = 0; s < STAGE_STEPS; ++s) step(g, s);
+    } else {
+#pragma unroll
+      for (int s = 0; s < STAGE_STEPS; ++s) {
+        if (g * STAGE_STEPS + s < L) step(g, s);
+      }
+    }
+  }
+  wait_stages<0>();
+}
+
 template <typename TU, typename TX, int K>
 __device__ void forward_staged(const TU* __restrict__ U, const TX* __restrict__ x, const float* __restrict__ weight_c,
                                const float* __restrict__ bias, const float* __restrict__ c0,
@@ -553,29 +607,9 @@ __device__ void forward_staged(const TU* __restrict__ U, const TX* __restrict__ 
     const unsigned int* record = staged_record<WORDS>(buffer, g % STAGES, s);
     const Step<float> in = staged_inputs<TU, TX, K>(record, U, x, idx);
     const bool pad = staged_padding(record + PAD * STAGED_THREADS, column, t) != 0u;
-    float c_next = c;
-    const float h_t = forward_step(in, column.unit, c_next);
-    c = pad ? c : c_next;
-    h[idx] = from_float<TX>(pad ? 0.f : h_t);
-    c_all[idx] = c;
+    finish_forward_step(in, column.unit, pad, idx, c, h, c_all);
   };
-#pragma unroll
-  for (int g = 0; g < STAGES - 1; ++g) copy_stage(g);
-  const int stages = (L + STAGE_STEPS - 1) / STAGE_STEPS;
-  for (int g = 0; g < stages; ++g) {
-    copy_stage(g + STAGES - 1);  // into the stage computed last, whose values this thread has read
-    wait_stages<STAGES - 1>();   // stage g has landed
-    if ((g + 1) * STAGE_STEPS <= L) {
-#pragma unroll
-      for (int s = 0; s < STAGE_STEPS; ++s) step(g, s);
-    } else {
-#pragma unroll
-      for (int s = 0; s < STAGE_STEPS; ++s) {
-        if (g * STAGE_STEPS + s < L) step(g, s);
-      }
-    }
-  }
-  wait_stages<0>();
+  walk_stages(L, copy_stage, step);
 }
 
 template <typename TU, typename TX, int K>
@@ -594,7 +628,7 @@ __device__ void backward_staged(const TU* __restrict__ U, const TX* __restrict__
   if (!column.valid) return;
   const long long col = column.col, cols = column.cols;
   float gc = grad_c_last[col];
-  float c = (L > 0) ? c_all[column.at(L - 1)] : c0[col];
+  float c = last_cell_state(column, c_all, c0, L);
   UnitGrad<float> sums{0.f, 0.f, 0.f, 0.f};
   // The n-th step walked is step L - 1 - n; stage g % STAGES holds walked steps g * STAGE_STEPS ...;
   // those past the start re-read step 0.
@@ -619,47 +653,11 @@ __device__ void backward_staged(const TU* __restrict__ U, const TX* __restrict__
     const float gh = own_float(staged_value(record + GRAD_H * STAGED_THREADS, grad_h + idx, 0));
     const float c_prev = staged_value(record + C_PREV * STAGED_THREADS, c0, 0);
     const bool pad = staged_padding(record + PAD * STAGED_THREADS, column, t) != 0u;
-    float gc_prev = gc;
-    UnitGrad<float> step_sums = sums;
-    StepGrad<float> gr = backward_step(in, column.unit, c_prev, c, gh, gc_prev, step_sums);
-    if (pad) gr = StepGrad<float>{0.f, 0.f, 0.f, 0.f};
-    gc = pad ? gc : gc_prev;
-    sums = pad ? sums : step_sums;
-    TU* gu = grad_U + idx * K;
-    gu[0] = from_float<TU>(gr.u0);
-    gu[1] = from_float<TU>(gr.u1);
-    gu[2] = from_float<TU>(gr.u2);
-    if (K == 3) {
-      grad_x[idx] = from_float<TX>(gr.skip);
-    } else {
-      gu[3] = from_float<TU>(gr.skip);
-    }
+    finish_backward_step<TU, TX, K>(in, column.unit, c_prev, c, gh, pad, idx, gc, sums, grad_U, grad_x);
     c = c_prev;
   };
-  if (L > 0) {
-#pragma unroll
-    for (int g = 0; g < STAGES - 1; ++g) copy_stage(g);
-    const int stages = (L + STAGE_STEPS - 1) / STAGE_STEPS;
-    for (int g = 0; g < stages; ++g) {
-      copy_stage(g + STAGES - 1);
-      wait_stages<STAGES - 1>();
-      if ((g + 1) * STAGE_STEPS <= L) {
-#pragma unroll
-        for (int s = 0; s < STAGE_STEPS; ++s) step(g, s);
-      } else {
-#pragma unroll
-        for (int s = 0; s < STAGE_STEPS; ++s) {
-          if (g * STAGE_STEPS + s < L) step(g, s);
-        }
-      }
-    }
-    wait_stages<0>();
-  }
-  grad_c0[col] = gc;
-  grad_wc[col] = sums.vf;
-  grad_wc[cols + col] = sums.vr;
-  grad_bias[col] = sums.bf;
-  grad_bias[cols + col] = sums.br;
+  if (L > 0) walk_stages(L, copy_stage, step);
+  store_column_grads(column, gc, sums, grad_c0, grad_wc, grad_bias);
 }
 
 // The entry points' bodies: the staged kernels when compiled with SRUPP_STAGE_STEPS > 0, else the ring.
