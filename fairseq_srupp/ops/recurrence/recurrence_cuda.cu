@@ -553,17 +553,22 @@ __device__ __forceinline__ unsigned int staged_padding(const unsigned int* word,
   return column.pad_stride != 0 ? staged_flag(word, column.pad_flags + t * column.pad_stride) : 0u;
 }
 
-// L > 0 steps in stages: copy_stage(g) stages the steps of stage g (and commits them), step(g, s) runs step s
-// of stage g. Stages 0 .. STAGES - 2 are copied first; before computing stage g the thread copies stage
-// g + STAGES - 1 into the buffer of the stage it computed last, whose values it has read, then waits for
-// stage g. Whole stages run with no exit inside; the last may be partial.
+// L > 0 steps in stages: copy_stage(g) stages the steps of stage g, step(g, s) runs step s of stage g.
+// Stages 0 .. STAGES - 2 are copied first; before computing stage g the thread copies stage g + STAGES - 1
+// into the buffer of the stage it computed last, whose values it has read, then waits for stage g. A stage
+// past the end is an empty group (a launch of one step, as in decoding, copies one stage, not three).
+// Whole stages run with no exit inside; the last may be partial.
 template <typename CopyStage, typename StepFn>
 __device__ __forceinline__ void walk_stages(int L, CopyStage& copy_stage, StepFn& step) {
-#pragma unroll
-  for (int g = 0; g < STAGES - 1; ++g) copy_stage(g);
   const int stages = (L + STAGE_STEPS - 1) / STAGE_STEPS;
+  auto copy = [&](int g) {
+    if (g < stages) copy_stage(g);
+    commit_stage();
+  };
+#pragma unroll
+  for (int g = 0; g < STAGES - 1; ++g) copy(g);
   for (int g = 0; g < stages; ++g) {
-    copy_stage(g + STAGES - 1);
+    copy(g + STAGES - 1);
     wait_stages<STAGES - 1>();
     if ((g + 1) * STAGE_STEPS <= L) {
 #pragma unroll
@@ -598,7 +603,6 @@ __device__ void forward_staged(const TU* __restrict__ U, const TX* __restrict__ 
       stage_inputs<TU, TX, K>(record, U, x, column.at(t));
       stage_padding(record + PAD * STAGED_THREADS, column, t);
     }
-    commit_stage();
   };
   float c = c0[column.col];
   auto step = [&](int g, int s) {
@@ -643,7 +647,6 @@ __device__ void backward_staged(const TU* __restrict__ U, const TX* __restrict__
       stage_span<float, 1>(record + C_PREV * STAGED_THREADS, (t > 0) ? c_all + (idx - cols) : c0 + col);
       stage_padding(record + PAD * STAGED_THREADS, column, t);
     }
-    commit_stage();
   };
   auto step = [&](int g, int s) {
     const int t = L - 1 - (g * STAGE_STEPS + s);
