@@ -117,6 +117,10 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
     spent = {c["name"]: c["ms_per_step"] for c in profile["profiles"][0]["categories"]}
     assert spent["matmul"] > 0 and spent["recurrence"] > 0
     assert any(line.startswith("srupp_lm bfloat16: ") for line in steps["training"]["markdown"])
+    larger = training["larger_batch"]  # the same models at 4x the batch, beside the targets
+    assert not larger["errors"] and larger["batch"] == 4 * training["batch"]
+    assert {r["model"] for r in larger["rows"]} == {"srupp_lm_half", "sru_reference"}
+    assert "| model | ms/step | tokens/s | peak MiB | MFU |" in steps["training"]["markdown"]
 
     gen = steps["generation"]
     assert gen["status"] == "ok", gen

@@ -387,6 +387,11 @@ def training(dry_run):
             steps=2 if gpu else 1, on_result=lambda part: save(training_result(dict(out, profile=part), gpu)))
     if gpu and seconds_left() > 45:
         out["attention_gpu_tests"] = attention_gpu_tests(seconds_left() - 10)
+    if not gpu or seconds_left() > 30:  # about 10 s on an H100
+        save(training_result(out, gpu))
+        out["larger_batch"] = train_bench.run(train_bench.parse_args(
+            (argv if not gpu else []) + ["--models", *LARGER_BATCH_MODELS, "--dtypes", "bfloat16",
+                                         "--batch", str(LARGER_BATCH * args.batch)]))
     # srupp_lm under torch.compile: on a GPU only with run_all.py --compile (on an H100 it measured 0.98x
     # eager on 2026-11-27, with SDPA's attention, and its compiling took 44 s of the kit's 8 minutes);
     # a dry run checks its code path.
@@ -398,6 +403,29 @@ def training(dry_run):
         out.update(train_bench.summarise(args, out["device"], out["peak_bf16_tflops"], out["rows"] + compiled["rows"],
                                          out["errors"] + compiled["errors"]))
     return training_result(out, gpu)
+
+
+# Beside the targets, which are read at the paper's per-GPU batch (4 x 1024 tokens): the same models at 4x that
+# batch. The recurrence's time per step hardly grows with the batch (it is bound by the latency of its time
+# steps) while the matrix products' grows in proportion, so this says how far the MFU target's gap is the batch's.
+LARGER_BATCH = 4
+LARGER_BATCH_MODELS = ("srupp_lm_half", "sru_reference")
+
+
+def larger_batch_lines(out):
+    """Markdown lines of step 4's larger-batch runs (none before they ran)."""
+    larger = out.get("larger_batch")
+    if not larger:
+        return []
+    lines = ["", "At {}x the paper's per-GPU batch ({} x {} tokens per step, bf16; no target reads these):".format(
+        LARGER_BATCH, larger["batch"], larger["length"]), "",
+        "| model | ms/step | tokens/s | peak MiB | MFU |", "| --- | --- | --- | --- | --- |"]
+    for r in larger["rows"]:
+        lines.append("| {} | {:.1f} | {:,.0f} | {} | {} |".format(
+            r["model"], r["ms_per_step"], r["tokens_per_s"], "-" if r["peak_mib"] is None else "{:,.0f}".format(
+                r["peak_mib"]), "-" if r["mfu"] is None else "{:.1%}".format(r["mfu"])))
+    lines += ["| {model} | failed: {error} | | | |".format(**e) for e in larger["errors"]]
+    return lines
 
 
 def attention_gpu_tests(limit):
@@ -454,11 +482,14 @@ def training_result(out, gpu):
     tests = out.get("attention_gpu_tests")
     if tests:
         md += ["", "Structured-mask GPU tests (`pytest -k gpu tests/test_attention_mask_structured.py`): " + tests]
+    md += larger_batch_lines(out)
     if not gpu:
         return result("skipped", out, md, NO_GPU)
     problems = ["{model} {dtype}: {error}".format(**e) for e in out["errors"]]
     problems += ["attention GPU tests " + tests] if tests and not tests.startswith("passed") else []
     problems += ["profile of {model} {dtype}: {error}".format(**e) for e in (profile or {}).get("errors", [])]
+    problems += ["{model} at {batch}x the batch: {error}".format(batch=LARGER_BATCH, **e)
+                 for e in (out.get("larger_batch") or {}).get("errors", [])]
     return result("failed" if problems else "ok", out, md, "; ".join(problems) or None)
 
 
