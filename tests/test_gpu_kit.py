@@ -198,6 +198,41 @@ def test_kernel_targets_are_also_read_at_the_fastest_setting_swept():
     assert steps.fastest_setting_targets({"rows": []}) == []
 
 
+def test_a_failing_sweep_keeps_its_rows_and_the_next_sweep_still_runs():
+    """Step 3 on a GPU where one kernel variant fails (say, the staged kernels do not compile there): that
+    sweep's rows so far stay, the step is reported failed with the reason, and the sweeps after it run."""
+    import steps
+
+    case = steps.TARGET_CASE
+    saved = []
+
+    def failing(keep):
+        keep({"rows": [{"case": case, "B": 16, "stage_steps": 0, "ms": 2.0, "of_copy_bandwidth": 0.3}],
+              "fastest_stage_steps": {}, "L": 1, "d": 1, "default_stage_steps": 0})
+        raise RuntimeError("NVRTC: cp.async unsupported\nmore")
+
+    def fine(keep):
+        part = {"rows": [], "fastest_block": {}}
+        keep(part)
+        return part
+
+    out = {"rows": [{"dtype": "bfloat16", "B": 16, "sru_ms": 4.0}], "sru": "timed", "targets": []}
+    sweeps = [("staging", "staging comparison", lambda part: ["staging table"], failing),
+              ("blocks", "block-size comparison", lambda part: ["blocks table"], fine)]
+    original = steps.save
+    steps.save = lambda r: saved.append(r) or r
+    try:
+        res = steps.run_sweeps(out, ["kernel table"], True, sweeps)
+    finally:
+        steps.save = original
+    assert res["status"] == "failed"
+    assert res["reason"] == "staging comparison failed: RuntimeError: NVRTC: cp.async unsupported"
+    assert res["markdown"][:5] == ["kernel table", "", "staging table", "", "blocks table"]
+    assert out["staging"]["rows"] and out["blocks"] == {"rows": [], "fastest_block": {}}
+    assert [t["value"] for t in out["targets"]] == ["2.00", "30.0%"]  # the staging sweep's one row, kept
+    assert any(r["reason"] and "block-size comparison unfinished" in r["reason"] for r in saved)
+
+
 def test_recurrence_bytes_are_counted_per_tensor_moved():
     L, B, d = 3, 2, 5
     per_position = {  # bytes per (t, b, unit): forward reads U, x and writes h, c; backward reads U, x, c,
@@ -530,6 +565,34 @@ def test_steps_after_the_recurrence_sweep_run_with_its_fastest_settings(tmp_path
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert report["steps"][2]["env"] == {"FAIRSEQ_SRUPP_CUDA_PREFETCH": None, "FAIRSEQ_SRUPP_CUDA_L2_AHEAD": None}
     assert "tuned" not in report
+
+
+@pytest.mark.parametrize("step1,expected", [
+    (None, "8"),  # step 1 not part of this run (a rerun of later steps)
+    ({"runs": {run_all.KERNEL_TEST_FILE: {"skipped": 0, "failed": []}}}, "8"),
+    ({"runs": {run_all.KERNEL_TEST_FILE: {"skipped": 0, "failed": [{"test": "test_dispatch_choice"}]}}}, "8"),
+    ({"runs": {run_all.KERNEL_TEST_FILE: {"skipped": 0, "failed": [
+        {"test": "test_staged_kernel_agrees_with_the_ring_on_gpu[bf16]"}]}}}, "0"),
+    ({"runs": {run_all.KERNEL_TEST_FILE: {"skipped": 3, "failed": []}}}, "0"),
+    ({"runs": {run_all.KERNEL_TEST_FILE: None}}, "0"),  # cut short before its report
+])
+def test_staged_kernels_are_tuned_in_only_if_step_1_shows_them_right(tmp_path, monkeypatch, step1, expected):
+    """Staging fastest in step 3 reaches steps 4 and 5 only if step 1, when it ran, failed none of the staged
+    kernels' tests and skipped none; otherwise the ring stays, and the report says why."""
+    results = {"staging": {"rows": sweep_rows("stage_steps", {0: (1.0, 1.0), 8: (0.5, 0.5)})}}
+    monkeypatch.setenv(run_all.STAGE_ENV, "")  # restored (unset) after the test, whatever main sets
+
+    def fake_step(key, title, limit, dry_run, log):
+        found = results if key == "recurrence" else step1
+        return {"key": key, "title": title, "status": "ok", "seconds": 0.0, "markdown": [], "results": found,
+                "env": os.environ.get(run_all.STAGE_ENV)}
+
+    monkeypatch.setattr(run_all, "run_step", fake_step)
+    steps = "recurrence,training" if step1 is None else "kernel_tests,recurrence,training"
+    run_all.main(["--out", str(tmp_path), "--dry-run", "--steps", steps])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["steps"][-1]["env"] == expected
+    assert ("stayed off for the later steps" in (tmp_path / "report.md").read_text()) == (expected == "0")
 
 
 FAKE_GENERATION = """

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -286,6 +287,40 @@ def fastest_setting_targets(out):
                row.get("of_copy_bandwidth"), lambda v: v >= 0.6, "{:.1%}")]
 
 
+def run_sweeps(out, md, ok, sweeps):
+    """Step 3's sweeps in order, ``sweeps`` as (key in ``out``, name, markdown of a result, measure(save)), the
+    step's result saved after each value of each; a sweep that raises (say, a kernel variant that does not
+    compile on this GPU) is reported and the next one still runs; last the targets at the fastest setting."""
+    parts = {}  # key: (result so far, markdown)
+    failures = []
+    for key, _, _, _ in sweeps:
+        out[key] = None
+
+    def save_parts(unfinished=None):
+        lines = list(md)
+        for key, (part, fmt) in parts.items():
+            out[key] = part
+            lines += [""] + fmt(part)
+        lines += [""] + ["- " + why for why in failures] if failures else []
+        reason = "; ".join(filter(None, [None if ok else out["sru"]] + failures + [unfinished]))
+        return save(result("failed" if reason else "ok", out, lines, reason or None))
+
+    for key, name, fmt, measure in sweeps:
+        def keep(part, key=key, fmt=fmt, name=name):
+            parts[key] = (part, fmt)
+            save_parts(name + " unfinished")
+
+        save_parts(name + " unfinished")
+        try:
+            parts[key] = (measure(keep), fmt)
+        except Exception as err:  # noqa: BLE001  (its rows so far stay; tuned_recurrence_env skips a partial sweep)
+            traceback.print_exc()
+            failures.append("{} failed: {}: {}".format(name, type(err).__name__, str(err).splitlines()[0][:300]
+                                                       if str(err) else ""))
+    out["targets"] += fastest_setting_targets(out)
+    return save_parts()
+
+
 def recurrence(dry_run):
     """The recurrence kernel, forward + backward, at L=1024, d=3072, B=4/16/32, fp32/fp16/bf16; then at B=16
     and 4 the prefetch depths 1/2/4/8/16 for bf16 and for autocast's bf16 U + fp32 x (read as it is, or cast
@@ -338,27 +373,7 @@ def recurrence(dry_run):
         ("l2_ahead", "L2 prefetch comparison", format_l2_ahead, lambda keep: measure_l2_ahead(
             1024, 3072, [4, 16], L2_DISTANCES, save=keep, **timing)),
     ]
-    parts = {}  # key: (result so far, markdown)
-    for key, _, _, _ in sweeps:
-        out[key] = None
-
-    def save_parts(unfinished=None):
-        lines = list(md)
-        for key, (part, fmt) in parts.items():
-            out[key] = part
-            lines += [""] + fmt(part)
-        reason = "; ".join(filter(None, [None if ok else out["sru"], unfinished]))
-        return save(result("failed" if reason else "ok", out, lines, reason or None))
-
-    for key, name, fmt, measure in sweeps:
-        def keep(part, key=key, fmt=fmt, name=name):
-            parts[key] = (part, fmt)
-            save_parts(name + " unfinished")
-
-        save_parts(name + " unfinished")
-        parts[key] = (measure(keep), fmt)
-    out["targets"] += fastest_setting_targets(out)
-    return save_parts()
+    return run_sweeps(out, md, ok, sweeps)
 
 
 # --------------------------------------------------------------------------------------- 4
