@@ -21,6 +21,8 @@
 // reciprocal) and no exit (whole groups of RING steps, then the rest); every refill loads (at either
 // end it re-reads the end step), the padding flag too. Each of those, left out, made the compiler
 // copy or convert a refill soon after issuing it, and the thread wait there for memory.
+// Compiled with SRUPP_STAGE_STEPS > 0, the entry points run the same steps fed through shared memory
+// instead (cp.async, a few time steps a stage: "The staged kernels" below).
 // Compiled at run time by NVRTC through CuPy (see cupy_kernel.py); the extern "C" entry points at
 // the end instantiate every storage-type pair and k, so a compile check catches errors in all.
 // The tests also compile this file for the host under cuda_host_shim.h (SRUPP_HOST_SHIM), which
