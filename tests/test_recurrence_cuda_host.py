@@ -166,8 +166,8 @@ def test_staged_launch_runs_its_own_block_size(monkeypatch):
 @pytest.mark.parametrize("value", ["1", "32", "eight", "-4"])
 def test_bad_stage_size_is_one_clear_error(cuda_source_on_cpu, monkeypatch, value):
     monkeypatch.setenv(STAGE_ENV, value)
-    with pytest.raises(SRUppUserError, match=r"^{}={!r}: give the time steps a stage of shared memory holds in the "
-                       r"CUDA recurrence, one of 0, 4, 8, 16 \(0: no staging".format(STAGE_ENV, value)):
+    with pytest.raises(SRUppUserError, match=r"^{}={!r} is not one of 0, 4, 8, 16: unset it or set it to one of "
+                       r"them$".format(STAGE_ENV, value)):
         elementwise_recurrence(**inputs_for(3, 1, 4, 3, torch.float32, False, False), implementation="cpu")
 
 

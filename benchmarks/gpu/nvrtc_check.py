@@ -4,8 +4,8 @@ CuPy compiles ``recurrence_cuda.cu`` (with ``recurrence_step.h`` pasted in: ``cu
 through NVRTC at the first CUDA call, with no CUDA headers. nvcc accepts more than bare NVRTC does, and the
 host-shim tests compile the file as C++, so neither proves that the GPU will compile it. This script runs
 NVRTC itself (the ``nvidia-cuda-nvrtc`` wheel from PyPI, no GPU or driver needed) on every prefetch depth
-and a few L2 distances, and the staged kernels at every stage size, with the options ``cupy_kernel.nvrtc_options`` gives, and prints the compiler's log
-of any that fails.
+and a few L2 distances, and the staged kernels at every stage size, with the options
+``cupy_kernel.nvrtc_options`` gives, and prints the compiler's log of any that fails.
 
     python3 -m venv /tmp/nvrtc && /tmp/nvrtc/bin/pip install "nvidia-cuda-nvrtc==13.0.*"
     .venv/bin/python benchmarks/gpu/nvrtc_check.py --lib "$(/tmp/nvrtc/bin/python -c 'import nvidia, os; \

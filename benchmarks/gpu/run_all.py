@@ -66,8 +66,9 @@ def parse_args(argv=None):
 # (srupp_lm_half: bf16 U and x; srupp_lm under autocast: bf16 U read as it is next to an fp32 x).
 TUNE_BATCH = 4
 TUNE_CASES = ("bf16 U, bf16 x", "bf16 U, fp32 x (autocast, U read as bf16)")
+STAGE_ENV = "FAIRSEQ_SRUPP_CUDA_STAGE_STEPS"
 TUNE_SWEEPS = (("prefetch", "prefetch", "FAIRSEQ_SRUPP_CUDA_PREFETCH"),
-               ("staging", "stage_steps", "FAIRSEQ_SRUPP_CUDA_STAGE_STEPS"),
+               ("staging", "stage_steps", STAGE_ENV),
                ("l2_ahead", "l2_ahead", "FAIRSEQ_SRUPP_CUDA_L2_AHEAD"))
 
 
@@ -93,7 +94,6 @@ def tuned_recurrence_env(results):
     return {name: str(best[sweep][0]) for sweep, _, name in TUNE_SWEEPS if sweep in best}
 
 
-STAGE_ENV = "FAIRSEQ_SRUPP_CUDA_STAGE_STEPS"
 KERNEL_TEST_FILE = "tests/test_cuda_kernel.py"
 
 

@@ -90,13 +90,13 @@ def attention_scores(q: Tensor, k: Tensor, bias: Optional[Tensor]) -> Tensor:
     B, H, L, hd = q.shape
     S = k.shape[-2]
     scale = hd ** -0.5
-    batched = None if bias is None else _bias_per_batch_and_head(bias, B, H)
-    if bias is None or batched is not None:
-        q3, k3 = q.reshape(B * H, L, hd), k.reshape(B * H, S, hd)
-        if batched is None:  # beta=0: the input is ignored, only its shape matters
-            return torch.baddbmm(q3.new_empty(1, 1, 1), q3, k3.transpose(1, 2), beta=0.0, alpha=scale).view(B, H, L, S)
-        return torch.baddbmm(batched, q3, k3.transpose(1, 2), alpha=scale).view(B, H, L, S)
-    return torch.matmul(q, k.transpose(-2, -1)).mul_(scale).add_(bias)
+    batched = q.new_empty(1, 1, 1) if bias is None else _bias_per_batch_and_head(bias, B, H)
+    if batched is None:
+        return torch.matmul(q, k.transpose(-2, -1)).mul_(scale).add_(bias)
+    q3, k3 = q.reshape(B * H, L, hd), k.reshape(B * H, S, hd)
+    # without a bias, beta=0: the input is ignored, only its shape matters
+    return torch.baddbmm(batched, q3, k3.transpose(1, 2), beta=0.0 if bias is None else 1.0,
+                         alpha=scale).view(B, H, L, S)
 
 
 def _bias_per_batch_and_head(bias: Tensor, B: int, H: int) -> Optional[Tensor]:

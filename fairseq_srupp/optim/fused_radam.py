@@ -29,15 +29,19 @@ from torch.optim.radam import radam as radam_reference
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def rho_infinity(beta2: float) -> float:
+    """ρ_∞, the maximum length of the approximated simple moving average."""
+    return 2 / (1 - beta2) - 1
+
+
 def rho(step: int, beta2: float) -> float:
     """ρ_t, the length of the approximated simple moving average at step ``step`` (≥ 1)."""
-    rho_inf = 2 / (1 - beta2) - 1
-    return rho_inf - 2 * step * beta2 ** step / (1 - beta2 ** step)
+    return rho_infinity(beta2) - 2 * step * beta2 ** step / (1 - beta2 ** step)
 
 
 def rectification(step: int, beta2: float) -> float:
     """r_t, for a step with ρ_t > 5."""
-    rho_inf = 2 / (1 - beta2) - 1
+    rho_inf = rho_infinity(beta2)
     rho_t = rho(step, beta2)
     return math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
 

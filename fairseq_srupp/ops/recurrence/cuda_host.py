@@ -37,7 +37,7 @@ def load_host_library(prefetch: int, stage: int = 0) -> ctypes.CDLL:
         from torch.utils.cpp_extension import include_paths
 
         # the L2 prefetch is a no-op on the host; its address arithmetic still compiles and runs
-        flags = SHIM_FLAGS + nvrtc_options(prefetch, DEFAULT_L2_AHEAD, stage)[1:]
+        flags = SHIM_FLAGS + tuple(o for o in nvrtc_options(prefetch, DEFAULT_L2_AHEAD, stage) if o.startswith("-D"))
         out_dir = _extensions_dir() / build_name("fairseq_srupp_cuda_host", SHIM_SOURCES, flags)
         path = out_dir / "cuda_host.so"
         if not path.exists():

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...errors import SRUppUserError, env_int
+from ...errors import SRUppUserError, env_choice, env_int
 
 SOURCE = Path(__file__).with_name("recurrence_cuda.cu")
 THREADS_PER_BLOCK = 256  # the most threads per block the launch heuristic uses
@@ -48,9 +48,10 @@ DEFAULT_L2_AHEAD = 16
 MAX_L2_AHEAD = 256  # the static_assert in recurrence_cuda.cu
 
 STAGE_ENV = "FAIRSEQ_SRUPP_CUDA_STAGE_STEPS"
-STAGE_STEP_CHOICES = (0, 4, 8, 16)  # the static_assert in recurrence_cuda.cu
-# Unmeasured: the GPU kit's recurrence step times 0 (the ring), 4, 8 and 16 side by side.
-DEFAULT_STAGE_STEPS = 0
+# The static_assert in recurrence_cuda.cu; the first, 0 (the register ring), is the default. Unmeasured: the
+# GPU kit's recurrence step times them side by side.
+STAGE_STEP_CHOICES = (0, 4, 8, 16)
+DEFAULT_STAGE_STEPS = STAGE_STEP_CHOICES[0]
 # Threads per block times steps per stage of the staged kernels: their 3 stages of up to 7 words (28 bytes)
 # per thread and step take 43 KB of the 48 KB of static shared memory a block may have.
 STAGED_THREAD_STEPS = 512
@@ -80,14 +81,7 @@ def l2_ahead() -> int:
 def stage_steps() -> int:
     """Time steps a stage of the staged kernels holds, 0 for the register ring: ``FAIRSEQ_SRUPP_CUDA_STAGE_STEPS``
     or :data:`DEFAULT_STAGE_STEPS`."""
-    value = os.environ.get(STAGE_ENV, "").strip()
-    if not value:
-        return DEFAULT_STAGE_STEPS
-    if not value.isdigit() or int(value) not in STAGE_STEP_CHOICES:
-        raise SRUppUserError("{}={!r}: give the time steps a stage of shared memory holds in the CUDA recurrence, "
-                             "one of {} (0: no staging, the register ring; default {})".format(
-                                 STAGE_ENV, value, ", ".join(map(str, STAGE_STEP_CHOICES)), DEFAULT_STAGE_STEPS))
-    return int(value)
+    return int(env_choice(STAGE_ENV, tuple(str(v) for v in STAGE_STEP_CHOICES)))
 
 
 def staged_threads(steps: int) -> int:
