@@ -55,7 +55,8 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
 
     tests = steps["kernel_tests"]
     assert tests["status"] == "ok", tests
-    assert list(tests["results"]["runs"]) == ["tests/test_token_stepper.py", "tests/test_cuda_kernel.py"]
+    assert list(tests["results"]["runs"]) == ["tests/test_token_stepper.py", "tests/test_generator_decoding.py",
+                                              "tests/test_cuda_kernel.py"]
     for counts in tests["results"]["runs"].values():
         assert counts["tests"] > 0 and counts["failures"] == counts["errors"] == 0
 
@@ -498,7 +499,7 @@ def test_generation_step_reports_the_runs_a_stopped_model_finished():
             "models": {"srupp_lm": {"params": 10, "runs": [run]}}}
     out = steps.generation_result(data, {"srupp_lm": "stopped after its share of the time, 64 s"})
     assert out["status"] == "failed" and "srupp_lm: stopped after its share of the time, 64 s" in out["reason"]
-    assert "| srupp_lm | 10 | incremental state | 2.500 | unfinished | | | 40.0 → unfinished | |" in out["markdown"]
+    assert "| srupp_lm | 10 | fairseq incremental state: cache | 2.500 | unfinished | | | 40.0 → unfinished | |" in out["markdown"]
     assert [(t["value"], t["met"]) for t in out["results"]["targets"]] == [(None, None)] * 4
 
 
@@ -622,18 +623,22 @@ def test_generation_processes_run_side_by_side_and_a_stopped_one_keeps_its_runs(
 
 
 def test_kernel_tests_keep_the_first_run_when_the_second_is_stopped(monkeypatch, tmp_path):
-    """Step 1's two pytest runs are saved one by one: a run stopped at the step's limit loses only itself."""
+    """Step 1's pytest runs are saved one by one: a run stopped at the step's limit loses only itself."""
     import steps
 
     saved = []
     monkeypatch.setattr(steps, "save", lambda out: saved.append(json.loads(json.dumps(out))) or out)
     counts = {"tests": 20, "failures": 0, "errors": 0, "skipped": 0, "exit_status": 0, "seconds": 9.0, "failed": [],
               "slowest": [{"test": "test_a", "seconds": 1.0}]}
-    answers = iter([(counts, None), (None, "tests/test_cuda_kernel.py: stopped at the step's time limit")])
+    answers = iter([(counts, None), (counts, None),
+                    (None, "tests/test_cuda_kernel.py: stopped at the step's time limit")])
     monkeypatch.setattr(steps, "run_pytest", lambda path, select, tmp: next(answers))
     out = steps.kernel_tests(dry_run=False)
-    assert saved[0]["status"] == "failed" and saved[0]["reason"] == "tests/test_cuda_kernel.py: not run yet"
+    assert saved[0]["status"] == "failed" and saved[0]["reason"] == (
+        "tests/test_generator_decoding.py: not run yet; tests/test_cuda_kernel.py: not run yet")
     assert saved[0]["results"]["runs"] == {"tests/test_token_stepper.py": counts}
+    assert saved[1]["reason"] == "tests/test_cuda_kernel.py: not run yet"
+    assert set(saved[1]["results"]["runs"]) == {"tests/test_token_stepper.py", "tests/test_generator_decoding.py"}
     assert out["status"] == "failed" and out["reason"] == "tests/test_cuda_kernel.py: stopped at the step's time limit"
     assert "- `tests/test_token_stepper.py`: 20 tests, 0 failed, 0 errors, 0 skipped (9 s)" in out["markdown"]
 

@@ -107,10 +107,12 @@ def environment(dry_run):
 # --------------------------------------------------------------------------------------- 1
 
 
-# Step 1's pytest runs, in order: the newer CUDA-graph decoding first (about 10 s), then the kernel's parity
-# tests (about 100 s on the H100). Each is counted and saved as it ends, so a run stopped for time keeps
-# the other's counts. fairseq-train --fp16 / --bf16 are step 2's (side by side there; 50 s here).
+# Step 1's pytest runs, in order: the newer CUDA-graph decoding first (TokenStepper, then fairseq's beam
+# search through graphs: about 10 s), then the kernel's parity tests (about 100 s on the H100). Each is
+# counted and saved as it ends, so a run stopped for time keeps the others' counts. fairseq-train --fp16 /
+# --bf16 are step 2's (side by side there; 50 s here).
 KERNEL_TEST_RUNS = (("tests/test_token_stepper.py", "not fairseq_train"),
+                    ("tests/test_generator_decoding.py", "gpu"),
                     ("tests/test_cuda_kernel.py", "not fairseq_train"))
 
 
@@ -145,11 +147,12 @@ def run_pytest(path, select, tmp):
 
 
 def kernel_tests(dry_run):
-    """pytest tests/test_token_stepper.py (CUDA-graph decoding) and tests/test_cuda_kernel.py (kernel parity),
-    counted from their JUnit XML. On a GPU a skipped test is a failure: it means the checks did not run."""
+    """pytest tests/test_token_stepper.py and tests/test_generator_decoding.py (CUDA-graph decoding) and
+    tests/test_cuda_kernel.py (kernel parity), counted from their JUnit XML. On a GPU a skipped test is a
+    failure: it means the checks did not run."""
     # A dry run: one quick test of each file, through the same plumbing.
-    runs = [(path, select) for (path, _), select in zip(KERNEL_TEST_RUNS, ("modes_and_misuse", "dispatch_choice"))
-            ] if dry_run else KERNEL_TEST_RUNS
+    quick = ("modes_and_misuse", "calls_the_cache_rejects", "dispatch_choice")
+    runs = [(path, select) for (path, _), select in zip(KERNEL_TEST_RUNS, quick)] if dry_run else KERNEL_TEST_RUNS
     out, md, problems = {"runs": {}}, [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (path, select) in enumerate(runs):
@@ -512,11 +515,12 @@ def training_result(out, gpu):
 
 
 GENERATION_MODELS = ("srupp_lm_stepper", "srupp_lm", "transformer_lm")
-# (models run side by side, share of the time left each may take). The CUDA graph runs alone first, so
-# its timings (the target's) are undisturbed, with enough for 17k tokens at 1.5 ms each and its model's
-# set-up. The two eager decoders are bound by the CPU launching small kernels one after another (over
-# 3.7 ms a token on the H100 for srupp_lm), which leaves the GPU mostly idle: side by side, on their own
-# CPU cores, each gets all of the time left instead of a part of it.
+# (models run side by side, share of the time left each may take). The TokenStepper runs alone first, so
+# its timings are undisturbed, with enough for 17k tokens at 1.5 ms each and its model's set-up. Then
+# srupp_lm through fairseq's incremental state (on a GPU also a graph per token, from a TokenStepper the
+# decoder keeps in the state) beside transformer_lm, whose eager decoding is bound by the CPU launching
+# small kernels (srupp_lm took over 3.7 ms a token that way on the H100), which leaves the GPU mostly
+# idle: side by side, on their own CPU cores, each gets all of the time left instead of a part of it.
 GENERATION_PHASES = ((("srupp_lm_stepper",), 0.4), (("srupp_lm", "transformer_lm"), 1.0))
 
 
@@ -553,7 +557,7 @@ def run_generation_processes(names, args, limit, tmp):
 def generation(dry_run):
     """Generation ms/token at 1k and 16k tokens through the benchmark's CLI: srupp_lm decoded by a
     TokenStepper (one CUDA graph per token), srupp_lm through fairseq's incremental state (as
-    SequenceGenerator decodes), transformer_lm. One process per model, each with its own share of the
+    SequenceGenerator decodes; on a GPU through a TokenStepper the decoder keeps there), transformer_lm. One process per model, each with its own share of the
     time left (GENERATION_PHASES), so a slow one cannot cost the others their figures."""
     from train_bench import TRANSFORMER
 
@@ -600,7 +604,8 @@ def generation_result(data, failures, unfinished=False):
     for name, m in data["models"].items():
         runs = {r["length"]: r for r in m.get("runs", [])}
         decoding = m.get("decoding") or {}
-        how = decoding.get("mode", "incremental state" if name == "srupp_lm" else "fairseq")
+        how = decoding.get("mode", "cache" if name == "srupp_lm" else "fairseq")
+        how = "fairseq incremental state: " + how if name == "srupp_lm" else how
         how += " (capture failed: {})".format(decoding["graph_failure"]) if decoding.get("graph_failure") else ""
         how += " of the reference recurrence (with the fused one: {})".format(
             decoding["capture_failures"][0]) if decoding.get("graph_recurrence") == "reference" else ""

@@ -154,6 +154,8 @@ def incremental_state_bytes(state):
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
+        elif hasattr(item, "held_tensors"):  # a TokenStepper, as srupp_lm's incremental state may hold
+            stack.extend(item.held_tensors())
         elif torch.is_tensor(item):
             storage = item.untyped_storage()
             key = (storage.device, storage.data_ptr())
@@ -226,10 +228,11 @@ def span_of(length):
     return max(1, min(SPAN, length // 2))
 
 
-def generate(model, length, batch, device, sampling=False, generator=None, nspecial=4, stepper=None):
+def generate(model, length, batch, device, sampling=False, generator=None, nspecial=4, stepper=None, state=None):
     """Generate ``length`` tokens after a beginning-of-sentence, one decoder call per token: with the
-    whole prefix and fairseq's incremental state, or through ``stepper`` (a ``TokenStepper``: a
-    fixed-shape ring, one CUDA graph per token on a GPU).
+    whole prefix and fairseq's incremental state (``state``, default a new one; ``srupp_lm`` keeps a
+    ``TokenStepper`` in it on a GPU), or through ``stepper`` (a ``TokenStepper``: a fixed-shape ring,
+    one CUDA graph per token on a GPU).
 
     Returns the generated tokens (batch, length), the cumulative seconds at the checkpoints
     {0, span, length - span, length} and the decoding state's bytes at the end.
@@ -238,7 +241,7 @@ def generate(model, length, batch, device, sampling=False, generator=None, nspec
     eos = decoder.dictionary.eos()
     tokens = torch.full((batch, length + 1), decoder.dictionary.pad(), dtype=torch.long, device=device)
     tokens[:, 0] = eos  # fairseq starts generation from </s>
-    state = {}
+    state = {} if state is None else state
     span = span_of(length)
     marks = {0, span, length - span, length}
     cuda = device.type == "cuda"
@@ -264,8 +267,17 @@ def generate(model, length, batch, device, sampling=False, generator=None, nspec
     if cuda:
         torch.cuda.synchronize(device)
     times[length] = time.perf_counter() - start
-    held = state if stepper is None else (stepper.ring.tensors() if stepper.ring is not None else stepper.state)
+    held = state if stepper is None else stepper.held_tensors()
     return tokens[:, 1:], times, span, incremental_state_bytes(held)
+
+
+def describe_decoding(stepper):
+    """How a TokenStepper decoded (after its first steps), for the report; "" for None (DecodingCache)."""
+    if stepper is None:
+        return ""
+    return ", TokenStepper {}{}".format(
+        stepper.mode, " (capture failed: eager ring)" if stepper.graph_failure is not None
+        else " of the reference recurrence" if stepper.graph_recurrence == "reference" else "")
 
 
 def run_one(model, length, args, device, stepper=None):
@@ -459,15 +471,17 @@ def run_benchmark(args, malloc_tuned=False, on_run=None):
 
                 # One stepper for every run: its ring and CUDA graph are made in the warm-up, not timed.
                 stepper = TokenStepper(model, args.batch, mode=args.decoding)
+            state = {}
             with torch.no_grad():  # warm-up: first-call allocations, lazily compiled ops, graph capture
-                generate(model, min(WARMUP_TOKENS, args.lengths[0]), args.batch, device, stepper=stepper)
-            if stepper is not None:
-                info["description"] += ", TokenStepper {}{}".format(
-                    stepper.mode, " (capture failed: eager ring)" if stepper.graph_failure is not None
-                    else " of the reference recurrence" if stepper.graph_recurrence == "reference" else "")
-                info["decoding"] = {"mode": stepper.mode, "graph_failure": stepper.graph_failure,
-                                    "graph_recurrence": stepper.graph_recurrence,
-                                    "capture_failures": stepper.capture_failures}
+                generate(model, min(WARMUP_TOKENS, args.lengths[0]), args.batch, device, stepper=stepper, state=state)
+            # srupp_lm through fairseq's incremental state: the TokenStepper it made, if any (a new one each
+            # run, capturing its graph inside the timed run, as each call of fairseq's generators does)
+            held = stepper if stepper is not None else getattr(model.decoder, "_stepper", lambda s: None)(state)
+            if name.startswith("srupp_lm"):
+                info["description"] += (", incremental state" if stepper is None else "") + describe_decoding(held)
+                info["decoding"] = {"mode": "cache"} if held is None else {
+                    "mode": held.mode, "graph_failure": held.graph_failure,
+                    "graph_recurrence": held.graph_recurrence, "capture_failures": held.capture_failures}
             info["runs"] = []
             models[name] = (model, task, stepper)
             results["models"][name] = info

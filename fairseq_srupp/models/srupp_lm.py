@@ -11,7 +11,9 @@ returns features (B, T, d) instead of logits; ``get_normalized_probs`` and
 
 Incremental decoding keeps, per layer, the cell state c and the attention keys/values of the last
 ``eval_window`` + 1 positions (a :class:`~fairseq_srupp.modules.decoding_cache.DecodingCache`), so
-time and memory per generated token are bounded.
+time and memory per generated token are bounded. On a GPU the decoder keeps a
+:class:`~fairseq_srupp.models.token_stepper.TokenStepper` in fairseq's incremental state instead
+(fixed-shape ring, one CUDA graph per token), where its ring fits (``RING_MEMORY_SHARE``).
 """
 import logging
 import math
@@ -33,14 +35,16 @@ from fairseq.models import (
 )
 from torch import Tensor, nn
 
-from fairseq_srupp.errors import CheckpointMismatchError, SRUppUserError
+from fairseq_srupp.errors import CheckpointMismatchError, SRUppUserError, env_choice
 from fairseq_srupp.modules import Dropout, SRUpp
 from fairseq_srupp.modules.adaptive_softmax import ProjectedAdaptiveSoftmax, cluster_widths, parse_cutoffs
 from fairseq_srupp.modules.attention_masks import causal_mask  # noqa: F401  (imported from here by tests, benchmarks)
 from fairseq_srupp.modules.attention_masks import same_length_mask, training_causal_mask
 from fairseq_srupp.modules.decoding_cache import DecodingCache
-from fairseq_srupp.modules.decoding_ring import state_dtype
+from fairseq_srupp.modules.decoding_ring import ring_bytes, state_dtype
 from fairseq_srupp.tasks.carried_state import CarriedState, CarriedStateStore, SegmentContext
+
+from .token_stepper import MODE_ENV, MODES, TokenStepper, decoding_mode
 
 from .presets import DEFAULT as DEFAULT_PRESET
 from .presets import PRESETS
@@ -48,6 +52,14 @@ from .presets import PRESETS
 logger = logging.getLogger(__name__)
 
 _BASE = DEFAULT_PRESET.values()
+
+# fairseq's generators shrink the batch as sentences finish, and every batch size needs a graph of its
+# own: a batch size is stepped eagerly this many times before its step is captured, so one that lasts
+# only a few tokens costs no capture (warm-up and capture take about three eager steps).
+GENERATOR_CAPTURE_AFTER = 4
+# ``auto`` decodes through a ring (preallocated to the window) only if it takes at most this share of the
+# GPU memory still free; else through the incremental state's cache, which grows with the output.
+RING_MEMORY_SHARE = 0.25
 
 
 @dataclass
@@ -300,21 +312,34 @@ class SRUppDecoder(FairseqIncrementalDecoder):
     # eval_window + 1 positions, their padding, counters).
 
     def _extract_features_incremental(self, tokens: Tensor, incremental_state):
+        stepper = self._stepper(incremental_state)
+        packed = self.get_incremental_state(incremental_state, "srupp_state")
+        if stepper is None and not packed:  # a new incremental state: the decoding mode is chosen once, here
+            stepper = self._new_stepper(tokens.shape[0], incremental_state)
+        if stepper is not None:
+            self._check_window(stepper.window)
+            new_tokens = self._new_tokens(tokens, stepper.consumed, stepper.batch)
+            if new_tokens.shape[1] == 1 and stepper.consumed > 0:
+                return stepper.step(new_tokens[:, 0]).unsqueeze(1), {"attn": [None], "inner_states": None}
+            return stepper.feed(new_tokens), {"attn": [None], "inner_states": None}
+        cache = DecodingCache.from_state(packed) if packed else None
+        new_tokens = self._new_tokens(tokens, 0 if cache is None else cache.consumed,
+                                      None if cache is None or cache.c is None else cache.c.shape[1])
+        return self.decode_new_tokens(new_tokens, incremental_state), {"attn": [None], "inner_states": None}
+
+    def decode_new_tokens(self, tokens: Tensor, incremental_state) -> Tensor:
+        """Consume exactly ``tokens`` (B, L), continuing what ``incremental_state`` holds (a
+        :class:`DecodingCache`, made on the first call), and return the features (B, L, d)."""
         packed = self.get_incremental_state(incremental_state, "srupp_state")
         if packed:
             cache = DecodingCache.from_state(packed)
-            if cache.window != self.cfg.eval_window:
-                raise ValueError(
-                    "eval_window changed from {} to {} during incremental decoding: start from a new "
-                    "incremental state".format(cache.window, self.cfg.eval_window)
-                )
+            self._check_window(cache.window)
         else:
             cache = DecodingCache(self.cfg.eval_window, sum(self.attention_layers()))
-        new_tokens = self._new_tokens(tokens, cache)
-        x = self.embed(new_tokens)  # (L, B, d)
-        pad = new_tokens.eq(self.padding_idx)
+        x = self.embed(tokens)  # (L, B, d)
+        pad = tokens.eq(self.padding_idx)
         pad = pad if pad.any() else None  # the step's only host synchronisation
-        cache.begin(new_tokens.shape[1], pad)
+        cache.begin(tokens.shape[1], pad)
         # Cell states carried in fp32 (fp64 for a fp64 model) between calls, as the fused recurrence
         # carries them inside a sequence, whatever the activations are stored in.
         c0 = cache.c if cache.c is not None else x.new_zeros(
@@ -327,15 +352,61 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         )
         cache.end(c)
         self.set_incremental_state(incremental_state, "srupp_state", cache.to_state())
-        return self.dropout_module(h).transpose(0, 1), {"attn": [None], "inner_states": None}
+        return self.dropout_module(h).transpose(0, 1)
+
+    def _check_window(self, window: Optional[int]) -> None:
+        if window is not None and window != self.cfg.eval_window:
+            raise ValueError("eval_window changed from {} to {} during incremental decoding: start from a new "
+                             "incremental state".format(window, self.cfg.eval_window))
+
+    def _stepper(self, incremental_state):
+        held = self.get_incremental_state(incremental_state, "srupp_stepper")
+        return None if not held else held["stepper"]
+
+    def _new_stepper(self, batch: int, incremental_state):
+        """A TokenStepper (fixed-shape ring; a CUDA graph per token on a GPU) for a new incremental state,
+        or None where the DecodingCache serves: ``cache`` mode (what ``auto`` is on a CPU), and any call
+        that may need gradients or dropout (a ring's step has neither)."""
+        if self.training or torch.is_grad_enabled():
+            return None
+        weight = next(self.srupp.parameters())
+        mode = decoding_mode(weight.device)
+        if mode == "cache":
+            return None
+        if env_choice(MODE_ENV, MODES) == "auto" and not self._ring_fits(batch, weight):
+            return None
+        stepper = TokenStepper(self, batch, mode=mode, outputs="features", capture_after=GENERATOR_CAPTURE_AFTER)
+        self.set_incremental_state(incremental_state, "srupp_stepper", {"stepper": stepper})
+        return stepper
+
+    def _ring_fits(self, batch: int, weight: Tensor) -> bool:
+        """Whether a ring for ``batch`` sequences takes at most RING_MEMORY_SHARE of the device memory still
+        free. The ring holds the whole window from the first token, where the cache grows as it fills: for
+        many short outputs (``fairseq-generate`` over a test set) the cache is what fits."""
+        if weight.device.type != "cuda":
+            return True
+        cfg = self.cfg
+        needed = ring_bytes(cfg.eval_window, sum(self.attention_layers()), batch, cfg.proj_size, cfg.num_layers,
+                            cfg.hidden_size, weight.dtype)
+        free = torch.cuda.mem_get_info(weight.device)[0]
+        free += torch.cuda.memory_reserved(weight.device) - torch.cuda.memory_allocated(weight.device)
+        if needed <= RING_MEMORY_SHARE * free:
+            return True
+        if not getattr(self, "_told_ring_too_big", False):
+            logger.info("decoding %d sequences through fairseq's incremental state, not a CUDA graph: the ring "
+                        "would take %.0f MiB of the %.0f MiB free (set %s=graph to use it anyway)",
+                        batch, needed / 2 ** 20, free / 2 ** 20, MODE_ENV)
+            self._told_ring_too_big = True
+        return False
 
     def attention_layers(self) -> List[bool]:
         """Per layer of the stack, whether it attends (and so has keys/values to cache)."""
         return [hasattr(layer.transform_module, "forward_incremental") for layer in self.srupp.rnn_lst]
 
     @staticmethod
-    def _new_tokens(tokens: Tensor, cache: DecodingCache) -> Tensor:
-        """The tokens (B, L) a call brings that the cache has not consumed yet.
+    def _new_tokens(tokens: Tensor, consumed: int, batch: Optional[int]) -> Tensor:
+        """The tokens (B, L) a call brings that the incremental state (``consumed`` tokens of ``batch``
+        sequences so far) has not consumed yet.
 
         A call passes either the whole prefix, longer than what was consumed (fairseq's generators:
         the new tokens are the suffix), or only the newest token. Anything else (several tokens,
@@ -343,22 +414,26 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         """
         if tokens.dim() != 2:
             raise ValueError("expected tokens of shape (batch, length), got {}".format(tuple(tokens.shape)))
-        if cache.c is not None and tokens.shape[0] != cache.c.shape[1]:
+        if batch is not None and tokens.shape[0] != batch:
             raise ValueError(
                 "the incremental state holds {} sequences but {} were passed: reorder it with "
-                "reorder_incremental_state, or start from a new one".format(cache.c.shape[1], tokens.shape[0])
+                "reorder_incremental_state, or start from a new one".format(batch, tokens.shape[0])
             )
         length = tokens.shape[1]
-        if length > cache.consumed:
-            return tokens[:, cache.consumed:]
+        if length > consumed:
+            return tokens[:, consumed:]
         if length == 1:
             return tokens
         raise ValueError(
             "incremental decoding got {} tokens after consuming {}: pass the whole prefix (more than {} "
-            "tokens, the new ones last) or only the newest token".format(length, cache.consumed, cache.consumed)
+            "tokens, the new ones last) or only the newest token".format(length, consumed, consumed)
         )
 
     def reorder_incremental_state(self, incremental_state, new_order: Tensor):
+        stepper = self._stepper(incremental_state)
+        if stepper is not None:
+            stepper.reorder(new_order)
+            return
         packed = self.get_incremental_state(incremental_state, "srupp_state")
         if not packed:
             return

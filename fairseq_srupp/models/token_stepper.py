@@ -18,7 +18,13 @@ Modes (``mode=`` or the environment switch ``FAIRSEQ_SRUPP_DECODING``):
   recurrence fail, it captures the recurrence's PyTorch reference instead (one time step: a few
   elementwise kernels); should that fail too, it warns once and steps the ring eagerly.
 
-The prompt is always decoded as one chunk through the incremental state, then handed to the ring.
+The prompt is always decoded as one chunk through the incremental state, then handed to the ring;
+so is any later chunk of several tokens (:meth:`TokenStepper.feed`).
+
+fairseq's own generators (``SequenceGenerator``: ``fairseq-generate``, ``fairseq-interactive``, the hub's
+``generate`` / ``sample``) reach a TokenStepper through ``SRUppDecoder``'s incremental state, in the same
+modes: the decoder keeps one in the state, reorders it for beam search (:meth:`TokenStepper.reorder`)
+and captures a new graph when the batch shrinks (after ``capture_after`` eager steps at that size).
 """
 import logging
 from typing import Optional
@@ -71,21 +77,31 @@ class TokenStepper:
         decoder: an ``SRUppDecoder`` (or the model holding it) in eval mode; not trained meanwhile.
         batch: B, the number of sequences.
         mode: see the module docstring (default: ``FAIRSEQ_SRUPP_DECODING``, else ``auto``).
+        outputs: ``"logits"``: the decoder's outputs, (B, V) logits (or (B, d) features with the adaptive
+            softmax: ``decoder.get_normalized_probs`` turns them into log-probabilities); ``"features"``:
+            the last layer's features (B, d), before the output layer.
+        capture_after: graph mode captures the step once this many steps ran eagerly at the current batch
+            size (0: at the first step).
 
     :meth:`prompt` first (tokens (B, T), T >= 1), then :meth:`step` with one token per sequence; both
-    return the decoder's output at the newest position, (B, V) logits (or (B, d) features with the
-    adaptive softmax: ``decoder.get_normalized_probs`` turns them into log-probabilities). Run them
-    under ``torch.no_grad()``.
+    return the output at the newest position. :meth:`feed` continues with several tokens at once,
+    :meth:`reorder` keeps, drops or repeats sequences (beam search). Run them under ``torch.no_grad()``.
     """
 
-    def __init__(self, decoder, batch: int, mode: Optional[str] = None):
+    def __init__(self, decoder, batch: int, mode: Optional[str] = None, outputs: str = "logits",
+                 capture_after: int = 0):
         decoder = getattr(decoder, "decoder", decoder)
         if decoder.training:
             raise ValueError("TokenStepper decodes with dropout off: call model.eval() first")
         if batch < 1:
             raise ValueError("batch must be >= 1, got {}".format(batch))
+        if outputs not in ("logits", "features"):
+            raise ValueError("outputs must be 'logits' or 'features', got {!r}".format(outputs))
         self.decoder = decoder
         self.batch = batch
+        self.outputs = outputs
+        self.capture_after = capture_after
+        self.eager_steps = 0  # steps run eagerly at the current batch size (graph mode: capture_after)
         weight = next(decoder.srupp.parameters())
         self.device, self.dtype = weight.device, weight.dtype
         self.mode = decoding_mode(self.device, mode)
@@ -107,12 +123,43 @@ class TokenStepper:
         graph are kept, so a stepper serves one generation after another without capturing again."""
         if tokens.dim() != 2 or tokens.shape[0] != self.batch or tokens.shape[1] < 1:
             raise ValueError("prompt tokens must be (batch={}, T >= 1), got {}".format(self.batch, tuple(tokens.shape)))
-        self._check_weights()
         self.state = {}
-        out = self.decoder(tokens.to(self.device), incremental_state=self.state)[0][:, -1]
+        if self.ring is not None:
+            self.ring.consumed = 0  # emptied: load() overwrites every buffer a step reads
+        return self.feed(tokens)[:, -1]
+
+    def feed(self, tokens: Tensor) -> Tensor:
+        """Continue the sequences (or start them) with ``tokens`` (B, L), L >= 1, as one chunk through the
+        incremental state; return the outputs at all L positions (B, L, V or d)."""
+        if tokens.dim() != 2 or tokens.shape[0] != self.batch or tokens.shape[1] < 1:
+            raise ValueError("tokens must be (batch={}, T >= 1), got {}".format(self.batch, tuple(tokens.shape)))
+        self._check_weights()
+        if self._in_ring:
+            self.state = {}  # the ring's contents back into a DecodingCache, in order
+            self.decoder.set_incremental_state(self.state, "srupp_state", self.ring.to_cache().to_state())
+        out = self._output(self.decoder.decode_new_tokens(tokens.to(self.device), self.state))
         if self.mode != "cache":
             self._load_ring()
         return out
+
+    def reorder(self, new_order: Tensor) -> None:
+        """Keep sequence ``new_order[j]`` as sequence j (beam search; ``new_order`` (B',) may also drop
+        sequences). At the same batch size the ring is reordered in place and a captured graph stays valid;
+        at another, the ring is copied to the new size and its step captured again (graph mode)."""
+        new_order = new_order.to(self.device)
+        if not self._in_ring:
+            if self.state:
+                self.decoder.reorder_incremental_state(self.state, new_order)
+        elif new_order.numel() == self.batch:
+            self.ring.reorder_(new_order)
+        else:
+            self.ring = self.ring.select(new_order)
+            self.handles = self.ring.layers(self.decoder.attention_layers())
+            self.graph = self.graph_output = self.graph_recurrence = None  # its buffers were the old ring's
+        if new_order.numel() != self.batch:
+            self.batch = new_order.numel()
+            self.tokens = self.tokens.new_full((self.batch, 1), self.decoder.dictionary.eos())
+            self.eager_steps = 0
 
     def step(self, tokens: Tensor) -> Tensor:
         """Consume one token per sequence, ``tokens`` (B,); return the output there (B, V or d)."""
@@ -120,36 +167,63 @@ class TokenStepper:
             raise ValueError("step takes one token per sequence, (batch={},), got {}".format(
                 self.batch, tuple(tokens.shape)))
         # cache mode keeps the prompt in the incremental state; the others move it into the ring
-        prompted = bool(self.state) if self.mode == "cache" else self.ring is not None and not self.state
+        prompted = bool(self.state) if self.mode == "cache" else self._in_ring
         if not prompted:
             raise ValueError("give the prompt first (at least the beginning-of-sentence token)")
         if self.mode == "cache":
-            return self.decoder(tokens.view(self.batch, 1).to(self.device), incremental_state=self.state)[0][:, -1]
+            return self._output(self.decoder.decode_new_tokens(tokens.view(self.batch, 1).to(self.device),
+                                                               self.state))[:, 0]
         self._check_weights()
         self.tokens.copy_(tokens.view(self.batch, 1))
         self.ring.consumed += 1
-        if self.mode == "graph" and self.graph is None and self.graph_failure is None:
+        if (self.mode == "graph" and self.graph is None and self.graph_failure is None
+                and self.eager_steps >= self.capture_after):
             self._capture()
         if self.graph is not None:
             self.graph.replay()
             return self.graph_output.clone()  # the next replay overwrites it
+        self.eager_steps += 1
         return self._ring_step()
 
     @property
     def consumed(self) -> int:
         """Tokens consumed so far per sequence, prompt included."""
+        if self._in_ring:
+            return self.ring.consumed
         packed = self.decoder.get_incremental_state(self.state, "srupp_state") if self.state else None
-        if packed:
-            return DecodingCache.from_state(packed).consumed
-        return 0 if self.ring is None else self.ring.consumed
+        return DecodingCache.from_state(packed).consumed if packed else 0
+
+    @property
+    def window(self) -> Optional[int]:
+        """The attention window of what the stepper holds (None before anything is consumed)."""
+        if self._in_ring:
+            return self.ring.window
+        packed = self.decoder.get_incremental_state(self.state, "srupp_state") if self.state else None
+        return DecodingCache.from_state(packed).window if packed else None
+
+    def held_tensors(self):
+        """The tensors that hold the sequences' decoding state (the ring's buffers, or the incremental state's)."""
+        held = list(self.ring.tensors()) if self.ring is not None else []
+        for packed in self.state.values():
+            held += [t for t in packed.values() if torch.is_tensor(t)]
+        return held
 
     # ---------------------------------------------------------------------------------- helpers
+    @property
+    def _in_ring(self) -> bool:
+        """Whether the ring holds the sequences (else the incremental state does, or nothing yet)."""
+        return self.mode != "cache" and self.ring is not None and self.ring.consumed > 0
+
     def _check_weights(self):
         """A captured graph reads the parameters where they were: moved or cast since, it would read freed
         memory, and the ring would hold the old dtype."""
         if weights_key(self.watched) != self.weights:
             raise ValueError("the model's parameters were moved or cast since this TokenStepper was made "
                              "(e.g. .to(), .half(), .cuda()): make a new TokenStepper")
+
+    def _output(self, features: Tensor) -> Tensor:
+        """(B, L, d) features → what this stepper returns: the output layer's values, or the features."""
+        return features if self.outputs == "features" else self.decoder.output_layer(features)
 
     def _load_ring(self):
         """Move the prompt's state from fairseq's incremental state into the ring (made on first use)."""
@@ -175,7 +249,7 @@ class TokenStepper:
         h, c, _ = decoder.srupp(x, c0=ring.c, mask_pad=pad.view(1, -1), caches=self.handles)
         ring.end(c)
         h = decoder.dropout_module(h).transpose(0, 1)  # (B, 1, d)
-        return decoder.output_layer(h)[:, 0]
+        return self._output(h)[:, 0]
 
     def _capture(self):
         """Capture :meth:`_ring_step` as a CUDA graph, or note why not and step eagerly from then on.

@@ -35,6 +35,16 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def ring_bytes(window: int, attention_layers: int, batch: int, proj_size: int, num_layers: int, hidden_size: int,
+               dtype: torch.dtype) -> int:
+    """Bytes a :class:`RingCache` of these sizes allocates (keys and values, key bias, cell states, the
+    new token's bias and the slot index)."""
+    item = torch.empty((), dtype=dtype).element_size()
+    slots = window + 1
+    return (2 * attention_layers * batch * slots * proj_size * item + batch * (slots + 1) * item
+            + num_layers * batch * hidden_size * torch.empty((), dtype=state_dtype(dtype)).element_size() + 8)
+
+
 class RingCache:
     """Cell states and the last ``window + 1`` keys/values of every attention layer, in fixed buffers.
 
@@ -66,6 +76,11 @@ class RingCache:
         self.c = torch.zeros(num_layers, batch, hidden_size, dtype=c_dtype or state_dtype(dtype), device=device)
         self.consumed = 0  # host-side count, for callers only: the step never reads it
 
+    @property
+    def filled(self) -> int:
+        """Slots that hold a consumed token (host-side, from ``consumed``)."""
+        return min(self.consumed, self.slots)
+
     def tensors(self) -> Tuple[Tensor, ...]:
         """Every buffer a step changes (to save and restore around a CUDA graph's warm-up)."""
         return self.keys, self.values, self.key_bias, self.slot, self.c
@@ -94,7 +109,50 @@ class RingCache:
         self.c.copy_(c)
         self.slot.add_(1).remainder_(self.slots)
 
+    # -------------------------------------------------------------------------------- beam search
+    def reorder_(self, new_order: Tensor) -> None:
+        """Keep sequence ``new_order[j]`` as sequence j, in the same buffers (a captured graph stays valid);
+        ``new_order``: (B,) indices, as many as the ring holds sequences."""
+        if new_order.numel() != self.batch:
+            raise ValueError("reorder_ keeps {} sequences, got {} indices: use select() to change the batch".format(
+                self.batch, new_order.numel()))
+        new_order = new_order.to(self.keys.device)
+        for buffer, dim in ((self.keys, 1), (self.values, 1), (self.key_bias, 0), (self.c, 1)):
+            buffer.copy_(buffer.index_select(dim, new_order))
+
+    def select(self, new_order: Tensor) -> "RingCache":
+        """A new ring holding sequences ``new_order`` (any number, repeats allowed) of this one."""
+        ring = RingCache.__new__(RingCache)
+        ring.window, ring.slots, ring.attention_layers = self.window, self.slots, self.attention_layers
+        ring.batch, ring.hidden_value, ring.consumed = new_order.numel(), self.hidden_value, self.consumed
+        new_order = new_order.to(self.keys.device)
+        ring.keys, ring.values = self.keys.index_select(1, new_order), self.values.index_select(1, new_order)
+        ring.key_bias = self.key_bias.index_select(0, new_order)
+        ring.visible = self.visible.new_zeros((ring.batch,) + self.visible.shape[1:])
+        ring.slot, ring.c = self.slot.clone(), self.c.index_select(1, new_order)
+        return ring
+
     # ---------------------------------------------------------------------------------- loading
+    def to_cache(self) -> DecodingCache:
+        """A :class:`DecodingCache` holding what this ring holds (to decode a chunk of several tokens after
+        single steps). Reads the slot index on the host: one synchronisation, outside any step."""
+        if self.consumed == 0:
+            raise ValueError("the ring has not consumed any token yet")
+        cache = DecodingCache(self.window, self.attention_layers)
+        filled = self.filled
+        order = (torch.arange(self.slots, device=self.slot.device) + self.slot).remainder_(self.slots)[-filled:]
+        cache.keys, cache.values = self.keys.index_select(3, order), self.values.index_select(3, order)
+        hidden = self.key_bias.view(self.batch, self.slots).index_select(1, order).eq(self.hidden_value)
+        padded = hidden.any(0).nonzero()  # positions, oldest first, padded in some sequence
+        if padded.numel():
+            cache.pad = hidden.new_zeros(self.batch, self.slots)
+            cache.pad[:, :filled] = hidden
+            cache.last_pad = self.consumed - filled + int(padded.max())
+        cache.c = self.c.clone()
+        cache.filled, cache.head, cache.consumed = filled, 0, self.consumed
+        return cache
+
+
     def load(self, cache: DecodingCache) -> None:
         """Take over what a :class:`DecodingCache` holds (e.g. after a prompt, decoded as one chunk)."""
         if cache.window != self.window or cache.attention_layers != self.attention_layers:
