@@ -155,7 +155,7 @@ class TokenStepper:
         else:
             self.ring = self.ring.select(new_order)
             self.handles = self.ring.layers(self.decoder.attention_layers())
-            self.graph = self.graph_output = self.graph_recurrence = None  # its buffers were the old ring's
+            self.graph = self.graph_output = None  # its buffers were the old ring's: captured again
         if new_order.numel() != self.batch:
             self.batch = new_order.numel()
             self.tokens = self.tokens.new_full((self.batch, 1), self.decoder.dictionary.eos())
