@@ -278,3 +278,19 @@ def test_auto_decodes_through_the_cache_where_the_ring_would_take_too_much_memor
         state = {}
         decoder(tokens, incremental_state=state)
         assert decoder._stepper(state) is not None
+
+
+def test_a_ring_that_does_not_fit_is_one_clear_error(ring_mode, monkeypatch):
+    from fairseq_srupp.errors import SRUppUserError
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+
+    monkeypatch.setattr(token_stepper, "RingCache", out_of_memory)
+    decoder = make_decoder(adaptive=False)
+    decoder.cfg.eval_window = 200_000
+    with torch.no_grad(), pytest.raises(SRUppUserError, match=(
+            r"^the decoding ring of 5 sequences \(window 200000\) needs 370 MiB, more than the CPU has free: decode fewer "
+            r"sequences at once, lower eval_window, or set FAIRSEQ_SRUPP_DECODING=cache \(memory that grows with the "
+            r"output\)$")):
+        decoder(torch.randint(4, 40, (5, 3)), incremental_state={})

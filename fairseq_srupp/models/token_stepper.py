@@ -34,7 +34,7 @@ from torch import Tensor
 
 from fairseq_srupp.errors import SRUppUserError, env_choice
 from fairseq_srupp.modules.decoding_cache import DecodingCache
-from fairseq_srupp.modules.decoding_ring import RingCache
+from fairseq_srupp.modules.decoding_ring import RingCache, ring_bytes
 from fairseq_srupp.ops.recurrence import forced_implementation
 
 logger = logging.getLogger(__name__)
@@ -229,12 +229,23 @@ class TokenStepper:
         """Move the prompt's state from fairseq's incremental state into the ring (made on first use)."""
         decoder = self.decoder
         cache = DecodingCache.from_state(decoder.get_incremental_state(self.state, "srupp_state"))
-        if self.ring is None or self.ring.window != cache.window:  # eval_window changed: a new graph too
+        # a new ring (and graph) when eval_window or the batch changed since the last one
+        if self.ring is None or (self.ring.window, self.ring.batch) != (cache.window, self.batch):
             attends = decoder.attention_layers()
             srupp = decoder.srupp
-            self.ring = RingCache(cache.window, sum(attends), self.batch, srupp.num_heads,
-                                  srupp.proj_size // srupp.num_heads, srupp.num_layers, srupp.hidden_size,
-                                  self.dtype, self.device)
+            sizes = (cache.window, sum(attends), self.batch, srupp.num_heads, srupp.proj_size // srupp.num_heads,
+                     srupp.num_layers, srupp.hidden_size, self.dtype, self.device)
+            self.ring = None  # the old one's memory is free for the new one
+            try:
+                self.ring = RingCache(*sizes)
+            except torch.OutOfMemoryError as error:
+                needed = ring_bytes(cache.window, sum(attends), self.batch, srupp.proj_size, srupp.num_layers,
+                                    srupp.hidden_size, self.dtype)
+                raise SRUppUserError(
+                    "the decoding ring of {} sequences (window {}) needs {:.0f} MiB, more than the {} has free: "
+                    "decode fewer sequences at once, lower eval_window, or set {}=cache (memory that grows with "
+                    "the output)".format(self.batch, cache.window, needed / 2 ** 20, self.device.type.upper(),
+                                         MODE_ENV)) from error
             self.handles = self.ring.layers(attends)
             self.graph = self.graph_output = self.graph_failure = self.graph_recurrence = None
         self.ring.load(cache)
