@@ -25,10 +25,13 @@ CASES = [
 ]
 
 
-def stepped_log_probs(decoder, tokens, mode, prompt=4):
-    """Log-probabilities (B, T - prompt + 1, V) at positions prompt-1 … T-1, through a TokenStepper."""
+def stepped_log_probs(decoder, tokens, mode, prompt=4, full_view=False):
+    """Log-probabilities (B, T - prompt + 1, V) at positions prompt-1 … T-1, through a TokenStepper
+    (``full_view``: an eager ring attends to all its slots from the first step, as a graph does)."""
     stepper = TokenStepper(decoder, tokens.shape[0], mode=mode)
     outs = [stepper.prompt(tokens[:, :prompt])]
+    if full_view:
+        stepper.ring.growing_view = False
     outs += [stepper.step(tokens[:, t]) for t in range(prompt, tokens.shape[1])]
     assert stepper.consumed == tokens.shape[1]
     return decoder.get_normalized_probs((torch.stack(outs, 1), None), log_probs=True), stepper
@@ -41,13 +44,14 @@ def padded_tokens(decoder, batch, length):
     return tokens, tokens.ne(pad)
 
 
+@pytest.mark.parametrize("view", ["growing-view", "full-view"])
 @pytest.mark.parametrize("case", CASES)
-def test_ring_steps_equal_full_forward_and_the_cache_past_the_window(case):
+def test_ring_steps_equal_full_forward_and_the_cache_past_the_window(case, view):
     decoder = make_decoder(**case)
     tokens, real = padded_tokens(decoder, 3, 3 * WINDOW + 3)
     with torch.no_grad():
         full = full_log_probs(decoder, tokens)[:, 3:]
-        ring, stepper = stepped_log_probs(decoder, tokens, "ring")
+        ring, stepper = stepped_log_probs(decoder, tokens, "ring", full_view=view == "full-view")
         cache, _ = stepped_log_probs(decoder, tokens, "cache")
     keep = real[:, 3:]
     assert_close("ring vs full", ring[keep], full[keep], 1e-5)
@@ -99,6 +103,7 @@ def test_the_ring_step_never_reads_tensor_values_on_the_host(adaptive):
     with torch.no_grad():
         stepper = TokenStepper(decoder, 2, mode="ring")
         stepper.prompt(tokens[:, :3])
+        stepper.ring.growing_view = False  # the step a graph captures: all S slots
         with HostSyncs() as ring_syncs:
             stepper.step(tokens[:, 3])
         cache = TokenStepper(decoder, 2, mode="cache")
@@ -308,3 +313,21 @@ def test_forced_implementation_reaches_every_layer_and_is_undone():
     assert calls and len(calls) == 3 * (1 + tokens.shape[1] - 4)  # every layer, the prompt and each step
     assert recurrence._forced is None
     assert_close("reference recurrence in the ring", forced, plain, 1e-5)
+
+
+def test_an_eager_ring_attends_to_the_filled_slots_until_it_wraps():
+    from fairseq_srupp.modules.decoding_ring import RingCache
+
+    ring = RingCache(window=4, attention_layers=1, batch=2, heads=1, head_dim=3, num_layers=1, hidden_size=3,
+                     dtype=torch.float32, device="cpu")
+    k = torch.ones(2, 1, 1, 3)
+    seen = []
+    for growing in (True, False):
+        ring.growing_view, ring.consumed = growing, 0
+        for _ in range(7):
+            ring.consumed += 1  # the stepper counts the token before stepping it
+            keys, values, bias = ring.attend(0, k, k)
+            seen.append((keys.shape[2], values.shape[2], bias.shape[3]))
+            ring.slot.add_(1).remainder_(ring.slots)
+    assert [n for n, _, _ in seen] == [1, 2, 3, 4, 5, 5, 5] + [5] * 7
+    assert all(n == m == b for n, m, b in seen)

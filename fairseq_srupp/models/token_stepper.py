@@ -246,6 +246,7 @@ class TokenStepper:
                     "decode fewer sequences at once, lower eval_window, or set {}=cache (memory that grows with "
                     "the output)".format(self.batch, cache.window, needed / 2 ** 20, self.device.type.upper(),
                                          MODE_ENV)) from error
+            self.ring.growing_view = self.mode == "ring"  # eager throughout: no fixed shapes to keep
             self.handles = self.ring.layers(attends)
             self.graph = self.graph_output = self.graph_failure = self.graph_recurrence = None
         self.ring.load(cache)

@@ -74,7 +74,10 @@ class RingCache:
         self.visible = torch.zeros(batch, 1, 1, 1, dtype=dtype, device=device)  # a new real token's bias
         self.slot = torch.zeros(1, dtype=torch.long, device=device)
         self.c = torch.zeros(num_layers, batch, hidden_size, dtype=c_dtype or state_dtype(dtype), device=device)
-        self.consumed = 0  # host-side count, for callers only: the step never reads it
+        self.consumed = 0  # host-side count, kept by the caller (the token being stepped included)
+        # Eager steps only (a graph's shapes are fixed): while the window fills, attend to the slots filled
+        # so far, 0 … consumed-1 (filled in order until the ring wraps), instead of all S.
+        self.growing_view = False
 
     @property
     def filled(self) -> int:
@@ -98,10 +101,14 @@ class RingCache:
     def attend(self, index: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Store attention layer ``index``'s key/value of the new token, k / v (B, H, 1, hd), at the slot.
 
-        Returns the keys and values (B, H, S, hd) its query attends to and the key bias (B, 1, 1, S).
+        Returns the keys and values (B, H, S, hd) its query attends to and the key bias (B, 1, 1, S); with
+        ``growing_view``, only the first ``consumed`` slots of each while the window fills.
         """
         self.keys[index].index_copy_(2, self.slot, k)
         self.values[index].index_copy_(2, self.slot, v)
+        if self.growing_view and self.consumed < self.slots:
+            seen = self.consumed
+            return self.keys[index, :, :, :seen], self.values[index, :, :, :seen], self.key_bias[..., :seen]
         return self.keys[index], self.values[index], self.key_bias
 
     def end(self, c: Tensor) -> None:
@@ -112,12 +119,13 @@ class RingCache:
     # -------------------------------------------------------------------------------- beam search
     def reorder_(self, new_order: Tensor) -> None:
         """Keep sequence ``new_order[j]`` as sequence j, in the same buffers (a captured graph stays valid);
-        ``new_order``: (B,) indices, as many as the ring holds sequences."""
+        ``new_order``: (B,) indices, as many as the ring holds sequences. Only the filled slots are moved
+        (the others are hidden in every sequence), so a short output's beam search copies little."""
         if new_order.numel() != self.batch:
             raise ValueError("reorder_ keeps {} sequences, got {} indices: use select() to change the batch".format(
                 self.batch, new_order.numel()))
         new_order = new_order.to(self.keys.device)
-        for buffer, dim in ((self.keys, 1), (self.values, 1), (self.key_bias, 0), (self.c, 1)):
+        for buffer, dim in self._sequence_buffers():
             buffer.copy_(buffer.index_select(dim, new_order))
 
     def select(self, new_order: Tensor) -> "RingCache":
@@ -125,12 +133,22 @@ class RingCache:
         ring = RingCache.__new__(RingCache)
         ring.window, ring.slots, ring.attention_layers = self.window, self.slots, self.attention_layers
         ring.batch, ring.hidden_value, ring.consumed = new_order.numel(), self.hidden_value, self.consumed
+        ring.growing_view = self.growing_view
         new_order = new_order.to(self.keys.device)
-        ring.keys, ring.values = self.keys.index_select(1, new_order), self.values.index_select(1, new_order)
-        ring.key_bias = self.key_bias.index_select(0, new_order)
+        ring.keys = self.keys.new_zeros(self.keys.shape[:1] + (ring.batch,) + self.keys.shape[2:])
+        ring.values = torch.zeros_like(ring.keys)
+        ring.key_bias = self.key_bias.new_full((ring.batch,) + self.key_bias.shape[1:], self.hidden_value)
         ring.visible = self.visible.new_zeros((ring.batch,) + self.visible.shape[1:])
-        ring.slot, ring.c = self.slot.clone(), self.c.index_select(1, new_order)
+        ring.slot, ring.c = self.slot.clone(), self.c.new_empty((self.c.shape[0], ring.batch, self.c.shape[2]))
+        for (mine, dim), (theirs, _) in zip(self._sequence_buffers(), ring._sequence_buffers()):
+            theirs.copy_(mine.index_select(dim, new_order))
         return ring
+
+    def _sequence_buffers(self):
+        """(buffer view, its batch dim) of what a sequence holds: the filled slots' keys, values and bias."""
+        filled = self.filled
+        return ((self.keys.narrow(3, 0, filled), 1), (self.values.narrow(3, 0, filled), 1),
+                (self.key_bias.narrow(3, 0, filled), 0), (self.c, 1))
 
     # ---------------------------------------------------------------------------------- loading
     def to_cache(self) -> DecodingCache:
