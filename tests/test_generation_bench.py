@@ -88,9 +88,10 @@ def test_json_holds_each_finished_run_while_later_ones_run(tmp_path, monkeypatch
     assert not (tmp_path / "gen.json.tmp").exists()
 
 
-def test_stepper_generates_the_tokens_of_the_incremental_state(tmp_path, capsys):
+def test_stepper_generates_the_tokens_of_the_incremental_state(tmp_path, capsys, monkeypatch):
     """srupp_lm_stepper (a TokenStepper: the fixed-shape ring on the CPU, a CUDA graph per token on a GPU)
-    decodes the same greedy tokens as fairseq's incremental state, run after run (ring and graph reused)."""
+    decodes the same greedy tokens as fairseq's incremental state (its DecodingCache here), run after run
+    (ring and graph reused)."""
     import pytest
     import torch
 
@@ -103,6 +104,7 @@ def test_stepper_generates_the_tokens_of_the_incremental_state(tmp_path, capsys)
     model.eval()
     stepper = TokenStepper(model, 2, mode="ring")
     cpu = torch.device("cpu")
+    monkeypatch.setenv("FAIRSEQ_SRUPP_DECODING", "cache")  # the incremental state's own cache, not a ring
     with torch.no_grad():
         cached, _, _, cache_bytes = generation.generate(model, 40, 2, cpu)
         stepped, _, _, ring_bytes = generation.generate(model, 40, 2, cpu, stepper=stepper)

@@ -233,6 +233,22 @@ def test_gpu_beam_search_through_cuda_graphs_equals_the_cache(monkeypatch, dtype
 # ------------------------------------------------------------------------------------ memory guard
 
 
+def test_auto_is_the_ring_on_the_cpu_where_free_memory_allows(monkeypatch):
+    monkeypatch.delenv(MODE_ENV, raising=False)
+    meminfo = open("/proc/meminfo").read()
+    available = int(meminfo.split("MemAvailable:")[1].split()[0]) * 1024
+    assert abs(srupp_lm.free_memory(torch.device("cpu")) - available) < 2 ** 30  # a moment later
+    decoder = make_decoder(adaptive=False)
+    with torch.no_grad():
+        state = {}
+        decoder(torch.randint(4, 40, (2, 3)), incremental_state=state)
+        assert decoder._stepper(state).mode == "ring"
+        monkeypatch.setattr(srupp_lm, "free_memory", lambda device: 1000)  # a machine out of memory
+        state = {}
+        decoder(torch.randint(4, 40, (2, 3)), incremental_state=state)
+        assert decoder._stepper(state) is None and decoder.get_incremental_state(state, "srupp_state")
+
+
 def test_ring_bytes_counts_what_a_ring_allocates():
     from fairseq_srupp.modules.decoding_ring import RingCache, ring_bytes
 
@@ -264,7 +280,7 @@ def test_auto_decodes_through_the_cache_where_the_ring_would_take_too_much_memor
     with caplog.at_level("INFO"):
         assert not decoder._ring_fits(5, FakeCudaWeight())
         assert not decoder._ring_fits(5, FakeCudaWeight())
-    assert caplog.text.count("decoding 5 sequences through fairseq's incremental state, not a CUDA graph") == 1
+    assert caplog.text.count("decoding 5 sequences through fairseq's incremental state, not a fixed ring") == 1
 
     monkeypatch.delenv(MODE_ENV, raising=False)
     monkeypatch.setattr(srupp_lm, "decoding_mode", lambda device, mode=None: "ring")  # auto as on a GPU (eager)

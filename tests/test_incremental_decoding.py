@@ -1,7 +1,9 @@
 """Incremental decoding: token by token (or in chunks) equals one full forward pass over the prefix.
 
-The full pass uses the same-length mask of the generation window W (each token sees itself and
-the W tokens before it), which for prefixes no longer than W is the plain causal mask. Also: the
+Through the incremental state's DecodingCache (``FAIRSEQ_SRUPP_DECODING=cache``; the default, a ring
+where memory allows, is tested in test_generator_decoding.py). The full pass uses the same-length
+mask of the generation window W (each token sees itself and the W tokens before it), which for
+prefixes no longer than W is the plain causal mask. Also: the
 DecodingCache's ring, ordered view, growth and reordering, padding, calls that are rejected, and
 how generation relates to fairseq-eval-lm with the stateful task.
 """
@@ -17,6 +19,13 @@ import fairseq_srupp  # noqa: F401
 from fairseq_srupp.models.srupp_lm import SRUppDecoder, SRUppLMConfig
 
 WINDOW = 8
+
+
+@pytest.fixture(autouse=True)
+def cache_decoding(monkeypatch):
+    """This file is about fairseq's incremental state holding a DecodingCache (what a ring would hold, and
+    when it is used, is test_generator_decoding's)."""
+    monkeypatch.setenv("FAIRSEQ_SRUPP_DECODING", "cache")
 
 
 def make_decoder(adaptive, **overrides):

@@ -116,7 +116,7 @@ def test_the_ring_step_never_reads_tensor_values_on_the_host(adaptive):
 
 def test_modes_and_misuse_are_explained(monkeypatch):
     cpu = torch.device("cpu")
-    assert decoding_mode(cpu) == "cache"
+    assert decoding_mode(cpu) == "ring"
     assert decoding_mode(torch.device("cuda")) == "graph"
     with pytest.raises(SRUppUserError, match="needs the model on a GPU"):
         decoding_mode(cpu, "graph")

@@ -11,9 +11,9 @@ returns features (B, T, d) instead of logits; ``get_normalized_probs`` and
 
 Incremental decoding keeps, per layer, the cell state c and the attention keys/values of the last
 ``eval_window`` + 1 positions (a :class:`~fairseq_srupp.modules.decoding_cache.DecodingCache`), so
-time and memory per generated token are bounded. On a GPU the decoder keeps a
-:class:`~fairseq_srupp.models.token_stepper.TokenStepper` in fairseq's incremental state instead
-(fixed-shape ring, one CUDA graph per token), where its ring fits (``RING_MEMORY_SHARE``).
+time and memory per generated token are bounded. Where its memory allows (``RING_MEMORY_SHARE``) the
+decoder keeps a :class:`~fairseq_srupp.models.token_stepper.TokenStepper` in fairseq's incremental
+state instead: a ring of the whole window, allocated once, and on a GPU one CUDA graph per token.
 """
 import logging
 import math
@@ -58,7 +58,8 @@ _BASE = DEFAULT_PRESET.values()
 # only a few tokens costs no capture (warm-up and capture take about three eager steps).
 GENERATOR_CAPTURE_AFTER = 4
 # ``auto`` decodes through a ring (preallocated to the window) only if it takes at most this share of the
-# GPU memory still free; else through the incremental state's cache, which grows with the output.
+# memory still free on the model's device; else through the incremental state's cache, which grows with
+# the output.
 RING_MEMORY_SHARE = 0.25
 
 
@@ -100,6 +101,22 @@ class SRUppLMConfig(FairseqDataclass):
         metadata={"help": "attention window W of incremental generation: each token attends to itself and the W "
                   "tokens before it (the paper's evaluation window: enwik8 3072, wt103 2560, lm1b 96)"},
     )
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes that can still be allocated on ``device``: on CUDA what the driver has free plus what torch's
+    allocator holds unused; on the CPU the kernel's MemAvailable (1 GiB where /proc/meminfo is missing)."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2 ** 30
 
 
 def check_config(cfg, vocab_size: Optional[int] = None) -> None:
@@ -380,21 +397,18 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         return stepper
 
     def _ring_fits(self, batch: int, weight: Tensor) -> bool:
-        """Whether a ring for ``batch`` sequences takes at most RING_MEMORY_SHARE of the device memory still
-        free. The ring holds the whole window from the first token, where the cache grows as it fills: for
-        many short outputs (``fairseq-generate`` over a test set) the cache is what fits."""
-        if weight.device.type != "cuda":
-            return True
+        """Whether a ring for ``batch`` sequences takes at most RING_MEMORY_SHARE of the memory still free
+        on the model's device. The ring holds the whole window from the first token, where the cache grows
+        as it fills: for many short outputs (``fairseq-generate`` over a test set) the cache is what fits."""
         cfg = self.cfg
         needed = ring_bytes(cfg.eval_window, sum(self.attention_layers()), batch, cfg.proj_size, cfg.num_layers,
                             cfg.hidden_size, weight.dtype)
-        free = torch.cuda.mem_get_info(weight.device)[0]
-        free += torch.cuda.memory_reserved(weight.device) - torch.cuda.memory_allocated(weight.device)
+        free = free_memory(weight.device)
         if needed <= RING_MEMORY_SHARE * free:
             return True
         if not getattr(self, "_told_ring_too_big", False):
-            logger.info("decoding %d sequences through fairseq's incremental state, not a CUDA graph: the ring "
-                        "would take %.0f MiB of the %.0f MiB free (set %s=graph to use it anyway)",
+            logger.info("decoding %d sequences through fairseq's incremental state, not a fixed ring: the ring "
+                        "would take %.0f MiB of the %.0f MiB free (set %s=ring to use it anyway)",
                         batch, needed / 2 ** 20, free / 2 ** 20, MODE_ENV)
             self._told_ring_too_big = True
         return False

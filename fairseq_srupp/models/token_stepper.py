@@ -11,7 +11,7 @@ graph and replayed with a single launch.
 
 Modes (``mode=`` or the environment switch ``FAIRSEQ_SRUPP_DECODING``):
 
-* ``auto`` (default): ``graph`` on CUDA, ``cache`` elsewhere;
+* ``auto`` (default): ``graph`` on CUDA, ``ring`` elsewhere;
 * ``cache``: each step through fairseq's incremental state (what ``SequenceGenerator`` does);
 * ``ring``: each step through the ring, eagerly (any device; how the graph is checked on a CPU);
 * ``graph``: the ring's step captured as a CUDA graph (CUDA only). Should capture with the fused
@@ -63,7 +63,7 @@ def decoding_mode(device: torch.device, mode: Optional[str] = None) -> str:
     if mode not in MODES:
         raise SRUppUserError("decoding mode {!r} is not one of {}".format(mode, ", ".join(MODES)))
     if mode == "auto":
-        return "graph" if device.type == "cuda" else "cache"
+        return "graph" if device.type == "cuda" else "ring"
     if mode == "graph" and device.type != "cuda":
         raise SRUppUserError("{}=graph replays CUDA graphs and needs the model on a GPU; use ring or cache on "
                              "the {}".format(MODE_ENV, device.type.upper()))
