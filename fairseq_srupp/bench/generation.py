@@ -231,8 +231,8 @@ def span_of(length):
 def generate(model, length, batch, device, sampling=False, generator=None, nspecial=4, stepper=None, state=None):
     """Generate ``length`` tokens after a beginning-of-sentence, one decoder call per token: with the
     whole prefix and fairseq's incremental state (``state``, default a new one; ``srupp_lm`` keeps a
-    ``TokenStepper`` in it on a GPU), or through ``stepper`` (a ``TokenStepper``: a fixed-shape ring,
-    one CUDA graph per token on a GPU).
+    ``TokenStepper`` in it where its ring fits in memory), or through ``stepper`` (a ``TokenStepper``:
+    a fixed-shape ring, one CUDA graph per token on a GPU).
 
     Returns the generated tokens (batch, length), the cumulative seconds at the checkpoints
     {0, span, length - span, length} and the decoding state's bytes at the end.

@@ -381,16 +381,15 @@ class SRUppDecoder(FairseqIncrementalDecoder):
         return None if not held else held["stepper"]
 
     def _new_stepper(self, batch: int, incremental_state):
-        """A TokenStepper (fixed-shape ring; a CUDA graph per token on a GPU) for a new incremental state,
-        or None where the DecodingCache serves: ``cache`` mode (what ``auto`` is on a CPU), and any call
-        that may need gradients or dropout (a ring's step has neither)."""
+        """A TokenStepper (a ring of the whole window; a CUDA graph per token on a GPU) for a new incremental
+        state, or None where the DecodingCache serves: ``cache`` mode, ``auto`` where the ring would not fit
+        in memory, and any call that may need gradients or dropout (a ring's step has neither)."""
         if self.training or torch.is_grad_enabled():
             return None
         weight = next(self.srupp.parameters())
-        mode = decoding_mode(weight.device)
-        if mode == "cache":
-            return None
-        if env_choice(MODE_ENV, MODES) == "auto" and not self._ring_fits(batch, weight):
+        requested = env_choice(MODE_ENV, MODES)
+        mode = decoding_mode(weight.device, requested)
+        if mode == "cache" or (requested == "auto" and not self._ring_fits(batch, weight)):
             return None
         stepper = TokenStepper(self, batch, mode=mode, outputs="features", capture_after=GENERATOR_CAPTURE_AFTER)
         self.set_incremental_state(incremental_state, "srupp_stepper", {"stepper": stepper})

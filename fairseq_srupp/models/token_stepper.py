@@ -235,7 +235,8 @@ class TokenStepper:
             srupp = decoder.srupp
             sizes = (cache.window, sum(attends), self.batch, srupp.num_heads, srupp.proj_size // srupp.num_heads,
                      srupp.num_layers, srupp.hidden_size, self.dtype, self.device)
-            self.ring = None  # the old one's memory is free for the new one
+            # the old ring, its handles and graph (with its memory pool) go first, so their memory is free
+            self.ring = self.handles = self.graph = self.graph_output = None
             try:
                 self.ring = RingCache(*sizes)
             except torch.OutOfMemoryError as error:
@@ -248,7 +249,7 @@ class TokenStepper:
                                          MODE_ENV)) from error
             self.ring.growing_view = self.mode == "ring"  # eager throughout: no fixed shapes to keep
             self.handles = self.ring.layers(attends)
-            self.graph = self.graph_output = self.graph_failure = self.graph_recurrence = None
+            self.graph_failure = self.graph_recurrence = None
         self.ring.load(cache)
         self.state = {}  # the ring holds it all now
 

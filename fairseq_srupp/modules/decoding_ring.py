@@ -9,7 +9,9 @@ replay it. :class:`RingCache` keeps the same contents with shapes fixed from the
 * the slot the next token writes is a device tensor (``slot``), advanced in place modulo S;
 * every query attends to all S slots through a key bias (B, 1, 1, S): 0 where a slot holds a real
   token, the dtype's lowest finite value at slots not written yet and at padded tokens (the value
-  :func:`~fairseq_srupp.modules.transforms.attention_bias` gives padded keys).
+  :func:`~fairseq_srupp.modules.transforms.attention_bias` gives padded keys). Stepped eagerly
+  (``growing_view``), it attends to the slots filled so far while the window fills, which costs what
+  ``DecodingCache`` does; a graph keeps all S.
 
 A hidden slot gets exactly zero probability next to any visible one, so the outputs at real tokens
 are those of ``DecodingCache`` up to rounding. Attention has no positions, so the order of the slots
