@@ -30,8 +30,10 @@ def stepped_log_probs(decoder, tokens, mode, prompt=4, full_view=False):
     (``full_view``: an eager ring attends to all its slots from the first step, as a graph does)."""
     stepper = TokenStepper(decoder, tokens.shape[0], mode=mode)
     outs = [stepper.prompt(tokens[:, :prompt])]
-    if full_view:
-        stepper.ring.growing_view = False
+    if full_view:  # the slots not written yet were never zeroed (torch.empty): poisoned, as they may be
+        ring = stepper.ring
+        ring.keys[:, :, :, ring.filled:] = ring.values[:, :, :, ring.filled:] = float("nan")
+        ring.growing_view = False  # zeroes them
     outs += [stepper.step(tokens[:, t]) for t in range(prompt, tokens.shape[1])]
     assert stepper.consumed == tokens.shape[1]
     return decoder.get_normalized_probs((torch.stack(outs, 1), None), log_probs=True), stepper

@@ -238,7 +238,7 @@ class TokenStepper:
             # the old ring, its handles and graph (with its memory pool) go first, so their memory is free
             self.ring = self.handles = self.graph = self.graph_output = None
             try:
-                self.ring = RingCache(*sizes)
+                self.ring = RingCache(*sizes, growing_view=self.mode == "ring")  # eager: no fixed shapes to keep
             except torch.OutOfMemoryError as error:
                 needed = ring_bytes(cache.window, sum(attends), self.batch, srupp.proj_size, srupp.num_layers,
                                     srupp.hidden_size, self.dtype)
@@ -247,7 +247,6 @@ class TokenStepper:
                     "decode fewer sequences at once, lower eval_window, or set {}=cache (memory that grows with "
                     "the output)".format(self.batch, cache.window, needed / 2 ** 20, self.device.type.upper(),
                                          MODE_ENV)) from error
-            self.ring.growing_view = self.mode == "ring"  # eager throughout: no fixed shapes to keep
             self.handles = self.ring.layers(attends)
             self.graph_failure = self.graph_recurrence = None
         self.ring.load(cache)

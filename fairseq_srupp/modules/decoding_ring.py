@@ -61,7 +61,7 @@ class RingCache:
 
     def __init__(self, window: int, attention_layers: int, batch: int, heads: int, head_dim: int,
                  num_layers: int, hidden_size: int, dtype: torch.dtype, device,
-                 c_dtype: Optional[torch.dtype] = None):
+                 c_dtype: Optional[torch.dtype] = None, growing_view: bool = False):
         if window < 1:
             raise ValueError("the attention window must be >= 1, got {}".format(window))
         self.window = window
@@ -70,16 +70,30 @@ class RingCache:
         self.batch = batch
         self.hidden_value = torch.finfo(dtype).min
         shape = (attention_layers, batch, heads, self.slots, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        # A growing view reads no slot before it is written: its buffers need no zeros, so a large window
+        # costs memory (on the CPU even its pages) only as it fills.
+        allocate = torch.empty if growing_view else torch.zeros
+        self.keys = allocate(shape, dtype=dtype, device=device)
+        self.values = allocate(shape, dtype=dtype, device=device)
         self.key_bias = torch.full((batch, 1, 1, self.slots), self.hidden_value, dtype=dtype, device=device)
         self.visible = torch.zeros(batch, 1, 1, 1, dtype=dtype, device=device)  # a new real token's bias
         self.slot = torch.zeros(1, dtype=torch.long, device=device)
         self.c = torch.zeros(num_layers, batch, hidden_size, dtype=c_dtype or state_dtype(dtype), device=device)
         self.consumed = 0  # host-side count, kept by the caller (the token being stepped included)
-        # Eager steps only (a graph's shapes are fixed): while the window fills, attend to the slots filled
-        # so far, 0 … consumed-1 (filled in order until the ring wraps), instead of all S.
-        self.growing_view = False
+        self._growing_view = growing_view
+
+    @property
+    def growing_view(self) -> bool:
+        """Eager steps only (a graph's shapes are fixed): while the window fills, attend to the slots filled
+        so far, 0 … consumed-1 (filled in order until the ring wraps), instead of all S."""
+        return self._growing_view
+
+    @growing_view.setter
+    def growing_view(self, value: bool) -> None:
+        if self._growing_view and not value:  # the slots not written yet become visible: hidden and finite
+            self.keys[:, :, :, self.filled:].zero_()
+            self.values[:, :, :, self.filled:].zero_()
+        self._growing_view = value
 
     @property
     def filled(self) -> int:
@@ -135,10 +149,11 @@ class RingCache:
         ring = RingCache.__new__(RingCache)
         ring.window, ring.slots, ring.attention_layers = self.window, self.slots, self.attention_layers
         ring.batch, ring.hidden_value, ring.consumed = new_order.numel(), self.hidden_value, self.consumed
-        ring.growing_view = self.growing_view
+        ring._growing_view = self._growing_view
         new_order = new_order.to(self.keys.device)
-        ring.keys = self.keys.new_zeros(self.keys.shape[:1] + (ring.batch,) + self.keys.shape[2:])
-        ring.values = torch.zeros_like(ring.keys)
+        shape = self.keys.shape[:1] + (ring.batch,) + self.keys.shape[2:]
+        ring.keys = self.keys.new_empty(shape) if self._growing_view else self.keys.new_zeros(shape)
+        ring.values = torch.empty_like(ring.keys) if self._growing_view else torch.zeros_like(ring.keys)
         ring.key_bias = self.key_bias.new_full((ring.batch,) + self.key_bias.shape[1:], self.hidden_value)
         ring.visible = self.visible.new_zeros((ring.batch,) + self.visible.shape[1:])
         ring.slot, ring.c = self.slot.clone(), self.c.new_empty((self.c.shape[0], ring.batch, self.c.shape[2]))
