@@ -80,22 +80,6 @@ def test_beam_reorders_and_a_shrinking_batch_equal_the_full_forward(ring_mode, a
     assert stepper.batch == stepper.ring.batch == 2 and stepper.ring is not ring
 
 
-def test_calls_the_cache_rejects_are_rejected(ring_mode):
-    decoder = make_decoder(adaptive=False)
-    tokens = torch.randint(4, 40, (2, 6))
-    with torch.no_grad():
-        state = {}
-        decoder(tokens[:, :5], incremental_state=state)
-        assert decoder._stepper(state) is not None
-        with pytest.raises(ValueError, match="got 2 tokens after consuming 5: pass the whole prefix"):
-            decoder(tokens[:, 3:5], incremental_state=state)
-        with pytest.raises(ValueError, match="holds 2 sequences but 3 were passed"):
-            decoder(torch.randint(4, 40, (3, 6)), incremental_state=state)
-        decoder.cfg.eval_window = WINDOW + 1
-        with pytest.raises(ValueError, match="eval_window changed from 8 to 9"):
-            decoder(tokens, incremental_state=state)
-
-
 def test_gradients_or_dropout_keep_the_cache(ring_mode):
     # A ring step has neither: such calls get fairseq's incremental state as before.
     decoder = make_decoder(adaptive=False)

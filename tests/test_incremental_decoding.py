@@ -173,12 +173,15 @@ def test_mixed_single_tokens_and_chunks(adaptive):
     assert_close("mixed schedule", torch.cat(outs, 1), full, 1e-5)
 
 
-def test_ambiguous_or_mismatched_calls_are_rejected():
+@pytest.mark.parametrize("mode", ["cache", "ring"])
+def test_ambiguous_or_mismatched_calls_are_rejected(mode, monkeypatch):
+    monkeypatch.setenv("FAIRSEQ_SRUPP_DECODING", mode)  # the ring (test_generator_decoding) rejects them too
     decoder = make_decoder(adaptive=False)
     tokens = torch.randint(4, 40, (2, 6))
     with torch.no_grad():
         state = {}
         decoder(tokens[:, :5], incremental_state=state)
+        assert (decoder._stepper(state) is not None) == (mode == "ring")
         # Two tokens after five were consumed: a shorter prefix, or the newest two? Neither is guessed.
         with pytest.raises(ValueError, match="got 2 tokens after consuming 5: pass the whole prefix"):
             decoder(tokens[:, 3:5], incremental_state=state)
