@@ -131,6 +131,9 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
         for name in ("srupp_lm_stepper", "srupp_lm") for what in ("ms/token", "state memory")}
     assert gen["results"]["models"]["srupp_lm_stepper"]["decoding"] == {
         "mode": "ring", "graph_failure": None, "graph_recurrence": None, "capture_failures": []}
+    # fairseq's incremental state holds a ring too (auto on the CPU); on a GPU a graph
+    assert gen["results"]["models"]["srupp_lm"]["decoding"]["mode"] == "ring"
+    assert set(gen["results"]["sequence_generator"]) == {"srupp_lm", "transformer_lm"}  # merged from two processes
 
     md = (out / "report.md").read_text()
     assert "DRY RUN" in md and "environment unknown (step 0 failed)" in md
@@ -138,6 +141,7 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
         assert "| {} | {} |".format(s["title"], s["status"].upper() if s["status"] != "ok" else "ok") in md
     assert "## 5. Generation" in md and "| srupp_lm | " in md and "| srupp_lm_stepper | " in md
     assert "srupp_lm fairseq incremental state / TokenStepper ms/token at 16 tokens: " in md
+    assert "fairseq's `SequenceGenerator`, beam 1, 8 tokens from `</s>`: srupp_lm " in md
 
 
 def test_attention_kernel_probe_names_sdpa_backends():

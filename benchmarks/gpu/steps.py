@@ -562,10 +562,11 @@ def generation(dry_run):
     from train_bench import TRANSFORMER
 
     if dry_run or not torch.cuda.is_available():
-        args = ["--device", "cpu", "--lengths", "8,16", "--threads", "1", "--decoding", "ring"]
+        args = ["--device", "cpu", "--lengths", "8,16", "--threads", "1", "--decoding", "ring",
+                "--sequence-generator", "8"]
     else:
         args = ["--device", "cuda", "--dtype", "bfloat16", "--lengths", "1000,16000", "--srupp-arch", "srupp_lm",
-                "--transformer", TRANSFORMER, "--vocab", "209"]
+                "--transformer", TRANSFORMER, "--vocab", "209", "--sequence-generator", "1000"]
     data, failures = None, {}
     for i, (names, share) in enumerate(GENERATION_PHASES):
         with tempfile.TemporaryDirectory() as tmp:
@@ -579,6 +580,7 @@ def generation(dry_run):
                 data = part
             else:
                 data["models"].update(part["models"])
+                data.setdefault("sequence_generator", {}).update(part.get("sequence_generator") or {})
         if data is not None:
             save(generation_result(data, failures, unfinished=i + 1 < len(GENERATION_PHASES)))
     if data is None:
@@ -636,6 +638,11 @@ def generation_result(data, failures, unfinished=False):
     if "srupp_lm_stepper" in summary and "srupp_lm" in summary:
         md.append("srupp_lm fairseq incremental state / TokenStepper ms/token at {:,} tokens: {:.2f}x".format(
             hi, summary["srupp_lm"]["ms_per_token_long"] / summary["srupp_lm_stepper"]["ms_per_token_long"]))
+    generators = data.get("sequence_generator") or {}
+    if generators:  # fairseq's own SequenceGenerator (what fairseq-generate and the hub run), after the runs
+        md += ["", "fairseq's `SequenceGenerator`, beam 1, {:,} tokens from `</s>`: ".format(
+            next(iter(generators.values()))["length"]) + ", ".join(
+                "{} {:.3f} ms/token".format(name, g["ms_per_token"]) for name, g in generators.items())]
     targets = []
     for name in ("srupp_lm_stepper", "srupp_lm"):
         figures = summary.get(name, {})
