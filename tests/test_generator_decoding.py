@@ -158,9 +158,9 @@ def assert_scores_match_the_full_forward(decoder, hypotheses, tolerance):
 
 def test_beam_search_decodes_the_same_through_the_ring(monkeypatch):
     decoder, prompts = eos_prone()
-    cached, cache_sizes, none = beam_search(decoder, prompts, "cache", monkeypatch)
+    cached, _, no_steppers = beam_search(decoder, prompts, "cache", monkeypatch)
     ringed, sizes, steppers = beam_search(decoder, prompts, "ring", monkeypatch)
-    assert none == [] and len(steppers) == 1
+    assert no_steppers == [] and len(steppers) == 1
     assert_same_hypotheses(ringed, cached, 1e-5)
     assert_scores_match_the_full_forward(decoder, ringed, 1e-5)
     assert len(set(sizes)) == 4, sizes  # the batch shrank three times as sentences finished
@@ -239,7 +239,7 @@ def test_ring_bytes_counts_what_a_ring_allocates():
     for dtype in (torch.float32, torch.bfloat16):
         ring = RingCache(window=7, attention_layers=2, batch=3, heads=2, head_dim=5, num_layers=4, hidden_size=6,
                          dtype=dtype, device="cpu")
-        held = sum(t.numel() * t.element_size() for t in ring.tensors()) + ring.visible.numel() * ring.visible.element_size()
+        held = sum(t.numel() * t.element_size() for t in ring.tensors() + (ring.visible,))
         assert ring_bytes(7, 2, 3, 10, 4, 6, dtype) == held
 
 
@@ -290,7 +290,7 @@ def test_a_ring_that_does_not_fit_is_one_clear_error(ring_mode, monkeypatch):
     decoder = make_decoder(adaptive=False)
     decoder.cfg.eval_window = 200_000
     with torch.no_grad(), pytest.raises(SRUppUserError, match=(
-            r"^the decoding ring of 5 sequences \(window 200000\) needs 370 MiB, more than the CPU has free: decode fewer "
-            r"sequences at once, lower eval_window, or set FAIRSEQ_SRUPP_DECODING=cache \(memory that grows with the "
-            r"output\)$")):
+            r"^the decoding ring of 5 sequences \(window 200000\) needs 370 MiB, more than the CPU has free: "
+            r"decode fewer sequences at once, lower eval_window, or set FAIRSEQ_SRUPP_DECODING=cache \(memory that "
+            r"grows with the output\)$")):
         decoder(torch.randint(4, 40, (5, 3)), incremental_state={})

@@ -557,8 +557,9 @@ def run_generation_processes(names, args, limit, tmp):
 def generation(dry_run):
     """Generation ms/token at 1k and 16k tokens through the benchmark's CLI: srupp_lm decoded by a
     TokenStepper (one CUDA graph per token), srupp_lm through fairseq's incremental state (as
-    SequenceGenerator decodes; on a GPU through a TokenStepper the decoder keeps there), transformer_lm. One process per model, each with its own share of the
-    time left (GENERATION_PHASES), so a slow one cannot cost the others their figures."""
+    SequenceGenerator decodes; on a GPU through a TokenStepper the decoder keeps there), transformer_lm.
+    One process per model, each with its own share of the time left (GENERATION_PHASES), so a slow one
+    cannot cost the others their figures."""
     from train_bench import TRANSFORMER
 
     if dry_run or not torch.cuda.is_available():
