@@ -190,16 +190,16 @@ class TokenStepper:
         """Tokens consumed so far per sequence, prompt included."""
         if self._in_ring:
             return self.ring.consumed
-        packed = self.decoder.get_incremental_state(self.state, "srupp_state") if self.state else None
-        return DecodingCache.from_state(packed).consumed if packed else 0
+        cache = self._state_cache()
+        return 0 if cache is None else cache.consumed
 
     @property
     def window(self) -> Optional[int]:
         """The attention window of what the stepper holds (None before anything is consumed)."""
         if self._in_ring:
             return self.ring.window
-        packed = self.decoder.get_incremental_state(self.state, "srupp_state") if self.state else None
-        return DecodingCache.from_state(packed).window if packed else None
+        cache = self._state_cache()
+        return None if cache is None else cache.window
 
     def held_tensors(self):
         """The tensors that hold the sequences' decoding state (the ring's buffers, or the incremental state's)."""
@@ -213,6 +213,11 @@ class TokenStepper:
     def _in_ring(self) -> bool:
         """Whether the ring holds the sequences (else the incremental state does, or nothing yet)."""
         return self.mode != "cache" and self.ring is not None and self.ring.consumed > 0
+
+    def _state_cache(self) -> Optional[DecodingCache]:
+        """What fairseq's incremental state (``self.state``) holds, or None while it holds nothing."""
+        packed = self.decoder.get_incremental_state(self.state, "srupp_state") if self.state else None
+        return DecodingCache.from_state(packed) if packed else None
 
     def _check_weights(self):
         """A captured graph reads the parameters where they were: moved or cast since, it would read freed
@@ -228,7 +233,7 @@ class TokenStepper:
     def _load_ring(self):
         """Move the prompt's state from fairseq's incremental state into the ring (made on first use)."""
         decoder = self.decoder
-        cache = DecodingCache.from_state(decoder.get_incremental_state(self.state, "srupp_state"))
+        cache = self._state_cache()
         # a new ring (and graph) when eval_window or the batch changed since the last one
         if self.ring is None or (self.ring.window, self.ring.batch) != (cache.window, self.batch):
             attends = decoder.attention_layers()

@@ -146,17 +146,13 @@ class RingCache:
 
     def select(self, new_order: Tensor) -> "RingCache":
         """A new ring holding sequences ``new_order`` (any number, repeats allowed) of this one."""
-        ring = RingCache.__new__(RingCache)
-        ring.window, ring.slots, ring.attention_layers = self.window, self.slots, self.attention_layers
-        ring.batch, ring.hidden_value, ring.consumed = new_order.numel(), self.hidden_value, self.consumed
-        ring._growing_view = self._growing_view
+        attention_layers, _, heads, _, head_dim = self.keys.shape
+        num_layers, _, hidden_size = self.c.shape
+        ring = RingCache(self.window, attention_layers, new_order.numel(), heads, head_dim, num_layers, hidden_size,
+                         self.keys.dtype, self.keys.device, c_dtype=self.c.dtype, growing_view=self._growing_view)
+        ring.consumed = self.consumed
+        ring.slot.copy_(self.slot)
         new_order = new_order.to(self.keys.device)
-        shape = self.keys.shape[:1] + (ring.batch,) + self.keys.shape[2:]
-        ring.keys = self.keys.new_empty(shape) if self._growing_view else self.keys.new_zeros(shape)
-        ring.values = torch.empty_like(ring.keys) if self._growing_view else torch.zeros_like(ring.keys)
-        ring.key_bias = self.key_bias.new_full((ring.batch,) + self.key_bias.shape[1:], self.hidden_value)
-        ring.visible = self.visible.new_zeros((ring.batch,) + self.visible.shape[1:])
-        ring.slot, ring.c = self.slot.clone(), self.c.new_empty((self.c.shape[0], ring.batch, self.c.shape[2]))
         for (mine, dim), (theirs, _) in zip(self._sequence_buffers(), ring._sequence_buffers()):
             theirs.copy_(mine.index_select(dim, new_order))
         return ring
