@@ -68,20 +68,28 @@ def never_sampled(dictionary) -> List[int]:
     return [i for i, sym in enumerate(dictionary.symbols) if i in specials or sym.startswith("madeupword")]
 
 
-@torch.no_grad()
 def stream_tokens(model, prompt: List[int], num_tokens: int, top_k: int = 0, top_p: float = 1.0,
                   temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> Iterator[int]:
-    """Yield ``num_tokens`` token ids continuing ``prompt`` (ids, without a leading ``</s>``).
+    """An iterator over ``num_tokens`` token ids continuing ``prompt`` (ids, without a leading ``</s>``).
 
     ``model``: an ``SRUppLanguageModel`` (or its decoder) in eval mode. The decoder sees
     ``</s> prompt`` first, as fairseq's generators feed a prompt, then one token per step.
+    The arguments and the decoding mode are checked here, before the first token is asked for, so that
+    ``srupp-sample`` reports a mistake before it echoes the prompt.
     """
     check_sampling_args(top_k, top_p, temperature)
     decoder = getattr(model, "decoder", model)
+    with torch.no_grad():
+        stepper = TokenStepper(decoder, 1)  # on a GPU each step replays one CUDA graph
+    return _sampled_tokens(decoder, stepper, prompt, num_tokens, top_k, top_p, temperature, generator)
+
+
+@torch.no_grad()
+def _sampled_tokens(decoder, stepper: TokenStepper, prompt: List[int], num_tokens: int, top_k: int, top_p: float,
+                    temperature: float, generator: Optional[torch.Generator]) -> Iterator[int]:
     dictionary = decoder.dictionary
     banned = never_sampled(dictionary)
     device = next(decoder.parameters()).device
-    stepper = TokenStepper(decoder, 1)  # on a GPU each step replays one CUDA graph
     output = None
     for _ in range(num_tokens):
         if output is None:

@@ -222,9 +222,14 @@ def test_cli_decoding_switch_same_text_through_the_ring_and_a_bad_value_in_one_l
         return fork_server.run([sys.executable, "-m", "fairseq_srupp.sample_cli", *args], stderr_apart=True,
                                timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1", FAIRSEQ_SRUPP_DECODING=mode))
 
-    cache, ring, bad = run("cache"), run("ring"), run("fast")
+    cache, ring, bad, graph = run("cache"), run("ring"), run("fast"), run("graph")
     assert cache.returncode == 0 and ring.returncode == 0, (cache.stderr, ring.stderr)
     assert ring.stdout == cache.stdout and len(cache.stdout) > len("the c")
-    assert bad.returncode == 1
+    # A mode that cannot run is reported before the prompt is echoed: nothing on stdout, the error on a line
+    # of its own.
+    assert bad.returncode == graph.returncode == 1 and bad.stdout == graph.stdout == ""
     assert bad.stderr.splitlines() == [
         "error: FAIRSEQ_SRUPP_DECODING='fast' is not one of auto, cache, ring, graph: unset it or set it to one of them"]
+    assert graph.stderr.splitlines() == [
+        "error: FAIRSEQ_SRUPP_DECODING=graph replays CUDA graphs and needs the model on a GPU; use ring or cache on "
+        "the CPU"]
