@@ -3,9 +3,9 @@
 fairseq reports these as a traceback (an ``AssertionError``, a ``KeyError`` at the first forward) or not
 at all (a missing ``--restore-file`` silently trains from scratch). :func:`check_train_config`, called by
 the plugin's wrapper of fairseq's ``call_main`` (:mod:`fairseq_srupp.fairseq_fixes`), checks the batch
-size (and a ``--max-tokens`` that ``srupp_language_modeling`` would ignore), ``--fp16`` without a GPU,
-``--distributed-world-size`` beyond the local GPUs without a way to start the other ranks, a
-``--distributed-rank`` outside the world (it would wait forever at the rendezvous), ``--update-freq``,
+size (and a ``--max-tokens`` that ``srupp_language_modeling`` would ignore), batch and block sizes below 1,
+``--fp16`` without a GPU, ``--distributed-world-size`` beyond the local GPUs without a way to start the
+other ranks, a ``--distributed-rank`` outside the world (it would wait forever at the rendezvous), ``--update-freq``,
 ``--lr-scheduler cosine`` without a period, ``--save-dir`` and the ``--log-file``'s folder, the
 ``--restore-file`` / ``--finetune-from-model`` (missing, or a checkpoint of another architecture),
 whether the criterion fits ``srupp_lm`` (``cross_entropy`` with its adaptive softmax is allowed, with a
@@ -55,8 +55,30 @@ def check_no_max_tokens(dataset, task) -> None:
             "--batch-size or those lengths to make batches smaller".format(given, dataset.batch_size, given))
 
 
+BATCH_LIMITS = (("--batch-size", "batch_size"), ("--batch-size-valid", "batch_size_valid"),
+                ("--max-tokens", "max_tokens"), ("--max-tokens-valid", "max_tokens_valid"))
+
+
+def check_batch_limits(dataset, task) -> None:
+    """Batch and block sizes below 1. fairseq's batcher reads a ``--batch-size`` or ``--max-tokens`` of 0 or
+    less as no limit, so a whole split becomes one batch (fairseq-train can exhaust the memory before its
+    first update); its block builder divides by ``--tokens-per-sample`` (a ``ZeroDivisionError`` traceback)
+    or allocates a negative size. (``srupp_language_modeling`` checks its own sizes, in its words: streams.)"""
+    if component_name(task) == "srupp_language_modeling":
+        return
+    for flag, key in BATCH_LIMITS:
+        value = dataset.get(key)
+        if value is not None and value < 1:
+            raise SRUppUserError("{} must be >= 1, got {}: fairseq would read it as no limit and put a whole split "
+                                 "in one batch".format(flag, value))
+    tokens_per_sample = getattr(task, "tokens_per_sample", None)
+    if tokens_per_sample is not None and tokens_per_sample < 1:
+        raise SRUppUserError("--tokens-per-sample must be >= 1 (tokens per block), got {}".format(tokens_per_sample))
+
+
 def _check_batch_size(cfg):
     dataset = cfg.dataset
+    check_batch_limits(dataset, cfg.get("task"))
     check_no_max_tokens(dataset, cfg.task)
     if dataset.batch_size is None and dataset.max_tokens is None:
         raise SRUppUserError("give --batch-size (sentences per batch) or --max-tokens (tokens per batch)")

@@ -225,6 +225,13 @@ def test_train_config_checks_in_process(tmp_path, caplog):
     ]:
         with pytest.raises(SRUppUserError, match=re.escape(message)):
             check_train_config(config(*args))
+    for args, message in [(("--batch-size", 0), "--batch-size must be >= 1, got 0"),
+                          (("--max-tokens", 0), "--max-tokens must be >= 1, got 0"),
+                          (("--batch-size", 2, "--batch-size-valid", 0), "--batch-size-valid must be >= 1, got 0"),
+                          (("--batch-size", 2, "--tokens-per-sample", -5),
+                           "--tokens-per-sample must be >= 1 (tokens per block), got -5")]:
+        with pytest.raises(SRUppUserError, match=re.escape(message)):
+            check_train_config(config(*args, task="language_modeling"))
     message = ("--criterion srupp_adaptive_loss needs a srupp_lm model (--arch srupp_lm...), got "
                "TransformerLanguageModel")
     with pytest.raises(SRUppUserError, match=re.escape(message)):
@@ -361,6 +368,8 @@ def _parsed(parser_name, *args, data, path=None):
                                                                  "literal ('{' was never closed)"),
     ("fairseq-generate", ("--model-overrides", "{'a': b}"), "is not a Python dict literal (not a literal)"),
     ("fairseq-generate", ("--model-overrides", "[1]"), "--model-overrides [1] is a list, not a dict"),
+    ("fairseq-generate", ("--max-tokens", -1), "--max-tokens must be >= 1, got -1: fairseq would read it as no limit"),
+    ("fairseq-interactive", ("--batch-size", 0), "--batch-size must be >= 1, got 0"),
 ])
 def test_generation_config_variants(env, command, args, message):
     from fairseq_srupp.inference_checks import check_generation_config
@@ -418,6 +427,10 @@ def test_generation_and_eval_lm_configs_that_run_pass(env):
      True),
     (("--task", "srupp_language_modeling", "--batch-size", 2, "--max-tokens", 64),
      "--max-tokens does not apply to srupp_language_modeling", True),
+    (("--task", "language_modeling", "--batch-size", 0),
+     "--batch-size must be >= 1, got 0: fairseq would read it as no limit and put a whole split in one batch", True),
+    (("--task", "language_modeling", "--tokens-per-sample", 0),
+     "--tokens-per-sample must be >= 1 (tokens per block), got 0", True),
 ])
 def test_eval_lm_config_variants(env, args, message, path):
     from fairseq_srupp.inference_checks import check_eval_lm_config
