@@ -3,6 +3,7 @@ stderr (no traceback), existing files untouched; or a warning where the input is
 import os
 import re
 import shutil
+import tempfile
 
 import pytest
 import torch
@@ -31,7 +32,8 @@ def trained(tmp_path_factory):
 def fails(tool, *args):
     """Run a console script that must fail: return its single stderr line (warnings silenced)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = fork_server.run([BIN / tool, *args], env=env, stderr_apart=True, timeout=600)
+    with tempfile.TemporaryDirectory() as cwd:  # fairseq-train makes its default --save-dir even with --no-save
+        proc = fork_server.run([BIN / tool, *args], cwd=cwd, env=env, stderr_apart=True, timeout=600)
     # fairseq-eval-lm logs to stderr: set its log records aside, the rest must be the one error line
     lines = [line for line in proc.stderr.strip().splitlines() if not LOG_RECORD.match(line)]
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]

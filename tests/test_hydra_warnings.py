@@ -43,7 +43,8 @@ def test_a_mistake_prints_its_error_line_alone(tmp_path):
     proc = subprocess.run([str(BIN / "fairseq-train"), str(data), "--user-dir", USER_DIR, "--task",
                            "srupp_language_modeling", "--arch", "srupp_lm_tiny", "--cpu", "--num-layers", "0",
                            "--batch-size", "2", "--tokens-per-sample", "32"],
-                          env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)  # in tmp_path: fairseq-train makes its default --save-dir before the error
     lines = [line for line in (proc.stdout + proc.stderr).splitlines()
              if line.strip() and "| INFO |" not in line and not line.startswith(("INFO:", "DEBUG:"))]
     assert proc.returncode != 0 and lines == ["error: --num-layers must be a positive integer, got 0"], lines
