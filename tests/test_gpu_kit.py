@@ -446,30 +446,34 @@ def test_install_refuses_what_is_not_a_wheelhouse(tmp_path, make):
 
 
 def test_half_precision_update_is_radam_on_an_fp32_master_copy():
-    """srupp_lm_half's update against RAdam run on fp32 copies of the half parameters and gradients."""
+    """srupp_lm_half's update (fairseq's FP16Optimizer, as fairseq-train --bf16 drives it) against RAdam run
+    on fp32 copies of the half parameters and gradients, the loss a sum divided by its tokens."""
     from train_bench import HalfPrecisionUpdate, radam
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3)).to(torch.bfloat16)
     reference = [p.detach().float().clone().requires_grad_(True) for p in model.parameters()]
     update, ref_opt = HalfPrecisionUpdate(model, torch.bfloat16), radam(reference)
-    for _ in range(3):
-        x = torch.randn(4, 6, dtype=torch.bfloat16)
-        loss = model(x).float().pow(2).mean() * 50  # large gradients: clipping at 1.0 acts
+    assert update.scale == 1.0 and len(update.master_params()) == 4  # bf16: a copy per parameter, unscaled
+    tokens = 4
+    for weight in (50.0, 0.5, 0.5):  # large gradients (clipping at 1.0 acts), then small ones (it does not)
+        x = torch.randn(tokens, 6, dtype=torch.bfloat16)
+        loss = model(x).float().pow(2).mean() * weight
         loss.backward()
         for ref, p in zip(reference, model.parameters()):
             ref.grad = p.grad.float()
-        torch.nn.utils.clip_grad_norm_(reference, 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(reference, 1.0)
+        assert (norm > 1) == (weight > 1) and norm * tokens > 1  # the sum's gradient, undivided, would be clipped
         ref_opt.step()
         for p in model.parameters():
             p.grad = None
-        update(model(x).float().pow(2).mean() * 50)  # the same loss, recomputed: the same gradients
-        for ref, p in zip(reference, model.parameters()):
+        update(model(x).float().pow(2).mean() * weight * tokens, tokens)  # the same loss, as a sum over tokens
+        for ref, master, p in zip(reference, update.master_params(), model.parameters()):
             assert p.dtype == torch.bfloat16 and p.grad is None
-            torch.testing.assert_close(p.float(), ref.detach().to(torch.bfloat16).float(), rtol=0, atol=0)
-        torch.testing.assert_close(update.master.detach(), torch.cat([r.detach().reshape(-1) for r in reference]))
-        for ref, p in zip(reference, model.parameters()):
-            p.data.copy_(ref.detach())  # the next step starts where the reference is (bf16 rounding aside)
+            torch.testing.assert_close(master.detach(), ref.detach(), rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(p.float(), master.detach().to(torch.bfloat16).float(), rtol=0, atol=0)
+        for ref, master in zip(reference, update.master_params()):
+            ref.data.copy_(master.detach())  # the next step starts where the update is (rounding aside)
 
 
 def test_half_precision_update_scales_fp16_and_skips_an_overflow():
@@ -479,16 +483,16 @@ def test_half_precision_update_scales_fp16_and_skips_an_overflow():
     update = HalfPrecisionUpdate(model, torch.float16)
     assert update.scale == 128.0
     before = [p.detach().clone() for p in model.parameters()]
-    master = update.master.detach().clone()
+    master = [m.detach().clone() for m in update.master_params()]
     x = torch.full((1, 4), 1e4, dtype=torch.float16)
-    update(model(x).float().sum() * 1e3)  # 128 x the gradient overflows fp16
+    update(model(x).float().sum() * 1e3, 1)  # 128 x the gradient overflows fp16
     assert update.scale == 64.0
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))  # the update was skipped
-    assert torch.equal(master, update.master)
-    update(model(torch.ones(1, 4, dtype=torch.float16)).float().sum() * 0.01)  # gradients 0.01: norm < 1
+    assert all(torch.equal(a, b) for a, b in zip(master, update.master_params()))
+    assert all(p.grad is None for p in model.parameters())
+    update(model(torch.ones(1, 4, dtype=torch.float16)).float().sum() * 0.04, 4)  # gradients 0.01: norm < 1
     assert update.scale == 64.0
-    torch.testing.assert_close(update.master.grad, torch.full_like(update.master, 0.01), rtol=1e-3, atol=0)  # unscaled
-    assert not torch.equal(master, update.master)  # (a step of 3e-6: below fp16's resolution of the weights)
+    assert not all(torch.equal(a, b) for a, b in zip(master, update.master_params()))  # this one stepped
 
 
 def test_generation_step_reports_the_runs_a_stopped_model_finished():

@@ -10,8 +10,8 @@ L=--length tokens per step (the paper's per-GPU batch: 4 x 1024), for every --dt
   kernels, no mask tensor);
 * ``srupp_lm_half`` (bf16 and fp16 only): the same model trained the way ``fairseq-train --bf16`` /
   ``--fp16`` trains it, as this project's configs do (``configs/base/srupp_train.yaml``): weights and
-  activations in half precision, no autocast, one flat fp32 copy of the parameters that RAdam updates
-  (fairseq's ``FP16Optimizer``, see :class:`HalfPrecisionUpdate`);
+  activations in half precision, no autocast, fp32 copies of the parameters that RAdam updates, made and
+  updated by fairseq's own ``FP16Optimizer`` as its trainer drives it (see :class:`HalfPrecisionUpdate`);
 * ``srupp_lm_additive``: the same model and steps with ``FAIRSEQ_SRUPP_ATTENTION=additive``, the
   additive float mask over [memory; current] of before: the A/B of the mask alone;
 * ``srupp_lm_sdpa``: the same with ``FAIRSEQ_SRUPP_ATTENTION=sdpa``: its wide heads (the preset's one
@@ -237,36 +237,60 @@ def radam(params, fused=True):
 
 
 class HalfPrecisionUpdate:
-    """The update of ``fairseq-train --fp16`` / ``--bf16`` (fairseq's ``FP16Optimizer`` with flattened
-    parameters): the model's parameters stay in half precision; one flat fp32 copy of them is what RAdam
-    updates. Per step: backward of the (fp16: scaled) loss, the half gradients copied into the flat fp32
-    gradient, unscaled, clipped at 1.0; on overflow (a non-finite norm) the update is skipped and the fp16
-    scale halved, else RAdam steps and the result is copied back into the half parameters. fp16 starts at
-    fairseq's scale of 128; bf16 is not scaled."""
+    """The update of ``fairseq-train --fp16`` / ``--bf16``: fairseq's own ``FP16Optimizer`` around
+    ``--optimizer radam``, driven as fairseq's trainer drives it: backward of the summed loss (fp16:
+    scaled), ``multiply_grads(1 / tokens)``, ``clip_grad_norm(1.0)`` (an fp16 overflow raises
+    ``OverflowError`` after halving the scale: the update is skipped, as the trainer skips it), the
+    trainer's finiteness check of the norm (a host synchronisation), ``step``, ``zero_grad``.
+
+    The model's parameters stay in half precision; fp32 copies of them are what RAdam updates: one flat
+    copy for --fp16, one per parameter for --bf16 (fairseq does not flatten bf16, so each update copies,
+    norms, scales and zeroes every gradient on its own). A flat copy needs CUDA (fairseq places it on
+    the current GPU), so on the CPU (tests) fp16 is not flattened either. fp16 starts at fairseq's
+    scale of 128; bf16 is not scaled."""
 
     def __init__(self, model, dtype):
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.sizes = [p.numel() for p in self.params]  # of each parameter's slice of the flat copy
-        self.master = nn.Parameter(torch.cat([p.detach().float().reshape(-1) for p in self.params]))
-        self.master.grad = torch.zeros_like(self.master)
-        self.optimizer = radam([self.master])
-        self.scale = 128.0 if dtype == torch.float16 else 1.0
+        from fairseq.optim.fp16_optimizer import FP16Optimizer
+        from omegaconf import OmegaConf
 
-    def __call__(self, loss):
-        (loss * self.scale if self.scale != 1.0 else loss).backward()
-        for param, grad in zip(self.params, self.master.grad.split(self.sizes)):
-            grad.copy_(param.grad.reshape(-1))
-            param.grad = None
-        if self.scale != 1.0:
-            self.master.grad.mul_(1.0 / self.scale)
-        norm = torch.nn.utils.clip_grad_norm_([self.master], 1.0)
-        if not torch.isfinite(norm):  # a sync, as fairseq's overflow check
-            self.scale /= 2
+        import fairseq_srupp.optim  # noqa: F401  (registers --optimizer radam)
+
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        flatten = dtype == torch.float16 and self.params[0].is_cuda
+        cfg = OmegaConf.create({
+            "common": {"fp16": dtype == torch.float16, "bf16": dtype == torch.bfloat16, "fp16_init_scale": 128,
+                       "fp16_scale_window": None, "fp16_scale_tolerance": 0.0, "threshold_loss_scale": None,
+                       "min_loss_scale": 1e-4, "fp16_no_flatten_grads": not flatten, "model_parallel_size": 1},
+            "distributed_training": {"distributed_world_size": 1},
+            "optimization": {"update_freq": [1], "lr": [3e-4]},
+            "optimizer": {"_name": "radam", "lr": [3e-4], "radam_betas": [0.9, 0.999], "radam_eps": 1e-8,
+                          "weight_decay": 0.1, "radam_unfused": False}})
+        self.optimizer = FP16Optimizer.build_optimizer(cfg, self.params)
+
+    @property
+    def scale(self) -> float:
+        return 1.0 if self.optimizer.scaler is None else self.optimizer.scaler.loss_scale
+
+    def master_params(self):
+        """The fp32 copies RAdam updates, one per parameter (views of the flat copy where there is one)."""
+        copies = self.optimizer.fp32_params
+        if isinstance(copies, dict):
+            (flat,) = copies.values()
+            return [v.view_as(p) for p, v in zip(self.params, flat.split([p.numel() for p in self.params]))]
+        return list(copies)
+
+    def __call__(self, loss_sum, tokens):
+        opt = self.optimizer
+        opt.backward(loss_sum)
+        opt.multiply_grads(1.0 / tokens)
+        try:
+            norm = opt.clip_grad_norm(1.0)
+        except OverflowError:
+            opt.zero_grad()
             return
-        self.optimizer.step()
-        with torch.no_grad():
-            for param, value in zip(self.params, self.master.split(self.sizes)):
-                param.copy_(value.view_as(param))
+        if torch.isfinite(norm).all():
+            opt.step()
+        opt.zero_grad()
 
 
 def training_step(name, dtype_name, args, dict_dir, device):
@@ -286,9 +310,10 @@ def training_step(name, dtype_name, args, dict_dir, device):
 
         def step():
             logits = forward(data[:, :-1])
-            loss = F.cross_entropy(logits.float().flatten(0, 1), data[:, 1:].flatten())
-            update(loss)
-            losses.append(loss.detach())
+            tokens = data[:, 1:].numel()
+            loss_sum = F.cross_entropy(logits.float().flatten(0, 1), data[:, 1:].flatten(), reduction="sum")
+            update(loss_sum, tokens)  # a fairseq criterion's sum, divided by the tokens in multiply_grads
+            losses.append(loss_sum.detach() / tokens)
 
         return model, step, flops, losses
 
