@@ -1,4 +1,4 @@
-"""Five fairseq 0.12 behaviours that break everyday use of this plugin, wrapped (not rewritten) at import.
+"""Six fairseq 0.12 behaviours that break or slow everyday use of this plugin, wrapped at import.
 
 1. ``--log-file``: fairseq's ``progress_bar()`` adds a new ``FileHandler`` for the log file each time it
    is called — once per epoch and once per validation — so ``train.log`` repeats every line once more
@@ -47,6 +47,10 @@
    Each raises :class:`~fairseq_srupp.errors.SRUppUserError` (one ``error:`` line); a checkpoint that
    fails to load although its file is intact keeps fairseq's own error.
 
+6. ``--fp16`` / ``--bf16``: fairseq's ``FP16Optimizer`` copies, zeroes and (without apex) norms the gradients
+   and copies the parameters back one parameter at a time: :mod:`fairseq_srupp.optim.batched_update`
+   does each pass as one multi-tensor call (``FAIRSEQ_SRUPP_UPDATE=fairseq`` keeps fairseq's loops).
+
 The wrapper of ``call_main`` also destroys the process group of a run that returned: fairseq leaves it
 to interpreter shutdown, where a gloo rank can abort ("terminate called without an active exception").
 """
@@ -61,6 +65,7 @@ import torch
 
 from fairseq_srupp.errors import CheckpointMismatchError, SRUppUserError, find_user_error, not_a_file
 from fairseq_srupp.inference_checks import check_eval_lm_config, check_generation_config
+from fairseq_srupp.optim.batched_update import install as install_batched_update
 from fairseq_srupp.train_checks import check_train_config
 
 logger = logging.getLogger(__name__)
@@ -456,4 +461,5 @@ def install() -> None:
         _wrap_generate_main(sys.modules["fairseq_cli.generate"])
     _wrap_batch_by_size(data_utils)
     _wrap_checkpoint_loaders(checkpoint_utils)
+    install_batched_update()
     _installed = True

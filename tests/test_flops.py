@@ -25,7 +25,7 @@ def linear_flops_per_token(name, shape_args, tmp_path, steps):
     args = train_bench.parse_args(["--device", "cpu", "--batch", str(B), "--length", str(T), "--vocab", str(VOCAB),
                                    "--dropout", "0"] + shape_args)
     write_dictionary(str(tmp_path), args.vocab)
-    with train_bench.attention_mode(name):
+    with train_bench.model_switches(name):
         model, forward, analytic = train_bench.build(name, args, str(tmp_path))
         data = torch.randint(4, VOCAB, (B, T + 1))
         for i in range(steps):

@@ -99,6 +99,7 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
         ("srupp_lm_additive", "bfloat16"),  # the A/B of the attention mask: bf16 only
         ("srupp_lm_sdpa", "bfloat16"),  # the A/B of the wide heads' kernel: bf16 only
         ("srupp_lm_half", "bfloat16"),  # fairseq's --bf16 / --fp16 update: half precision only
+        ("srupp_lm_half_loops", "bfloat16"),  # the same with fairseq's per-parameter loops
         ("srupp_lm_compiled", "bfloat16")}  # torch.compile (aot_eager on the CPU), last
     assert set(training["ratios"]["bfloat16"]) >= {"structured_over_additive_tokens_per_s",
                                                    "structured_over_additive_peak_memory"}
@@ -106,6 +107,8 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
     assert training["ratios"]["bfloat16"]["auto_over_sdpa_tokens_per_s"] > 0
     assert any("all heads through SDPA (srupp_lm_sdpa)" in line for line in steps["training"]["markdown"])
     assert training["ratios"]["bfloat16"]["half_over_reference_tokens_per_s"] > 0
+    assert training["ratios"]["bfloat16"]["batched_over_loops_tokens_per_s"] > 0
+    assert any("srupp_lm_half / srupp_lm_half_loops" in line for line in steps["training"]["markdown"])
     assert any("srupp_lm_half (fairseq --bf16) / sru reference" in line for line in steps["training"]["markdown"])
     assert any(t["target"] == "enwik8-base training bf16: srupp_lm_half MFU >= 45%" for t in training["targets"])
     assert any("srupp_lm compiled / eager: tokens/s" in line for line in steps["training"]["markdown"])

@@ -107,7 +107,7 @@ def breakdown(work, steps, wall_ms, cuda, top=12):
 def profile_model(name, dtype_name, args, dict_dir, device, steps=3, warmup=2):
     """Profile ``steps`` training updates of train_bench's model ``name`` after ``warmup`` ones."""
     cuda = device.type == "cuda"
-    with train_bench.attention_mode(name):
+    with train_bench.model_switches(name):
         model, step, _, losses = train_bench.training_step(name, dtype_name, args, dict_dir, device)
         for _ in range(warmup):
             step()

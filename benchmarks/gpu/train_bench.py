@@ -12,6 +12,9 @@ L=--length tokens per step (the paper's per-GPU batch: 4 x 1024), for every --dt
   ``--fp16`` trains it, as this project's configs do (``configs/base/srupp_train.yaml``): weights and
   activations in half precision, no autocast, fp32 copies of the parameters that RAdam updates, made and
   updated by fairseq's own ``FP16Optimizer`` as its trainer drives it (see :class:`HalfPrecisionUpdate`);
+* ``srupp_lm_half_loops`` (last): ``srupp_lm_half`` with ``FAIRSEQ_SRUPP_UPDATE=fairseq``, fairseq's own
+  per-parameter loops in ``FP16Optimizer`` instead of the plugin's multi-tensor passes
+  (:mod:`fairseq_srupp.optim.batched_update`): the A/B of those;
 * ``srupp_lm_additive``: the same model and steps with ``FAIRSEQ_SRUPP_ATTENTION=additive``, the
   additive float mask over [memory; current] of before: the A/B of the mask alone;
 * ``srupp_lm_sdpa``: the same with ``FAIRSEQ_SRUPP_ATTENTION=sdpa``: its wide heads (the preset's one
@@ -73,16 +76,21 @@ from fairseq_srupp.bench.paper_sru import import_sru  # noqa: E402
 from fairseq_srupp.models.srupp_lm import SRUppLMConfig  # noqa: E402
 from fairseq_srupp.modules.attention_masks import ATTENTION_ENV, causal_mask  # noqa: E402
 from fairseq_srupp.modules.transforms import SDPA_MAX_HEAD_DIM, wants_matmul_attention  # noqa: E402
+from fairseq_srupp.optim.batched_update import UPDATE_ENV  # noqa: E402
 from fairseq_srupp.optim.fused_radam import FusedRAdam  # noqa: E402
 from fairseq_srupp.tasks.carried_state import SegmentContext  # noqa: E402
 
 # srupp_lm's pair first: if the step runs out of time, the A/B of the mask is what was measured.
-MODELS = ("srupp_lm", "srupp_lm_half", "srupp_lm_sdpa", "srupp_lm_additive", "sru_reference", "transformer_lm")
+MODELS = ("srupp_lm", "srupp_lm_half", "srupp_lm_sdpa", "srupp_lm_additive", "sru_reference", "transformer_lm",
+          "srupp_lm_half_loops")
 OPTIONAL_MODELS = ("srupp_lm_compiled",)  # run only when named in --models
 # FAIRSEQ_SRUPP_ATTENTION per model
 ATTENTION = {"srupp_lm": "auto", "srupp_lm_half": "auto", "srupp_lm_sdpa": "sdpa", "srupp_lm_additive": "additive",
-             "srupp_lm_compiled": "auto"}
-HALF_DTYPES = ("bfloat16", "float16")  # srupp_lm_half runs only in these
+             "srupp_lm_compiled": "auto", "srupp_lm_half_loops": "auto"}
+# FAIRSEQ_SRUPP_UPDATE per model: fairseq's own per-parameter loops in FP16Optimizer, the A/B of the batched update
+UPDATE = {"srupp_lm_half_loops": "fairseq"}
+HALF_MODELS = ("srupp_lm_half", "srupp_lm_half_loops")  # trained by fairseq's FP16Optimizer
+HALF_DTYPES = ("bfloat16", "float16")  # the HALF_MODELS run only in these
 TRANSFORMER = "1024,4480,8,16"  # about srupp_lm's 107.6M parameters with a byte vocabulary
 # Dense bf16 TFLOP/s by device name (vendor datasheets); the most specific name matches first.
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
@@ -216,15 +224,17 @@ def sdpa_kernel_used(mode, args, dtype, device="cuda"):
 
 
 @contextlib.contextmanager
-def attention_mode(name):
-    """``FAIRSEQ_SRUPP_ATTENTION`` as model ``name`` runs (see ATTENTION); unchanged for the other models."""
-    mode = ATTENTION.get(name)
-    with mock.patch.dict(os.environ, {ATTENTION_ENV: mode}) if mode else contextlib.nullcontext():
+def model_switches(name):
+    """``FAIRSEQ_SRUPP_ATTENTION`` and ``FAIRSEQ_SRUPP_UPDATE`` as model ``name`` runs (see ATTENTION and UPDATE);
+    unchanged where the model names none."""
+    switches = {env: table[name] for env, table in ((ATTENTION_ENV, ATTENTION), (UPDATE_ENV, UPDATE))
+                if name in table}
+    with mock.patch.dict(os.environ, switches) if switches else contextlib.nullcontext():
         yield
 
 
 def measure(name, dtype_name, args, dict_dir, device, peak_tflops):
-    with attention_mode(name):
+    with model_switches(name):
         return _measure(name, dtype_name, args, dict_dir, device, peak_tflops)
 
 
@@ -296,16 +306,16 @@ class HalfPrecisionUpdate:
 def training_step(name, dtype_name, args, dict_dir, device):
     """(model, step() -> None, training FLOPs per token, the losses step appends to): model ``name`` built,
     moved to ``device`` and trained by the paper's loop (see the module's docstring), one update per call.
-    Call it under :func:`attention_mode`."""
+    Call it under :func:`model_switches`."""
     torch.manual_seed(1)
     model, forward, flops = build(name, args, dict_dir)
     model = model.to(device).train()
     dtype = DTYPES[dtype_name]
     data = torch.randint(4, args.vocab, (args.batch, args.length + 1), device=device)
     losses = []
-    if name == "srupp_lm_half":
+    if name in HALF_MODELS:
         if dtype_name not in HALF_DTYPES:
-            raise ValueError("srupp_lm_half trains in {} only, not {}".format(" or ".join(HALF_DTYPES), dtype_name))
+            raise ValueError("{} trains in {} only, not {}".format(name, " or ".join(HALF_DTYPES), dtype_name))
         update = HalfPrecisionUpdate(model.to(dtype), dtype)
 
         def step():
@@ -387,7 +397,7 @@ def run(args, on_row=None):
             for model_name in args.models:
                 if model_name in ("srupp_lm_additive", "srupp_lm_sdpa") and dtype_name not in args.additive_dtypes:
                     continue
-                if model_name == "srupp_lm_half" and dtype_name not in HALF_DTYPES:
+                if model_name in HALF_MODELS and dtype_name not in HALF_DTYPES:
                     continue
                 t0 = time.perf_counter()
                 try:
@@ -413,6 +423,7 @@ RATIOS = {  # key: (numerator model, denominator model, figure)
     "half_over_reference_peak_memory": ("srupp_lm_half", "sru_reference", "peak_mib"),
     "half_over_autocast_tokens_per_s": ("srupp_lm_half", "srupp_lm", "tokens_per_s"),
     "half_over_autocast_peak_memory": ("srupp_lm_half", "srupp_lm", "peak_mib"),
+    "batched_over_loops_tokens_per_s": ("srupp_lm_half", "srupp_lm_half_loops", "tokens_per_s"),
     "compiled_over_eager_tokens_per_s": ("srupp_lm_compiled", "srupp_lm", "tokens_per_s"),
     "compiled_over_eager_peak_memory": ("srupp_lm_compiled", "srupp_lm", "peak_mib"),
 }
@@ -454,6 +465,10 @@ def format_results(result):
                              _num(r["half_over_reference_peak_memory"], "{:.2f}x"),
                              _num(r["half_over_autocast_tokens_per_s"], "{:.2f}x"),
                              _num(r["half_over_autocast_peak_memory"], "{:.2f}x")))
+        if r.get("batched_over_loops_tokens_per_s"):
+            lines.append("- {}: srupp_lm_half / srupp_lm_half_loops (FP16Optimizer's passes batched / fairseq's "
+                         "per-parameter loops): tokens/s {}".format(dtype, _num(r["batched_over_loops_tokens_per_s"],
+                                                                               "{:.2f}x")))
         lines.append("- {}: SDPA with the structured causal mask / the additive mask (srupp_lm_sdpa / "
                      "srupp_lm_additive): tokens/s {}, peak memory {}".format(
             dtype, _num(r["structured_over_additive_tokens_per_s"], "{:.2f}x"),
