@@ -12,7 +12,7 @@ L=--length tokens per step (the paper's per-GPU batch: 4 x 1024), for every --dt
   ``--fp16`` trains it, as this project's configs do (``configs/base/srupp_train.yaml``): weights and
   activations in half precision, no autocast, fp32 copies of the parameters that RAdam updates, made and
   updated by fairseq's own ``FP16Optimizer`` as its trainer drives it (see :class:`HalfPrecisionUpdate`);
-* ``srupp_lm_half_loops`` (last): ``srupp_lm_half`` with ``FAIRSEQ_SRUPP_UPDATE=fairseq``, fairseq's own
+* ``srupp_lm_half_loops`` (last, bf16 only): ``srupp_lm_half`` with ``FAIRSEQ_SRUPP_UPDATE=fairseq``, fairseq's own
   per-parameter loops in ``FP16Optimizer`` instead of the plugin's multi-tensor passes
   (:mod:`fairseq_srupp.optim.batched_update`): the A/B of those;
 * ``srupp_lm_additive``: the same model and steps with ``FAIRSEQ_SRUPP_ATTENTION=additive``, the
@@ -90,6 +90,7 @@ ATTENTION = {"srupp_lm": "auto", "srupp_lm_half": "auto", "srupp_lm_sdpa": "sdpa
 # FAIRSEQ_SRUPP_UPDATE per model: fairseq's own per-parameter loops in FP16Optimizer, the A/B of the batched update
 UPDATE = {"srupp_lm_half_loops": "fairseq"}
 HALF_MODELS = ("srupp_lm_half", "srupp_lm_half_loops")  # trained by fairseq's FP16Optimizer
+AB_MODELS = ("srupp_lm_additive", "srupp_lm_sdpa", "srupp_lm_half_loops")  # run in --additive-dtypes only
 HALF_DTYPES = ("bfloat16", "float16")  # the HALF_MODELS run only in these
 TRANSFORMER = "1024,4480,8,16"  # about srupp_lm's 107.6M parameters with a byte vocabulary
 # Dense bf16 TFLOP/s by device name (vendor datasheets); the most specific name matches first.
@@ -111,8 +112,8 @@ def parse_args(argv=None):
     p.add_argument("--models", nargs="+", choices=MODELS + OPTIONAL_MODELS, default=list(MODELS))
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of srupp_lm_compiled")
     p.add_argument("--additive-dtypes", nargs="+", choices=DTYPES, default=["bfloat16"],
-                   help="dtypes srupp_lm_additive and srupp_lm_sdpa run in (default bf16 only: the A/B of the "
-                        "mask and of the attention kernel, the MFU target's dtype, within the GPU kit's time)")
+                   help="dtypes the A/B rows (srupp_lm_additive, srupp_lm_sdpa, srupp_lm_half_loops) run in "
+                        "(default bf16 only: the MFU target's dtype, within the GPU kit's time)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--length", type=int, default=1024)
     p.add_argument("--vocab", type=int, default=209, help="dictionary size: 205 bytes + fairseq's 4 symbols")
@@ -395,7 +396,7 @@ def run(args, on_row=None):
         write_dictionary(tmp, args.vocab)
         for dtype_name in args.dtypes:
             for model_name in args.models:
-                if model_name in ("srupp_lm_additive", "srupp_lm_sdpa") and dtype_name not in args.additive_dtypes:
+                if model_name in AB_MODELS and dtype_name not in args.additive_dtypes:
                     continue
                 if model_name in HALF_MODELS and dtype_name not in HALF_DTYPES:
                     continue
