@@ -5,8 +5,9 @@ the half-precision parameters: one flat copy for ``--fp16``, one copy per parame
 update it copies every half gradient into its fp32 copy, zeroes the copies (``--bf16``) and copies every
 updated parameter back, one parameter at a time, and without NVIDIA's apex its gradient clipping takes
 one norm per gradient (``fairseq.utils.clip_grad_norm_``). For ``srupp_lm`` at the enwik8-base shape
-(103 parameter tensors) that is about 520 small kernels an update under ``--bf16`` and 210 under
-``--fp16``; on a GPU each costs more to launch from Python than to run.
+(103 parameter tensors) that is 421 operations an update besides RAdam's step under ``--bf16`` (counted
+on the CPU) and about 210 under ``--fp16``; on a GPU each is a kernel that costs more to launch from
+Python than to run.
 
 :func:`install` (called when the plugin registers) replaces those loops with torch's multi-tensor
 ``_foreach_`` ops over the same tensors: ``_foreach_copy_`` for the two copies, ``_foreach_zero_`` for the
