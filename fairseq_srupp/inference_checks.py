@@ -16,8 +16,8 @@ import ast
 import os
 
 from fairseq_srupp.errors import SRUppUserError, not_a_file
-from fairseq_srupp.train_checks import (check_batch_limits, check_lm_data, check_no_max_tokens, component_name,
-                                        not_a_folder)
+from fairseq_srupp.train_checks import (check_batch_limits, check_lm_data, check_no_max_tokens, check_num_workers,
+                                        check_seed, component_name, not_a_folder)
 
 MODEL_OVERRIDES_EXAMPLE = "--model-overrides \"{'eval_window': 512}\""
 
@@ -124,6 +124,8 @@ def check_generation_config(cfg, command: str) -> None:
     _check_path(cfg, command)
     _check_model_overrides(cfg, command)
     check_batch_limits(cfg.dataset, cfg.task)
+    check_num_workers(cfg.dataset)
+    check_seed(cfg.common)
     gen = cfg.generation
     _check_search(gen)
     _check_lengths(gen)
@@ -150,6 +152,7 @@ def check_eval_lm_config(cfg) -> None:
     _check_path(cfg, "fairseq-eval-lm")
     _check_model_overrides(cfg, "fairseq-eval-lm")
     check_batch_limits(cfg.dataset, cfg.task)
+    check_num_workers(cfg.dataset)
     check_no_max_tokens(cfg.dataset, cfg.task)
     window = cfg.eval_lm.context_window
     if window < 0:

@@ -4,6 +4,7 @@ fairseq reports these as a traceback (an ``AssertionError``, a ``KeyError`` at t
 at all (a missing ``--restore-file`` silently trains from scratch). :func:`check_train_config`, called by
 the plugin's wrapper of fairseq's ``call_main`` (:mod:`fairseq_srupp.fairseq_fixes`), checks the batch
 size (and a ``--max-tokens`` that ``srupp_language_modeling`` would ignore), batch and block sizes below 1,
+``--num-workers`` below 0, a ``--seed`` numpy cannot take,
 ``--fp16`` or ``--amp`` without a GPU, ``--distributed-world-size`` beyond the local GPUs without a way
 to start the other ranks, a ``--distributed-rank`` outside the world (it would wait forever at the
 rendezvous), ``--update-freq``, ``--lr-scheduler cosine`` without a period, ``--save-dir`` and the ``--log-file``'s folder, the
@@ -74,6 +75,25 @@ def check_batch_limits(dataset, task) -> None:
     tokens_per_sample = getattr(task, "tokens_per_sample", None)
     if tokens_per_sample is not None and tokens_per_sample < 1:
         raise SRUppUserError("--tokens-per-sample must be >= 1 (tokens per block), got {}".format(tokens_per_sample))
+
+
+NUMPY_SEED_MAX = 2 ** 32 - 1
+
+
+def check_num_workers(dataset) -> None:
+    """``--num-workers`` below 0: torch's DataLoader raises a ``ValueError`` traceback once the model is built."""
+    workers = dataset.get("num_workers")
+    if workers is not None and workers < 0:
+        raise SRUppUserError("--num-workers must be >= 0 (data-loading processes; 0 loads in the main process), "
+                             "got {}".format(workers))
+
+
+def check_seed(common) -> None:
+    """A ``--seed`` numpy cannot take (fairseq seeds numpy with it: a ``ValueError`` traceback)."""
+    seed = common.get("seed")
+    if seed is not None and not 0 <= seed <= NUMPY_SEED_MAX:
+        raise SRUppUserError("--seed must be an integer from 0 to 2**32 - 1 (fairseq seeds numpy with it), "
+                             "got {}".format(seed))
 
 
 def _check_batch_size(cfg):
@@ -330,6 +350,8 @@ def check_train_config(cfg) -> None:
     module docstring)."""
     if cfg.get("dataset") is not None:
         _check_batch_size(cfg)
+        check_num_workers(cfg.dataset)
+    check_seed(cfg.common)
     _check_devices(cfg)
     if cfg.get("optimization") is not None:
         _check_update_freq(cfg)

@@ -230,6 +230,8 @@ def test_train_config_checks_in_process(tmp_path, caplog):
     for args, message in [(("--batch-size", 0), "--batch-size must be >= 1, got 0"),
                           (("--max-tokens", 0), "--max-tokens must be >= 1, got 0"),
                           (("--batch-size", 2, "--batch-size-valid", 0), "--batch-size-valid must be >= 1, got 0"),
+                          (("--batch-size", 2, "--seed", 2 ** 32), "--seed must be an integer from 0 to 2**32 - 1"),
+                          (("--batch-size", 2, "--num-workers", -1), "--num-workers must be >= 0"),
                           (("--batch-size", 2, "--tokens-per-sample", -5),
                            "--tokens-per-sample must be >= 1 (tokens per block), got -5")]:
         with pytest.raises(SRUppUserError, match=re.escape(message)):
@@ -372,6 +374,10 @@ def _parsed(parser_name, *args, data, path=None):
     ("fairseq-generate", ("--model-overrides", "[1]"), "--model-overrides [1] is a list, not a dict"),
     ("fairseq-generate", ("--max-tokens", -1), "--max-tokens must be >= 1, got -1: fairseq would read it as no limit"),
     ("fairseq-interactive", ("--batch-size", 0), "--batch-size must be >= 1, got 0"),
+    ("fairseq-interactive", ("--seed", -1), "--seed must be an integer from 0 to 2**32 - 1 (fairseq seeds numpy with "
+                                            "it), got -1"),
+    ("fairseq-generate", ("--num-workers", -1), "--num-workers must be >= 0 (data-loading processes; 0 loads in the "
+                                                "main process), got -1"),
 ])
 def test_generation_config_variants(env, command, args, message):
     from fairseq_srupp.inference_checks import check_generation_config
@@ -433,6 +439,7 @@ def test_generation_and_eval_lm_configs_that_run_pass(env):
      "--batch-size must be >= 1, got 0: fairseq would read it as no limit and put a whole split in one batch", True),
     (("--task", "language_modeling", "--tokens-per-sample", 0),
      "--tokens-per-sample must be >= 1 (tokens per block), got 0", True),
+    (("--num-workers", -2), "--num-workers must be >= 0", True),
 ])
 def test_eval_lm_config_variants(env, args, message, path):
     from fairseq_srupp.inference_checks import check_eval_lm_config
