@@ -3,11 +3,11 @@
 fairseq reports these as a traceback (an ``AssertionError``, a ``KeyError`` at the first forward) or not
 at all (a missing ``--restore-file`` silently trains from scratch). :func:`check_train_config`, called by
 the plugin's wrapper of fairseq's ``call_main`` (:mod:`fairseq_srupp.fairseq_fixes`), checks the batch
-size (and a ``--max-tokens`` that ``srupp_language_modeling`` would ignore), batch and block sizes below 1,
-``--num-workers`` below 0, a ``--seed`` numpy cannot take,
-``--fp16`` or ``--amp`` without a GPU, ``--distributed-world-size`` beyond the local GPUs without a way
-to start the other ranks, a ``--distributed-rank`` outside the world (it would wait forever at the
-rendezvous), ``--update-freq``, ``--lr-scheduler cosine`` without a period, ``--save-dir`` and the ``--log-file``'s folder, the
+size (and a ``--max-tokens`` that ``srupp_language_modeling`` would ignore), batch and block sizes below
+1, ``--num-workers`` below 0, a ``--seed`` numpy cannot take, ``--fp16`` or ``--amp`` without a GPU,
+``--distributed-world-size`` beyond the local GPUs without a way to start the other ranks, a
+``--distributed-rank`` outside the world (it would wait forever at the rendezvous), ``--update-freq``,
+``--lr-scheduler cosine`` without a period, ``--save-dir`` and the ``--log-file``'s folder, the
 ``--restore-file`` / ``--finetune-from-model`` (missing, or a checkpoint of another architecture),
 whether the criterion fits ``srupp_lm`` (``cross_entropy`` with its adaptive softmax is allowed, with a
 warning: it builds the full softmax) and, for fairseq's ``language_modeling`` task, the data directory
@@ -98,7 +98,7 @@ def check_seed(common) -> None:
 
 def _check_batch_size(cfg):
     dataset = cfg.dataset
-    check_batch_limits(dataset, cfg.get("task"))
+    check_batch_limits(dataset, cfg.task)
     check_no_max_tokens(dataset, cfg.task)
     if dataset.batch_size is None and dataset.max_tokens is None:
         raise SRUppUserError("give --batch-size (sentences per batch) or --max-tokens (tokens per batch)")
@@ -107,15 +107,13 @@ def _check_batch_size(cfg):
 def _check_devices(cfg):
     common, dist = cfg.common, cfg.distributed_training
     gpus = torch.cuda.device_count()
-    for flag in ("memory_efficient_fp16", "fp16"):  # the first sets the second too
+    no_gpu = " and --cpu was given" if common.cpu else ", and this machine has none"
+    # fairseq's --amp is torch.cuda.amp's autocast and GradScaler: both switch themselves off without CUDA
+    amp = " (without one fairseq's autocast and loss scaling are off: it would train in fp32 unchanged)"
+    for flag, why in (("memory_efficient_fp16", ""), ("fp16", ""), ("amp", amp)):  # the first sets fp16 too
         if common.get(flag) and (common.cpu or gpus == 0):
-            raise SRUppUserError("--{} needs a CUDA GPU{}: drop it (on CPU, --bf16 trains in bfloat16)".format(
-                flag.replace("_", "-"), " and --cpu was given" if common.cpu else ", and this machine has none"))
-    if common.get("amp") and (common.cpu or gpus == 0):
-        # fairseq's --amp is torch.cuda.amp's autocast and GradScaler: both switch themselves off without CUDA
-        raise SRUppUserError("--amp needs a CUDA GPU{}: without one fairseq's autocast and loss scaling are off and "
-                             "it would train in fp32 unchanged; drop it (on CPU, --bf16 trains in bfloat16)".format(
-                                 " and --cpu was given" if common.cpu else ", and this machine has none"))
+            raise SRUppUserError("--{} needs a CUDA GPU{}{}: drop it (on CPU, --bf16 trains in bfloat16)".format(
+                flag.replace("_", "-"), no_gpu, why))
     # fairseq's single-node launch (no init method, torchrun or Slurm) starts one process per local GPU,
     # --cpu or not
     launched = all(k in os.environ for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")) or (

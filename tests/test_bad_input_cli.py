@@ -221,8 +221,8 @@ def test_train_config_checks_in_process(tmp_path, caplog):
         (("--batch-size", 2, "--criterion", "adaptive_loss"),
          "--criterion adaptive_loss needs fairseq's own adaptive softmax; srupp_lm's projected one"),
         (("--batch-size", 2, "--memory-efficient-fp16"), "--memory-efficient-fp16 needs a CUDA GPU"),
-        (("--batch-size", 2, "--amp"), "--amp needs a CUDA GPU and --cpu was given: without one fairseq's autocast "
-         "and loss scaling are off and it would train in fp32 unchanged; drop it (on CPU, --bf16 trains in bfloat16)"),
+        (("--batch-size", 2, "--amp"), "--amp needs a CUDA GPU and --cpu was given (without one fairseq's autocast "
+         "and loss scaling are off: it would train in fp32 unchanged): drop it (on CPU, --bf16 trains in bfloat16)"),
         (("--batch-size", 2, "--restore-file", tmp_path), "--restore-file {} is a directory".format(tmp_path)),
     ]:
         with pytest.raises(SRUppUserError, match=re.escape(message)):

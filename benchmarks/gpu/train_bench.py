@@ -255,8 +255,9 @@ class HalfPrecisionUpdate:
     trainer's finiteness check of the norm (a host synchronisation), ``step``, ``zero_grad``.
 
     The model's parameters stay in half precision; fp32 copies of them are what RAdam updates: one flat
-    copy for --fp16, one per parameter for --bf16 (fairseq does not flatten bf16, so each update copies,
-    norms, scales and zeroes every gradient on its own). A flat copy needs CUDA (fairseq places it on
+    copy for --fp16, one per parameter for --bf16 (fairseq does not flatten bf16: each update copies, norms
+    and zeroes every gradient on its own, in one multi-tensor call each with the plugin loaded, see
+    ``srupp_lm_half_loops``). A flat copy needs CUDA (fairseq places it on
     the current GPU), so on the CPU (tests) fp16 is not flattened either. fp16 starts at fairseq's
     scale of 128; bf16 is not scaled."""
 
