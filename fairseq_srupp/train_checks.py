@@ -5,9 +5,9 @@ at all (a missing ``--restore-file`` silently trains from scratch). :func:`check
 the plugin's wrapper of fairseq's ``call_main`` (:mod:`fairseq_srupp.fairseq_fixes`), checks the batch
 size (and a ``--max-tokens`` that ``srupp_language_modeling`` would ignore), batch and block sizes below
 1, ``--num-workers`` below 0, a ``--seed`` numpy cannot take, ``--fp16`` or ``--amp`` without a GPU,
-``--distributed-world-size`` beyond the local GPUs without a way to start the other ranks, a
-``--distributed-rank`` outside the world (it would wait forever at the rendezvous), ``--update-freq``,
-``--lr-scheduler cosine`` without a period, ``--save-dir`` and the ``--log-file``'s folder, the
+``--distributed-world-size`` beyond the local GPUs without a way to start the other ranks, PyTorch's DDP
+on the CPU, a ``--distributed-rank`` outside the world (it would wait forever at the rendezvous),
+``--update-freq``, ``--lr-scheduler cosine`` without a period, ``--save-dir`` and the ``--log-file``'s folder, the
 ``--restore-file`` / ``--finetune-from-model`` (missing, or a checkpoint of another architecture),
 whether the criterion fits ``srupp_lm`` (``cross_entropy`` with its adaptive softmax is allowed, with a
 warning: it builds the full softmax) and, for fairseq's ``language_modeling`` task, the data directory
@@ -126,6 +126,10 @@ def _check_devices(cfg):
             "--distributed-no-spawn --distributed-backend gloo (see the README)".format(
                 dist.distributed_world_size, gpus))
     _check_distributed_rank(dist, launched)
+    # fairseq hands PyTorch's DDP the device id of a GPU whatever --cpu says: a ValueError traceback per rank
+    if dist.distributed_world_size > 1 and (common.cpu or gpus == 0) and dist.ddp_backend in ("pytorch_ddp", "c10d"):
+        raise SRUppUserError("--ddp-backend {} (fairseq's default) needs GPUs: on the CPU add --ddp-backend legacy_ddp "
+                             "(see the README)".format(dist.ddp_backend))
 
 
 def _check_distributed_rank(dist, launched):

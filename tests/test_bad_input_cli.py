@@ -224,6 +224,9 @@ def test_train_config_checks_in_process(tmp_path, caplog):
         (("--batch-size", 2, "--amp"), "--amp needs a CUDA GPU and --cpu was given (without one fairseq's autocast "
          "and loss scaling are off: it would train in fp32 unchanged): drop it (on CPU, --bf16 trains in bfloat16)"),
         (("--batch-size", 2, "--restore-file", tmp_path), "--restore-file {} is a directory".format(tmp_path)),
+        (("--batch-size", 2, "--distributed-world-size", 2, "--distributed-rank", 1, "--distributed-no-spawn",
+          "--distributed-init-method", "tcp://127.0.0.1:29999", "--distributed-backend", "gloo"),
+         "--ddp-backend pytorch_ddp (fairseq's default) needs GPUs: on the CPU add --ddp-backend legacy_ddp"),
     ]:
         with pytest.raises(SRUppUserError, match=re.escape(message)):
             check_train_config(config(*args))
@@ -282,7 +285,8 @@ def test_train_config_checks_of_paths_and_schedules(tmp_path):
     other_run.mkdir()
     _fake_checkpoint(other_run / "checkpoint_last.pt", "transformer_lm")
     rank = dict(distributed_training__distributed_init_method="tcp://127.0.0.1:29598",
-                distributed_training__distributed_no_spawn=True, distributed_training__distributed_world_size=2)
+                distributed_training__distributed_no_spawn=True, distributed_training__distributed_world_size=2,
+                distributed_training__ddp_backend="legacy_ddp")
     for cfg in [varied(cosine, optimization__max_update=5, lr_scheduler__warmup_updates=4),
                 varied(cosine, optimization__max_update=30, lr_scheduler__warmup_updates=100),  # as the demo's test
                 varied(cosine, lr_scheduler__lr_period_updates=5), varied(plain, optimization__update_freq=[1, 2]),
