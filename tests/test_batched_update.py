@@ -64,8 +64,9 @@ def state(opt, params):
                          ids=["bf16-per-parameter", "fp16-per-parameter", "fp16-flat"])
 def test_updates_give_fairseqs_bits(monkeypatch, dtype, flat):
     """Three updates as fairseq's trainer makes them, through fairseq's loops and through the multi-tensor calls:
-    the same half parameters, fp32 copies and fp32 gradients after each (the clipping's norm aside, whose last
-    bit may differ: clipping is off here and tested below)."""
+    the same half parameters, fp32 copies, fp32 gradients and norm after each phase. Clipping is off here (on a
+    GPU the two norms may differ in the last bit, which clipping would carry into the update; on the CPU
+    ``_foreach_norm`` takes each norm as ``torch.norm`` does); it is compared with a tolerance below."""
     runs = {}
     for mode in ("fairseq", "foreach"):
         monkeypatch.setenv(UPDATE_ENV, mode)
