@@ -6,32 +6,22 @@ from unittest import mock
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fairseq_srupp  # noqa: F401  (registers --optimizer radam, installs the batched update)
 from fairseq import utils
-from fairseq.optim.fp16_optimizer import FP16Optimizer
+from fairseq_srupp.bench.half_precision import fp16_optimizer as fairseq_fp16_optimizer
 from fairseq_srupp.errors import SRUppUserError
 from fairseq_srupp.optim import batched_update
 from fairseq_srupp.optim.batched_update import UPDATE_ENV
 
 
 def fp16_optimizer(params, dtype, flat):
-    cfg = OmegaConf.create({
-        "common": {"fp16": dtype == torch.float16, "bf16": dtype == torch.bfloat16, "fp16_init_scale": 128,
-                   "fp16_scale_window": None, "fp16_scale_tolerance": 0.0, "threshold_loss_scale": None,
-                   "min_loss_scale": 1e-4, "fp16_no_flatten_grads": not flat, "model_parallel_size": 1},
-        "distributed_training": {"distributed_world_size": 1},
-        "optimization": {"update_freq": [1], "lr": [0.1]},
-        "optimizer": {"_name": "radam", "lr": [0.1], "radam_betas": [0.9, 0.999], "radam_eps": 1e-8,
-                      "weight_decay": 0.1, "radam_unfused": False}})
     if not flat:
-        return FP16Optimizer.build_optimizer(cfg, params)
-    cfg.common.bf16 = False  # fairseq flattens only fp16; the copies' code is the same for any half dtype
+        return fairseq_fp16_optimizer(params, dtype, flatten=False, lr=0.1)
     # fairseq keys the flat copy by the current CUDA device; on the CPU a parameter's device index is None
     with mock.patch.object(torch.cuda, "current_device", lambda: None):
-        return FP16Optimizer.build_optimizer(cfg, params)
+        return fairseq_fp16_optimizer(params, dtype, flatten=True, lr=0.1)
 
 
 def half_params(dtype, n=6, seed=0):

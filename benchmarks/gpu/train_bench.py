@@ -72,6 +72,7 @@ from recurrence_cuda import DTYPES, cuda_time_ms  # noqa: E402
 
 from fairseq_srupp.bench.flops import srupp_flops_per_token, transformer_flops_per_token  # noqa: E402
 from fairseq_srupp.bench.generation import build_model, model_cli_args, write_dictionary  # noqa: E402
+from fairseq_srupp.bench.half_precision import fp16_optimizer  # noqa: E402
 from fairseq_srupp.bench.paper_sru import import_sru  # noqa: E402
 from fairseq_srupp.models.srupp_lm import SRUppLMConfig  # noqa: E402
 from fairseq_srupp.modules.attention_masks import ATTENTION_ENV, causal_mask  # noqa: E402
@@ -257,27 +258,14 @@ class HalfPrecisionUpdate:
     The model's parameters stay in half precision; fp32 copies of them are what RAdam updates: one flat
     copy for --fp16, one per parameter for --bf16 (fairseq does not flatten bf16: each update copies, norms
     and zeroes every gradient on its own, in one multi-tensor call each with the plugin loaded, see
-    ``srupp_lm_half_loops``). A flat copy needs CUDA (fairseq places it on
-    the current GPU), so on the CPU (tests) fp16 is not flattened either. fp16 starts at fairseq's
-    scale of 128; bf16 is not scaled."""
+    ``srupp_lm_half_loops``). A flat copy needs CUDA (fairseq places it on the current GPU), so on the CPU
+    (tests) fp16 is not flattened either. fp16 starts at fairseq's scale of 128; bf16 is not scaled
+    (:func:`~fairseq_srupp.bench.half_precision.fp16_optimizer`)."""
 
     def __init__(self, model, dtype):
-        from fairseq.optim.fp16_optimizer import FP16Optimizer
-        from omegaconf import OmegaConf
-
-        import fairseq_srupp.optim  # noqa: F401  (registers --optimizer radam)
-
         self.params = [p for p in model.parameters() if p.requires_grad]
         flatten = dtype == torch.float16 and self.params[0].is_cuda
-        cfg = OmegaConf.create({
-            "common": {"fp16": dtype == torch.float16, "bf16": dtype == torch.bfloat16, "fp16_init_scale": 128,
-                       "fp16_scale_window": None, "fp16_scale_tolerance": 0.0, "threshold_loss_scale": None,
-                       "min_loss_scale": 1e-4, "fp16_no_flatten_grads": not flatten, "model_parallel_size": 1},
-            "distributed_training": {"distributed_world_size": 1},
-            "optimization": {"update_freq": [1], "lr": [3e-4]},
-            "optimizer": {"_name": "radam", "lr": [3e-4], "radam_betas": [0.9, 0.999], "radam_eps": 1e-8,
-                          "weight_decay": 0.1, "radam_unfused": False}})
-        self.optimizer = FP16Optimizer.build_optimizer(cfg, self.params)
+        self.optimizer = fp16_optimizer(self.params, dtype, flatten)
 
     @property
     def scale(self) -> float:
