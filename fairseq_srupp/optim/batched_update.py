@@ -69,14 +69,14 @@ def sync_fp16_grads_to_fp32(self):
     flat = _single_flat_copy(self)
     if self.has_flat_params and flat is None:
         return _originals["sync_grads"](self)
+    pairs = []
     if flat is not None:
-        halves, views = _flat_slices(self, flat, "grad")
-        pairs = [(v, p.grad) for p, v in zip(halves, views) if p.grad is not None]
-        for p, v in zip(halves, views):
+        for p, v in zip(*_flat_slices(self, flat, "grad")):
             if p.grad is None:  # fairseq copies zeros for a parameter without a gradient
                 v.zero_()
+            else:
+                pairs.append((v, p.grad))
     else:
-        pairs = []
         for p, p32 in zip(self.fp16_params, self.fp32_params):
             if not p.requires_grad:
                 continue
@@ -97,8 +97,7 @@ def sync_fp32_params_to_fp16(self):
         return _originals["sync_params"](self)
     flat = _single_flat_copy(self)
     if flat is not None:
-        halves, views = _flat_slices(self, flat, "data")
-        targets, sources = halves, views
+        targets, sources = _flat_slices(self, flat, "data")
     elif self.has_flat_params:
         return _originals["sync_params"](self)
     else:
