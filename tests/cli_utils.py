@@ -3,6 +3,7 @@ import os
 import random
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 from fairseq_srupp.data.char_level import write_byte_tokens
@@ -22,9 +23,11 @@ def tool_command(name):
 
 
 def run_tool(name, *args, cwd=None, timeout=600):
-    """Run a fairseq console script; fail with its output if it exits non-zero."""
+    """Run a fairseq console script (in a temporary folder unless ``cwd``: fairseq-train makes its default
+    --save-dir there even with --no-save); fail with its output if it exits non-zero."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = fork_server.run([*tool_command(name), *args], cwd=cwd, env=env, timeout=timeout)
+    with tempfile.TemporaryDirectory() as scratch:
+        proc = fork_server.run([*tool_command(name), *args], cwd=cwd or scratch, env=env, timeout=timeout)
     assert proc.returncode == 0, "{} failed ({}):\n{}".format(name, proc.returncode, proc.stdout[-6000:])
     return proc.stdout
 
@@ -78,12 +81,13 @@ def run_distributed_train(world_size, *args, timeout=600, program="fairseq-train
     # PYTHONFAULTHANDLER: a rank that aborts in native code still reports where its Python was.
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
     procs = []
-    for rank in range(world_size):
-        cmd = [*tool_command(program), *map(str, args), "--distributed-world-size", str(world_size),
-               "--distributed-rank", str(rank), "--distributed-init-method", "tcp://127.0.0.1:{}".format(port),
-               "--distributed-no-spawn", "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"]
-        procs.append(fork_server.popen(cmd, env=env))
-    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    with tempfile.TemporaryDirectory() as scratch:  # the current folder, as in run_tool
+        for rank in range(world_size):
+            cmd = [*tool_command(program), *map(str, args), "--distributed-world-size", str(world_size),
+                   "--distributed-rank", str(rank), "--distributed-init-method", "tcp://127.0.0.1:{}".format(port),
+                   "--distributed-no-spawn", "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp"]
+            procs.append(fork_server.popen(cmd, env=env, cwd=scratch))
+        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     for rank, (proc, out) in enumerate(zip(procs, outputs)):
         assert proc.returncode == 0, "rank {} failed:\n{}".format(rank, out[-6000:])
     return outputs[0]

@@ -1,4 +1,5 @@
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,3 +45,28 @@ LONGEST_FIRST = (
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
+
+
+
+# What fairseq-train (its default --save-dir, even with --no-save) and Hydra make in the current folder. A
+# test that runs them must give them a folder of its own, or the repository gains these after `make test`.
+REPO = Path(__file__).resolve().parents[1]
+LEFT_BEHIND = ("checkpoints", "outputs", "multirun")
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_present] = {name for name in LEFT_BEHIND if (REPO / name).exists()}
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workerinput"):  # an xdist worker: the controller checks once for all
+        return
+    made = [name for name in LEFT_BEHIND if (REPO / name).exists() and name not in session.config.stash[_present]]
+    if made:
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+            "error: the tests left {} in {} (a fairseq command run without a folder of its own; or did "
+            "something else run there meanwhile?)".format(", ".join(made), REPO), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_present = pytest.StashKey[set]()

@@ -73,7 +73,8 @@ def test_a_plugin_error_is_the_same_one_line(tmp_path):
     """The server never imports the plugin: fairseq-train imports it from --user-dir in the command."""
     cmd = [BIN / "fairseq-train", tmp_path / "missing", "--user-dir", USER_DIR, "--task", "srupp_language_modeling",
            "--arch", "srupp_lm_tiny", "--cpu", "--batch-size", 2]
-    forked, fresh = forked_and_fresh(cmd, stderr_apart=True)
+    # In tmp_path: fairseq makes its default --save-dir (checkpoints/) in the current folder before the error.
+    forked, fresh = forked_and_fresh(cmd, stderr_apart=True, cwd=tmp_path)
     assert forked.returncode == fresh.returncode == 1
     assert forked.stderr == fresh.stderr and forked.stderr.startswith("error: ") and forked.stderr.count("\n") == 1
 

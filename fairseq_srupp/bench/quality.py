@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from fairseq_srupp.cli_args import (
@@ -85,10 +86,12 @@ def run_training(name, train_args, recorder, log_path, threads):
     """Run fairseq-train, echoing and recording its output; return the child's peak RSS in MiB."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     print("\n[{}]".format(name), end="")
-    cmd = module_command("fairseq_cli.train", train_args)
+    # fairseq makes its --save-dir even with --no-save: a scratch one, not checkpoints/ in the user's folder
+    scratch = tempfile.TemporaryDirectory()
+    cmd = module_command("fairseq_cli.train", list(train_args) + ["--save-dir", scratch.name])
     error_line = None  # the child's own account of a failure: the one line shown if it fails
-    with open(log_path, "w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                      text=True, env=env, bufsize=1) as proc:
+    with scratch, open(log_path, "w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                               text=True, env=env, bufsize=1) as proc:
         for line in proc.stdout:
             log.write(line)
             recorder.feed(line)
