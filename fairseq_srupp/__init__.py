@@ -44,9 +44,12 @@ def register() -> None:
         from .fairseq_fixes import install as install_fairseq_fixes
 
         install_fairseq_fixes()  # --log-file lines once; srupp_lm generation with empty forced prefixes
-        from .hydra_warnings import silence_fairseq_hydra_notices
+        from .fairseq_notices import silence_fairseq_notices
 
-        silence_fairseq_hydra_notices()  # fairseq's ~20 lines of Hydra deprecations would bury `error:` lines
+        silence_fairseq_notices()  # fairseq's ~20 lines of Hydra and PyTorch deprecations would bury `error:` lines
+        from .cli_logging import restore_fairseq_cli_logging
+
+        restore_fairseq_cli_logging()  # fairseq-eval-lm & co. log to stdout in fairseq's format again
     finally:
         _registering = False
 

@@ -1,11 +1,11 @@
-"""fairseq's Hydra deprecation notices are silenced, so a mistake's `error:` line is all the user reads."""
+"""The Hydra and PyTorch notices fairseq triggers are silenced, so a mistake's `error:` line is all the user reads."""
 import os
 import subprocess
 import warnings
 
 from cli_utils import BIN, USER_DIR, make_char_data
 
-from fairseq_srupp.hydra_warnings import silence_fairseq_hydra_notices
+from fairseq_srupp.fairseq_notices import silence_fairseq_notices
 
 # As Hydra 1.3 words them when fairseq 0.12 starts (some start with a newline).
 NOTICES = [
@@ -16,21 +16,36 @@ NOTICES = [
     "\nThe strict flag in the compose API is deprecated.\nSee https://hydra.cc/docs/1.2/upgrades/",
 ]
 
+# As PyTorch 2.13 words them, with the module fairseq 0.12 calls from.
+TORCH_NOTICES = [
+    ("`torch.cuda.amp.autocast(args...)` is deprecated. Please use `torch.amp.autocast('cuda', args...)` instead.",
+     FutureWarning, "fairseq.tasks.fairseq_task"),
+    ("`torch.cuda.amp.GradScaler(args...)` is deprecated. Please use `torch.amp.GradScaler('cuda', args...)` instead.",
+     FutureWarning, "fairseq.optim.amp_optimizer"),
+    ("'pin_memory' argument is set as true but no accelerator is found, then device pinned memory won't be used.",
+     UserWarning, "torch.utils.data.dataloader"),
+]
 
-def test_only_hydras_notices_are_silenced(monkeypatch):
+
+def test_only_fairseqs_notices_are_silenced(monkeypatch):
     monkeypatch.delenv("FAIRSEQ_SRUPP_DEBUG", raising=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        silence_fairseq_hydra_notices()
+        silence_fairseq_notices()
         for notice in NOTICES:
             warnings.warn(notice, UserWarning)
+        for message, category, module in TORCH_NOTICES:
+            warnings.warn_explicit(message, category, "x.py", 1, module=module)
         warnings.warn("Running SRU on CPU with grad_enabled=True. Are you sure?", UserWarning)
-    assert [str(w.message) for w in caught] == ["Running SRU on CPU with grad_enabled=True. Are you sure?"]
+        # PyTorch's deprecations are silenced where fairseq calls, not where a user's program does.
+        warnings.warn_explicit(TORCH_NOTICES[0][0], FutureWarning, "x.py", 1, module="my_training_script")
+    assert [str(w.message) for w in caught] == ["Running SRU on CPU with grad_enabled=True. Are you sure?",
+                                                TORCH_NOTICES[0][0]]
 
     monkeypatch.setenv("FAIRSEQ_SRUPP_DEBUG", "1")  # debugging keeps them
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        silence_fairseq_hydra_notices()
+        silence_fairseq_notices()
         warnings.warn(NOTICES[0], UserWarning)
     assert len(caught) == 1
 
