@@ -56,6 +56,7 @@ def test_dry_run_reports_every_step_and_survives_a_failing_one(tmp_path):
     tests = steps["kernel_tests"]
     assert tests["status"] == "ok", tests
     assert list(tests["results"]["runs"]) == ["tests/test_token_stepper.py", "tests/test_generator_decoding.py",
+                                              "tests/test_optim.py tests/test_batched_update.py",
                                               "tests/test_cuda_kernel.py"]
     for counts in tests["results"]["runs"].values():
         assert counts["tests"] > 0 and counts["failures"] == counts["errors"] == 0
@@ -641,15 +642,17 @@ def test_kernel_tests_keep_the_first_run_when_the_second_is_stopped(monkeypatch,
     monkeypatch.setattr(steps, "save", lambda out: saved.append(json.loads(json.dumps(out))) or out)
     counts = {"tests": 20, "failures": 0, "errors": 0, "skipped": 0, "exit_status": 0, "seconds": 9.0, "failed": [],
               "slowest": [{"test": "test_a", "seconds": 1.0}]}
-    answers = iter([(counts, None), (counts, None),
+    answers = iter([(counts, None), (counts, None), (counts, None),
                     (None, "tests/test_cuda_kernel.py: stopped at the step's time limit")])
     monkeypatch.setattr(steps, "run_pytest", lambda path, select, tmp: next(answers))
     out = steps.kernel_tests(dry_run=False)
     assert saved[0]["status"] == "failed" and saved[0]["reason"] == (
-        "tests/test_generator_decoding.py: not run yet; tests/test_cuda_kernel.py: not run yet")
+        "tests/test_generator_decoding.py: not run yet; tests/test_optim.py tests/test_batched_update.py: not run yet; "
+        "tests/test_cuda_kernel.py: not run yet")
     assert saved[0]["results"]["runs"] == {"tests/test_token_stepper.py": counts}
-    assert saved[1]["reason"] == "tests/test_cuda_kernel.py: not run yet"
-    assert set(saved[1]["results"]["runs"]) == {"tests/test_token_stepper.py", "tests/test_generator_decoding.py"}
+    assert saved[2]["reason"] == "tests/test_cuda_kernel.py: not run yet"
+    assert set(saved[2]["results"]["runs"]) == {"tests/test_token_stepper.py", "tests/test_generator_decoding.py",
+                                                "tests/test_optim.py tests/test_batched_update.py"}
     assert out["status"] == "failed" and out["reason"] == "tests/test_cuda_kernel.py: stopped at the step's time limit"
     assert "- `tests/test_token_stepper.py`: 20 tests, 0 failed, 0 errors, 0 skipped (9 s)" in out["markdown"]
 

@@ -58,11 +58,18 @@ def radam_pair(params, **kwargs):
     return (torch.optim.RAdam(params, decoupled_weight_decay=True, **kwargs), FusedRAdam(twins, **kwargs)), twins
 
 
-@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
-def test_fused_radam_equals_torch_radam_with_skipped_grads_and_a_checkpoint_between(dtype, tolerance):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+
+
+@pytest.mark.parametrize("dtype,tolerance,device", [
+    (torch.float32, 1e-6, "cpu"), (torch.bfloat16, 2e-2, "cpu"),
+    pytest.param(torch.float32, 1e-6, "cuda", marks=CUDA), pytest.param(torch.bfloat16, 2e-2, "cuda", marks=CUDA),
+], ids=["fp32", "bf16", "fp32-gpu", "bf16-gpu"])
+def test_fused_radam_equals_torch_radam_with_skipped_grads_and_a_checkpoint_between(dtype, tolerance, device):
     # A parameter without a gradient now and then falls behind in steps: it steps in its own group.
+    # (On a GPU the fused kernel reads the step from a device tensor; the state's step stays on the CPU.)
     torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(shape, dtype=dtype)) for shape in ((64, 33), (17,), (5, 5))]
+    params = [torch.nn.Parameter(torch.randn(shape).to(device, dtype)) for shape in ((64, 33), (17,), (5, 5))]
     (torch_radam, fused), twins = radam_pair(params, lr=3e-3, betas=(0.8, 0.99), eps=0.05, weight_decay=0.1)
     for step in range(25):
         if step == 12:  # restart the fused one from torch's checkpoint (state on the CPU, as RAdam keeps it)
@@ -82,14 +89,15 @@ def test_fused_radam_equals_torch_radam_with_skipped_grads_and_a_checkpoint_betw
     assert all(not fused.state[q]["step"].is_cuda for q in twins)
 
 
-def test_fused_radam_takes_the_fused_kernel_once_rectified(monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)], ids=["cpu", "gpu"])
+def test_fused_radam_takes_the_fused_kernel_once_rectified(monkeypatch, device):
     """The fused kernel runs (once per device, dtype and step) exactly when ρ_t > 5; a test that the
     equality above is not just torch's RAdam twice."""
     calls = []
     real = torch._fused_adamw_
     monkeypatch.setattr(torch, "_fused_adamw_",
                         lambda params, *a, **k: (calls.append(len(params)), real(params, *a, **k)))
-    params = [torch.nn.Parameter(torch.randn(4, 4)) for _ in range(3)]
+    params = [torch.nn.Parameter(torch.randn(4, 4, device=device)) for _ in range(3)]
     optimizer = FusedRAdam(params, lr=1e-3)
     for _ in range(8):
         for p in params:

@@ -108,19 +108,24 @@ def environment(dry_run):
 
 
 # Step 1's pytest runs, in order: the newer CUDA-graph decoding first (TokenStepper, then fairseq's beam
-# search through graphs: about 10 s), then the kernel's parity tests (about 100 s on the H100). Each is
-# counted and saved as it ends, so a run stopped for time keeps the others' counts. fairseq-train --fp16 /
-# --bf16 are step 2's (side by side there; 50 s here).
+# search through graphs: about 10 s), the update's CUDA paths (FusedRAdam's fused kernel and the batched
+# FP16Optimizer passes against torch's RAdam and fairseq's loops, in one process: a few seconds), then the
+# kernel's parity tests (about 100 s on the H100). Each is counted and saved as it ends, so a run stopped for
+# time keeps the others' counts. fairseq-train --fp16 / --bf16 are step 2's (side by side there; 50 s here).
+# A run names one test file, or several (separated by spaces) for one pytest process.
 KERNEL_TEST_RUNS = (("tests/test_token_stepper.py", "not fairseq_train"),
                     ("tests/test_generator_decoding.py", "gpu"),
+                    ("tests/test_optim.py tests/test_batched_update.py", "gpu"),
                     ("tests/test_cuda_kernel.py", "not fairseq_train"))
 
 
 def run_pytest(path, select, tmp):
-    """One pytest run over ``path`` (``-k select``), stopped a few seconds before the step's deadline; its
-    counts from the JUnit XML, the failed tests and the slowest five, or None and why it gave none."""
-    junit = Path(tmp) / (Path(path).stem + ".xml")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path, "--junitxml", str(junit), "-k", select]
+    """One pytest run over ``path`` (one or more test files, separated by spaces; ``-k select``), stopped a few
+    seconds before the step's deadline; its counts from the JUnit XML, the failed tests and the slowest five, or
+    None and why it gave none."""
+    junit = Path(tmp) / (Path(path.split()[0]).stem + ".xml")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *path.split(), "--junitxml", str(junit),
+           "-k", select]
     left = seconds_left() - 3
     try:
         proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -147,11 +152,13 @@ def run_pytest(path, select, tmp):
 
 
 def kernel_tests(dry_run):
-    """pytest tests/test_token_stepper.py and tests/test_generator_decoding.py (CUDA-graph decoding) and
-    tests/test_cuda_kernel.py (kernel parity), counted from their JUnit XML. On a GPU a skipped test is a
-    failure: it means the checks did not run."""
-    # A dry run: one quick test of each file, through the same plumbing.
-    quick = ("modes_and_misuse", "gradients_or_dropout", "dispatch_choice")
+    """pytest tests/test_token_stepper.py and tests/test_generator_decoding.py (CUDA-graph decoding),
+    tests/test_optim.py and tests/test_batched_update.py (the update) and tests/test_cuda_kernel.py (kernel
+    parity), counted from their JUnit XML. On a GPU a skipped test is a failure: it means the checks did not
+    run."""
+    # A dry run: one quick test of each run, through the same plumbing.
+    quick = ("modes_and_misuse", "gradients_or_dropout", "takes_the_fused_kernel or bad_switch_value", "dispatch_choice")
+    assert len(quick) == len(KERNEL_TEST_RUNS)
     runs = [(path, select) for (path, _), select in zip(KERNEL_TEST_RUNS, quick)] if dry_run else KERNEL_TEST_RUNS
     out, md, problems = {"runs": {}}, [], []
     with tempfile.TemporaryDirectory() as tmp:
