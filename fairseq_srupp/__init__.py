@@ -49,7 +49,7 @@ def register() -> None:
         silence_fairseq_notices()  # fairseq's ~20 lines of Hydra and PyTorch deprecations would bury `error:` lines
         from .cli_logging import restore_fairseq_cli_logging
 
-        restore_fairseq_cli_logging()  # fairseq-eval-lm & co. log to stdout in fairseq's format again
+        restore_fairseq_cli_logging()  # fairseq-eval-lm & co. log to stdout in fairseq's format again; see there
     finally:
         _registering = False
 
@@ -82,4 +82,7 @@ class _RegisterWhenFairseqLoads(importlib.abc.MetaPathFinder):
 if "fairseq" in sys.modules:
     register()
 else:
+    from .cli_logging import note_root_logger_before_fairseq
+
+    note_root_logger_before_fairseq()  # so register() can tell fairseq's import-time logging set-up from the program's
     sys.meta_path.insert(0, _RegisterWhenFairseqLoads())

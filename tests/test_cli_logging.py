@@ -6,9 +6,12 @@ import sys
 import types
 
 import fairseq  # noqa: F401  (imports wav2vec2_classification, as every fairseq command does)
+import fork_server
 import pytest
 
-from fairseq_srupp.cli_logging import CONFIGURED_AT_IMPORT, CONFIGURED_IN_MAIN, restore_fairseq_cli_logging
+from fairseq_srupp import cli_logging
+from fairseq_srupp.cli_logging import (CONFIGURED_AT_IMPORT, CONFIGURED_IN_MAIN, note_root_logger_before_fairseq,
+                                       restore_fairseq_cli_logging)
 
 FAIRSEQ_FORMAT = "%(asctime)s | %(levelname)s | %(name)s | %(message)s"
 
@@ -19,6 +22,7 @@ def root(monkeypatch):
     logger = logging.getLogger()
     level = logger.level
     monkeypatch.delenv("LOGLEVEL", raising=False)
+    monkeypatch.setattr(cli_logging, "_root_before_fairseq", None)  # as in a command: fairseq came first
     for name in CONFIGURED_AT_IMPORT + CONFIGURED_IN_MAIN:
         monkeypatch.delitem(sys.modules, "fairseq_cli." + name, raising=False)
     yield logger
@@ -79,3 +83,30 @@ def test_anything_else_is_left_alone(root, monkeypatch):
     before = root.handlers[:]
     restore_fairseq_cli_logging()
     assert root.handlers == before and root.level == logging.DEBUG
+
+
+def test_a_program_that_imported_the_plugin_first_gets_its_own_logging_back(root):
+    root.handlers.clear()
+    note_root_logger_before_fairseq()  # the plugin imported before fairseq, nothing configured yet
+    logging.basicConfig(level=logging.DEBUG)  # then fairseq's import
+    restore_fairseq_cli_logging()
+    assert root.handlers == [] and root.level == logging.WARNING
+
+    configure(root)  # the program configured DEBUG logging itself before importing the plugin and fairseq
+    note_root_logger_before_fairseq()
+    before = root.handlers[:]
+    restore_fairseq_cli_logging()
+    assert root.handlers == before and root.level == logging.DEBUG
+
+
+REPORT = "import logging; root = logging.getLogger(); print(len(root.handlers), root.level)"
+
+
+@pytest.mark.parametrize("imports,expected", [
+    ("import fairseq_srupp, fairseq", "0 30"),  # the plugin first: Python's default (WARNING, no handler)
+    ("import fairseq_srupp.models.srupp_lm", "0 30"),  # the hub's way in, which imports fairseq
+    ("import fairseq, fairseq_srupp", "1 10"),  # fairseq first: cannot be told from the program's, left alone
+], ids=["plugin-first", "model-module", "fairseq-first"])
+def test_in_a_python_program(imports, expected):
+    proc = fork_server.run([sys.executable, "-c", imports + "; " + REPORT])
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == expected, proc.stdout[-3000:]
