@@ -22,7 +22,7 @@ def test_reduced_benchmark_writes_json_table_and_plot(tmp_path):
     text = tmp_path / "corpus.txt"
     text.write_bytes(synthetic_text(60000))
     out = tmp_path / "out"
-    main(["--data", str(text), "--out", str(out), "--seconds", "4", "--validate-every", "20", "--srupp", "32,16,1",
+    main(["--data", str(text), "--out", str(out), "--seconds", "2", "--validate-every", "20", "--srupp", "32,16,1",
           "--transformer", "16,32,1,2", "--tokens-per-sample", "32", "--batch-size", "4", "--threads", "1",
           "--warmup-updates", "10"])
     results = json.loads((out / "results.json").read_text())
