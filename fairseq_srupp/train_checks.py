@@ -7,7 +7,8 @@ size (and a ``--max-tokens`` that ``srupp_language_modeling`` would ignore), bat
 1, ``--num-workers`` below 0, a ``--seed`` numpy cannot take, ``--fp16`` or ``--amp`` without a GPU,
 ``--distributed-world-size`` beyond the local GPUs without a way to start the other ranks, PyTorch's DDP
 on the CPU, a ``--distributed-rank`` outside the world (it would wait forever at the rendezvous),
-``--update-freq``, ``--lr-scheduler cosine`` without a period, ``--save-dir`` and the ``--log-file``'s folder, the
+``--update-freq``, a negative ``--lr``, ``--max-update``, ``--max-epoch``, weight decay or epsilon, betas outside
+[0, 1) (``--adam-betas``: fairseq's Adam ends in a math domain error), ``--lr-scheduler cosine`` without a period, ``--save-dir`` and the ``--log-file``'s folder, the
 ``--restore-file`` / ``--finetune-from-model`` (missing, or a checkpoint of another architecture),
 whether the criterion fits ``srupp_lm`` (``cross_entropy`` with its adaptive softmax is allowed, with a
 warning: it builds the full softmax) and, for fairseq's ``language_modeling`` task, the data directory
@@ -151,6 +152,35 @@ def _check_update_freq(cfg):
             raise SRUppUserError("--update-freq must be >= 1 (batches accumulated per update; one value, or one per "
                                  "epoch separated by commas), got {}".format(
                                      ",".join(map(str, cfg.optimization.update_freq))))
+
+
+def _optimizer_settings(optimizer):
+    """{key: value} of the optimizer's config: a DictConfig, or a Namespace for optimizers without a dataclass."""
+    if optimizer is None:
+        return {}
+    return dict(optimizer.items()) if hasattr(optimizer, "items") else dict(vars(optimizer))
+
+
+def _check_optimization(cfg):
+    # fairseq takes each of these without a word: a negative rate climbs the loss, a negative --max-update or
+    # --max-epoch stops before the first update (exit status 0), a negative weight decay grows the weights,
+    # and fairseq's Adam ends in a math domain error mid-update with a beta of 1 or more
+    from fairseq_srupp.optim.config_values import parse_betas  # here: the optim package registers with fairseq
+
+    optimization = cfg.optimization
+    if not all(lr >= 0 for lr in optimization.lr):  # NaN too
+        raise SRUppUserError("--lr must be >= 0 (the learning rate; one value, or one per epoch separated by commas), "
+                             "got {}".format(",".join(map(str, optimization.lr))))
+    for flag, key in (("--max-update", "max_update"), ("--max-epoch", "max_epoch")):
+        if optimization.get(key) is not None and optimization[key] < 0:
+            raise SRUppUserError("{} must be >= 0 (0: no limit), got {}: fairseq-train would stop before its first "
+                                 "update".format(flag, optimization[key]))
+    for key, value in _optimizer_settings(cfg.get("optimizer")).items():
+        flag = "--" + key.replace("_", "-")
+        if key.endswith("_betas"):
+            parse_betas(value, flag)
+        elif (key == "weight_decay" or key.endswith("_eps")) and value is not None and not value >= 0:
+            raise SRUppUserError("{} must be >= 0, got {}".format(flag, value))
 
 
 def _check_lr_scheduler(cfg):
@@ -357,6 +387,7 @@ def check_train_config(cfg) -> None:
     _check_devices(cfg)
     if cfg.get("optimization") is not None:
         _check_update_freq(cfg)
+        _check_optimization(cfg)
         _check_lr_scheduler(cfg)
     _check_output_paths(cfg)
     _check_restore_file(cfg)

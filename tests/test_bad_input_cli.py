@@ -164,7 +164,7 @@ def test_one_error_line_and_nothing_lost(env, make_cmd, expected):
                                       ("abc", None), ("(0.9, 1.0)", None), ("(0.9, 0.99, 0.999)", None),
                                       ("__import__('os')", None)])
 def test_radam_betas(betas, ok):
-    from fairseq_srupp.optim.radam import parse_betas
+    from fairseq_srupp.optim.config_values import parse_betas
 
     if ok is not None:
         assert parse_betas(betas) == ok
@@ -270,6 +270,7 @@ def test_train_config_checks_of_paths_and_schedules(tmp_path):
         return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, cmd))
 
     plain, cosine = config(), config("--lr-scheduler", "cosine")
+    adam, adamax = config("--optimizer", "adam"), config("--optimizer", "adamax")
 
     def varied(base, **keys):  # section__key=value, e.g. checkpoint__save_dir="..."
         cfg = copy.deepcopy(base)
@@ -292,7 +293,9 @@ def test_train_config_checks_of_paths_and_schedules(tmp_path):
                 varied(cosine, lr_scheduler__lr_period_updates=5), varied(plain, optimization__update_freq=[1, 2]),
                 varied(plain, common__log_file=tmp_path / "train.log"),
                 varied(plain, checkpoint__finetune_from_model=srupp), varied(plain, checkpoint__restore_file=srupp),
-                varied(plain, **rank, distributed_training__distributed_rank=1)]:
+                varied(plain, **rank, distributed_training__distributed_rank=1),
+                varied(adam, optimizer__adam_betas="(0.9, 0.98)", optimizer__weight_decay=0.01, optimization__lr=[0.0]),
+                varied(adamax, optimization__max_update=0, optimization__max_epoch=0)]:
         check_train_config(cfg)
     for cfg, message in [
         (config("--max-tokens", 10), "--max-tokens does not apply to srupp_language_modeling: a batch is --batch-size "
@@ -305,6 +308,18 @@ def test_train_config_checks_of_paths_and_schedules(tmp_path):
          "--distributed-rank 1 is outside --distributed-world-size 1"),
         (varied(plain, optimization__update_freq=[0]), "--update-freq must be >= 1 (batches accumulated per update"),
         (varied(plain, optimization__update_freq=[2, 0]), "got 2,0"),
+        (varied(plain, optimization__lr=[-0.5]),
+         "--lr must be >= 0 (the learning rate; one value, or one per epoch separated by commas), got -0.5"),
+        (varied(plain, optimization__lr=[1e-3, float("nan")]), "--lr must be >= 0 (the learning rate; one value, or "
+                                                               "one per epoch separated by commas), got 0.001,nan"),
+        (varied(plain, optimization__max_update=-1),
+         "--max-update must be >= 0 (0: no limit), got -1: fairseq-train would stop before its first update"),
+        (varied(plain, optimization__max_epoch=-2), "--max-epoch must be >= 0 (0: no limit), got -2"),
+        (varied(adam, optimizer__adam_betas="(0.9, 1.0)"),
+         "--adam-betas '(0.9, 1.0)' must be two numbers in [0, 1), e.g. '(0.9, 0.999)'"),
+        (varied(adam, optimizer__adam_eps=-1.0), "--adam-eps must be >= 0, got -1.0"),
+        (varied(adam, optimizer__weight_decay=-0.1), "--weight-decay must be >= 0, got -0.1"),
+        (config("--optimizer", "adamax", "--adamax-betas", "(2, 0)"), "--adamax-betas '(2, 0)' must be two numbers"),
         (cosine, "--lr-scheduler cosine needs --max-update (its period is --max-update minus --warmup-updates) or "
                  "--lr-period-updates"),
         (varied(cosine, optimization__max_update=5, lr_scheduler__warmup_updates=5),

@@ -7,9 +7,8 @@ momentum (SGD-like) step before that — the behaviour of the paper's ``radam.RA
 hyper-parameters (:class:`~fairseq_srupp.optim.fused_radam.FusedRAdam`, the same step up to
 rounding, one pass over memory instead of about ten); ``--radam-unfused`` keeps torch's own passes.
 """
-import ast
 from dataclasses import dataclass, field
-from typing import Any, List, Tuple
+from typing import Any, List
 
 import torch
 from fairseq.dataclass import FairseqDataclass
@@ -18,19 +17,8 @@ from omegaconf import II
 
 from fairseq_srupp.errors import SRUppUserError
 
-from .config_values import first_value
+from .config_values import first_value, parse_betas
 from .fused_radam import FusedRAdam
-
-
-def parse_betas(value) -> Tuple[float, float]:
-    """``--radam-betas``: fairseq passes tuples on the command line as the string "(0.9, 0.999)"."""
-    try:
-        betas = tuple(float(b) for b in (ast.literal_eval(value) if isinstance(value, str) else value))
-    except (ValueError, TypeError, SyntaxError):
-        betas = ()
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise SRUppUserError("--radam-betas {!r} must be two numbers in [0, 1), e.g. '(0.9, 0.999)'".format(value))
-    return betas
 
 
 @dataclass
