@@ -99,6 +99,9 @@ def _check_lengths(gen):
                              "{}".format(gen.prefix_size))
     if gen.min_len < 1:
         raise SRUppUserError("--min-len must be >= 1, got {}".format(gen.min_len))
+    if gen.max_len_a < 0:  # fairseq's AssertionError "min_len cannot be larger than max_len" mid-search
+        raise SRUppUserError("--max-len-a must be >= 0 (output tokens allowed per source token, for a language "
+                             "model per prompt token, besides --max-len-b), got {}".format(gen.max_len_a))
     if not gen.match_source_len and gen.max_len_a == 0 and gen.max_len_b < gen.min_len:
         raise SRUppUserError("--max-len-b {} is below --min-len {}: no output length fits (for a language model "
                              "--max-len-b counts the prompt too)".format(gen.max_len_b, gen.min_len))
@@ -154,6 +157,9 @@ def check_eval_lm_config(cfg) -> None:
     check_batch_limits(cfg.dataset, cfg.task)
     check_num_workers(cfg.dataset)
     check_no_max_tokens(cfg.dataset, cfg.task)
+    if cfg.eval_lm.softmax_batch < 0:  # fairseq's SequenceScorer asserts it (a traceback); 0 means no limit
+        raise SRUppUserError("--softmax-batch must be >= 0 (positions per softmax call; 0: all at once), got "
+                             "{}".format(cfg.eval_lm.softmax_batch))
     window = cfg.eval_lm.context_window
     if window < 0:
         raise SRUppUserError("--context-window must be >= 0 (0 = score independent blocks), got {}".format(window))

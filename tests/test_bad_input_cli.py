@@ -379,6 +379,8 @@ def _parsed(parser_name, *args, data, path=None):
     ("fairseq-generate", ("--sampling", "--beam", 1, "--diverse-beam-groups", 2),
      "--sampling and --diverse-beam-groups choose different search strategies"),
     ("fairseq-generate", ("--min-len", 0), "--min-len must be >= 1, got 0"),
+    ("fairseq-generate", ("--max-len-a", -1), "--max-len-a must be >= 0 (output tokens allowed per source token, "
+                                              "for a language model per prompt token, besides --max-len-b), got -1"),
     ("fairseq-interactive", ("--max-len-b", 4, "--min-len", 5), "--max-len-b 4 is below --min-len 5"),
     ("fairseq-interactive", ("--batch-size", 4, "--buffer-size", 2), "--batch-size 4 is larger than --buffer-size 2"),
     ("fairseq-generate", ("--replace-unk",), "--replace-unk needs the raw text (--dataset-impl raw)"),
@@ -459,6 +461,8 @@ def test_generation_and_eval_lm_configs_that_run_pass(env):
     (("--task", "language_modeling", "--tokens-per-sample", 0),
      "--tokens-per-sample must be >= 1 (tokens per block), got 0", True),
     (("--num-workers", -2), "--num-workers must be >= 0", True),
+    (("--softmax-batch", -3), "--softmax-batch must be >= 0 (positions per softmax call; 0: all at once), got -3",
+     True),
 ])
 def test_eval_lm_config_variants(env, args, message, path):
     from fairseq_srupp.inference_checks import check_eval_lm_config
