@@ -37,7 +37,8 @@
      Hydra re-raises a user error instead of printing it as a traceback, its flags named with their
      Hydra keys;
    * before ``fairseq-interactive`` and ``fairseq-eval-lm`` (``call_main``) and ``fairseq-generate``
-     (a wrapper of its ``main``), :mod:`fairseq_srupp.inference_checks`;
+     (a wrapper of its ``main``), :mod:`fairseq_srupp.inference_checks`; before ``fairseq-preprocess``
+     (a wrapper of its ``main``), :mod:`fairseq_srupp.preprocess_checks`;
    * the checkpoint loaders name a missing, truncated or non-checkpoint file, and a ``--model-overrides``
      that changes the sizes the checkpoint's parameters were trained with (rather than advising a new
      training run);
@@ -66,6 +67,7 @@ import torch
 from fairseq_srupp.errors import CheckpointMismatchError, SRUppUserError, find_user_error, not_a_file
 from fairseq_srupp.inference_checks import check_eval_lm_config, check_generation_config
 from fairseq_srupp.optim.batched_update import install as install_batched_update
+from fairseq_srupp.preprocess_checks import check_preprocess_args
 from fairseq_srupp.train_checks import check_train_config
 
 logger = logging.getLogger(__name__)
@@ -287,6 +289,18 @@ def _wrap_generate_main(module):
     module.main = main
 
 
+def _wrap_preprocess_main(module):
+    # fairseq-preprocess reads its files as it gets to them: check them all before it writes anything
+    original = module.main
+
+    def main(args):
+        check_preprocess_args(args)
+        return original(args)
+
+    main.__doc__, main.__wrapped__ = original.__doc__, original
+    module.main = main
+
+
 # ------------------------------------------------------------- a model the task cannot configure
 _MISSING_KEY = re.compile(r"Interpolation key '(task\.[^']+)' not found")
 
@@ -459,6 +473,8 @@ def install() -> None:
         _wrap_train_add_defaults(sys.modules["fairseq_cli.train"])
     if "fairseq_cli.generate" in sys.modules:
         _wrap_generate_main(sys.modules["fairseq_cli.generate"])
+    if "fairseq_cli.preprocess" in sys.modules:
+        _wrap_preprocess_main(sys.modules["fairseq_cli.preprocess"])
     _wrap_batch_by_size(data_utils)
     _wrap_checkpoint_loaders(checkpoint_utils)
     install_batched_update()

@@ -139,6 +139,13 @@ CASES = [
      "error: --distributed-rank 3 is outside --distributed-world-size 2: give a rank from 0 to 1"),
     ("eval-lm-model-overrides-not-a-dict", lambda e: eval_lm(e, "--model-overrides", "{bad"),
      "error: --model-overrides {{bad is not a Python dict literal ('{{' was never closed)"),  # {{: str.format
+    # fairseq-preprocess run again into the same --destdir: refused before it touches the folder (fairseq made
+    # preprocess.log there, then raised FileExistsError)
+    ("preprocess-into-existing-data", lambda e: [BIN / "fairseq-preprocess", "--user-dir", USER_DIR, "--only-source",
+                                                 "--trainpref", e.root / "train.txt", "--destdir", e.data],
+     "error: {root}/data-bin/dict.txt exists already (from an earlier run) and fairseq-preprocess will not overwrite "
+     "it: give another --destdir, delete that folder's dictionary and splits, or reuse it with --srcdict "
+     "{root}/data-bin/dict.txt"),
     # already one line before this audit: pinned
     ("eval-lm-context-window", lambda e: eval_lm(e, "--context-window", 5),
      "error: --context-window does not apply to srupp_language_modeling"),
@@ -150,7 +157,8 @@ def test_one_error_line_and_nothing_lost(env, make_cmd, expected):
     before = {d: snapshot(d) for d in (env.data, env.save_dir)}
     proc = fork_server.run(make_cmd(env), env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
                            stderr_apart=True, timeout=300)
-    # fairseq-eval-lm and friends log to stderr: set log records aside, the rest is the one error line
+    # set aside log records that reach stderr (fairseq's own, where the plugin is not loaded yet): the rest is the
+    # one error line
     lines = [line for line in proc.stderr.strip().splitlines() if not LOG_RECORD.match(line)]
     print(lines)
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
@@ -352,6 +360,35 @@ def test_train_config_checks_of_paths_and_schedules(tmp_path):
     ]:
         with pytest.raises(SRUppUserError, match=re.escape(message)):
             check_train_config(cfg)
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--workers", 0), "--workers must be >= 1 (processes that binarize), got 0"),
+    (("--destdir", "{text}"), "--destdir {text} is a file: give a folder for the binarized data"),
+    (("--trainpref", "{root}/none.txt"), "--trainpref {root}/none.txt: {root}/none.txt does not exist"),
+    (("--validpref", "{text},{root}/none.txt"), "--validpref {text},{root}/none.txt: {root}/none.txt does not exist"),
+    (("--testpref", "{root}"), "--testpref {root}: {root} is a folder: give the text file's path"),
+    (("--source-lang", "de"), "--trainpref {text}: {text}.de does not exist (with --source-lang L, fairseq reads "
+                              "PREFIX.L)"),
+    (("--srcdict", "{root}/none.txt"), "--srcdict {root}/none.txt does not exist"),
+    (("--trainpref", ""), "give --trainpref (the text the dictionary is built from) or --srcdict"),
+    (("--destdir", "{data}"), "{data}/dict.txt exists already (from an earlier run)"),
+])
+def test_preprocess_args(env, tmp_path, args, message):
+    """What the wrapper of fairseq-preprocess's main checks (its run through the console script is a CASE above)."""
+    from fairseq import options
+
+    from fairseq_srupp.preprocess_checks import check_preprocess_args
+
+    paths = dict(root=tmp_path, text=env.root / "train.txt", data=env.data)
+    fmt = [str(a).format(**paths) for a in args]
+    parsed = options.get_preprocessing_parser().parse_args(
+        ["--only-source", "--trainpref", str(paths["text"]), "--destdir", str(tmp_path / "out"), *fmt])
+    check_preprocess_args(options.get_preprocessing_parser().parse_args(
+        ["--only-source", "--trainpref", str(paths["text"]), "--destdir", str(tmp_path / "out")]))  # the base runs
+    with pytest.raises(SRUppUserError, match=re.escape(message.format(**paths))):
+        check_preprocess_args(parsed)
+    assert not (tmp_path / "out").exists()
 
 
 def _parsed(parser_name, *args, data, path=None):
