@@ -16,8 +16,8 @@ import ast
 import os
 
 from fairseq_srupp.errors import SRUppUserError, not_a_file
-from fairseq_srupp.train_checks import (check_batch_limits, check_lm_data, check_no_max_tokens, check_num_workers,
-                                        check_seed, component_name, not_a_folder)
+from fairseq_srupp.train_checks import (check_batch_limits, check_lm_data, check_log_interval, check_no_max_tokens,
+                                        check_num_workers, check_seed, component_name, not_a_folder)
 
 MODEL_OVERRIDES_EXAMPLE = "--model-overrides \"{'eval_window': 512}\""
 
@@ -129,6 +129,7 @@ def check_generation_config(cfg, command: str) -> None:
     check_batch_limits(cfg.dataset, cfg.task)
     check_num_workers(cfg.dataset)
     check_seed(cfg.common)
+    check_log_interval(cfg.common)  # fairseq-generate's progress bar takes the batch number modulo it
     gen = cfg.generation
     _check_search(gen)
     _check_lengths(gen)

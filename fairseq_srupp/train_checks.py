@@ -4,7 +4,7 @@ fairseq reports these as a traceback (an ``AssertionError``, a ``KeyError`` at t
 at all (a missing ``--restore-file`` silently trains from scratch). :func:`check_train_config`, called by
 the plugin's wrapper of fairseq's ``call_main`` (:mod:`fairseq_srupp.fairseq_fixes`), checks the batch
 size (and a ``--max-tokens`` that ``srupp_language_modeling`` would ignore), batch and block sizes below
-1, ``--num-workers`` below 0, a ``--seed`` numpy cannot take, ``--fp16`` or ``--amp`` without a GPU,
+1, ``--num-workers`` below 0, a ``--seed`` numpy cannot take, log, validation and save intervals below 1, ``--fp16`` or ``--amp`` without a GPU,
 ``--distributed-world-size`` beyond the local GPUs without a way to start the other ranks, PyTorch's DDP
 on the CPU, a ``--distributed-rank`` outside the world (it would wait forever at the rendezvous),
 ``--update-freq``, a negative ``--lr``, ``--max-update``, ``--max-epoch``, weight decay or epsilon, betas outside
@@ -95,6 +95,27 @@ def check_seed(common) -> None:
     if seed is not None and not 0 <= seed <= NUMPY_SEED_MAX:
         raise SRUppUserError("--seed must be an integer from 0 to 2**32 - 1 (fairseq seeds numpy with it), "
                              "got {}".format(seed))
+
+
+def check_log_interval(common) -> None:
+    """``--log-interval`` below 1: fairseq's progress bars take the update number modulo it (ZeroDivisionError)."""
+    interval = common.get("log_interval")
+    if interval is not None and interval < 1:
+        raise SRUppUserError("--log-interval must be >= 1 (updates between log lines), got {}".format(interval))
+
+
+def _check_intervals(cfg):
+    # fairseq takes the epoch number modulo each at the end of every epoch, validating and saving or not: a
+    # ZeroDivisionError after a whole epoch of training, before its checkpoint is written
+    check_log_interval(cfg.common)
+    for flag, section, key, what in (("--validate-interval", "dataset", "validate_interval",
+                                      "epochs between validations; --disable-validation for none"),
+                                     ("--save-interval", "checkpoint", "save_interval",
+                                      "epochs between checkpoints; --no-save for none")):
+        value = (cfg.get(section) or {}).get(key)
+        if value is not None and value < 1:
+            raise SRUppUserError("{} must be >= 1 ({}), got {}: fairseq-train would fail at the end of the first "
+                                 "epoch, before saving it".format(flag, what, value))
 
 
 def _check_batch_size(cfg):
@@ -384,6 +405,7 @@ def check_train_config(cfg) -> None:
         _check_batch_size(cfg)
         check_num_workers(cfg.dataset)
     check_seed(cfg.common)
+    _check_intervals(cfg)
     _check_devices(cfg)
     if cfg.get("optimization") is not None:
         _check_update_freq(cfg)

@@ -323,6 +323,12 @@ def test_train_config_checks_of_paths_and_schedules(tmp_path):
         (varied(plain, optimization__max_update=-1),
          "--max-update must be >= 0 (0: no limit), got -1: fairseq-train would stop before its first update"),
         (varied(plain, optimization__max_epoch=-2), "--max-epoch must be >= 0 (0: no limit), got -2"),
+        (varied(plain, common__log_interval=0), "--log-interval must be >= 1 (updates between log lines), got 0"),
+        (varied(plain, dataset__validate_interval=0),
+         "--validate-interval must be >= 1 (epochs between validations; --disable-validation for none), got 0: "
+         "fairseq-train would fail at the end of the first epoch, before saving it"),
+        (varied(plain, checkpoint__save_interval=-1, dataset__disable_validation=True),
+         "--save-interval must be >= 1 (epochs between checkpoints; --no-save for none), got -1"),
         (varied(adam, optimizer__adam_betas="(0.9, 1.0)"),
          "--adam-betas '(0.9, 1.0)' must be two numbers in [0, 1), e.g. '(0.9, 0.999)'"),
         (varied(adam, optimizer__adam_eps=-1.0), "--adam-eps must be >= 0, got -1.0"),
@@ -416,6 +422,7 @@ def _parsed(parser_name, *args, data, path=None):
     ("fairseq-generate", ("--sampling", "--beam", 1, "--diverse-beam-groups", 2),
      "--sampling and --diverse-beam-groups choose different search strategies"),
     ("fairseq-generate", ("--min-len", 0), "--min-len must be >= 1, got 0"),
+    ("fairseq-generate", ("--log-interval", 0), "--log-interval must be >= 1 (updates between log lines), got 0"),
     ("fairseq-generate", ("--max-len-a", -1), "--max-len-a must be >= 0 (output tokens allowed per source token, "
                                               "for a language model per prompt token, besides --max-len-b), got -1"),
     ("fairseq-interactive", ("--max-len-b", 4, "--min-len", 5), "--max-len-b 4 is below --min-len 5"),
