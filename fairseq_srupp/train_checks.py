@@ -10,7 +10,8 @@ on the CPU, a ``--distributed-rank`` outside the world (it would wait forever at
 ``--update-freq``, a negative ``--lr``, ``--max-update``, ``--max-epoch``, weight decay or epsilon, betas outside
 [0, 1) (``--adam-betas``: fairseq's Adam ends in a math domain error), ``--lr-scheduler cosine`` without a period, ``--save-dir`` and the ``--log-file``'s folder, the
 ``--restore-file`` / ``--finetune-from-model`` (missing, or a checkpoint of another architecture),
-whether the criterion fits ``srupp_lm`` (``cross_entropy`` with its adaptive softmax is allowed, with a
+a ``--tensorboard-logdir`` that cannot be a folder, a ``--best-checkpoint-metric`` validation does not
+report, whether the criterion fits ``srupp_lm`` (``cross_entropy`` with its adaptive softmax is allowed, with a
 warning: it builds the full softmax) and, for fairseq's ``language_modeling`` task, the data directory
 and its splits.
 Each refusal is an :class:`~fairseq_srupp.errors.SRUppUserError`: one ``error:`` line.
@@ -248,6 +249,11 @@ def _check_output_paths(cfg):
     if why is not None:
         raise SRUppUserError("--save-dir {} {}: give a folder for the checkpoints (it is created if missing)".format(
             save_dir, why))
+    tensorboard = cfg.common.get("tensorboard_logdir")
+    why = not_a_folder(tensorboard) if tensorboard else None
+    if why is not None:  # fairseq's KeyError at the first log line
+        raise SRUppUserError("--tensorboard-logdir {} {}: give a folder for the event files (it is created if "
+                             "missing)".format(tensorboard, why))
     log_file = cfg.common.log_file
     if log_file is None:
         return
@@ -379,6 +385,27 @@ def _check_restore_file(cfg):
         raise SRUppUserError("--restore-file {} {}: {}".format(restore, not_a_file(restore), hint))
 
 
+# What validation reports with the criteria srupp_lm and fairseq's language models train with (the criterion's
+# metrics and the trainer's); nll_loss only where the loss is averaged over sentences (--sentence-avg).
+VALID_STATS = ("loss", "ppl", "wps", "wpb", "bsz", "num_updates")
+VALID_STATS_KNOWN_FOR = ("cross_entropy", "adaptive_loss", "srupp_adaptive_loss")
+
+
+def _check_best_checkpoint_metric(cfg):
+    # fairseq looks the metric up in the first validation's results: a KeyError after the first epoch (or
+    # --validate-interval-updates) of training, before its checkpoint is written
+    criterion = cfg.get("criterion")
+    name = component_name(criterion)
+    if name not in VALID_STATS_KNOWN_FOR or cfg.dataset.get("disable_validation"):
+        return
+    reported = VALID_STATS + (("nll_loss",) if getattr(criterion, "sentence_avg", False) else ())
+    metric = cfg.checkpoint.best_checkpoint_metric
+    if metric not in reported:
+        raise SRUppUserError("--best-checkpoint-metric {} is not among what validation reports with --criterion {} "
+                             "({}): fairseq-train would fail at its first validation, before saving".format(
+                                 metric, name, ", ".join(reported)))
+
+
 def _check_criterion(cfg):
     from fairseq_srupp.models.srupp_lm import SRUppLanguageModel
 
@@ -415,6 +442,7 @@ def check_train_config(cfg) -> None:
     _check_restore_file(cfg)
     _check_finetune_from_model(cfg)
     _check_criterion(cfg)
+    _check_best_checkpoint_metric(cfg)
     _check_checkpoint_architecture(cfg)
     if cfg.get("dataset") is not None and cfg.get("task") is not None:
         _check_data(cfg)

@@ -303,7 +303,10 @@ def test_train_config_checks_of_paths_and_schedules(tmp_path):
                 varied(plain, checkpoint__finetune_from_model=srupp), varied(plain, checkpoint__restore_file=srupp),
                 varied(plain, **rank, distributed_training__distributed_rank=1),
                 varied(adam, optimizer__adam_betas="(0.9, 0.98)", optimizer__weight_decay=0.01, optimization__lr=[0.0]),
-                varied(adamax, optimization__max_update=0, optimization__max_epoch=0)]:
+                varied(adamax, optimization__max_update=0, optimization__max_epoch=0),
+                varied(plain, checkpoint__best_checkpoint_metric="ppl", common__tensorboard_logdir=tmp_path / "tb"),
+                varied(plain, checkpoint__best_checkpoint_metric="accuracy", dataset__disable_validation=True),
+                varied(plain, checkpoint__best_checkpoint_metric="nll_loss", criterion__sentence_avg=True)]:
         check_train_config(cfg)
     for cfg, message in [
         (config("--max-tokens", 10), "--max-tokens does not apply to srupp_language_modeling: a batch is --batch-size "
@@ -324,6 +327,12 @@ def test_train_config_checks_of_paths_and_schedules(tmp_path):
          "--max-update must be >= 0 (0: no limit), got -1: fairseq-train would stop before its first update"),
         (varied(plain, optimization__max_epoch=-2), "--max-epoch must be >= 0 (0: no limit), got -2"),
         (varied(plain, common__log_interval=0), "--log-interval must be >= 1 (updates between log lines), got 0"),
+        (varied(plain, checkpoint__best_checkpoint_metric="accuracy"),
+         "--best-checkpoint-metric accuracy is not among what validation reports with --criterion cross_entropy "
+         "(loss, ppl, wps, wpb, bsz, num_updates): fairseq-train would fail at its first validation, before saving"),
+        (varied(plain, checkpoint__best_checkpoint_metric="nll_loss"), "--best-checkpoint-metric nll_loss is not"),
+        (varied(plain, common__tensorboard_logdir=a_file),
+         "--tensorboard-logdir {} is a file: give a folder for the event files".format(a_file)),
         (varied(plain, dataset__validate_interval=0),
          "--validate-interval must be >= 1 (epochs between validations; --disable-validation for none), got 0: "
          "fairseq-train would fail at the end of the first epoch, before saving it"),
