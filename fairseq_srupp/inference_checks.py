@@ -70,6 +70,22 @@ def _check_search(gen):
         raise SRUppUserError("--temperature must be > 0 (1 = the model's distribution), got {}".format(gen.temperature))
 
 
+# fairseq's language-modeling tasks, which have no source: translation's options cannot run with them
+LANGUAGE_MODELING_TASKS = ("language_modeling", "srupp_language_modeling")
+
+
+def _check_translation_options(cfg):
+    if component_name(cfg.task) not in LANGUAGE_MODELING_TASKS:
+        return
+    gen = cfg.generation
+    # --constraints: the task hands the search no constraints (a TypeError mid-search); --print-alignment: a
+    # language model has no source to align to (an IndexError)
+    for flag, given in (("--constraints", gen.get("constraints")), ("--print-alignment", gen.get("print_alignment"))):
+        if given:
+            raise SRUppUserError("{} applies to translation models, not to --task {}: drop it (a language model "
+                                 "has no source sentence)".format(flag, component_name(cfg.task)))
+
+
 def _dictionary_size(cfg):
     """Symbols in the language model's dict.txt (in the first data directory), or None without one."""
     from fairseq.data import Dictionary
@@ -133,6 +149,7 @@ def check_generation_config(cfg, command: str) -> None:
     gen = cfg.generation
     _check_search(gen)
     _check_lengths(gen)
+    _check_translation_options(cfg)
     _check_topk_fits(cfg)
     if command == "fairseq-interactive":
         _check_input(cfg.interactive.input)

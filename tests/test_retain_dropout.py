@@ -68,3 +68,16 @@ def test_retain_dropout_modules_selects_by_class_name():
     assert retained == {"SRUppAttention"}
     tokens = torch.randint(4, VOCAB, (2, 9))
     assert (forward(model, tokens, 1) - forward(model, tokens, 2)).abs().max() > 1e-4
+
+
+def test_retain_dropout_modules_that_select_nothing_are_one_error_line():
+    """A misspelt name would keep no dropout on, without a word (fairseq's own models behave so)."""
+    from fairseq_srupp.errors import SRUppUserError
+
+    model = tiny_model(adaptive=True).eval()
+    with pytest.raises(SRUppUserError, match=r"^--retain-dropout-modules SRUppAtention: selects none of srupp_lm's "
+                                             r"dropouts, which are in ProjectedAdaptiveSoftmax, SRUppAttention, "
+                                             r"SRUppDecoder, SRUppLayer, SRUppProjectedLinear$"):
+        model.prepare_for_inference_(generation_cfg("--retain-dropout", "--retain-dropout-modules", "SRUppAtention"))
+    assert not any(m.apply_during_inference for m in model.modules() if isinstance(m, Dropout))
+    model.prepare_for_inference_(generation_cfg("--retain-dropout-modules", "Nothing"))  # without --retain-dropout: unused

@@ -540,6 +540,20 @@ class SRUppLanguageModel(FairseqLanguageModel):
                 check_checkpoint_architecture(path, cls)
         return super().from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path, **kwargs)
 
+    def prepare_for_inference_(self, cfg):
+        """fairseq's preparation for generation and scoring, refusing a ``--retain-dropout-modules`` that selects
+        none of this model's dropouts (fairseq would keep none on, without a word)."""
+        generation = getattr(cfg, "generation", None)
+        selected = getattr(generation, "retain_dropout_modules", None)
+        if getattr(generation, "retain_dropout", False) and selected:
+            own = sorted({m.module_name for m in self.modules() if isinstance(m, Dropout)})
+            # as Dropout.make_generation_fast_ (and fairseq's FairseqDropout) select: `module_name in` the value,
+            # a list of names or, from the command line, one string
+            if not any(name in selected for name in own):
+                raise SRUppUserError("--retain-dropout-modules {}: selects none of srupp_lm's dropouts, which are in "
+                                     "{}".format(selected, ", ".join(own)))
+        super().prepare_for_inference_(cfg)
+
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         own = len(self.decoder.dictionary)
         theirs = checkpoint_vocab_size(state_dict)
