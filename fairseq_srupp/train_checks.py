@@ -4,16 +4,17 @@ fairseq reports these as a traceback (an ``AssertionError``, a ``KeyError`` at t
 at all (a missing ``--restore-file`` silently trains from scratch). :func:`check_train_config`, called by
 the plugin's wrapper of fairseq's ``call_main`` (:mod:`fairseq_srupp.fairseq_fixes`), checks the batch
 size (and a ``--max-tokens`` that ``srupp_language_modeling`` would ignore), batch and block sizes below
-1, ``--num-workers`` below 0, a ``--seed`` numpy cannot take, log, validation and save intervals below 1, ``--fp16`` or ``--amp`` without a GPU,
-``--distributed-world-size`` beyond the local GPUs without a way to start the other ranks, PyTorch's DDP
-on the CPU, a ``--distributed-rank`` outside the world (it would wait forever at the rendezvous),
-``--update-freq``, a negative ``--lr``, ``--max-update``, ``--max-epoch``, weight decay or epsilon, betas outside
-[0, 1) (``--adam-betas``: fairseq's Adam ends in a math domain error), ``--lr-scheduler cosine`` without a period, ``--save-dir`` and the ``--log-file``'s folder, the
-``--restore-file`` / ``--finetune-from-model`` (missing, or a checkpoint of another architecture),
-a ``--tensorboard-logdir`` that cannot be a folder, a ``--best-checkpoint-metric`` validation does not
-report, whether the criterion fits ``srupp_lm`` (``cross_entropy`` with its adaptive softmax is allowed, with a
-warning: it builds the full softmax) and, for fairseq's ``language_modeling`` task, the data directory
-and its splits.
+1, ``--num-workers`` below 0, a ``--seed`` numpy cannot take, log, validation and save intervals below 1,
+``--fp16`` or ``--amp`` without a GPU, ``--distributed-world-size`` beyond the local GPUs without a way to
+start the other ranks, PyTorch's DDP on the CPU, a ``--distributed-rank`` outside the world (it would wait
+forever at the rendezvous), ``--update-freq``, a negative ``--lr``, ``--max-update``, ``--max-epoch``,
+weight decay or epsilon, betas outside [0, 1) (``--adam-betas``: fairseq's Adam ends in a math domain
+error), ``--lr-scheduler cosine`` without a period, ``--save-dir``, the ``--log-file``'s folder and a
+``--tensorboard-logdir`` that cannot be a folder, the ``--restore-file`` / ``--finetune-from-model``
+(missing, or a checkpoint of another architecture), a ``--best-checkpoint-metric`` validation does not
+report, whether the criterion fits ``srupp_lm`` (``cross_entropy`` with its adaptive softmax is allowed,
+with a warning: it builds the full softmax) and, for fairseq's ``language_modeling`` task, the data
+directory and its splits.
 Each refusal is an :class:`~fairseq_srupp.errors.SRUppUserError`: one ``error:`` line.
 """
 import logging

@@ -47,11 +47,11 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
 
 
-
 # What fairseq-train (its default --save-dir, even with --no-save) and Hydra make in the current folder. A
 # test that runs them must give them a folder of its own, or the repository gains these after `make test`.
 REPO = Path(__file__).resolve().parents[1]
 LEFT_BEHIND = ("checkpoints", "outputs", "multirun")
+_present = pytest.StashKey[set]()  # those already there when the session started
 
 
 def pytest_sessionstart(session):
@@ -67,6 +67,3 @@ def pytest_sessionfinish(session):
             "error: the tests left {} in {} (a fairseq command run without a folder of its own; or did "
             "something else run there meanwhile?)".format(", ".join(made), REPO), red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-_present = pytest.StashKey[set]()
