@@ -22,6 +22,8 @@ import logging
 import sys
 from typing import List, Optional, Tuple
 
+from fairseq_srupp.cli_modules import fairseq_cli_module
+
 # The fairseq_cli modules that call basicConfig as they are imported, after importing fairseq.
 CONFIGURED_AT_IMPORT = ("eval_lm", "interactive", "preprocess", "validate", "hydra_validate")
 # The one that calls it when its _main starts, with --results-path's file (or stdout) as its stream.
@@ -49,7 +51,7 @@ def _preempted_by_fairseq_import(root: logging.Logger) -> bool:
 
 
 def _running(names) -> bool:
-    return any("fairseq_cli." + name in sys.modules for name in names)
+    return any(fairseq_cli_module(name) is not None for name in names)
 
 
 def restore_fairseq_cli_logging() -> None:

@@ -64,6 +64,7 @@ import zipfile
 
 import torch
 
+from fairseq_srupp.cli_modules import fairseq_cli_module, real_module_name
 from fairseq_srupp.errors import CheckpointMismatchError, SRUppUserError, find_user_error, not_a_file
 from fairseq_srupp.inference_checks import check_eval_lm_config, check_generation_config
 from fairseq_srupp.optim.batched_update import install as install_batched_update
@@ -183,7 +184,7 @@ def _wrap_call_main(module):
         if common is not None and common.bf16 and common.tpu and not _torch_xla_installed():
             common.tpu = False  # set by --bf16 alone; without torch_xla there is no TPU to use
         global _train_checked
-        command = getattr(main, "__module__", None)
+        command = real_module_name(getattr(main, "__module__", None))  # python -m fairseq_cli.X: __main__
         if command == "fairseq_cli.train":  # fairseq-hydra-train's pre_main too
             check_train_config(cfg)
             _train_checked = True
@@ -469,12 +470,12 @@ def install() -> None:
     _wrap_convert_namespace(dataclass_utils)
     if "hydra._internal.utils" in sys.modules:
         _wrap_hydra_error_report(sys.modules["hydra._internal.utils"])
-    if "fairseq_cli.train" in sys.modules:
-        _wrap_train_add_defaults(sys.modules["fairseq_cli.train"])
-    if "fairseq_cli.generate" in sys.modules:
-        _wrap_generate_main(sys.modules["fairseq_cli.generate"])
-    if "fairseq_cli.preprocess" in sys.modules:
-        _wrap_preprocess_main(sys.modules["fairseq_cli.preprocess"])
+    # the commands' modules, imported by their console scripts or run as `python -m fairseq_cli.X`
+    for name, wrap in (("train", _wrap_train_add_defaults), ("generate", _wrap_generate_main),
+                       ("preprocess", _wrap_preprocess_main)):
+        module = fairseq_cli_module(name)
+        if module is not None:
+            wrap(module)
     _wrap_batch_by_size(data_utils)
     _wrap_checkpoint_loaders(checkpoint_utils)
     install_batched_update()

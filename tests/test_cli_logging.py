@@ -37,8 +37,11 @@ def configure(root, **kwargs):
     logging.basicConfig(**{"level": logging.DEBUG, **kwargs})
 
 
-def running(monkeypatch, name):
-    monkeypatch.setitem(sys.modules, "fairseq_cli." + name, types.ModuleType("fairseq_cli." + name))
+def running(monkeypatch, name, as_main=False):
+    """As the command's console script imports it, or as `python -m fairseq_cli.NAME` runs it (as __main__)."""
+    module = types.ModuleType("__main__" if as_main else "fairseq_cli." + name)
+    module.__spec__ = types.SimpleNamespace(name="fairseq_cli." + name)
+    monkeypatch.setitem(sys.modules, "__main__" if as_main else "fairseq_cli." + name, module)
 
 
 @pytest.mark.parametrize("command", CONFIGURED_AT_IMPORT)
@@ -50,6 +53,13 @@ def test_commands_that_configure_at_import_get_fairseqs_set_up(root, monkeypatch
     (handler,) = root.handlers
     assert root.level == logging.INFO and handler.stream is sys.stdout
     assert handler.formatter._fmt == FAIRSEQ_FORMAT and handler.formatter.datefmt == "%Y-%m-%d %H:%M:%S"
+
+
+def test_commands_run_as_modules_are_recognised(root, monkeypatch):
+    configure(root)
+    running(monkeypatch, "eval_lm", as_main=True)  # python -m fairseq_cli.eval_lm (the demo's way)
+    restore_fairseq_cli_logging()
+    assert root.level == logging.INFO and [h.stream for h in root.handlers] == [sys.stdout]
 
 
 def test_loglevel_is_honoured(root, monkeypatch):
