@@ -274,32 +274,38 @@ def _hydra_keys(message: str, cfg) -> str:
     return ", ".join(found)
 
 
-def _wrap_generate_main(module):
-    # fairseq-generate calls its main() directly, not through call_main
+def _check_before_main(module, check):
+    """Make ``module.main(args)`` run ``original(check(args))``: ``check`` refuses bad arguments and returns what
+    the command goes on with."""
     original = module.main
 
-    def main(cfg):
-        from argparse import Namespace
-
-        if isinstance(cfg, Namespace):
-            cfg = module.convert_namespace_to_omegaconf(cfg)
-        check_generation_config(cfg, "fairseq-generate")
-        return original(cfg)
+    def main(args):
+        return original(check(args))
 
     main.__doc__, main.__wrapped__ = original.__doc__, original
     module.main = main
+
+
+def _wrap_generate_main(module):
+    # fairseq-generate calls its main() directly, not through call_main
+    def check(cfg):
+        from argparse import Namespace
+
+        if isinstance(cfg, Namespace):
+            cfg = module.convert_namespace_to_omegaconf(cfg)  # once: main goes on with it
+        check_generation_config(cfg, "fairseq-generate")
+        return cfg
+
+    _check_before_main(module, check)
 
 
 def _wrap_preprocess_main(module):
     # fairseq-preprocess reads its files as it gets to them: check them all before it writes anything
-    original = module.main
-
-    def main(args):
+    def check(args):
         check_preprocess_args(args)
-        return original(args)
+        return args
 
-    main.__doc__, main.__wrapped__ = original.__doc__, original
-    module.main = main
+    _check_before_main(module, check)
 
 
 # ------------------------------------------------------------- a model the task cannot configure

@@ -188,7 +188,8 @@ def _check_optimization(cfg):
     # fairseq takes each of these without a word: a negative rate climbs the loss, a negative --max-update or
     # --max-epoch stops before the first update (exit status 0), a negative weight decay grows the weights,
     # and fairseq's Adam ends in a math domain error mid-update with a beta of 1 or more
-    from fairseq_srupp.optim.config_values import parse_betas  # here: the optim package registers with fairseq
+    # here: the optim package registers with fairseq
+    from fairseq_srupp.optim.config_values import check_non_negative, parse_betas
 
     optimization = cfg.optimization
     if not all(lr >= 0 for lr in optimization.lr):  # NaN too
@@ -202,8 +203,8 @@ def _check_optimization(cfg):
         flag = "--" + key.replace("_", "-")
         if key.endswith("_betas"):
             parse_betas(value, flag)
-        elif (key == "weight_decay" or key.endswith("_eps")) and value is not None and not value >= 0:
-            raise SRUppUserError("{} must be >= 0, got {}".format(flag, value))
+        elif (key == "weight_decay" or key.endswith("_eps")) and value is not None:
+            check_non_negative(flag, value)
 
 
 def _check_lr_scheduler(cfg):

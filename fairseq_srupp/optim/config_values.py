@@ -22,3 +22,9 @@ def parse_betas(value, flag: str = "--radam-betas") -> Tuple[float, float]:
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise SRUppUserError("{} {!r} must be two numbers in [0, 1), e.g. '(0.9, 0.999)'".format(flag, value))
     return betas
+
+
+def check_non_negative(flag: str, value) -> None:
+    """One error line for an optimizer setting below 0 (or NaN): a learning rate, epsilon or weight decay."""
+    if not value >= 0:
+        raise SRUppUserError("{} must be >= 0, got {}".format(flag, value))

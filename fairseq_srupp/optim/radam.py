@@ -15,9 +15,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
 
-from fairseq_srupp.errors import SRUppUserError
-
-from .config_values import first_value, parse_betas
+from .config_values import check_non_negative, first_value, parse_betas
 from .fused_radam import FusedRAdam
 
 
@@ -50,8 +48,7 @@ class FairseqRAdam(FairseqOptimizer):
             "weight_decay": self.cfg.weight_decay,
         }
         for flag, key in (("--lr", "lr"), ("--radam-eps", "eps"), ("--weight-decay", "weight_decay")):
-            if not config[key] >= 0:
-                raise SRUppUserError("{} must be >= 0, got {}".format(flag, config[key]))
+            check_non_negative(flag, config[key])
         return config
 
     @property
