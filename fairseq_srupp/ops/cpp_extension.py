@@ -54,13 +54,30 @@ def build_name(prefix: str, inputs, flags, features: str = "") -> str:
     return "{}_{}".format(prefix, digest.hexdigest()[:16])
 
 
+class _NoCudaRuntimeNotice(logging.Filter):
+    def filter(self, record):
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def _import_load():
+    """``torch.utils.cpp_extension.load``. torch's CUDA build, imported on a machine with nvcc but no GPU,
+    warns "No CUDA runtime is found" on stderr as it imports that module: noise for these CPU-only builds,
+    and it would be the only line on a clean fairseq-eval-lm's stderr."""
+    notices, quiet = logging.getLogger("torch.utils.cpp_extension"), _NoCudaRuntimeNotice()
+    notices.addFilter(quiet)
+    try:
+        from torch.utils.cpp_extension import load
+    finally:
+        notices.removeFilter(quiet)
+    return load
+
+
 def load_extension(prefix: str, source: Path, inputs: Sequence[Path], what: str, fallback: str):
     """Compile ``source`` (whose build also reads ``inputs``) and return the loaded module.
 
     ``what`` names the extension in messages, ``fallback`` says how to run without it.
     """
-    from torch.utils.cpp_extension import load
-
+    load = _import_load()
     try:
         logger.info("loading the %s extension (compiled on first use)", what)
         return load(
