@@ -7,7 +7,7 @@ fairseq reports these as an ``AssertionError`` traceback (``--sampling`` without
 ``--tokens-per-sample``), an ``OSError`` (``--results-path`` naming a file, ``--input`` a missing one, after
 the model is loaded), a ``SyntaxError`` (a ``--model-overrides`` that is not a dict literal), or not at
 all (``--nbest 0`` prints no hypothesis, ``--prefix-size -1`` forces all but the last reference token,
-``--max-tokens`` is ignored by ``srupp_language_modeling``). The plugin's wrappers
+``--max-tokens`` is ignored by ``srupp_language_modeling``, fairseq-interactive ignores ``--lm-path``). The plugin's wrappers
 (:mod:`fairseq_srupp.fairseq_fixes`) call :func:`check_generation_config` and
 :func:`check_eval_lm_config`; each refusal is an :class:`~fairseq_srupp.errors.SRUppUserError`: one
 ``error:`` line. They check any model's command, since the plugin is loaded only with ``--user-dir``.
@@ -123,6 +123,20 @@ def _check_lengths(gen):
                              "--max-len-b counts the prompt too)".format(gen.max_len_b, gen.min_len))
 
 
+def _check_lm_fusion(gen, command: str):
+    # fairseq-generate adds --lm-weight times a second language model's log-probabilities (shallow fusion);
+    # fairseq-interactive never reads --lm-path, and without --lm-path nothing reads --lm-weight
+    if gen.lm_path is not None and command == "fairseq-interactive":
+        raise SRUppUserError("--lm-path applies to fairseq-generate only (fairseq-interactive does not load it): "
+                             "drop it, or run fairseq-generate")
+    if gen.lm_path is None and gen.lm_weight != 0:
+        raise SRUppUserError("--lm-weight {} needs --lm-path: give the checkpoint of the language model to fuse, "
+                             "or drop --lm-weight".format(gen.lm_weight))
+    if gen.lm_path is not None and not os.path.isfile(gen.lm_path):  # else read as a --path checkpoint, after --path
+        raise SRUppUserError("--lm-path {} {}: give the checkpoint of a language model trained with the same "
+                             "dict.txt".format(gen.lm_path, not_a_file(gen.lm_path)))
+
+
 def _check_input(path):
     # fairseq-interactive opens it only after loading the model
     if path != "-" and not os.path.isfile(path):
@@ -149,6 +163,7 @@ def check_generation_config(cfg, command: str) -> None:
     gen = cfg.generation
     _check_search(gen)
     _check_lengths(gen)
+    _check_lm_fusion(gen, command)
     _check_translation_options(cfg)
     _check_topk_fits(cfg)
     if command == "fairseq-interactive":

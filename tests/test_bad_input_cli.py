@@ -460,6 +460,12 @@ def _parsed(parser_name, *args, data, path=None):
     ("fairseq-interactive", ("--batch-size", 0), "--batch-size must be >= 1, got 0"),
     ("fairseq-interactive", ("--seed", -1), "--seed must be an integer from 0 to 2**32 - 1 (fairseq seeds numpy with "
                                             "it), got -1"),
+    ("fairseq-interactive", ("--lm-path", "{ckpt}", "--lm-weight", 0.5),
+     "--lm-path applies to fairseq-generate only (fairseq-interactive does not load it): drop it"),
+    ("fairseq-generate", ("--lm-weight", 0.5), "--lm-weight 0.5 needs --lm-path: give the checkpoint of the language "
+                                               "model to fuse, or drop --lm-weight"),
+    ("fairseq-generate", ("--lm-path", "{root}/lm.pt", "--lm-weight", 0.5),
+     "--lm-path {root}/lm.pt does not exist: give the checkpoint of a language model trained with the same dict.txt"),
     ("fairseq-generate", ("--num-workers", -1), "--num-workers must be >= 0 (data-loading processes; 0 loads in the "
                                                 "main process), got -1"),
 ])
@@ -467,7 +473,11 @@ def test_generation_config_variants(env, command, args, message):
     from fairseq_srupp.inference_checks import check_generation_config
 
     parser = "get_interactive_generation_parser" if command == "fairseq-interactive" else "get_generation_parser"
-    with pytest.raises(SRUppUserError, match=re.escape(message)):
+    def fill(text):  # not str.format: other cases' arguments hold braces
+        return str(text).replace("{root}", str(env.root)).replace("{ckpt}", str(env.ckpt))
+
+    args = [fill(a) for a in args]
+    with pytest.raises(SRUppUserError, match=re.escape(fill(message))):
         check_generation_config(_parsed(parser, *args, data=env.data, path=env.ckpt), command)
 
 
@@ -495,7 +505,7 @@ def test_generation_and_eval_lm_configs_that_run_pass(env):
 
     for args in [(), ("--sampling", "--beam", 1, "--sampling-topk", 10, "--sampling-topp", 0.9, "--temperature", 0.7),
                  ("--beam", 3, "--nbest", 3, "--max-len-a", 1, "--max-len-b", 0),
-                 ("--diverse-beam-groups", 2, "--beam", 4)]:
+                 ("--diverse-beam-groups", 2, "--beam", 4), ("--lm-path", env.ckpt, "--lm-weight", 0.5)]:
         check_generation_config(_parsed("get_generation_parser", *args, data=env.data, path=env.ckpt),
                                 "fairseq-generate")
     check_generation_config(_parsed("get_interactive_generation_parser", "--batch-size", 4, "--buffer-size", 4,
