@@ -74,17 +74,38 @@ def find_user_error(exc):
 
 
 _installed = False
+# Callables (exception -> SRUppUserError or None) that recognise a traceback a user caused somewhere the plugin
+# cannot check first (e.g. while fairseq parses the command line, before any of the plugin's checks run).
+_recognisers = []
+
+
+def recognise_user_error(recogniser) -> None:
+    """Have the excepthook print ``recogniser(exc)``, where it returns an error, as one line instead of ``exc``."""
+    if recogniser not in _recognisers:
+        _recognisers.append(recogniser)
+
+
+def _user_error(exc):
+    error = find_user_error(exc)
+    for recognise in _recognisers if error is None else ():
+        try:
+            error = recognise(exc)
+        except Exception:  # a recogniser must never hide the real traceback
+            error = None
+        if error is not None:
+            break
+    return error
 
 
 def install_excepthook() -> None:
-    """Print uncaught :class:`SRUppUserError` as one line (idempotent)."""
+    """Print uncaught :class:`SRUppUserError` (or a recognised user error) as one line (idempotent)."""
     global _installed
     if _installed:
         return
     previous = sys.excepthook
 
     def hook(exc_type, exc, tb):
-        error = find_user_error(exc)
+        error = _user_error(exc)
         if error is not None and os.environ.get("FAIRSEQ_SRUPP_DEBUG", "") in ("", "0"):
             sys.stderr.write("error: {}\n".format(error))
             sys.stderr.flush()

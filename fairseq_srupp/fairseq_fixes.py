@@ -36,9 +36,11 @@
      only inside ``fairseq_cli.train.main``: there the wrapper of its ``add_defaults`` runs it, and
      Hydra re-raises a user error instead of printing it as a traceback, its flags named with their
      Hydra keys;
-   * before ``fairseq-interactive`` and ``fairseq-eval-lm`` (``call_main``) and ``fairseq-generate``
-     (a wrapper of its ``main``), :mod:`fairseq_srupp.inference_checks`; before ``fairseq-preprocess``
-     (a wrapper of its ``main``), :mod:`fairseq_srupp.preprocess_checks`;
+   * before ``fairseq-interactive``, ``fairseq-eval-lm`` and ``fairseq-validate`` (``call_main``) and
+     ``fairseq-generate`` (a wrapper of its ``main``), :mod:`fairseq_srupp.inference_checks`; before
+     ``fairseq-preprocess`` (a wrapper of its ``main``), :mod:`fairseq_srupp.preprocess_checks`;
+   * fairseq-validate without ``--task`` fails inside fairseq's argument parser (``KeyError: None``), before
+     any check can run: the excepthook recognises that traceback and prints the task to give;
    * the checkpoint loaders name a missing, truncated or non-checkpoint file, and a ``--model-overrides``
      that changes the sizes the checkpoint's parameters were trained with (rather than advising a new
      training run);
@@ -65,8 +67,10 @@ import zipfile
 import torch
 
 from fairseq_srupp.cli_modules import fairseq_cli_module, real_module_name
-from fairseq_srupp.errors import CheckpointMismatchError, SRUppUserError, find_user_error, not_a_file
-from fairseq_srupp.inference_checks import check_eval_lm_config, check_generation_config
+from fairseq_srupp.errors import (CheckpointMismatchError, SRUppUserError, find_user_error, not_a_file,
+                                  recognise_user_error)
+from fairseq_srupp.inference_checks import (check_eval_lm_config, check_generation_config, check_validate_config,
+                                            missing_validate_task)
 from fairseq_srupp.optim.batched_update import install as install_batched_update
 from fairseq_srupp.preprocess_checks import check_preprocess_args
 from fairseq_srupp.train_checks import check_train_config
@@ -192,6 +196,8 @@ def _wrap_call_main(module):
             check_generation_config(cfg, "fairseq-interactive")
         elif command == "fairseq_cli.eval_lm":
             check_eval_lm_config(cfg)
+        elif command == "fairseq_cli.validate":
+            check_validate_config(cfg)
         result = original(cfg, main, **kwargs)
         # fairseq leaves its process group to interpreter shutdown, where a gloo rank can abort with
         # "terminate called without an active exception" (pytorch issue #190489). Every rank got here
@@ -485,4 +491,5 @@ def install() -> None:
     _wrap_batch_by_size(data_utils)
     _wrap_checkpoint_loaders(checkpoint_utils)
     install_batched_update()
+    recognise_user_error(missing_validate_task)
     _installed = True

@@ -1,25 +1,30 @@
-"""Configurations fairseq-generate, fairseq-interactive and fairseq-eval-lm cannot run, refused before
-any checkpoint or data is read.
+"""Configurations fairseq-generate, fairseq-interactive, fairseq-eval-lm and fairseq-validate cannot run,
+refused before any checkpoint or data is read.
 
 fairseq reports these as an ``AssertionError`` traceback (``--sampling`` without ``--nbest`` equal to
-``--beam``, ``--temperature 0``), a ``RuntimeError`` from a reshape in the middle of decoding
-(``--beam 0``), a ``ValueError`` from its Cython block builder (``--context-window`` not below
-``--tokens-per-sample``), an ``OSError`` (``--results-path`` naming a file, ``--input`` a missing one, after
-the model is loaded), a ``SyntaxError`` (a ``--model-overrides`` that is not a dict literal), or not at
+``--beam``, ``--temperature 0``, fairseq-validate without a batch size), a ``RuntimeError`` from a reshape in
+the middle of decoding (``--beam 0``), a ``ValueError`` from its Cython block builder (``--context-window`` not
+below ``--tokens-per-sample``), an ``OSError`` (``--results-path`` naming a file, ``--input`` a missing one,
+after the model is loaded), a ``SyntaxError`` (a ``--model-overrides`` that is not a dict literal), or not at
 all (``--nbest 0`` prints no hypothesis, ``--prefix-size -1`` forces all but the last reference token,
-``--max-tokens`` is ignored by ``srupp_language_modeling``, fairseq-interactive ignores ``--lm-path``). The plugin's wrappers
-(:mod:`fairseq_srupp.fairseq_fixes`) call :func:`check_generation_config` and
-:func:`check_eval_lm_config`; each refusal is an :class:`~fairseq_srupp.errors.SRUppUserError`: one
-``error:`` line. They check any model's command, since the plugin is loaded only with ``--user-dir``.
+``--max-tokens`` is ignored by ``srupp_language_modeling``, fairseq-interactive ignores ``--lm-path``). The
+plugin's wrappers (:mod:`fairseq_srupp.fairseq_fixes`) call :func:`check_generation_config`,
+:func:`check_eval_lm_config` and :func:`check_validate_config`; each refusal is an
+:class:`~fairseq_srupp.errors.SRUppUserError`: one ``error:`` line. They check any model's command, since the
+plugin is loaded only with ``--user-dir``.
 """
 import ast
 import os
+import sys
+import traceback
 
 from fairseq_srupp.errors import SRUppUserError, not_a_file
 from fairseq_srupp.train_checks import (check_batch_limits, check_lm_data, check_log_interval, check_no_max_tokens,
                                         check_num_workers, check_seed, component_name, not_a_folder)
 
 MODEL_OVERRIDES_EXAMPLE = "--model-overrides \"{'eval_window': 512}\""
+# the commands that eval() --model-overrides (the others literal_eval it)
+EVALUATES_MODEL_OVERRIDES = ("fairseq-eval-lm", "fairseq-validate")
 
 
 def _check_path(cfg, command: str):
@@ -33,8 +38,8 @@ def _check_model_overrides(cfg, command: str):
         overrides = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
         syntax = isinstance(exc, SyntaxError)
-        if command == "fairseq-eval-lm" and not syntax:
-            return  # fairseq-eval-lm eval()s it: an expression such as {'eval_window': 2 ** 9} is allowed there
+        if command in EVALUATES_MODEL_OVERRIDES and not syntax:
+            return  # these eval() it: an expression such as {'eval_window': 2 ** 9} is allowed there
         raise SRUppUserError("--model-overrides {} is not a Python dict literal ({}): write it as {}".format(
             text, exc.msg if syntax else "not a literal", MODEL_OVERRIDES_EXAMPLE)) from None
     if not isinstance(overrides, dict):
@@ -204,3 +209,46 @@ def check_eval_lm_config(cfg) -> None:
             "--context-window {} must be below --tokens-per-sample {}: each block scores --tokens-per-sample minus "
             "--context-window new tokens after that many of context".format(window, tokens_per_sample))
     check_lm_data(cfg, [cfg.dataset.gen_subset])
+
+
+def check_validate_config(cfg) -> None:
+    """Refuse a fairseq-validate configuration that fails after loading (an ``AssertionError`` without a batch
+    size, a ``FileNotFoundError`` for a missing split) or whose batch limits fairseq would read as none."""
+    _check_path(cfg, "fairseq-validate")
+    _check_model_overrides(cfg, "fairseq-validate")
+    check_batch_limits(cfg.dataset, cfg.task)
+    check_no_max_tokens(cfg.dataset, cfg.task)
+    if cfg.dataset.batch_size is None and cfg.dataset.max_tokens is None:
+        raise SRUppUserError("fairseq-validate needs --batch-size (sentences per batch) or --max-tokens (tokens per "
+                             "batch)")
+    check_num_workers(cfg.dataset)
+    check_seed(cfg.common)
+    check_log_interval(cfg.common)
+    check_lm_data(cfg, [s for s in cfg.dataset.valid_subset.split(",") if s])
+
+
+def _checkpoint_task(argv):
+    """The task the last ``--path`` of ``argv`` was trained with, or None where that cannot be read."""
+    paths = [a for i, a in enumerate(argv[1:]) if argv[i] == "--path"] + [
+        a.split("=", 1)[1] for a in argv if a.startswith("--path=")]
+    if not paths or not os.path.isfile(paths[-1]):
+        return None
+    import torch
+
+    state = torch.load(paths[-1], map_location="cpu", mmap=True, weights_only=False)  # the pickled structure only
+    return state["cfg"]["task"]["_name"]
+
+
+def missing_validate_task(exc):
+    """fairseq-validate has no default ``--task``: without one, fairseq's argument parser fails with
+    ``KeyError: None`` before the plugin's checks can run. The error line for that traceback, else None."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not (isinstance(exc, KeyError) and exc.args == (None,) and frames and frames[-1].name == "parse_args_and_arch"
+            and frames[-1].filename.endswith(os.path.join("fairseq", "options.py"))):
+        return None
+    try:
+        task = _checkpoint_task(sys.argv)
+    except Exception:  # not a readable checkpoint: the generic advice
+        task = None
+    return SRUppUserError("fairseq-validate needs --task: give the task the checkpoint was trained with ({})".format(
+        "--task {}".format(task) if task else "--task language_modeling or --task srupp_language_modeling"))

@@ -153,6 +153,15 @@ CASES = [
      "error: --beam must be >= 1"),
     ("eval-lm-as-module", lambda e: [sys.executable, "-m", "fairseq_cli.eval_lm", *eval_lm(e, "--softmax-batch", -3)[1:]],
      "error: --softmax-batch must be >= 0"),
+    # fairseq-validate has no default --task: fairseq's parser failed with KeyError: None before any check; the
+    # checkpoint's task is named
+    ("validate-without-task", lambda e: [BIN / "fairseq-validate", e.data, "--user-dir", USER_DIR, "--path", e.ckpt,
+                                         "--cpu", "--batch-size", 2],
+     "error: fairseq-validate needs --task: give the task the checkpoint was trained with (--task "
+     "srupp_language_modeling)"),
+    ("validate-without-batch-size", lambda e: [BIN / "fairseq-validate", e.data, "--user-dir", USER_DIR, "--task",
+                                               "srupp_language_modeling", "--path", e.ckpt, "--cpu"],
+     "error: srupp_language_modeling needs --batch-size (streams per worker)"),
     # already one line before this audit: pinned
     ("eval-lm-context-window", lambda e: eval_lm(e, "--context-window", 5),
      "error: --context-window does not apply to srupp_language_modeling"),
@@ -542,6 +551,26 @@ def test_eval_lm_config_variants(env, args, message, path):
 
     with pytest.raises(SRUppUserError, match=re.escape(message)):
         check_eval_lm_config(_parsed("get_eval_lm_parser", *args, data=env.data, path=env.ckpt if path else None))
+
+
+@pytest.mark.parametrize("args,message,path", [
+    ((), "fairseq-validate needs --batch-size (sentences per batch) or --max-tokens (tokens per batch)", True),
+    (("--batch-size", 2), "fairseq-validate needs --path CHECKPOINT", False),
+    (("--batch-size", 2, "--valid-subset", "valid,dev"), "split 'dev' not found", True),
+    (("--max-tokens", -5), "--max-tokens must be >= 1, got -5", True),
+    (("--task", "srupp_language_modeling", "--max-tokens", 64), "srupp_language_modeling needs --batch-size", True),
+    (("--batch-size", 2, "--model-overrides", "{'eval_window': 8"), "is not a Python dict literal", True),
+    (("--batch-size", 2, "--num-workers", -1), "--num-workers must be >= 0", True),
+    (("--batch-size", 2, "--log-interval", 0), "--log-interval must be >= 1", True),
+])
+def test_validate_config_variants(env, args, message, path):
+    from fairseq_srupp.inference_checks import check_validate_config
+
+    with pytest.raises(SRUppUserError, match=re.escape(message)):
+        check_validate_config(_parsed("get_validation_parser", *args, data=env.data, path=env.ckpt if path else None))
+    # fairseq-validate eval()s --model-overrides, as fairseq-eval-lm does
+    check_validate_config(_parsed("get_validation_parser", "--batch-size", 2, "--valid-subset", "valid,test",
+                                  "--model-overrides", "{'eval_window': 2 ** 3}", data=env.data, path=env.ckpt))
 
 
 @pytest.mark.parametrize("overrides,message", [
