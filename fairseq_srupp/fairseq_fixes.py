@@ -1,4 +1,4 @@
-"""Six fairseq 0.12 behaviours that break or slow everyday use of this plugin, wrapped at import.
+"""Seven fairseq 0.12 behaviours that break or slow everyday use of this plugin, wrapped at import.
 
 1. ``--log-file``: fairseq's ``progress_bar()`` adds a new ``FileHandler`` for the log file each time it
    is called — once per epoch and once per validation — so ``train.log`` repeats every line once more
@@ -53,6 +53,11 @@
 6. ``--fp16`` / ``--bf16``: fairseq's ``FP16Optimizer`` copies, zeroes and (without apex) norms the gradients
    and copies the parameters back one parameter at a time: :mod:`fairseq_srupp.optim.batched_update`
    does each pass as one multi-tensor call (``FAIRSEQ_SRUPP_UPDATE=fairseq`` keeps fairseq's loops).
+
+7. ``--lr-scheduler polynomial_decay`` without ``--total-num-update``: its config defaults to ``--max-update``
+   (an interpolation), which fairseq's argument parser turns into None, and Hydra refuses None for that
+   float, so every such command line ended in a ``ConfigCompositionException``. The wrapper of
+   ``convert_namespace_to_omegaconf`` gives it ``--max-update``, as the config means.
 
 The wrapper of ``call_main`` also destroys the process group of a run that returned: fairseq leaves it
 to interpreter shutdown, where a gloo rank can abort ("terminate called without an active exception").
@@ -324,6 +329,10 @@ def _wrap_convert_namespace(utils):
     original = utils.convert_namespace_to_omegaconf
 
     def convert_namespace_to_omegaconf(args):
+        if getattr(args, "lr_scheduler", None) == "polynomial_decay" and getattr(args, "total_num_update", 0) is None:
+            # its config's default is --max-update (an interpolation), which fairseq's argparse drops to None, and
+            # Hydra refuses None for a float: any --lr-scheduler polynomial_decay without --total-num-update failed
+            args.total_num_update = getattr(args, "max_update", 0)
         try:
             return original(args)
         except InterpolationKeyError as exc:

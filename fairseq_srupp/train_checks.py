@@ -9,7 +9,8 @@ size (and a ``--max-tokens`` that ``srupp_language_modeling`` would ignore), bat
 start the other ranks, PyTorch's DDP on the CPU, a ``--distributed-rank`` outside the world (it would wait
 forever at the rendezvous), ``--update-freq``, a negative ``--lr``, ``--max-update``, ``--max-epoch``,
 weight decay or epsilon, betas outside [0, 1) (``--adam-betas``: fairseq's Adam ends in a math domain
-error), ``--lr-scheduler cosine`` without a period, ``--save-dir``, the ``--log-file``'s folder and a
+error), learning-rate scheduler settings fairseq's schedulers fail on
+(:mod:`fairseq_srupp.lr_scheduler_checks`), ``--save-dir``, the ``--log-file``'s folder and a
 ``--tensorboard-logdir`` that cannot be a folder, the ``--restore-file`` / ``--finetune-from-model``
 (missing, or a checkpoint of another architecture), a ``--best-checkpoint-metric`` validation does not
 report, whether the criterion fits ``srupp_lm`` (``cross_entropy`` with its adaptive softmax is allowed,
@@ -23,6 +24,7 @@ import os
 import torch
 
 from fairseq_srupp.errors import SRUppUserError, not_a_file
+from fairseq_srupp.lr_scheduler_checks import check_lr_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -205,23 +207,6 @@ def _check_optimization(cfg):
             parse_betas(value, flag)
         elif (key == "weight_decay" or key.endswith("_eps")) and value is not None:
             check_non_negative(flag, value)
-
-
-def _check_lr_scheduler(cfg):
-    # fairseq's cosine asserts (a traceback) without a period
-    scheduler = cfg.get("lr_scheduler")
-    if component_name(scheduler) != "cosine" or scheduler.lr_period_updates > 0:
-        return
-    max_update, warmup = cfg.optimization.max_update, scheduler.warmup_updates
-    if max_update <= 0:
-        raise SRUppUserError("--lr-scheduler cosine needs --max-update (its period is --max-update minus "
-                             "--warmup-updates) or --lr-period-updates")
-    # a longer warmup never ends (allowed: the demo's short runs); an equal one leaves a period of 0 updates,
-    # which fairseq divides by at the last update, before the last checkpoint is saved
-    if warmup == max_update:
-        raise SRUppUserError("--warmup-updates {} equals --max-update {}: --lr-scheduler cosine's period (--max-update "
-                             "minus --warmup-updates) would be 0: change one of them or give --lr-period-updates".format(
-                                 warmup, max_update))
 
 
 def existing_non_folder(path):
@@ -439,7 +424,7 @@ def check_train_config(cfg) -> None:
     if cfg.get("optimization") is not None:
         _check_update_freq(cfg)
         _check_optimization(cfg)
-        _check_lr_scheduler(cfg)
+        check_lr_scheduler(cfg)
     _check_output_paths(cfg)
     _check_restore_file(cfg)
     _check_finetune_from_model(cfg)
