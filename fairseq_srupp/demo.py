@@ -120,7 +120,7 @@ def generate_sample(save_dir: Path, data_bin: Path, args) -> str:
     model, _ = load_model(str(save_dir / "checkpoint_best.pt"), str(data_bin), cpu=True)
     set_window(model, args.eval_window)  # the window the BPC above was measured with
     codec = TextCodec(model.decoder.dictionary)
-    to_text = codec.decoder()
+    to_text = codec.decoder(after=args.prompt)
     rng = torch.Generator().manual_seed(args.seed)
     tokens = stream_tokens(model, codec.encode(args.prompt), args.sample_bytes, top_k=SAMPLE_TOP_K, generator=rng)
     return args.prompt + "".join(to_text(token) for token in tokens)

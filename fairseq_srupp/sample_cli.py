@@ -143,7 +143,7 @@ def main(argv=None):
         print("seed: {} (pass --seed {} to draw this sample again)".format(seed, seed), file=sys.stderr)
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     tokens = stream_tokens(model, prompt_ids, args.num_tokens, args.top_k, args.top_p, args.temperature, generator)
-    write_stream(sys.stdout, None if args.no_echo else prompt, tokens, codec.decoder())
+    write_stream(sys.stdout, None if args.no_echo else prompt, tokens, codec.decoder(after=prompt))
     return 0
 
 

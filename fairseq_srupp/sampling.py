@@ -143,13 +143,15 @@ class TextCodec:
                            unknown, unit)
         return ids
 
-    def decoder(self):
-        """A function: token id → the text it adds (bytes of a UTF-8 character may wait for the rest)."""
+    def decoder(self, after: str = ""):
+        """A function: token id → the text it adds (bytes of a UTF-8 character may wait for the rest), for tokens
+        that continue the text ``after`` (the prompt): at word level the first word is spaced from it unless it is
+        empty or ends in a newline or space."""
         d = self.dictionary
         if self.byte_level:
             utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
             return lambda token: utf8.decode(bytes([byte_value(d[token])]))  # </s> is the newline byte
-        at_line_start = [True]
+        at_line_start = [after == "" or after[-1].isspace()]
 
         def word(token):
             if token == d.eos():
@@ -188,7 +190,7 @@ def stream_text(lm, prompt: str, num_tokens: int, top_k: int = 0, top_p: float =
     saved_window = decoder.cfg.eval_window
     set_window(model, window)
     try:
-        to_text = codec.decoder()
+        to_text = codec.decoder(after=prompt)
         for token in stream_tokens(model, prompt_ids, num_tokens, top_k, top_p, temperature, generator):
             yield to_text(token)
     finally:

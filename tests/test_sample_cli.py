@@ -147,6 +147,10 @@ def test_text_codec_bytes_and_words():
     assert ids == [words.index("a"), words.index("b"), words.eos(), words.index("b")]
     to_text = codec.decoder()
     assert "".join(to_text(i) for i in ids + [words.index("a")]) == "a b\nb a"
+    # continuing a prompt: spaced from it unless it ends a line or in a space (a sample read "thecat sat")
+    for prompt, text in (("a b", " b a"), ("a\n", "b a"), ("a ", "b a"), ("", "b a")):
+        to_text = codec.decoder(after=prompt)
+        assert "".join(to_text(i) for i in (words.index("b"), words.index("a"))) == text, prompt
 
 
 # ------------------------------------------------------------------------------------------ CLI
