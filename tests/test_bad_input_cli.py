@@ -510,7 +510,7 @@ def test_generation_output_and_input_files(env):
 
 
 def test_generation_and_eval_lm_configs_that_run_pass(env):
-    from fairseq_srupp.inference_checks import check_eval_lm_config, check_generation_config
+    from fairseq_srupp.inference_checks import check_eval_lm_config, check_generation_config, check_validate_config
 
     for args in [(), ("--sampling", "--beam", 1, "--sampling-topk", 10, "--sampling-topp", 0.9, "--temperature", 0.7),
                  ("--beam", 3, "--nbest", 3, "--max-len-a", 1, "--max-len-b", 0),
@@ -526,6 +526,9 @@ def test_generation_and_eval_lm_configs_that_run_pass(env):
                                  data=env.data, path=env.ckpt))  # fairseq-eval-lm eval()s it
     check_eval_lm_config(_parsed("get_eval_lm_parser", "--tokens-per-sample", 16, "--context-window", 15,
                                  data=env.data, path=env.ckpt))
+    # fairseq-validate eval()s --model-overrides, as fairseq-eval-lm does
+    check_validate_config(_parsed("get_validation_parser", "--batch-size", 2, "--valid-subset", "valid,test",
+                                  "--model-overrides", "{'eval_window': 2 ** 3}", data=env.data, path=env.ckpt))
 
 
 @pytest.mark.parametrize("args,message,path", [
@@ -568,9 +571,6 @@ def test_validate_config_variants(env, args, message, path):
 
     with pytest.raises(SRUppUserError, match=re.escape(message)):
         check_validate_config(_parsed("get_validation_parser", *args, data=env.data, path=env.ckpt if path else None))
-    # fairseq-validate eval()s --model-overrides, as fairseq-eval-lm does
-    check_validate_config(_parsed("get_validation_parser", "--batch-size", 2, "--valid-subset", "valid,test",
-                                  "--model-overrides", "{'eval_window': 2 ** 3}", data=env.data, path=env.ckpt))
 
 
 @pytest.mark.parametrize("overrides,message", [
