@@ -1,4 +1,4 @@
-"""Seven fairseq 0.12 behaviours that break or slow everyday use of this plugin, wrapped at import.
+"""Eight fairseq 0.12 behaviours that break or slow everyday use of this plugin, wrapped at import.
 
 1. ``--log-file``: fairseq's ``progress_bar()`` adds a new ``FileHandler`` for the log file each time it
    is called — once per epoch and once per validation — so ``train.log`` repeats every line once more
@@ -58,6 +58,12 @@
    (an interpolation), which fairseq's argument parser turns into None, and Hydra refuses None for that
    float, so every such command line ended in a ``ConfigCompositionException``. The wrapper of
    ``convert_namespace_to_omegaconf`` gives it ``--max-update``, as the config means.
+
+8. ``--diverse-beam-groups`` (fairseq-fixed's cumulative diversity, fairseq PR #5069): ``DiverseBeamSearch``
+   sizes its overlap counts for the batch (one row per sentence) but indexes them by the sentences' dataset
+   ids: a batch holding an id beyond its size (every batch after the first) ended in an ``IndexError``, and
+   one whose ids were not 0, 1, 2, ... in order read other sentences' counts. The wrapper of its ``step``
+   turns the ids into rows.
 
 The wrapper of ``call_main`` also destroys the process group of a run that returned: fairseq leaves it
 to interpreter shutdown, where a gloo rank can abort ("terminate called without an active exception").
@@ -179,6 +185,21 @@ def _wrap_generate(cls):
 
 
 # ----------------------------------------------------------------------------------- --bf16 off TPUs
+def _wrap_diverse_beam_search(cls):
+    original = cls.step
+
+    def step(self, step, lprobs, scores, prev_output_tokens=None, original_batch_idxs=None):
+        if original_batch_idxs is not None and hasattr(self, "group_overlap"):
+            if step == 0:  # group_overlap gets one row per sentence of this batch, in this order
+                self._sentence_ids = original_batch_idxs.clone()
+            # later steps name the sentences still searched by their ids: their rows in group_overlap
+            original_batch_idxs = original_batch_idxs.unsqueeze(1).eq(self._sentence_ids.unsqueeze(0)).int().argmax(1)
+        return original(self, step, lprobs, scores, prev_output_tokens, original_batch_idxs)
+
+    step.__doc__, step.__wrapped__ = original.__doc__, original
+    cls.step = step
+
+
 def _torch_xla_installed() -> bool:
     import importlib.util
 
@@ -479,7 +500,7 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from fairseq import checkpoint_utils, sequence_generator
+    from fairseq import checkpoint_utils, search, sequence_generator
     from fairseq.data import data_utils
     from fairseq.dataclass import utils as dataclass_utils
     from fairseq.distributed import utils as distributed_utils
@@ -487,6 +508,7 @@ def install() -> None:
 
     _wrap_progress_bar(progress_bar)
     _wrap_generate(sequence_generator.SequenceGenerator)
+    _wrap_diverse_beam_search(search.DiverseBeamSearch)
     _wrap_call_main(distributed_utils)
     _wrap_convert_namespace(dataclass_utils)
     if "hydra._internal.utils" in sys.modules:
