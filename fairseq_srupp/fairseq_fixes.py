@@ -10,7 +10,7 @@
      prefix starts with ``</s>``, as ``fairseq-generate --prefix-size`` forces for an empty line:
      at step 0 only the first beam is searched, so the sentence can finish one hypothesis, never
      ``beam`` of them. Such rows (the sentence ended before anything could be continued) are
-     decoded with beam 1, the rest of the batch with the requested beam.
+     decoded with one plain beam, the rest of the batch with the requested beam and search.
    * ``--max-len-b`` (``max_len_b``) counts the prompt: a prompt already as long as the limit gets
      no continuation. One warning says so, with the numbers.
    * prompt symbols outside the dictionary become ``<unk>`` silently: one warning with the count.
@@ -164,11 +164,16 @@ def _wrap_generate(cls):
         ended = prefix_tokens[:, 0].eq(self.eos)
         if self.beam_size == 1 or constraints is not None or not ended.any():
             return original(self, sample, prefix_tokens=prefix_tokens, constraints=constraints, bos_token=bos_token)
+        from fairseq.search import BeamSearch
+
         batch_size = prefix_tokens.size(0)
         results = [None] * batch_size
-        beam_size = self.beam_size
+        beam_size, searcher = self.beam_size, self.search
+        # the ended rows with one plain beam (a diverse beam search needs a beam its groups divide)
+        passes = ((ended.nonzero().view(-1), 1, BeamSearch(self.tgt_dict)),
+                  ((~ended).nonzero().view(-1), beam_size, searcher))
         try:
-            for rows, beam in ((ended.nonzero().view(-1), 1), ((~ended).nonzero().view(-1), beam_size)):
+            for rows, beam, self.search in passes:
                 if rows.numel() == 0:
                     continue
                 self.beam_size = beam
@@ -177,7 +182,7 @@ def _wrap_generate(cls):
                 for row, row_hypos in zip(rows.tolist(), hypos):
                     results[row] = row_hypos
         finally:
-            self.beam_size = beam_size
+            self.beam_size, self.search = beam_size, searcher
         return results
 
     _generate.__doc__ = original.__doc__

@@ -50,3 +50,33 @@ def test_each_sentence_reads_its_own_overlap_whatever_its_dataset_id():
     step, vocab = _search(fairseqs_step)
     with pytest.raises(IndexError):  # what fairseq-generate did from its second batch on
         _two_steps(step, vocab, torch.tensor([30, 31, 32]), torch.tensor([30, 32]))
+
+
+def test_prompts_ended_by_an_empty_line_beside_a_diverse_beam_search():
+    """srupp_lm's generator decodes the rows whose forced prompt starts with </s> (an empty line) with one
+    beam: a diverse beam search refused that beam (its groups must divide it), so such a batch failed."""
+    from fairseq.search import DiverseBeamSearch
+    from fairseq.sequence_generator import SequenceGenerator
+    from test_incremental_decoding import make_decoder
+
+    from fairseq_srupp.models.srupp_lm import SRUppLanguageModel
+
+    torch.manual_seed(0)
+    decoder = make_decoder(adaptive=False)
+    model = SRUppLanguageModel(decoder).eval()
+    prompts = torch.randint(4, 40, (3, 5))
+    prompts[1, 0] = decoder.dictionary.eos()  # the empty line
+
+    def generate(rows):
+        search = DiverseBeamSearch(decoder.dictionary, GROUPS, diversity_strength=0.5)
+        generator = SequenceGenerator([model], decoder.dictionary, beam_size=BEAM, max_len_b=12, search_strategy=search)
+        src = prompts[rows]
+        sample = {"net_input": {"src_tokens": src, "src_lengths": torch.full((len(rows),), src.shape[1])}}
+        return generator.generate([model], sample, prefix_tokens=src)
+
+    together = generate([0, 1, 2])
+    alone = generate([0, 2])
+    assert [h["tokens"].tolist() for h in together[1]] == [prompts[1, :1].tolist()]  # the line ended there
+    for mixed, own in zip((together[0], together[2]), alone):
+        assert [h["tokens"].tolist() for h in mixed] == [h["tokens"].tolist() for h in own]
+        assert len(mixed) == BEAM
