@@ -89,6 +89,9 @@ def _check_translation_options(cfg):
         if given:
             raise SRUppUserError("{} applies to translation models, not to --task {}: drop it (a language model "
                                  "has no source sentence)".format(flag, component_name(cfg.task)))
+    if gen.get("print_step"):  # fairseq prints hypo["steps"], which only iterative refinement makes (a KeyError)
+        raise SRUppUserError("--print-step applies to iterative refinement (non-autoregressive) translation models, "
+                             "not to --task {}: drop it".format(component_name(cfg.task)))
 
 
 def _dictionary_size(cfg):

@@ -451,6 +451,8 @@ def _parsed(parser_name, *args, data, path=None):
     ("fairseq-interactive", ("--constraints",), "--constraints applies to translation models, not to --task "
                                                 "language_modeling: drop it (a language model has no source sentence)"),
     ("fairseq-generate", ("--print-alignment", "soft"), "--print-alignment applies to translation models"),
+    ("fairseq-generate", ("--print-step",), "--print-step applies to iterative refinement (non-autoregressive) "
+                                            "translation models, not to --task language_modeling: drop it"),
     ("fairseq-generate", ("--max-len-a", -1), "--max-len-a must be >= 0 (output tokens allowed per source token, "
                                               "for a language model per prompt token, besides --max-len-b), got -1"),
     ("fairseq-interactive", ("--max-len-b", 4, "--min-len", 5), "--max-len-b 4 is below --min-len 5"),
