@@ -13,7 +13,8 @@ error), learning-rate scheduler settings fairseq's schedulers fail on
 (:mod:`fairseq_srupp.lr_scheduler_checks`), ``--save-dir``, the ``--log-file``'s folder and a
 ``--tensorboard-logdir`` that cannot be a folder, the ``--restore-file`` / ``--finetune-from-model``
 (missing, or a checkpoint of another architecture), a ``--best-checkpoint-metric`` validation does not
-report, whether the criterion fits ``srupp_lm`` (``cross_entropy`` with its adaptive softmax is allowed,
+report, ``language_modeling``'s other targets and truncated output dictionary with ``srupp_lm``, whether
+the criterion fits ``srupp_lm`` (``cross_entropy`` with its adaptive softmax is allowed,
 with a warning: it builds the full softmax) and, for fairseq's ``language_modeling`` task, the data
 directory and its splits.
 Each refusal is an :class:`~fairseq_srupp.errors.SRUppUserError`: one ``error:`` line.
@@ -412,6 +413,26 @@ def _check_criterion(cfg):
                              "{}: use --criterion cross_entropy or adaptive_loss".format(model.__name__))
 
 
+def _check_language_modeling_targets(cfg):
+    """fairseq's ``language_modeling`` options srupp_lm cannot serve: other targets than the next token (fairseq's
+    ``ValueError`` traceback once the model is built) and a truncated output dictionary (srupp_lm embeds and predicts
+    over one dictionary: an ``IndexError`` at the first forward)."""
+    from fairseq_srupp.models.srupp_lm import SRUppLanguageModel
+
+    model = _model_class(cfg.model)
+    if component_name(cfg.task) != "language_modeling" or model is None or not issubclass(model, SRUppLanguageModel):
+        return
+    other = [flag for flag, key in (("--self-target", "self_target"), ("--past-target", "past_target"))
+             if cfg.task.get(key)]
+    if other:
+        raise SRUppUserError("{} asks for other targets than the next token, which is all srupp_lm predicts: drop "
+                             "{}".format(" and ".join(other), "them" if len(other) > 1 else "it"))
+    size = cfg.task.get("output_dictionary_size", -1)
+    if size is not None and size >= 0:
+        raise SRUppUserError("--output-dictionary-size {}: srupp_lm reads and predicts over the whole dictionary: drop "
+                             "it (--adaptive-softmax-cutoff makes a large vocabulary cheap)".format(size))
+
+
 def check_train_config(cfg) -> None:
     """Reject, before any data is read, a fairseq-train configuration that cannot run (see the
     module docstring)."""
@@ -429,6 +450,8 @@ def check_train_config(cfg) -> None:
     _check_restore_file(cfg)
     _check_finetune_from_model(cfg)
     _check_criterion(cfg)
+    if cfg.get("task") is not None and cfg.get("model") is not None:
+        _check_language_modeling_targets(cfg)
     _check_best_checkpoint_metric(cfg)
     _check_checkpoint_architecture(cfg)
     if cfg.get("dataset") is not None and cfg.get("task") is not None:

@@ -294,6 +294,7 @@ def test_train_config_checks_of_paths_and_schedules(tmp_path):
         return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, cmd))
 
     plain, cosine = config(), config("--lr-scheduler", "cosine")
+    lm_task = config("--task", "language_modeling")
     adam, adamax = config("--optimizer", "adam"), config("--optimizer", "adamax")
 
     def varied(base, **keys):  # section__key=value, e.g. checkpoint__save_dir="..."
@@ -364,6 +365,10 @@ def test_train_config_checks_of_paths_and_schedules(tmp_path):
         (varied(cosine, optimization__max_update=5, lr_scheduler__warmup_updates=5),
          "--warmup-updates 5 equals --max-update 5: --lr-scheduler cosine's period (--max-update minus "
          "--warmup-updates) would be 0"),
+        (varied(lm_task, task__self_target=True, task__future_target=True),
+         "--self-target asks for other targets than the next token, which is all srupp_lm predicts: drop it"),
+        (varied(lm_task, task__output_dictionary_size=5),
+         "--output-dictionary-size 5: srupp_lm reads and predicts over the whole dictionary: drop it"),
         (varied(plain, checkpoint__save_dir=a_file),
          "--save-dir {} is a file: give a folder for the checkpoints".format(a_file)),
         (varied(plain, checkpoint__save_dir=a_file / "sub"),
