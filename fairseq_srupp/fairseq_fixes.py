@@ -173,10 +173,10 @@ def _wrap_generate(cls):
         passes = ((ended.nonzero().view(-1), 1, BeamSearch(self.tgt_dict)),
                   ((~ended).nonzero().view(-1), beam_size, searcher))
         try:
-            for rows, beam, self.search in passes:
+            for rows, beam, search in passes:
                 if rows.numel() == 0:
                     continue
-                self.beam_size = beam
+                self.beam_size, self.search = beam, search
                 hypos = original(self, _rows(sample, rows, batch_size), prefix_tokens=prefix_tokens[rows],
                                  bos_token=bos_token)
                 for row, row_hypos in zip(rows.tolist(), hypos):
@@ -189,7 +189,6 @@ def _wrap_generate(cls):
     cls._generate = _generate
 
 
-# ----------------------------------------------------------------------------------- --bf16 off TPUs
 def _wrap_diverse_beam_search(cls):
     original = cls.step
 
@@ -205,6 +204,7 @@ def _wrap_diverse_beam_search(cls):
     cls.step = step
 
 
+# ----------------------------------------------------------------------------------- --bf16 off TPUs
 def _torch_xla_installed() -> bool:
     import importlib.util
 
