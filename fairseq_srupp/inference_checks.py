@@ -227,19 +227,34 @@ def check_validate_config(cfg) -> None:
     check_num_workers(cfg.dataset)
     check_seed(cfg.common)
     check_log_interval(cfg.common)
+    # fairseq-validate evaluates with the checkpoint's own task: --task only chooses which options parse (and
+    # which of the checks above apply), so another task's options would be ignored
+    try:
+        trained = _checkpoint_task(cfg.common_eval.path)
+    except Exception:  # the checkpoint loader names what is wrong with the file
+        trained = None
+    given = component_name(cfg.task)
+    if trained is not None and given != trained:
+        raise SRUppUserError("--task {} is not the task {} was trained with: fairseq-validate evaluates with that one, "
+                             "so give --task {}".format(given, cfg.common_eval.path, trained))
     check_lm_data(cfg, [s for s in cfg.dataset.valid_subset.split(",") if s])
 
 
-def _checkpoint_task(argv):
-    """The task the last ``--path`` of ``argv`` was trained with, or None where that cannot be read."""
-    paths = [a for i, a in enumerate(argv[1:]) if argv[i] == "--path"] + [
-        a.split("=", 1)[1] for a in argv if a.startswith("--path=")]
-    if not paths or not os.path.isfile(paths[-1]):
+def _checkpoint_task(path):
+    """The task the checkpoint at ``path`` was trained with, or None where ``path`` is not one file."""
+    if not path or not os.path.isfile(path):
         return None
     import torch
 
-    state = torch.load(paths[-1], map_location="cpu", mmap=True, weights_only=False)  # the pickled structure only
+    state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)  # the pickled structure only
     return state["cfg"]["task"]["_name"]
+
+
+def _path_in(argv):
+    """The last ``--path`` of a command line, or None."""
+    paths = [a for i, a in enumerate(argv[1:]) if argv[i] == "--path"] + [
+        a.split("=", 1)[1] for a in argv if a.startswith("--path=")]
+    return paths[-1] if paths else None
 
 
 def missing_validate_task(exc):
@@ -250,7 +265,7 @@ def missing_validate_task(exc):
             and frames[-1].filename.endswith(os.path.join("fairseq", "options.py"))):
         return None
     try:
-        task = _checkpoint_task(sys.argv)
+        task = _checkpoint_task(_path_in(sys.argv))
     except Exception:  # not a readable checkpoint: the generic advice
         task = None
     return SRUppUserError("fairseq-validate needs --task: give the task the checkpoint was trained with ({})".format(

@@ -534,8 +534,9 @@ def test_generation_and_eval_lm_configs_that_run_pass(env):
     check_eval_lm_config(_parsed("get_eval_lm_parser", "--tokens-per-sample", 16, "--context-window", 15,
                                  data=env.data, path=env.ckpt))
     # fairseq-validate eval()s --model-overrides, as fairseq-eval-lm does
-    check_validate_config(_parsed("get_validation_parser", "--batch-size", 2, "--valid-subset", "valid,test",
-                                  "--model-overrides", "{'eval_window': 2 ** 3}", data=env.data, path=env.ckpt))
+    check_validate_config(_parsed("get_validation_parser", "--task", "srupp_language_modeling", "--batch-size", 2,
+                                  "--valid-subset", "valid,test", "--model-overrides", "{'eval_window': 2 ** 3}",
+                                  data=env.data, path=env.ckpt))
 
 
 @pytest.mark.parametrize("args,message,path", [
@@ -564,20 +565,32 @@ def test_eval_lm_config_variants(env, args, message, path):
 
 
 @pytest.mark.parametrize("args,message,path", [
-    ((), "fairseq-validate needs --batch-size (sentences per batch) or --max-tokens (tokens per batch)", True),
-    (("--batch-size", 2), "fairseq-validate needs --path CHECKPOINT", False),
-    (("--batch-size", 2, "--valid-subset", "valid,dev"), "split 'dev' not found", True),
-    (("--max-tokens", -5), "--max-tokens must be >= 1, got -5", True),
-    (("--task", "srupp_language_modeling", "--max-tokens", 64), "srupp_language_modeling needs --batch-size", True),
-    (("--batch-size", 2, "--model-overrides", "{'eval_window': 8"), "is not a Python dict literal", True),
-    (("--batch-size", 2, "--num-workers", -1), "--num-workers must be >= 0", True),
-    (("--batch-size", 2, "--log-interval", 0), "--log-interval must be >= 1", True),
+    ((), "fairseq-validate needs --batch-size (sentences per batch) or --max-tokens (tokens per batch)", "lm"),
+    (("--batch-size", 2), "fairseq-validate needs --path CHECKPOINT", None),
+    (("--batch-size", 2, "--valid-subset", "valid,dev"), "split 'dev' not found", "lm"),
+    (("--max-tokens", -5), "--max-tokens must be >= 1, got -5", "lm"),
+    (("--task", "srupp_language_modeling", "--max-tokens", 64), "srupp_language_modeling needs --batch-size", "lm"),
+    (("--batch-size", 2, "--model-overrides", "{'eval_window': 8"), "is not a Python dict literal", "lm"),
+    (("--batch-size", 2, "--num-workers", -1), "--num-workers must be >= 0", "lm"),
+    (("--batch-size", 2, "--log-interval", 0), "--log-interval must be >= 1", "lm"),
+    # fairseq-validate evaluates with the checkpoint's task whatever --task says
+    (("--batch-size", 2), "--task language_modeling is not the task {ckpt} was trained with: fairseq-validate "
+                          "evaluates with that one, so give --task srupp_language_modeling", "srupp"),
 ])
 def test_validate_config_variants(env, args, message, path):
     from fairseq_srupp.inference_checks import check_validate_config
 
-    with pytest.raises(SRUppUserError, match=re.escape(message)):
-        check_validate_config(_parsed("get_validation_parser", *args, data=env.data, path=env.ckpt if path else None))
+    paths = {"lm": _lm_task_checkpoint(env), "srupp": env.ckpt, None: None}
+    with pytest.raises(SRUppUserError, match=re.escape(message.format(ckpt=env.ckpt))):
+        check_validate_config(_parsed("get_validation_parser", *args, data=env.data, path=paths[path]))
+
+
+def _lm_task_checkpoint(env):
+    """A file that reads as a checkpoint trained with --task language_modeling (what fairseq-validate's task
+    check reads)."""
+    path = env.root / "lm-task.pt"
+    torch.save({"cfg": {"task": {"_name": "language_modeling"}, "model": {"_name": "srupp_lm_tiny"}}}, str(path))
+    return path
 
 
 @pytest.mark.parametrize("overrides,message", [
