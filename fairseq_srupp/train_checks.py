@@ -198,6 +198,9 @@ def _check_optimization(cfg):
     if not all(lr >= 0 for lr in optimization.lr):  # NaN too
         raise SRUppUserError("--lr must be >= 0 (the learning rate; one value, or one per epoch separated by commas), "
                              "got {}".format(",".join(map(str, optimization.lr))))
+    clip_norm = optimization.get("clip_norm")
+    if clip_norm is not None and clip_norm != clip_norm:  # NaN: fairseq clips only above 0, so it would not clip
+        raise SRUppUserError("--clip-norm must be a number (the gradient norm clipped to; 0: no clipping), got nan")
     for flag, key in (("--max-update", "max_update"), ("--max-epoch", "max_epoch")):
         if optimization.get(key) is not None and optimization[key] < 0:
             raise SRUppUserError("{} must be >= 0 (0: no limit), got {}: fairseq-train would stop before its first "

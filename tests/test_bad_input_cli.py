@@ -340,6 +340,8 @@ def test_train_config_checks_of_paths_and_schedules(tmp_path):
          "--lr must be >= 0 (the learning rate; one value, or one per epoch separated by commas), got -0.5"),
         (varied(plain, optimization__lr=[1e-3, float("nan")]), "--lr must be >= 0 (the learning rate; one value, or "
                                                                "one per epoch separated by commas), got 0.001,nan"),
+        (varied(plain, optimization__clip_norm=float("nan")),
+         "--clip-norm must be a number (the gradient norm clipped to; 0: no clipping), got nan"),
         (varied(plain, optimization__max_update=-1),
          "--max-update must be >= 0 (0: no limit), got -1: fairseq-train would stop before its first update"),
         (varied(plain, optimization__max_epoch=-2), "--max-epoch must be >= 0 (0: no limit), got -2"),
