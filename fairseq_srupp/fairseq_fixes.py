@@ -1,4 +1,4 @@
-"""Eight fairseq 0.12 behaviours that break or slow everyday use of this plugin, wrapped at import.
+"""Nine fairseq 0.12 behaviours that break or slow everyday use of this plugin, wrapped at import.
 
 1. ``--log-file``: fairseq's ``progress_bar()`` adds a new ``FileHandler`` for the log file each time it
    is called — once per epoch and once per validation — so ``train.log`` repeats every line once more
@@ -64,6 +64,11 @@
    ids: a batch holding an id beyond its size (every batch after the first) ended in an ``IndexError``, and
    one whose ids were not 0, 1, 2, ... in order read other sentences' counts. The wrapper of its ``step``
    turns the ids into rows.
+
+9. Options whose config default is OmegaConf's "missing" placeholder ``???`` (``--lr-scheduler triangular``'s
+   ``--max-lr``, the BPEs' model and code files): fairseq gave argparse ``???`` as the default, so leaving one
+   out ended in "--max-lr: invalid float value: '???'" (or passed ``???`` on as a file name). The wrapper of
+   ``gen_parser_from_dataclass`` marks them required: argparse names the missing option.
 
 The wrapper of ``call_main`` also destroys the process group of a run that returned: fairseq leaves it
 to interpreter shutdown, where a gloo rank can abort ("terminate called without an active exception").
@@ -372,12 +377,33 @@ def _wrap_convert_namespace(utils):
             raise SRUppUserError("--arch {} takes {} from its task, which --task {} does not have: {}".format(
                 arch, missing.group(1), task, hint)) from exc
 
-    convert_namespace_to_omegaconf.__doc__, convert_namespace_to_omegaconf.__wrapped__ = original.__doc__, original
-    utils.convert_namespace_to_omegaconf = convert_namespace_to_omegaconf
-    # the command-line tools imported it by name before the plugin was loaded
+    _install_everywhere(utils, original, convert_namespace_to_omegaconf)
+
+
+def _install_everywhere(module, original, wrapper):
+    """Put ``wrapper`` in place of ``original`` in ``module`` and in the fairseq modules (the command-line tools
+    among them) that imported it by name before the plugin was loaded."""
+    wrapper.__doc__, wrapper.__wrapped__ = original.__doc__, original
+    setattr(module, original.__name__, wrapper)
     for name, mod in list(sys.modules.items()):
         if name.startswith(("fairseq_cli.", "fairseq.")) and getattr(mod, original.__name__, None) is original:
-            setattr(mod, original.__name__, convert_namespace_to_omegaconf)
+            setattr(mod, original.__name__, wrapper)
+
+
+# ------------------------------------------------------------------ options a config requires
+def _wrap_gen_parser(utils):
+    original = utils.gen_parser_from_dataclass
+
+    def gen_parser_from_dataclass(parser, *args, **kwargs):
+        added = len(parser._actions)
+        original(parser, *args, **kwargs)
+        for action in parser._actions[added:]:
+            # OmegaConf's "missing" placeholder as a field's default: argparse took it for a value and failed to
+            # convert it ("--max-lr: invalid float value: '???'") or passed the string on
+            if isinstance(action.default, str) and action.default == "???":
+                action.required, action.default = True, None
+
+    _install_everywhere(utils, original, gen_parser_from_dataclass)
 
 
 # ----------------------------------------------------------------------- the dropped last batch
@@ -516,6 +542,7 @@ def install() -> None:
     _wrap_diverse_beam_search(search.DiverseBeamSearch)
     _wrap_call_main(distributed_utils)
     _wrap_convert_namespace(dataclass_utils)
+    _wrap_gen_parser(dataclass_utils)
     if "hydra._internal.utils" in sys.modules:
         _wrap_hydra_error_report(sys.modules["hydra._internal.utils"])
     # the commands' modules, imported by their console scripts or run as `python -m fairseq_cli.X`

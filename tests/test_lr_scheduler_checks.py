@@ -112,3 +112,19 @@ def test_polynomial_decay_from_the_command_line_decays_over_max_update():
            "--max-update", "30"]
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), cmd))
     assert cfg.lr_scheduler.total_num_update == 30
+
+
+def test_an_option_its_config_requires_is_named_when_left_out(capsys):
+    """--lr-scheduler triangular's --max-lr defaults to OmegaConf's "???": argparse read that as the value and
+    failed with "invalid float value: '???'"."""
+    from fairseq import options
+
+    import fairseq_srupp
+
+    fairseq_srupp.register()
+    cmd = ["data", "--task", "language_modeling", "--arch", "srupp_lm_tiny", "--lr-scheduler", "triangular"]
+    with pytest.raises(SystemExit):
+        options.parse_args_and_arch(options.get_training_parser(), cmd)
+    assert "the following arguments are required: --max-lr" in capsys.readouterr().err
+    args = options.parse_args_and_arch(options.get_training_parser(), cmd + ["--max-lr", "0.5"])
+    assert args.max_lr == 0.5
