@@ -151,14 +151,14 @@ class TextCodec:
         if self.byte_level:
             utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
             return lambda token: utf8.decode(bytes([byte_value(d[token])]))  # </s> is the newline byte
-        at_line_start = [after == "" or after[-1].isspace()]
+        after_space = [after == "" or after[-1].isspace()]  # a line start counts: no space before its first word
 
         def word(token):
             if token == d.eos():
-                at_line_start[0] = True
+                after_space[0] = True
                 return "\n"
-            text = d[token] if at_line_start[0] else " " + d[token]
-            at_line_start[0] = False
+            text = d[token] if after_space[0] else " " + d[token]
+            after_space[0] = False
             return text
 
         return word
