@@ -644,7 +644,8 @@ def test_kernel_tests_keep_the_first_run_when_the_second_is_stopped(monkeypatch,
               "slowest": [{"test": "test_a", "seconds": 1.0}]}
     answers = iter([(counts, None), (counts, None), (counts, None),
                     (None, "tests/test_cuda_kernel.py: stopped at the step's time limit")])
-    monkeypatch.setattr(steps, "run_pytest", lambda path, select, tmp: next(answers))
+    monkeypatch.setattr(steps, "run_pytest", lambda runs, select, tmp: (
+        lambda counts, why: ({runs[0]: counts} if counts else None, why))(*next(answers)))
     out = steps.kernel_tests(dry_run=False)
     assert saved[0]["status"] == "failed" and saved[0]["reason"] == (
         "tests/test_generator_decoding.py: not run yet; tests/test_optim.py tests/test_batched_update.py: not run yet; "
@@ -655,6 +656,34 @@ def test_kernel_tests_keep_the_first_run_when_the_second_is_stopped(monkeypatch,
                                                 "tests/test_optim.py tests/test_batched_update.py"}
     assert out["status"] == "failed" and out["reason"] == "tests/test_cuda_kernel.py: stopped at the step's time limit"
     assert "- `tests/test_token_stepper.py`: 20 tests, 0 failed, 0 errors, 0 skipped (9 s)" in out["markdown"]
+
+
+def test_one_pytest_process_is_counted_per_run(monkeypatch, tmp_path):
+    """A dry run's one pytest process over every run's files: each testcase counted against the run of its
+    file (a collection error's too), with the process's exit status."""
+    import steps
+
+    junit = """<testsuites><testsuite tests="5">
+      <testcase classname="tests.test_a" name="test_one" time="1.5"/>
+      <testcase classname="tests.test_a.TestGroup" name="test_two" time="0.5"><skipped/></testcase>
+      <testcase classname="tests.test_b" name="test_three" time="2.0"><failure message="off by one"/></testcase>
+      <testcase classname="" name="tests.test_c" time="0.0"><error message="ImportError: no module"/></testcase>
+      <testcase classname="elsewhere" name="test_four" time="0.1"/>
+    </testsuite></testsuites>"""
+
+    def fake_pytest(cmd, **kwargs):
+        Path(cmd[cmd.index("--junitxml") + 1]).write_text(junit)
+        return subprocess.CompletedProcess(cmd, 1, stdout="1 failed, 1 error")
+
+    monkeypatch.setattr(steps.subprocess, "run", fake_pytest)
+    counted, why = steps.run_pytest(["tests/test_a.py", "tests/test_b.py tests/test_c.py"], "x", tmp_path)
+    assert why is None
+    a, bc = counted["tests/test_a.py"], counted["tests/test_b.py tests/test_c.py"]
+    assert (a["tests"], a["skipped"], a["failures"], a["errors"], a["exit_status"]) == (3, 1, 0, 0, 1)
+    assert a["seconds"] == pytest.approx(2.1)  # the unplaceable testcase counts against every run
+    assert (bc["tests"], bc["failures"], bc["errors"]) == (3, 1, 1)
+    assert [f["test"] for f in bc["failed"]] == ["test_three", "tests.test_c"]
+    assert bc["slowest"][0] == {"test": "test_three", "seconds": 2.0}
 
 
 def test_sass_prefetch_measures_load_cover_around_the_main_loop():

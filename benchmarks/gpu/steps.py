@@ -119,12 +119,30 @@ KERNEL_TEST_RUNS = (("tests/test_token_stepper.py", "not fairseq_train"),
                     ("tests/test_cuda_kernel.py", "not fairseq_train"))
 
 
-def run_pytest(path, select, tmp):
-    """One pytest run over ``path`` (one or more test files, separated by spaces; ``-k select``), stopped a few
-    seconds before the step's deadline; its counts from the JUnit XML, the failed tests and the slowest five, or
-    None and why it gave none."""
-    junit = Path(tmp) / (Path(path.split()[0]).stem + ".xml")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *path.split(), "--junitxml", str(junit),
+def case_counts(cases):
+    """tests / failures / errors / skipped, the time, the failed tests and the slowest five of JUnit testcases."""
+    counts = {"tests": len(cases), "failures": 0, "errors": 0, "skipped": 0, "seconds": 0.0, "failed": []}
+    for case in cases:
+        tags = {child.tag for child in case}
+        counts["failures"] += "failure" in tags
+        counts["errors"] += "error" in tags
+        counts["skipped"] += "skipped" in tags
+        counts["seconds"] += float(case.get("time", 0))
+        bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+        if bad is not None:
+            counts["failed"].append({"test": case.get("name"), "message": (bad.get("message") or "")[:300]})
+    slowest = sorted(((float(c.get("time", 0)), c.get("name")) for c in cases), reverse=True)[:5]
+    counts["slowest"] = [{"test": name, "seconds": t} for t, name in slowest]
+    return counts
+
+
+def run_pytest(runs, select, tmp):
+    """One pytest process over the test files of ``runs`` (each a run's key: one or more test files separated
+    by spaces; ``-k select``), stopped a few seconds before the step's deadline. Returns each run's counts
+    from the JUnit XML (the process's exit status included), or None and why it gave none."""
+    files = [f for run in runs for f in run.split()]
+    junit = Path(tmp) / (Path(files[0]).stem + ".xml")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, "--junitxml", str(junit),
            "-k", select]
     left = seconds_left() - 3
     try:
@@ -132,43 +150,44 @@ def run_pytest(path, select, tmp):
                               timeout=None if left == float("inf") else max(left, 1))
     except subprocess.TimeoutExpired as stopped:
         print(stopped.stdout or "", flush=True)
-        return None, "{}: stopped at the step's time limit".format(path)
+        return None, "{}: stopped at the step's time limit".format(" ".join(runs))
     print(proc.stdout, flush=True)
     if not junit.exists():
         return None, "{}: pytest wrote no report (exit status {}): {}".format(
-            path, proc.returncode, proc.stdout.strip().splitlines()[-1:])
-    suite = ET.parse(junit).getroot()
-    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    failed = []
-    for case in suite.iter("testcase"):
-        bad = case.find("failure") if case.find("failure") is not None else case.find("error")
-        if bad is not None:
-            failed.append({"test": case.get("name"), "message": (bad.get("message") or "")[:300]})
-    cases = sorted(((float(c.get("time", 0)), c.get("name")) for c in suite.iter("testcase")), reverse=True)
-    counts.update(exit_status=proc.returncode, seconds=float(suite.get("time", 0)), failed=failed,
-                  slowest=[{"test": name, "seconds": t} for t, name in cases[:5]])
-    return counts, None
+            " ".join(runs), proc.returncode, proc.stdout.strip().splitlines()[-1:])
+    # A testcase's classname is the file's dotted path (a collection error's is empty, its name the file's).
+    run_of = {Path(f).stem: run for run in runs for f in run.split()}
+    cases = {run: [] for run in runs}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        stems = [part for part in (case.get("classname") or case.get("name") or "").split(".") if part in run_of]
+        for run in ([run_of[stems[0]]] if stems else runs):  # unplaceable: counted against every run
+            cases[run].append(case)
+    return {run: dict(case_counts(found), exit_status=proc.returncode) for run, found in cases.items()}, None
 
 
 def kernel_tests(dry_run):
     """pytest tests/test_token_stepper.py and tests/test_generator_decoding.py (CUDA-graph decoding),
     tests/test_optim.py and tests/test_batched_update.py (the update) and tests/test_cuda_kernel.py (kernel
     parity), counted from their JUnit XML. On a GPU a skipped test is a failure: it means the checks did not
-    run."""
-    # A dry run: one quick test of each run, through the same plumbing.
+    run. On a GPU each run is a process of its own (a CUDA fault ends its process); a dry run selects one quick
+    test of each and runs them in one process (each pytest process costs seconds of imports), through the same
+    counting."""
     quick = ("modes_and_misuse", "gradients_or_dropout", "takes_the_fused_kernel or bad_switch_value", "dispatch_choice")
     assert len(quick) == len(KERNEL_TEST_RUNS)
-    runs = [(path, select) for (path, _), select in zip(KERNEL_TEST_RUNS, quick)] if dry_run else KERNEL_TEST_RUNS
+    paths = [path for path, _ in KERNEL_TEST_RUNS]
+    batches = [(paths, " or ".join(quick))] if dry_run else [
+        ([path], select) for path, select in KERNEL_TEST_RUNS]
     out, md, problems = {"runs": {}}, [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (path, select) in enumerate(runs):
-            counts, why = run_pytest(path, select, tmp)
-            out["runs"][path] = counts
-            if counts is None:
-                problems.append(why)
-                md.append("- `{}`: {}".format(path, why))
-            else:
+        for i, (runs, select) in enumerate(batches):
+            counted, why = run_pytest(runs, select, tmp)
+            for path in runs:
+                counts = None if counted is None else counted[path]
+                out["runs"][path] = counts
+                if counts is None:
+                    problems.append(why)
+                    md.append("- `{}`: {}".format(path, why))
+                    continue
                 if counts["exit_status"] != 0 or counts["failures"] or counts["errors"]:
                     problems.append("{}: {} failed, {} errors".format(path, counts["failures"], counts["errors"]))
                 if counts["skipped"] and not dry_run:
@@ -179,7 +198,7 @@ def kernel_tests(dry_run):
                        for f in counts["failed"]]
                 md.append("  - slowest: " + ", ".join(
                     "`{test}` {seconds:.1f} s".format(**t) for t in counts["slowest"]))
-            unfinished = ["{}: not run yet".format(p) for p, _ in runs[i + 1:]]
+            unfinished = ["{}: not run yet".format(p) for later, _ in batches[i + 1:] for p in later]
             status = "failed" if problems or unfinished else "ok"
             save(result(status, out, md, "; ".join(problems + unfinished) or None))
     return result("failed" if problems else "ok", out, md, "; ".join(problems) or None)
