@@ -38,10 +38,17 @@ from pathlib import Path
 STARTUP_ENV_PREFIXES = ("PYTHON", "OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "LD_", "CUDA", "TORCH", "PYTORCH")
 # What ``import fairseq`` imports, less fairseq itself: the server imports these, and leaves fairseq's own
 # import (0.4 s) to the child, because fairseq configures logging as it imports and its commands
-# configure it before they import fairseq.
+# configure it before they import fairseq. Also what the commands import later, lazily, at a cost each
+# time: torch._dynamo with sympy (1.4 s: every torch optimizer's add_param_group and step import it),
+# torch.distributed's FSDP (fairseq's trainer) and torch's C++ extension builder (the plugin's CPU op).
 PRELOAD_PROBE = """
 import sys
 import fairseq
+for name in ("torch._dynamo", "torch.distributed.fsdp", "torch.utils.cpp_extension"):
+    try:
+        __import__(name)
+    except ImportError:  # a torch built without distributed: the commands then never import it either
+        pass
 print("\\n".join(m for m in sorted(sys.modules) if m.split(".")[0] not in ("fairseq", "fairseq_cli", "__main__")))
 """
 
