@@ -649,6 +649,8 @@ def test_checkpoint_loaders(env, tmp_path):
     assert len(models) == 1
     (tmp_path / "empty.pt").write_bytes(b"")
     torch.save({"embedding_layer.weight": torch.zeros(2)}, str(tmp_path / "paper.pt"))
+    side = tmp_path / "checkpoint_last.pt.carried-rank0"  # srupp_language_modeling's carried state, beside it
+    torch.save({"format": 1, "num_updates": 3, "state": {}, "streams": 2, "rank": 0}, str(side))
     for path, message in [
         (tmp_path / "nope.pt", "checkpoint {} does not exist (--path)".format(tmp_path / "nope.pt")),
         (tmp_path, "checkpoint {} is a directory (--path)".format(tmp_path)),
@@ -658,6 +660,9 @@ def test_checkpoint_loaders(env, tmp_path):
         (tmp_path / "paper.pt", "{} is not a fairseq checkpoint (no 'cfg' or 'args'; top-level keys: "
                                 "['embedding_layer.weight']); the paper's released checkpoints must be converted "
                                 "first".format(tmp_path / "paper.pt")),
+        (side, "{} is the carried recurrent state saved beside the checkpoint {} (read when training resumes from "
+               "it), not a checkpoint: give {}".format(side, tmp_path / "checkpoint_last.pt",
+                                                      tmp_path / "checkpoint_last.pt")),
     ]:
         with pytest.raises(SRUppUserError, match=re.escape(message)):
             checkpoint_utils.load_model_ensemble([str(path)])

@@ -503,6 +503,12 @@ def checkpoint_model_name(path: str) -> Optional[str]:
     elif args is not None:
         name = getattr(args, "arch", None)
     else:
+        from ..tasks.resume import side_file_checkpoint  # here: the tasks import this module
+
+        owner = side_file_checkpoint(path)
+        if owner is not None:  # a tab completion away from its checkpoint
+            raise SRUppUserError("{} is the carried recurrent state saved beside the checkpoint {} (read when "
+                                 "training resumes from it), not a checkpoint: give {}".format(path, owner, owner))
         raise SRUppUserError(
             "{} is not a fairseq checkpoint (no 'cfg' or 'args'; top-level keys: {}); the paper's released "
             "checkpoints must be converted first: python -m fairseq_srupp.convert".format(

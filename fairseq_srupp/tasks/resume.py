@@ -20,6 +20,7 @@ fairseq offers no per-rank hook around checkpoints, so :func:`install` wraps
 """
 import logging
 import os
+import re
 import shutil
 
 import torch
@@ -34,6 +35,12 @@ FORMAT = 1
 def side_file(checkpoint: str, rank: int) -> str:
     # Not ending in .pt: fairseq's checkpoint patterns and `checkpoint*.pt` globs skip it.
     return "{}.carried-rank{}".format(checkpoint, rank)
+
+
+def side_file_checkpoint(path: str):
+    """The checkpoint whose side file ``path`` names, or None when it names no side file."""
+    match = re.fullmatch(r"(.+)\.carried-rank\d+", str(path))
+    return match.group(1) if match else None
 
 
 def _listing(directory: str):
