@@ -65,11 +65,12 @@ def test_carried_state_beats_resetting_every_segment(tmp_path):
     losses = {}
     for name, extra in (("carried", []), ("reset", ["--no-carry-state"])):
         log = run_tool("fairseq-train", tmp_path / "bin", *STATEFUL_TRAIN_ARGS, "--tokens-per-sample", 8,
-                       "--batch-size", 8, "--lr", 0.003, "--max-update", 1500, "--log-interval", 500,
+                       "--batch-size", 8, "--lr", 0.005, "--max-update", 1000, "--log-interval", 500,
                        "--no-save", "--eval-unroll-size", 8, *extra)
         losses[name] = float(VALID_LOSS.findall(log)[-1])
     print("validation loss with carried state {carried} | reset every segment {reset}".format(**losses))
-    # Floors: ~0.63 bits/token when the key is copied, ~0.91 when it must be guessed.
+    # Floors: ~0.63 bits/token when the key is copied, ~0.91 when it must be guessed. Measured: 0.716 against
+    # 0.975 (at lr 0.003 it took 1500 updates to get that far apart).
     assert losses["carried"] < losses["reset"] - 0.1
 
 
