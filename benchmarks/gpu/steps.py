@@ -181,11 +181,12 @@ def kernel_tests(dry_run):
     with tempfile.TemporaryDirectory() as tmp:
         for i, (runs, select) in enumerate(batches):
             counted, why = run_pytest(runs, select, tmp)
+            if counted is None:  # once for the process, whose runs all go without counts
+                problems.append(why)
             for path in runs:
                 counts = None if counted is None else counted[path]
                 out["runs"][path] = counts
                 if counts is None:
-                    problems.append(why)
                     md.append("- `{}`: {}".format(path, why))
                     continue
                 if counts["exit_status"] != 0 or counts["failures"] or counts["errors"]:

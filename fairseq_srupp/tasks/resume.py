@@ -32,14 +32,17 @@ logger = logging.getLogger(__name__)
 FORMAT = 1
 
 
+# Not ending in .pt: fairseq's checkpoint patterns and `checkpoint*.pt` globs skip side files.
+SIDE_FILE_SUFFIX = ".carried-rank"
+
+
 def side_file(checkpoint: str, rank: int) -> str:
-    # Not ending in .pt: fairseq's checkpoint patterns and `checkpoint*.pt` globs skip it.
-    return "{}.carried-rank{}".format(checkpoint, rank)
+    return "{}{}{}".format(checkpoint, SIDE_FILE_SUFFIX, rank)
 
 
 def side_file_checkpoint(path: str):
     """The checkpoint whose side file ``path`` names, or None when it names no side file."""
-    match = re.fullmatch(r"(.+)\.carried-rank\d+", str(path))
+    match = re.fullmatch(r"(.+){}\d+".format(re.escape(SIDE_FILE_SUFFIX)), str(path))
     return match.group(1) if match else None
 
 
