@@ -14,6 +14,7 @@ plugin's wrappers (:mod:`fairseq_srupp.fairseq_fixes`) call :func:`check_generat
 plugin is loaded only with ``--user-dir``.
 """
 import ast
+import math
 import os
 import sys
 import traceback
@@ -73,6 +74,12 @@ def _check_search(gen):
         raise SRUppUserError("--sampling-topp must be in (0, 1] (or -1: no limit), got {}".format(gen.sampling_topp))
     if not gen.temperature > 0:
         raise SRUppUserError("--temperature must be > 0 (1 = the model's distribution), got {}".format(gen.temperature))
+    # NaN scores: the beam's and the final ranking's order is then arbitrary, silently
+    for flag, value, what in (("--lenpen", gen.lenpen, "scores are divided by length ** lenpen; 1 = none"),
+                              ("--unkpen", gen.unkpen, "subtracted from <unk>'s log-probability; 0 = none"),
+                              ("--diverse-beam-strength", gen.diverse_beam_strength, "with --diverse-beam-groups")):
+        if not math.isfinite(value):
+            raise SRUppUserError("{} must be a finite number ({}), got {}".format(flag, what, value))
 
 
 # fairseq's language-modeling tasks, which have no source: translation's options cannot run with them
@@ -89,6 +96,10 @@ def _check_translation_options(cfg):
         if given:
             raise SRUppUserError("{} applies to translation models, not to --task {}: drop it (a language model "
                                  "has no source sentence)".format(flag, component_name(cfg.task)))
+    if gen.get("match_source_len"):  # the source is the prompt: one token more, or an AssertionError with a beam
+        raise SRUppUserError("--match-source-len makes a translation as long as its source; a language model's source "
+                             "is its prompt, so the output would stop a token past it (with --beam above 1 fairseq's "
+                             "search fails): drop it and set the length with --max-len-b (which counts the prompt)")
     if gen.get("print_step"):  # fairseq prints hypo["steps"], which only iterative refinement makes (a KeyError)
         raise SRUppUserError("--print-step applies to iterative refinement (non-autoregressive) translation models, "
                              "not to --task {}: drop it".format(component_name(cfg.task)))

@@ -460,6 +460,13 @@ def _parsed(parser_name, *args, data, path=None):
     ("fairseq-generate", ("--print-alignment", "soft"), "--print-alignment applies to translation models"),
     ("fairseq-generate", ("--print-step",), "--print-step applies to iterative refinement (non-autoregressive) "
                                             "translation models, not to --task language_modeling: drop it"),
+    ("fairseq-generate", ("--beam", 2, "--match-source-len"), "--match-source-len makes a translation as long as its "
+     "source; a language model's source is its prompt"),
+    ("fairseq-generate", ("--lenpen", "nan"), "--lenpen must be a finite number (scores are divided by length ** "
+                                              "lenpen; 1 = none), got nan"),
+    ("fairseq-interactive", ("--unkpen", "inf"), "--unkpen must be a finite number"),
+    ("fairseq-generate", ("--diverse-beam-groups", 2, "--beam", 4, "--diverse-beam-strength", "nan"),
+     "--diverse-beam-strength must be a finite number"),
     ("fairseq-generate", ("--max-len-a", -1), "--max-len-a must be >= 0 (output tokens allowed per source token, "
                                               "for a language model per prompt token, besides --max-len-b), got -1"),
     ("fairseq-interactive", ("--max-len-b", 4, "--min-len", 5), "--max-len-b 4 is below --min-len 5"),
