@@ -678,6 +678,15 @@ def test_checkpoint_loaders(env, tmp_path):
                "so they do not fit: drop it from --model-overrides")
     with pytest.raises(SRUppUserError, match=re.escape(message)):
         checkpoint_utils.load_model_ensemble([str(env.ckpt)], arg_overrides={"hidden_size": 64, "dropout": 0.2})
+    # --model-overrides values arrive untyped (a TypeError inside the model's checks before)
+    for overrides, message in [({"eval_window": "big"}, "--eval-window (eval_window) must be an integer, got 'big' "
+                                                        "(a str; --model-overrides values are taken as written)"),
+                               ({"dropout": "0.1"}, "--dropout (dropout) must be a number, got '0.1' (a str;"),
+                               ({"eval_window": 8.5}, "--eval-window (eval_window) must be an integer, got 8.5")]:
+        with pytest.raises(SRUppUserError, match=re.escape(message)):
+            checkpoint_utils.load_model_ensemble([str(env.ckpt)], arg_overrides=overrides)
+    models, _ = checkpoint_utils.load_model_ensemble([str(env.ckpt)], arg_overrides={"eval_window": 8, "dropout": 0})
+    assert models[0].decoder.cfg.eval_window == 8
 
 
 @pytest.mark.parametrize("overrides,expected,keys", [

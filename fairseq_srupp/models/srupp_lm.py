@@ -18,7 +18,7 @@ state instead: a ring of the whole window, allocated once, and on a GPU one CUDA
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional
 
 import torch.nn.functional as F
@@ -122,6 +122,7 @@ def free_memory(device: torch.device) -> int:
 def check_config(cfg, vocab_size: Optional[int] = None) -> None:
     """Reject impossible sizes with a message that says what to change (an :class:`SRUppUserError`);
     with ``vocab_size`` (the dictionary's) also the adaptive softmax's cutoffs and widths."""
+    _check_types(cfg)
     for name in ("hidden_size", "proj_size", "num_layers", "num_heads", "attention_every_n_layers"):
         if getattr(cfg, name) < 1:
             raise SRUppUserError(
@@ -153,6 +154,26 @@ def check_config(cfg, vocab_size: Optional[int] = None) -> None:
                              "got {}".format(cfg.weight_c_init))
     if cfg.adaptive_softmax_cutoff and vocab_size is not None:
         _check_adaptive_config(cfg, vocab_size)
+
+
+_KINDS = {int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _check_types(cfg) -> None:
+    """The command line converts every setting to its type; a --model-overrides value (or a hand-edited
+    checkpoint's) arrives as written, and a string where a size belongs failed as a TypeError."""
+    for f in fields(SRUppLMConfig):
+        value = getattr(cfg, f.name, None)
+        if value is None or f.type not in _KINDS:
+            continue
+        if f.type is bool:
+            fits = isinstance(value, bool)
+        else:
+            fits = isinstance(value, (int, float) if f.type is float else int) and not isinstance(value, bool)
+        if not fits:
+            raise SRUppUserError("--{} ({}) must be {}, got {!r} (a {}; --model-overrides values are taken as "
+                                 "written)".format(
+                f.name.replace("_", "-"), f.name, _KINDS[f.type], value, type(value).__name__))
 
 
 def _check_adaptive_config(cfg, vocab_size: int) -> None:
