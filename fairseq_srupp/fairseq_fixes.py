@@ -86,7 +86,7 @@ from fairseq_srupp.cli_modules import fairseq_cli_module, real_module_name
 from fairseq_srupp.errors import (CheckpointMismatchError, SRUppUserError, find_user_error, not_a_file,
                                   recognise_user_error)
 from fairseq_srupp.inference_checks import (check_eval_lm_config, check_generation_config, check_validate_config,
-                                            missing_validate_task)
+                                            missing_encoder_package, missing_validate_task)
 from fairseq_srupp.optim.batched_update import install as install_batched_update
 from fairseq_srupp.preprocess_checks import check_preprocess_args
 from fairseq_srupp.train_checks import check_train_config
@@ -555,4 +555,5 @@ def install() -> None:
     _wrap_checkpoint_loaders(checkpoint_utils)
     install_batched_update()
     recognise_user_error(missing_validate_task)
+    recognise_user_error(missing_encoder_package)
     _installed = True

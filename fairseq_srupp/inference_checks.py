@@ -268,6 +268,35 @@ def _path_in(argv):
     return paths[-1] if paths else None
 
 
+def _encoder_flag(module: str):
+    """``--bpe NAME`` / ``--tokenizer NAME`` of the fairseq component defined in ``module``, or None."""
+    from fairseq.data.encoders import BPE_REGISTRY, TOKENIZER_REGISTRY
+
+    for flag, registry in (("--bpe", BPE_REGISTRY), ("--tokenizer", TOKENIZER_REGISTRY)):
+        for name, cls in registry.items():
+            if getattr(cls, "__module__", None) == module:
+                return "{} {}".format(flag, name)
+    return None
+
+
+def missing_encoder_package(exc):
+    """fairseq imports a --bpe or --tokenizer component's package only when a command builds it: one not
+    installed ends in an ImportError traceback ("Please install X with: pip install X"; gpt2's first use
+    downloads its vocabulary with ``requests``). The error line naming the flag, else None."""
+    if not isinstance(exc, ImportError):
+        return None
+    encoders = os.path.join("fairseq", "data", "encoders") + os.sep
+    inside = [f.filename for f in traceback.extract_tb(exc.__traceback__) if encoders in f.filename]
+    if not inside:
+        return None
+    flag = _encoder_flag("fairseq.data.encoders." + os.path.splitext(os.path.basename(inside[-1]))[0])
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        install = "a Python package it imports is not installed: pip install {}".format(exc.name)
+    else:
+        install = str(exc).strip().rstrip(".")
+    return SRUppUserError("{}: {}".format(flag or "the --bpe / --tokenizer given", install))
+
+
 def missing_validate_task(exc):
     """fairseq-validate has no default ``--task``: without one, fairseq's argument parser fails with
     ``KeyError: None`` before the plugin's checks can run. The error line for that traceback, else None."""

@@ -716,3 +716,26 @@ def test_hydra_train_one_error_line(env, overrides, expected, keys):
     assert errors[0].endswith(keys), errors[0]
     assert not list((env.root / "hydra-ckpt").glob("*.pt"))
     assert {d: snapshot(d) for d in before} == before
+
+
+@pytest.mark.parametrize("bpe,args,module,message", [
+    ("sentencepiece", {"sentencepiece_model": "{tmp}/m.model"}, "sentencepiece",
+     "--bpe sentencepiece: Please install sentencepiece with: pip install sentencepiece"),
+    ("gpt2", {}, "requests", "--bpe gpt2: a Python package it imports is not installed: pip install requests"),
+])
+def test_a_missing_bpe_package_is_one_line_naming_the_flag(monkeypatch, tmp_path, bpe, args, module, message):
+    """fairseq imports a --bpe's package when a command builds it (gpt2 downloads its vocabulary with requests):
+    the plugin's excepthook prints the ImportError as one line naming the flag."""
+    from argparse import Namespace
+
+    from fairseq.data import encoders
+
+    import fairseq_srupp  # noqa: F401  (registers the recogniser)
+    from fairseq_srupp.errors import _user_error
+
+    (tmp_path / "m.model").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, module, None)  # its import fails, whether or not it is installed
+    with pytest.raises(ImportError) as raised:
+        encoders.build_bpe(Namespace(bpe=bpe, **{k: v.format(tmp=tmp_path) for k, v in args.items()}))
+    assert str(_user_error(raised.value)) == message
+    assert _user_error(ImportError("elsewhere")) is None  # only fairseq's encoders' imports
