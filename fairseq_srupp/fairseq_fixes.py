@@ -354,7 +354,24 @@ def _wrap_preprocess_main(module):
 _MISSING_KEY = re.compile(r"Interpolation key '(task\.[^']+)' not found")
 
 
+_NO_CONFIG = re.compile(r"Could not find '(\w+)/(\w+)'")
+
+
+def _no_config_error(exc):
+    """The line for Hydra's MissingConfigException of a component fairseq registered without a config (its
+    --bpe bytes and --bpe characters: they cannot run from fairseq's command line), else None."""
+    found = _NO_CONFIG.search(str(exc))
+    if found is None:
+        return None
+    group, name = found.groups()
+    hint = (": for the text of a char-level model use --bpe srupp_bytes (UTF-8 bytes <-> byte tokens, newline <-> "
+            "</s>)" if group == "bpe" else ": choose another --{}".format(group))
+    return SRUppUserError("--{} {} cannot run from fairseq's command line: fairseq registers it without a config, "
+                          "which its Hydra set-up needs{}".format(group.replace("_", "-"), name, hint))
+
+
 def _wrap_convert_namespace(utils):
+    from hydra.errors import MissingConfigException
     from omegaconf.errors import InterpolationKeyError
 
     original = utils.convert_namespace_to_omegaconf
@@ -366,6 +383,11 @@ def _wrap_convert_namespace(utils):
             args.total_num_update = getattr(args, "max_update", 0)
         try:
             return original(args)
+        except MissingConfigException as exc:
+            error = _no_config_error(exc)
+            if error is None:
+                raise
+            raise error from exc
         except InterpolationKeyError as exc:
             missing = _MISSING_KEY.search(str(exc))
             arch, task = getattr(args, "arch", None), getattr(args, "task", None)

@@ -739,3 +739,14 @@ def test_a_missing_bpe_package_is_one_line_naming_the_flag(monkeypatch, tmp_path
         encoders.build_bpe(Namespace(bpe=bpe, **{k: v.format(tmp=tmp_path) for k, v in args.items()}))
     assert str(_user_error(raised.value)) == message
     assert _user_error(ImportError("elsewhere")) is None  # only fairseq's encoders' imports
+
+
+@pytest.mark.parametrize("bpe", ["bytes", "characters"])
+def test_a_bpe_fairseq_registered_without_a_config_is_one_line(env, bpe):
+    """fairseq's --bpe bytes / characters have no config, so its Hydra composition fails (MissingConfigException,
+    a traceback and the list of every config group's options)."""
+    message = ("--bpe {} cannot run from fairseq's command line: fairseq registers it without a config, which its "
+               "Hydra set-up needs: for the text of a char-level model use --bpe srupp_bytes".format(bpe))
+    with pytest.raises(SRUppUserError, match=re.escape(message)):
+        _parsed("get_interactive_generation_parser", "--bpe", bpe, data=env.data, path=env.ckpt)
+    _parsed("get_interactive_generation_parser", "--bpe", "srupp_bytes", data=env.data, path=env.ckpt)
