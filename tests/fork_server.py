@@ -21,11 +21,9 @@ imports start their processes with ``subprocess`` themselves.
 Protocol (JSON lines): the client writes ``{"op": "start", ...}`` and reads ``{"pid": N}``, then
 writes ``{"op": "wait", "pid": N}`` and reads ``{"returncode": R}``.
 """
-import atexit
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -117,7 +115,8 @@ def _become(request):
 
 
 def _main(preload_list):
-    """Serve on stdin/stdout; ``preload_list`` caches the probe's module names for the worker's next servers."""
+    """Serve on stdin/stdout; ``preload_list`` caches the probe's module names for later servers (of any
+    worker or run)."""
     # The protocol gets its own descriptors; 0 and 1 are left for what the preloads might print.
     requests = os.fdopen(os.dup(0), "r")
     replies = os.fdopen(os.dup(1), "w")
@@ -129,7 +128,9 @@ def _main(preload_list):
     if not names:
         probe = subprocess.run([sys.executable, "-c", PRELOAD_PROBE], stdout=subprocess.PIPE, text=True, check=True)
         names = probe.stdout.split()
-        Path(preload_list).write_text("\n".join(names))
+        partial = "{}.{}".format(preload_list, os.getpid())  # renamed into place: another worker may read it
+        Path(partial).write_text("\n".join(names))
+        os.replace(partial, preload_list)
     for name in names:
         try:
             importlib.import_module(name)
@@ -169,9 +170,21 @@ def _parse(cmd):
     return None
 
 
-_preload_dir = tempfile.mkdtemp(prefix="fork_server_")
-atexit.register(shutil.rmtree, _preload_dir, ignore_errors=True)
-_preload_list = os.path.join(_preload_dir, "preload.txt")
+def _preload_list_path():
+    """Where the probe's module names are kept, for every worker and later run with the same interpreter and
+    packages (the probe costs a fresh ``import fairseq``, 3.5 s): the name hashes what the list depends on."""
+    import hashlib
+    import importlib.util
+
+    digest = hashlib.sha256("\0".join([sys.executable, sys.version, PRELOAD_PROBE]).encode())
+    for package in ("fairseq", "torch"):
+        origin = importlib.util.find_spec(package).origin  # not imported: only located
+        for path in (origin, os.path.dirname(os.path.dirname(origin))):  # the package; its site-packages
+            digest.update(b"\0%d" % os.stat(path).st_mtime_ns)
+    return os.path.join(tempfile.gettempdir(), "fairseq_srupp_fork_preload_{}.txt".format(digest.hexdigest()[:16]))
+
+
+_preload_list = _preload_list_path()
 
 
 class _Server:
