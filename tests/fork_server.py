@@ -178,8 +178,10 @@ def _preload_list_path():
 
     digest = hashlib.sha256("\0".join([sys.executable, sys.version, PRELOAD_PROBE]).encode())
     for package in ("fairseq", "torch"):
-        origin = importlib.util.find_spec(package).origin  # not imported: only located
-        for path in (origin, os.path.dirname(os.path.dirname(origin))):  # the package; its site-packages
+        spec = importlib.util.find_spec(package)  # not imported: only located
+        if spec is None or not spec.origin:  # not installed (yet): its commands cannot run either
+            continue
+        for path in (spec.origin, os.path.dirname(os.path.dirname(spec.origin))):  # the package; its site-packages
             digest.update(b"\0%d" % os.stat(path).st_mtime_ns)
     return os.path.join(tempfile.gettempdir(), "fairseq_srupp_fork_preload_{}.txt".format(digest.hexdigest()[:16]))
 
