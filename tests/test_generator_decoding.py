@@ -115,7 +115,10 @@ def beam_search(decoder, prompts, mode, monkeypatch, beam=3):
 
     monkeypatch.setattr(TokenStepper, "reorder", reorder)
     monkeypatch.setattr(TokenStepper, "__init__", init)
-    sample = {"net_input": {"src_tokens": prompts, "src_lengths": torch.full((prompts.shape[0],), prompts.shape[1])}}
+    # on the prompts' device, as fairseq-generate's move_to_cuda puts the whole sample (fairseq indexes the lengths
+    # with the search's batch indices when sentences finish)
+    lengths = torch.full((prompts.shape[0],), prompts.shape[1], device=prompts.device)
+    sample = {"net_input": {"src_tokens": prompts, "src_lengths": lengths}}
     hypotheses = generator.generate([model], sample, prefix_tokens=prompts)
     monkeypatch.undo()
     return hypotheses, sizes, steppers
