@@ -22,7 +22,7 @@ REPO = HERE.parents[1]
 # (key, title, time limit in seconds). Limits are sized from the first H100 run (benchmarks/gpu/README.md).
 STEPS = [
     ("environment", "0. Environment", 40),
-    ("kernel_tests", "1. GPU tests: kernel parity, CUDA-graph decoding, FusedRAdam and the batched fp16 update", 150),
+    ("kernel_tests", "1. GPU tests: kernel parity, CUDA-graph decoding, FusedRAdam and the batched fp16 update", 190),
     ("cli", "2. fairseq-train --fp16 / --bf16 / --amp and --task srupp_language_modeling, then fairseq-eval-lm", 80),
     ("recurrence", "3. Recurrence kernel fwd+bwd, L=1024 d=3072: bandwidth and sru's kernel", 60),
     ("training", "4. Training at the enwik8-base shape: srupp_lm, sru reference, transformer_lm", 110),

@@ -113,7 +113,7 @@ def environment(dry_run):
 # kernel's parity tests (about 100 s on the H100). Each is counted and saved as it ends, so a run stopped for
 # time keeps the others' counts. fairseq-train --fp16 / --bf16 are step 2's (side by side there; 50 s here).
 # A run names one test file, or several (separated by spaces) for one pytest process.
-KERNEL_TEST_RUNS = (("tests/test_token_stepper.py", "not fairseq_train"),
+KERNEL_TEST_RUNS = (("tests/test_token_stepper.py", "gpu_graph"),  # its CPU tests are CI's (and compile the CPU op)
                     ("tests/test_generator_decoding.py", "gpu"),
                     ("tests/test_optim.py tests/test_batched_update.py", "gpu"),
                     ("tests/test_cuda_kernel.py", "not fairseq_train"))
