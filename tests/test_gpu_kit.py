@@ -644,8 +644,12 @@ def test_kernel_tests_keep_the_first_run_when_the_second_is_stopped(monkeypatch,
               "slowest": [{"test": "test_a", "seconds": 1.0}]}
     answers = iter([(counts, None), (counts, None), (counts, None),
                     (None, "tests/test_cuda_kernel.py: stopped at the step's time limit")])
-    monkeypatch.setattr(steps, "run_pytest", lambda runs, select, tmp: (
-        lambda counts, why: ({runs[0]: counts} if counts else None, why))(*next(answers)))
+
+    def one_run(runs, select, tmp):  # on a GPU each call is one run's process
+        counts, why = next(answers)
+        return ({runs[0]: counts} if counts else None), why
+
+    monkeypatch.setattr(steps, "run_pytest", one_run)
     out = steps.kernel_tests(dry_run=False)
     assert saved[0]["status"] == "failed" and saved[0]["reason"] == (
         "tests/test_generator_decoding.py: not run yet; tests/test_optim.py tests/test_batched_update.py: not run yet; "

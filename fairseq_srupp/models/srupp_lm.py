@@ -171,9 +171,9 @@ def _check_types(cfg) -> None:
         else:
             fits = isinstance(value, (int, float) if f.type is float else int) and not isinstance(value, bool)
         if not fits:
-            raise SRUppUserError("--{} ({}) must be {}, got {!r} (a {}; --model-overrides values are taken as "
-                                 "written)".format(
-                f.name.replace("_", "-"), f.name, _KINDS[f.type], value, type(value).__name__))
+            flag = "--" + f.name.replace("_", "-")
+            raise SRUppUserError("{} ({}) must be {}, got {!r} (a {}; --model-overrides values are taken as "
+                                 "written)".format(flag, f.name, _KINDS[f.type], value, type(value).__name__))
 
 
 def _check_adaptive_config(cfg, vocab_size: int) -> None:
